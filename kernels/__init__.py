@@ -1,0 +1,1 @@
+"""Custom CUDA kernels (.cu sources) and their CPU twins."""

@@ -1,0 +1,158 @@
+"""Array backend: CuPy on a usable NVIDIA GPU, NumPy/SciPy otherwise.
+
+The default backend is chosen once, at import: ``PTNP_BACKEND=numpy|cupy``
+forces it; otherwise CuPy is used when it imports and a CUDA device answers.
+Library functions never pick a backend themselves: they take the namespace of
+their input arrays (:func:`namespace`), so the same code runs on both, and a
+caller moves data to the device once (:func:`asarray`) and back once
+(:func:`to_host`).
+"""
+from __future__ import annotations
+
+import os
+import types
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Backend", "default", "get", "namespace", "asarray", "to_host",
+           "cupy_available", "info", "synchronize"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One array backend: array module, ndimage, fft and a name."""
+    name: str
+    xp: types.ModuleType
+    ndi: types.ModuleType
+    fft: types.ModuleType
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.name == "cupy"
+
+
+def _numpy_backend() -> Backend:
+    import scipy.fft
+    import scipy.ndimage
+    return Backend("numpy", np, scipy.ndimage, scipy.fft)
+
+
+_CUPY_ERROR: str | None = None
+
+
+def _cupy_backend() -> Backend | None:
+    global _CUPY_ERROR
+    try:
+        import cupy
+        import cupyx.scipy.fft
+        import cupyx.scipy.ndimage
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device")
+        cupy.zeros(1).sum().item()  # a real allocation and kernel launch
+    except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
+        _CUPY_ERROR = f"{type(exc).__name__}: {exc}"
+        return None
+    return Backend("cupy", cupy, cupyx.scipy.ndimage, cupyx.scipy.fft)
+
+
+_BACKENDS: dict[str, Backend | None] = {}
+
+
+def get(name: str) -> Backend:
+    """Return the backend called ``name`` ("numpy" or "cupy").
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
+    RuntimeError
+        When CuPy is asked for but no usable GPU is present.
+    """
+    name = name.lower()
+    if name not in ("numpy", "cupy"):
+        raise ValueError(f"unknown backend {name!r}; expected 'numpy' or 'cupy'")
+    if name not in _BACKENDS:
+        _BACKENDS[name] = _numpy_backend() if name == "numpy" else _cupy_backend()
+    be = _BACKENDS[name]
+    if be is None:
+        raise RuntimeError(f"CuPy backend is not usable here ({_CUPY_ERROR})")
+    return be
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and a CUDA device runs a kernel."""
+    try:
+        get("cupy")
+    except RuntimeError:
+        return False
+    return True
+
+
+def _choose_default() -> Backend:
+    forced = os.environ.get("PTNP_BACKEND", "").strip().lower()
+    if forced:
+        return get(forced)
+    return get("cupy") if cupy_available() else get("numpy")
+
+
+_DEFAULT: Backend | None = None
+
+
+def default() -> Backend:
+    """The backend chosen at import (see module docstring)."""
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = _choose_default()
+    return _DEFAULT
+
+
+def namespace(*arrays) -> Backend:
+    """Backend that owns ``arrays`` (CuPy if any is a CuPy array)."""
+    for a in arrays:
+        mod = type(a).__module__
+        if mod.startswith("cupy"):
+            return get("cupy")
+    return get("numpy")
+
+
+def asarray(a, backend: Backend | str | None = None, dtype=None):
+    """Move ``a`` to ``backend`` (default: the import-time choice)."""
+    be = default() if backend is None else (get(backend) if isinstance(backend, str) else backend)
+    return be.xp.asarray(a, dtype=dtype)
+
+
+def to_host(a):
+    """Return ``a`` as a NumPy array (a device-to-host copy for CuPy)."""
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def synchronize(backend: Backend | None = None) -> None:
+    """Wait for queued device work (no-op on NumPy); for timing only."""
+    be = backend or default()
+    if be.is_gpu:
+        be.xp.cuda.Device().synchronize()
+
+
+def info() -> dict:
+    """Backend, device and library versions, for ``ptnp info`` and summaries."""
+    import scipy
+    out = {"backend": default().name, "numpy": np.__version__, "scipy": scipy.__version__}
+    for mod in ("numba", "mrcfile", "gemmi", "cupy"):
+        try:
+            m = __import__(mod)
+            out[mod] = getattr(m, "__version__", "?")
+        except Exception:  # noqa: BLE001
+            out[mod] = None
+    if default().is_gpu:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        out["device"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        out["device_memory_GiB"] = round(props["totalGlobalMem"] / 2**30, 1)
+    else:
+        out["device"] = f"CPU ({os.cpu_count()} logical cores)"
+        if _CUPY_ERROR:
+            out["cupy_unusable_because"] = _CUPY_ERROR
+    return out

@@ -1,0 +1,202 @@
+"""Synthetic nanoparticles with known truth: our test bench (``ptnp simulate``).
+
+A particle is cut from an ideal fcc lattice (sphere, cuboctahedron or
+truncated octahedron), optionally expanded, randomly rotated, and given
+per-atom isotropic and anisotropic displacements that grow towards the
+surface. The map is rendered with :func:`ptnp_gpu.simulate.render_atoms`, plus
+a smooth background and white noise scaled to the peak of one core atom.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .elements import get_element
+from .mapio import DensityMap, write_map
+from .simulate import atom_peak_value, reference_blur_A2, render_atoms
+
+__all__ = ["ParticleSpec", "Particle", "fcc_particle", "make_particle", "write_particle",
+           "random_rotation", "SHAPES"]
+
+SHAPES = ("sphere", "cuboctahedron", "truncated_octahedron")
+_FCC_BASIS = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+
+
+def random_rotation(rng) -> np.ndarray:
+    """A uniformly random 3×3 rotation matrix."""
+    q = rng.normal(size=4)
+    q /= np.linalg.norm(q)
+    w, x, y, z = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _lattice_points(a, half_cells, shift):
+    r = np.arange(-half_cells, half_cells + 1)
+    cells = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+    pts = (cells[:, None, :] + _FCC_BASIS[None]).reshape(-1, 3) + shift
+    return pts * a
+
+
+def _inside(pts, shape, s):
+    if shape == "sphere":
+        return np.linalg.norm(pts, axis=1) <= s
+    l1 = np.abs(pts).sum(1)
+    linf = np.abs(pts).max(1)
+    if shape == "cuboctahedron":
+        return (linf <= s) & (l1 <= 2.0 * s)
+    if shape == "truncated_octahedron":
+        return (linf <= s) & (l1 <= 1.5 * s)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", shift=(0, 0, 0)):
+    """Ideal fcc particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes)."""
+    a = float(lattice_param_A)
+    shift = np.asarray(shift, float)
+    hc = int(np.ceil((3 * n_atoms / (16 * np.pi)) ** (1 / 3))) + 3
+    pts = _lattice_points(a, hc, shift)
+    lo, hi = 0.5 * a, hc * a
+    for _ in range(50):  # bisection on the size parameter
+        mid = 0.5 * (lo + hi)
+        if _inside(pts, shape, mid).sum() < n_atoms:
+            lo = mid
+        else:
+            hi = mid
+    sel = pts[_inside(pts, shape, hi)]
+    return sel - sel.mean(0) * 0  # keep the lattice origin at 0
+
+
+@dataclass
+class ParticleSpec:
+    """Parameters of a synthetic particle map (all lengths Å, displacements Å²)."""
+    n_atoms: int = 500
+    element: str = "Pt"
+    shape: str = "sphere"
+    voxel_size_A: float = 0.358
+    box: tuple | None = None            # (nz, ny, nx); default fits the particle
+    origin_A: tuple = (0.0, 0.0, 0.0)
+    margin_A: float = 7.0
+    expansion: float = 0.0              # uniform relative expansion (0.02 = 2%)
+    rotate: bool = True
+    u_core_A2: float = 0.02
+    u_surface_A2: float = 0.10          # isotropic U of the outermost atoms
+    shell_depth_A: float = 4.0          # depth over which U grows to u_surface
+    surface_min_doi: float = 1.0        # DOI of outermost atoms drawn in [min_doi, 1]
+    jitter_A: float = 0.0               # static random displacement (true positions include it)
+    noise: float = 0.15                 # white noise SD / peak of one core atom
+    background: float = 0.15            # smooth background amplitude / peak
+    background_scale_A: float = 6.0
+    b_extra_A2: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class Particle:
+    spec: ParticleSpec
+    map: DensityMap
+    xyz_A: np.ndarray
+    u_aniso_A2: np.ndarray            # (N, 3, 3)
+    rotation: np.ndarray
+    center_A: np.ndarray
+    lattice_param_A: float
+    ideal_xyz_A: np.ndarray = field(repr=False, default=None)
+
+    @property
+    def u_iso_A2(self):
+        return np.trace(self.u_aniso_A2, axis1=1, axis2=2) / 3.0
+
+    @property
+    def doi(self):
+        ev = np.linalg.eigvalsh(self.u_aniso_A2)
+        return ev[:, 0] / ev[:, 2]
+
+
+def _displacements(rel, depth, spec, rng):
+    """Per-atom U (N, 3, 3): grows from u_core to u_surface over the outer shell."""
+    n = len(rel)
+    t = np.clip(1.0 - depth / max(spec.shell_depth_A, 1e-6), 0.0, 1.0)
+    u = spec.u_core_A2 + (spec.u_surface_A2 - spec.u_core_A2) * t
+    doi = 1.0 - (1.0 - rng.uniform(spec.surface_min_doi, 1.0, n)) * t
+    # principal axes: random frame; eigenvalues (u_maj, u_med, u_min) with mean u
+    U = np.empty((n, 3, 3))
+    for i in range(n):
+        R = random_rotation(rng)
+        lam = np.array([1.0, 0.5 * (1.0 + doi[i]), doi[i]])
+        lam *= 3.0 * u[i] / lam.sum()
+        U[i] = R @ np.diag(lam) @ R.T
+    return U
+
+
+def make_particle(spec: ParticleSpec | None = None, **kw) -> Particle:
+    """Build a synthetic particle map and its truth (see :class:`ParticleSpec`)."""
+    spec = spec or ParticleSpec()
+    for k, v in kw.items():
+        setattr(spec, k, v)
+    rng = np.random.default_rng(spec.seed)
+    el = get_element(spec.element)
+    a = el.lattice_param_A * (1.0 + spec.expansion)
+    ideal = fcc_particle(spec.n_atoms, a, spec.shape)
+    R = random_rotation(rng) if spec.rotate else np.eye(3)
+    rel = ideal @ R.T
+    radius = np.linalg.norm(rel, axis=1)
+    depth = radius.max() - radius
+    U = _displacements(rel, depth, spec, rng)
+    if spec.jitter_A:
+        rel = rel + rng.normal(scale=spec.jitter_A, size=rel.shape)
+    vs = float(spec.voxel_size_A)
+    if spec.box is None:
+        n = int(np.ceil((2 * (radius.max() + spec.margin_A)) / vs))
+        box = (n, n, n)
+    else:
+        box = tuple(int(b) for b in spec.box)
+    origin = np.asarray(spec.origin_A, float)
+    extent = np.array([box[2], box[1], box[0]]) * vs
+    center = origin + 0.5 * (extent - vs) + rng.uniform(-0.5, 0.5, 3) * vs
+    xyz = rel + center
+    b_extra = reference_blur_A2(vs) if spec.b_extra_A2 is None else spec.b_extra_A2
+    data = render_atoms(xyz, box, vs, origin, el, b_extra_A2=b_extra, u_aniso_A2=U, backend="numpy")
+    data = np.asarray(data, dtype=np.float64)
+    peak = atom_peak_value(el, b_extra, spec.u_core_A2)
+    if spec.background:
+        from scipy.ndimage import gaussian_filter
+        bg = gaussian_filter(rng.normal(size=box), spec.background_scale_A / vs, mode="wrap")
+        bg = (bg - bg.min()) / max(bg.max() - bg.min(), 1e-12)
+        data += spec.background * peak * bg
+    if spec.noise:
+        data += rng.normal(scale=spec.noise * peak, size=box)
+    dmap = DensityMap(data.astype(np.float32), vs, origin)
+    return Particle(spec, dmap, xyz, U, R, center, a, ideal + center)
+
+
+def write_particle(particle: Particle, out_stem) -> dict:
+    """Write ``STEM.mrc``, ``STEM_truth.pdb`` and ``STEM_truth.json``; return the paths."""
+    from .models import Model, atomic_write, write_pdb
+    stem = Path(out_stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    m = particle.map
+    write_map(stem.with_suffix(".mrc"), m.data, m.voxel_size_A, m.origin_A)
+    U = particle.u_aniso_A2
+    u6 = np.stack([U[:, 0, 0], U[:, 1, 1], U[:, 2, 2], U[:, 0, 1], U[:, 0, 2], U[:, 1, 2]], 1)
+    model = Model(particle.xyz_A, [particle.spec.element] * len(particle.xyz_A),
+                  8 * np.pi ** 2 * particle.u_iso_A2, u6)
+    pdb = Path(f"{stem}_truth.pdb")
+    write_pdb(pdb, model)
+    truth = {
+        "spec": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(particle.spec).items()},
+        "n_atoms": int(len(particle.xyz_A)),
+        "lattice_param_A": particle.lattice_param_A,
+        "rotation": particle.rotation.tolist(),
+        "center_A": particle.center_A.tolist(),
+        "xyz_A": np.round(particle.xyz_A, 5).tolist(),
+        "u_aniso_A2": np.round(u6, 6).tolist(),
+        "u_iso_A2": np.round(particle.u_iso_A2, 6).tolist(),
+        "doi": np.round(particle.doi, 6).tolist(),
+    }
+    js = Path(f"{stem}_truth.json")
+    atomic_write(js, lambda fh: json.dump(truth, fh))
+    return {"map": str(stem.with_suffix(".mrc")), "truth_pdb": str(pdb), "truth_json": str(js)}
