@@ -1,0 +1,130 @@
+"""Denoising by correlation with one simulated atom, and the atom kernel's algebra.
+
+The denoised map is the normalised cross-correlation of the (mean-removed)
+map with a single simulated atom, computed in Fourier space with the DC term
+removed and the band limited to 1 Å (cosine taper over 3 shells). The map is
+padded with its mean before the transform, so atoms near an edge never see
+the opposite side of the box. The result lies in [-1, 1].
+
+The same transform also gives ``G = K ⋆ C`` (the denoised map correlated once
+more with the atom), from which the threshold sweep obtains the correlation
+of a simulated map with ``C`` without rendering it (see :mod:`ptnp_gpu.sweep`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import backend as _be
+from .simulate import EIGHT_PI2, gaussian_terms
+
+__all__ = ["AtomKernel", "denoise_map"]
+
+
+@dataclass(frozen=True)
+class AtomKernel:
+    """One atom as a sum of isotropic Gaussians (weights ``a``, variances ``var`` Å²)."""
+    a: np.ndarray
+    var: np.ndarray
+    voxel_volume_A3: float
+
+    @classmethod
+    def for_element(cls, element, b_extra_A2, voxel_size_A):
+        a, var = gaussian_terms(element, b_extra_A2)
+        vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+        return cls(a, var, float(np.prod(vs)))
+
+    def grid_sum(self) -> float:
+        """Σ over grid voxels of one rendered atom (= integral / voxel volume)."""
+        return float(self.a.sum() / self.voxel_volume_A3)
+
+    def autocorr(self, d2_A2, xp=np):
+        """Σ_x K(x) K(x + d) on the grid, at squared separations ``d2_A2`` (Å²)."""
+        out = xp.zeros_like(d2_A2, dtype=xp.float64)
+        for ai, vi in zip(self.a, self.var):
+            for aj, vj in zip(self.a, self.var):
+                v = vi + vj
+                out += ai * aj * (2 * np.pi * v) ** -1.5 * xp.exp(-0.5 * d2_A2 / v)
+        return out / self.voxel_volume_A3
+
+    def reach_A(self, tol=1e-4) -> float:
+        """Separation beyond which the autocorrelation is below ``tol`` of its peak."""
+        v = 2 * self.var.max()
+        return float(np.sqrt(-2 * v * np.log(tol)))
+
+
+def _band(s, xp, res_A=1.0, shells=3, ds=None):
+    """Cosine low-pass: 1 below 1/res, 0 above 1/res + shells·ds."""
+    s_max = 1.0 / res_A
+    t = xp.clip((s - s_max) / (shells * ds), 0.0, 1.0)
+    return 0.5 * (1.0 + xp.cos(np.pi * t))
+
+
+def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float = 1.0,
+                pad_vox: int | None = None, want_second: bool = True):
+    """Correlate a map with one atom: the denoised map ``C`` (and ``G = K ⋆ C``).
+
+    Parameters
+    ----------
+    data : (nz, ny, nx) array (NumPy or CuPy)
+    voxel_size_A : float or (3,) Å (x, y, z)
+    kernel : AtomKernel
+    resolution_A : float
+        Band limit in Å (cosine taper over 3 Fourier shells beyond it).
+    pad_vox : int, optional
+        Padding (voxels) on each side against circular wrap; default covers
+        the atom's reach.
+    want_second : bool
+        Also return ``G``, the correlation of ``C`` with the atom kernel.
+
+    Returns
+    -------
+    C : array like ``data``, float32, in [-1, 1]
+    G : array or None
+    """
+    be = _be.namespace(data)
+    xp, fft = be.xp, be.fft
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    if pad_vox is None:
+        pad_vox = int(np.ceil(kernel.reach_A(1e-3) / vs.min()))
+    shape = data.shape
+    padded = [fft.next_fast_len(n + 2 * pad_vox, real=True) for n in shape]
+    d = data.astype(xp.float32)
+    mean = d.mean()
+    work = xp.zeros(padded, dtype=xp.float32)
+    sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
+    work[sl] = d - mean
+    F = fft.rfftn(work)
+    del work
+    # spatial frequencies (1/Å), z, y, x axes
+    fz = xp.fft.fftfreq(padded[0], d=vs[2]).astype(xp.float32)
+    fy = xp.fft.fftfreq(padded[1], d=vs[1]).astype(xp.float32)
+    fx = xp.fft.rfftfreq(padded[2], d=vs[0]).astype(xp.float32)
+    s2 = fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2
+    ds = 1.0 / (np.array(padded) * vs[::-1]).max()
+    band = _band(xp.sqrt(s2), xp, resolution_A, 3, ds)
+    K = xp.zeros_like(s2)
+    for ai, vi in zip(kernel.a, kernel.var):
+        K += ai * xp.exp(-2.0 * np.pi ** 2 * vi * s2)
+    del s2
+    K *= band
+    K[0, 0, 0] = 0.0                      # DC removed
+    # normalisation: |M_band| |K_band| over the full (Hermitian) spectrum
+    weight = xp.full(F.shape[-1], 2.0, dtype=xp.float32)
+    weight[0] = 1.0
+    if padded[2] % 2 == 0:
+        weight[-1] = 1.0
+    FM = F * band
+    norm_m = xp.sqrt((xp.abs(FM) ** 2 * weight).sum())
+    norm_k = xp.sqrt((K ** 2 * weight).sum())
+    FM *= K
+    C = fft.irfftn(FM, s=padded)[sl]
+    nvox = float(np.prod(padded))
+    scale = nvox / (norm_m * norm_k)      # Parseval: Σ|x|² = Σ|X|² / n
+    C = (C * scale).astype(xp.float32)
+    G = None
+    if want_second:
+        FM *= K
+        G = (fft.irfftn(FM, s=padded)[sl] * scale).astype(xp.float32)
+    return xp.ascontiguousarray(C), (None if G is None else xp.ascontiguousarray(G))

@@ -1,0 +1,508 @@
+"""Unsupervised atom detection: denoise, threshold sweep, components, split, validate.
+
+Follows the reference method (Wietfeldt et al. 2024, Methods) with the fixes
+listed in the method notes. The stages:
+
+1. Denoise: correlation with one simulated atom (:mod:`ptnp_gpu.denoise`).
+2. Threshold: Otsu start ``T0``; ``n_thresholds`` uniform thresholds from
+   ``T0`` to the maximum, every one evaluated; then a finer sweep (step/6 over
+   ±1 step) around the best. Each evaluation binarises ``C > T``, labels
+   26-connected components, drops those under ``min_voxels``, takes raw-map
+   centres of mass and scores the Pearson correlation between the map
+   simulated from those centres and ``C`` over the box. The score is computed
+   exactly without rendering the map: ``Σ S·C = Σ_a (K⋆C)(r_a)``,
+   ``Σ S = N·ΣK`` and ``Σ S² = Σ_ab (K⋆K)(r_a − r_b)`` (pairs within reach).
+3. Split merged atoms: seeds are local maxima of ``C`` inside a component,
+   thinned so that no two seeds of one component are closer than 2·r_th
+   (higher seed wins); components with several seeds are divided among them
+   (each voxel to its nearest seed).
+4. Centres: grey-value centres of mass of the raw map (minus the solvent
+   level) over the final components; optional sub-voxel refinement.
+5. Reject outliers: validation correlation below mean − k·SD, then CN < 3.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backend as _be
+from .components import label26, label_moments, otsu_threshold
+from .denoise import AtomKernel, denoise_map
+from .elements import Element, get_element
+from .errors import InputError
+from .mapio import DensityMap
+from .neighbors import count_neighbors, pairs_within
+from .simulate import reference_blur_A2, render_atoms
+
+__all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score"]
+
+
+@dataclass
+class DetectOptions:
+    """Knobs of :func:`detect_atoms` (defaults follow the paper)."""
+    n_thresholds: int = 16            # uniform coarse thresholds (≥ 15)
+    refine_steps: int = 6             # fine step = coarse step / refine_steps, over ±1 step
+    min_voxels: int = 3
+    split: bool = True
+    reject_correlation: bool = True
+    correlation_rule: str = "robust"  # "robust": median − k·1.4826·MAD; "paper": mean − k·SD
+    correlation_sd: float = 3.0       # k (the paper uses 2 with mean and SD)
+    reject_low_cn: bool = True
+    min_cn: int = 3
+    refine_centres: bool = True       # sub-voxel refinement (measured, see tests)
+    rescue: bool = True               # add weak atoms the global threshold missed
+    rescue_sigma: float = 5.0         # significance of a rescued peak (noise SDs of C)
+    resolution_A: float = 1.0
+    b_extra_A2: float | None = None   # blur of the simulated atom; default reference value
+    crop_margin_A: float = 4.0
+
+    @classmethod
+    def from_kwargs(cls, **kw):
+        opts = cls()
+        for k, v in kw.items():
+            if v is None:
+                continue
+            if not hasattr(opts, k):
+                raise InputError(f"unknown detection option {k!r}")
+            setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None else float(v))
+        if opts.correlation_rule not in ("robust", "paper"):
+            raise InputError(f"correlation_rule must be 'robust' or 'paper', got {opts.correlation_rule!r}")
+        if opts.n_thresholds < 2:
+            raise InputError("n_thresholds must be at least 2")
+        return opts
+
+
+@dataclass
+class Detection:
+    """Result of :func:`detect_atoms`. Arrays marked (host) are NumPy."""
+    xyz_A: np.ndarray                  # (N, 3) host, Å in the map frame
+    labels: object                     # [z, y, x] int32 backend array, id = atom index + 1
+    n_voxels: np.ndarray               # (N,) host
+    validation_corr: np.ndarray        # (N,) host
+    peak_intensity: np.ndarray         # (N,) host, (peak raw − map mean) / map SD
+    threshold: float
+    curve: np.ndarray                  # (K, 2) host: threshold, correlation (all evaluated)
+    correlation: float                 # best sweep correlation
+    denoised: object
+    simulated: object
+    map: DensityMap
+    element: Element
+    params: dict = field(default_factory=dict)
+    times: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)
+
+
+def _crop_box(mask, margin_vox):
+    """Bounding box (slices) of ``mask`` grown by ``margin_vox`` voxels."""
+    be = _be.namespace(mask)
+    xp = be.xp
+    sl = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        prof = _be.to_host(xp.any(mask, axis=other))  # small 1-D arrays
+        nzi = np.flatnonzero(prof)
+        if len(nzi) == 0:
+            return None
+        lo = max(0, int(nzi[0]) - margin_vox)
+        hi = min(mask.shape[ax], int(nzi[-1]) + margin_vox + 1)
+        sl.append(slice(lo, hi))
+    return tuple(sl)
+
+
+class _Scorer:
+    """Exact Pearson(simulated map, C) over the box from atom centres alone."""
+
+    def __init__(self, C_box, G_box, kernel: AtomKernel, voxel_size_A):
+        be = _be.namespace(C_box)
+        self.xp, self.ndi = be.xp, be.ndi
+        self.G = G_box
+        self.kernel = kernel
+        self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+        c = C_box.astype(self.xp.float64)
+        self.n = float(C_box.size)
+        self.sc = float(c.sum())                       # sync: once per map
+        self.scc = float((c * c).sum())
+        self.a0 = float(kernel.autocorr(np.zeros(1))[0])
+        self.ksum = kernel.grid_sum()
+        self.reach = kernel.reach_A(1e-5)
+
+    def __call__(self, centre_vox_xyz):
+        xp = self.xp
+        n_at = centre_vox_xyz.shape[0]
+        if n_at == 0:
+            return -1.0
+        coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
+        ssc = self.ndi.map_coordinates(self.G, coords, order=1, mode="nearest").sum()
+        xyz = centre_vox_xyz * xp.asarray(self.vs)
+        _, _, d2 = pairs_within(xyz, self.reach)
+        sss = n_at * self.a0 + 2.0 * self.kernel.autocorr(d2, xp).sum()
+        ss = n_at * self.ksum
+        cov = ssc - ss * self.sc / self.n
+        var_s = sss - ss * ss / self.n
+        var_c = self.scc - self.sc * self.sc / self.n
+        return float(cov / xp.sqrt(xp.maximum(var_s * var_c, 1e-300)))  # sync: one scalar
+
+
+def _centres(C_box, weights_box, threshold, min_voxels):
+    """Components of ``C > T`` → (labels, kept ids, centres voxel xyz, counts)."""
+    xp = _be.namespace(C_box).xp
+    lab, n = label26(C_box > threshold)
+    if n == 0:
+        return lab, n, xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
+    mom = label_moments(lab, n, weights_box)
+    keep = mom["count"][1:] >= min_voxels
+    return lab, n, mom["centre_vox"][1:][keep], mom["count"][1:][keep]
+
+
+def sweep_score(C_box, weights_box, scorer, threshold, min_voxels):
+    """Correlation of the model built at ``threshold`` (one sweep evaluation)."""
+    _, _, cen, _ = _centres(C_box, weights_box, threshold, min_voxels)
+    return scorer(cen), int(cen.shape[0])
+
+
+def _split(lab, n, C_box, r_split_vox, vs):
+    """Divide components holding several atoms among their seeds (see module doc)."""
+    be = _be.namespace(lab)
+    xp, ndi = be.xp, be.ndi
+    mask = lab > 0
+    peaks = mask & (C_box == ndi.maximum_filter(C_box, size=3, mode="constant", cval=-np.inf))
+    pidx = xp.nonzero(peaks.ravel())[0]
+    if pidx.size == 0:
+        return lab, n, 0
+    nz, ny, nx = lab.shape
+    pz, rem = xp.divmod(pidx, ny * nx)
+    py, px = xp.divmod(rem, nx)
+    pxyz = xp.stack([px, py, pz], 1).astype(xp.float64) * xp.asarray(vs)
+    plab = lab.ravel()[pidx]
+    pval = C_box.ravel()[pidx].astype(xp.float64)
+    kept = _thin_peaks(pxyz, pval, r_split_vox, group=plab)
+    seeds = xp.nonzero(kept)[0]
+    slab = plab[seeds]
+    per = xp.bincount(slab, minlength=n + 1)
+    multi = per > 1
+    n_multi = int(multi.sum())                       # sync
+    if n_multi == 0:
+        return lab, n, 0
+    # voxels of multi-seed components go to their nearest seed of the same component
+    ms = seeds[multi[slab]]
+    ms_lab = plab[ms]
+    order = xp.argsort(ms_lab)
+    ms, ms_lab = ms[order], ms_lab[order]
+    kmax = int(per[multi].max())                     # sync
+    start = xp.searchsorted(ms_lab, xp.arange(n + 1))
+    flat = lab.ravel()
+    vidx = xp.nonzero(multi[flat])[0]
+    vl = flat[vidx]
+    vz, rem = xp.divmod(vidx, ny * nx)
+    vy, vx = xp.divmod(rem, nx)
+    vxyz = xp.stack([vx, vy, vz], 1).astype(xp.float64) * xp.asarray(vs)
+    best = xp.full(vidx.shape[0], np.inf)
+    arg = xp.zeros(vidx.shape[0], dtype=xp.int64)
+    for k in range(kmax):
+        pos = start[vl] + k
+        valid = (pos < ms_lab.shape[0]) & (ms_lab[xp.minimum(pos, ms_lab.shape[0] - 1)] == vl)
+        sidx = ms[xp.minimum(pos, ms.shape[0] - 1)]
+        d = vxyz - pxyz[sidx]
+        d2 = xp.where(valid, (d * d).sum(1), np.inf)
+        better = d2 < best
+        best = xp.where(better, d2, best)
+        arg = xp.where(better, k, arg)
+    # new ids: the first seed keeps the old id, others get fresh ids
+    # fresh ids numbered per (component, seed rank) from an offset table
+    offs = xp.zeros(n + 1, dtype=xp.int64)
+    offs[1:] = xp.cumsum(xp.where(multi, per - 1, 0))[:-1]
+    newid = xp.where(arg > 0, n + offs[vl] + arg, vl)
+    out = flat.copy()
+    out[vidx] = newid.astype(out.dtype)
+    n_new = n + int(xp.where(multi, per - 1, 0).sum())  # sync
+    return out.reshape(lab.shape), n_new, n_multi
+
+
+def _refine_centres(raw_box, C_box, centre_vox, base, radius_vox):
+    """Sub-voxel refinement: background-subtracted centre of mass in a sphere, iterated."""
+    be = _be.namespace(raw_box)
+    xp, ndi = be.xp, be.ndi
+    r = int(np.ceil(radius_vox))
+    g = np.arange(-r, r + 1)
+    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
+    off = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], 1).astype(np.float64)
+    off = xp.asarray(off[(off ** 2).sum(1) <= (radius_vox + 0.5) ** 2])
+    c = centre_vox
+    for _ in range(3):
+        rc = xp.rint(c)
+        pts = rc[:, None, :] + off[None]                        # (N, W, 3) xyz voxels
+        d = pts - c[:, None, :]
+        coords = pts.reshape(-1, 3)[:, ::-1].T
+        v = ndi.map_coordinates(raw_box, coords, order=0, mode="nearest").reshape(pts.shape[:2])
+        wgt = xp.clip(v - base, 0.0, None) * xp.exp(-0.5 * (d ** 2).sum(-1) / (0.5 * radius_vox) ** 2)
+        s = wgt.sum(1)
+        shift = (wgt[..., None] * d).sum(1) / xp.where(s > 0, s, 1.0)[:, None]
+        c = c + xp.clip(shift, -1.0, 1.0)
+    return c
+
+
+def _validation_corr(raw, sim, centre_vox, radius_vox):
+    """Per-atom Pearson of raw and simulated maps in a sphere (gathered windows)."""
+    be = _be.namespace(raw)
+    xp = be.xp
+    r = int(np.ceil(radius_vox))
+    g = np.arange(-r, r + 1)
+    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
+    off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
+    off = xp.asarray(off[(off ** 2).sum(1) <= radius_vox ** 2])
+    base = xp.rint(centre_vox[:, ::-1]).astype(xp.int64)
+    idx = base[:, None, :] + off[None]
+    shape = xp.asarray(raw.shape)
+    inside = xp.all((idx >= 0) & (idx < shape), axis=2)
+    idx = xp.clip(idx, 0, shape - 1)
+    flat = (idx[..., 0] * raw.shape[1] + idx[..., 1]) * raw.shape[2] + idx[..., 2]
+    a = raw.ravel()[flat].astype(xp.float64)
+    b = sim.ravel()[flat].astype(xp.float64)
+    w = inside.astype(xp.float64)
+    n = w.sum(1)
+    ma = (a * w).sum(1) / n
+    mb = (b * w).sum(1) / n
+    da, db = (a - ma[:, None]) * w, (b - mb[:, None]) * w
+    return (da * db).sum(1) / xp.sqrt(xp.maximum((da * da).sum(1) * (db * db).sum(1), 1e-300))
+
+
+def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
+    """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``."""
+    xp = _be.namespace(pxyz_A).xp
+    i, j, _ = pairs_within(pxyz_A, min_sep_A)
+    if group is not None:
+        same = group[i] == group[j]
+        i, j = i[same], j[same]
+    lo = xp.where(pval[i] < pval[j], i, j)
+    hi = xp.where(pval[i] < pval[j], j, i)
+    kept = xp.ones(pxyz_A.shape[0], dtype=bool)
+    for _ in range(100):   # converges in a few rounds; each round is vectorised
+        sup = xp.zeros_like(kept)
+        sup[lo[kept[hi]]] = True
+        if bool((~sup == kept).all()):  # sync: one flag per round
+            break
+        kept = ~sup
+    return kept
+
+
+def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A):
+    """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
+
+    A local maximum of ``C`` above ``t_low`` that lies outside every labelled
+    component and at least ``min_sep_A`` from every existing atom centre becomes a
+    new atom; it claims the unlabelled voxels above ``t_low`` within ``r_claim_A``.
+    """
+    be = _be.namespace(lab)
+    xp, ndi = be.xp, be.ndi
+    peaks = (lab == 0) & (C_box > t_low) & (C_box == ndi.maximum_filter(C_box, size=3, mode="nearest"))
+    pidx = xp.nonzero(peaks.ravel())[0]
+    if pidx.size == 0:
+        return lab, n, 0
+    nz, ny, nx = lab.shape
+    vsx = xp.asarray(vs)
+
+    def to_xyz(flat):
+        z, rem = xp.divmod(flat, ny * nx)
+        y, x = xp.divmod(rem, nx)
+        return xp.stack([x, y, z], 1).astype(xp.float64) * vsx
+
+    pxyz = to_xyz(pidx)
+    pval = C_box.ravel()[pidx].astype(xp.float64)
+    kept = _thin_peaks(pxyz, pval, min_sep_A)
+    pidx, pxyz = pidx[kept], pxyz[kept]
+    # distance to existing atoms: voxels of labelled components near the peak
+    mom = label_moments(lab, n, C_box)
+    ex = mom["centre_vox"][1:][mom["count"][1:] > 0] * vsx
+    allp = xp.concatenate([ex, pxyz])
+    i, j, _ = pairs_within(allp, min_sep_A)
+    ne = ex.shape[0]
+    clash = xp.zeros(allp.shape[0], dtype=bool)
+    cross = (i < ne) & (j >= ne)
+    clash[j[cross]] = True
+    new = xp.nonzero(~clash[ne:])[0]
+    n_new = int(new.shape[0])                      # sync
+    if n_new == 0:
+        return lab, n, 0
+    pidx = pidx[new]
+    r = int(np.ceil(r_claim_A / vs.min()))
+    g = np.arange(-r, r + 1)
+    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
+    off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
+    off = off[((off * vs[::-1]) ** 2).sum(1) <= r_claim_A ** 2]
+    off = off[np.argsort((off ** 2).sum(1))[::-1]]   # far voxels first, so centres win
+    pz, rem = xp.divmod(pidx, ny * nx)
+    py, px = xp.divmod(rem, nx)
+    idx = xp.stack([pz, py, px], 1)[:, None, :] + xp.asarray(off)[None]
+    shape = xp.asarray(lab.shape)
+    ok = xp.all((idx >= 0) & (idx < shape), axis=2)
+    idx = xp.clip(idx, 0, shape - 1)
+    flat = ((idx[..., 0] * ny + idx[..., 1]) * nx + idx[..., 2])
+    ids = (n + 1 + xp.arange(n_new))[:, None] * xp.ones(flat.shape[1], dtype=xp.int64)[None]
+    ok &= (lab.ravel()[flat] == 0) & (C_box.ravel()[flat] > t_low)
+    out = lab.ravel().copy()
+    out[flat[ok]] = ids[ok].astype(out.dtype)
+    return out.reshape(lab.shape), n + n_new, n_new
+
+
+def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None, **opts) -> Detection:
+    """Build an atomic model from a density map (see module docstring).
+
+    Parameters
+    ----------
+    dmap : DensityMap
+    element : str or Element
+    backend : str or Backend, optional
+        Where to compute; default the import-time choice.
+    progress : callable(str), optional
+        Called with a short message at the start of each stage.
+    **opts
+        Fields of :class:`DetectOptions`.
+
+    Raises
+    ------
+    InputError
+        Constant maps, or maps in which no particle is found.
+    """
+    o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
+    el = get_element(element) if isinstance(element, str) else element
+    be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    xp, ndi = be.xp, be.ndi
+    say = progress or (lambda msg: None)
+    times = {}
+    t0 = time.perf_counter()
+
+    def lap(name):
+        nonlocal t0
+        _be.synchronize(be)
+        t = time.perf_counter()
+        times[name] = t - t0
+        t0 = t
+
+    vs = np.asarray(dmap.voxel_size_A, float)
+    raw = xp.asarray(dmap.data, dtype=xp.float32)
+    mean, sd = float(raw.mean()), float(raw.std())
+    if not sd > 0:
+        raise InputError("the map is constant: nothing to detect")
+    b_extra = reference_blur_A2(float(vs.mean())) if o.b_extra_A2 is None else float(o.b_extra_A2)
+    kernel = AtomKernel.for_element(el, b_extra, vs)
+    say("denoising (correlation with one simulated atom)")
+    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A)
+    lap("denoise")
+
+    say("choosing the threshold")
+    pos = C[C > 0]
+    if pos.size < 27:
+        raise InputError("no particle found in the map (no positive correlation with an atom)")
+    t_otsu = otsu_threshold(pos)
+    cmax = float(C.max())
+    crop = _crop_box(C > t_otsu, int(np.ceil(o.crop_margin_A / vs.min())))
+    if crop is None:
+        raise InputError("no particle found in the map")
+    C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
+    base = float(xp.median(raw))                         # solvent level
+    weights = xp.clip(raw_box - base, 0.0, None)
+    scorer = _Scorer(C_box, G_box, kernel, vs)
+    coarse = np.linspace(t_otsu, cmax, o.n_thresholds + 1)[:-1]
+    curve = []
+    for t in coarse:
+        sc, na = sweep_score(C_box, weights, scorer, t, o.min_voxels)
+        curve.append((t, sc, na))
+    k = int(np.argmax([c[1] for c in curve]))
+    step = coarse[1] - coarse[0]
+    fine = coarse[k] + step * np.arange(-o.refine_steps, o.refine_steps + 1) / o.refine_steps
+    fine = fine[(fine > t_otsu - step) & (fine < cmax) & ~np.isin(fine, coarse)]
+    for t in fine:
+        sc, na = sweep_score(C_box, weights, scorer, t, o.min_voxels)
+        curve.append((t, sc, na))
+    curve = np.array(sorted(curve))
+    best = int(np.argmax(curve[:, 1]))
+    threshold, best_corr = float(curve[best, 0]), float(curve[best, 1])
+    if curve[best, 2] < 1:
+        raise InputError("no particle found in the map (no atom at any threshold)")
+    lap("threshold_sweep")
+
+    say(f"labelling at threshold {threshold:.4f}")
+    lab, n = label26(C_box > threshold)
+    mom = label_moments(lab, n, weights)
+    small = mom["count"] < o.min_voxels
+    small[0] = False
+    lab = xp.where(small[lab], 0, lab).astype(xp.int32)
+    counts = {"components": n, "small_removed": int(small.sum())}
+    n_split = 0
+    if o.split:
+        lab, n, n_split = _split(lab, n, C_box, 2.0 * el.radius_A, vs)
+    counts["split_components"] = n_split
+    if o.rescue:
+        solvent = xp.ones(C.shape, dtype=bool)
+        solvent[crop] = False
+        sample = C[solvent] if int(solvent.sum()) > 1000 else C.ravel()
+        med = float(xp.median(sample))
+        noise = 1.4826 * float(xp.median(xp.abs(sample - med)))
+        t_low = max(med + o.rescue_sigma * noise, t_otsu)
+        lab, n, n_res = _rescue(lab, n, C_box, t_low, vs, 0.7 * el.nn_distance_A, el.radius_A)
+        counts["rescued"] = n_res
+    lap("label_split")
+
+    # compact ids 1..N
+    mom = label_moments(lab, n, weights)
+    present = mom["count"] > 0
+    present[0] = False
+    ids = xp.nonzero(present)[0]
+    centre = mom["centre_vox"][ids]
+    nvox = mom["count"][ids]
+    remap = xp.zeros(n + 1, dtype=xp.int32)
+    remap[ids] = xp.arange(1, ids.shape[0] + 1, dtype=xp.int32)
+    lab = remap[lab]
+    if o.refine_centres:
+        centre = _refine_centres(raw_box, C_box, centre, base, el.radius_A / vs.min())
+    lap("centres")
+
+    say("validating atoms")
+    offset = xp.asarray([crop[2].start, crop[1].start, crop[0].start], dtype=xp.float64)
+    centre_full = centre + offset
+    xyz = xp.asarray(dmap.origin_A) + centre_full * xp.asarray(vs)
+    sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, backend=be)
+    vcorr = _validation_corr(raw, sim, centre_full, 1.5 * el.radius_A / vs.min())
+    keep = xp.ones(xyz.shape[0], dtype=bool)
+    if o.reject_correlation and xyz.shape[0] > 2:
+        if o.correlation_rule == "paper":
+            thr = vcorr.mean() - o.correlation_sd * vcorr.std()
+        else:
+            med = xp.median(vcorr)
+            thr = med - o.correlation_sd * 1.4826 * xp.median(xp.abs(vcorr - med))
+        keep &= vcorr >= thr
+    counts["rejected_correlation"] = int((~keep).sum())
+    if o.reject_low_cn:
+        a = el.lattice_param_A
+        cn = count_neighbors(xyz[keep], a / 2 * (1 + 1 / np.sqrt(2)))
+        k2 = xp.ones_like(keep)
+        k2[xp.nonzero(keep)[0][cn < o.min_cn]] = False
+        counts["rejected_low_cn"] = int((~k2).sum())
+        keep &= k2
+    if not bool(keep.all()):
+        kid = xp.nonzero(keep)[0]
+        remap = xp.zeros(xyz.shape[0] + 1, dtype=xp.int32)
+        remap[kid + 1] = xp.arange(1, kid.shape[0] + 1, dtype=xp.int32)
+        lab = remap[lab]
+        xyz, vcorr, nvox, centre_full = xyz[kid], vcorr[kid], nvox[kid], centre_full[kid]
+        sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, backend=be)
+    if xyz.shape[0] == 0:
+        raise InputError("no particle found in the map (every candidate atom was rejected)")
+    labels = xp.zeros(raw.shape, dtype=xp.int32)
+    labels[crop] = lab
+    # peak intensity: maximum raw value in the atom's component
+    pk = ndi.maximum(raw, labels=labels, index=xp.arange(1, xyz.shape[0] + 1))
+    peak = (xp.asarray(pk) - mean) / sd
+    lap("validate")
+
+    return Detection(
+        xyz_A=_be.to_host(xyz), labels=labels, n_voxels=_be.to_host(nvox).astype(np.int64),
+        validation_corr=_be.to_host(vcorr), peak_intensity=_be.to_host(peak),
+        threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
+        simulated=sim, map=dmap, element=el,
+        params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu,
+                "element": el.symbol, "backend": be.name},
+        times=times, counts={k: int(v) for k, v in counts.items()},
+    )
