@@ -1,0 +1,136 @@
+// ptnp_gpu: per-atom window reductions, one thread block per atom.
+//
+// ptnp_window_normal_eq: weighted normal equations of the quadric fit
+//     ln I = b0 + b1 x^2 + b2 y^2 + b3 z^2 + b4 xy + b5 xz + b6 yz
+// with weights I, over the voxels with I > 0 (and finite) whose distance to
+// the atom centre is <= r (voxel units). x, y, z are the voxel's offset from
+// the (fractional) centre times the voxel size, so the coefficients come out
+// in the caller's length unit. Output per atom: A (7, 7) = sum w phi phi^T,
+// rhs (7) = sum w phi ln I, and the number of voxels used.
+//
+// ptnp_window_pearson: per-atom sums n, Sa, Sb, Saa, Sbb, Sab of two maps over
+// the voxels within r (voxel units) of the centre, for the validation
+// correlation.
+//
+// Each thread accumulates its share of the cube window in registers (float64),
+// then the block reduces with warp shuffles and one shared-memory pass. No
+// atomics: the result is deterministic.
+//
+// The map element type comes from the PTNP_MAP_T define that the loader
+// prepends (float or double).
+
+#ifndef PTNP_MAP_T
+#define PTNP_MAP_T float
+#endif
+
+#define PTNP_NE_SUMS 36   // 28 (upper triangle of A) + 7 (rhs) + 1 (count)
+#define PTNP_PC_SUMS 6
+#define PTNP_MAX_WARPS 32
+
+template <int NS>
+__device__ void ptnp_block_reduce(double* v, double* shared /* [MAX_WARPS][NS] */)
+{
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_warps = (blockDim.x + 31) >> 5;
+    for (int k = 0; k < NS; ++k) {
+        double x = v[k];
+        for (int o = 16; o > 0; o >>= 1) x += __shfl_down_sync(0xffffffffu, x, o);
+        if (lane == 0) shared[warp * NS + k] = x;
+    }
+    __syncthreads();
+    if (threadIdx.x < NS) {
+        double s = 0.0;
+        for (int w = 0; w < n_warps; ++w) s += shared[w * NS + threadIdx.x];
+        v[0] = s;   // thread k holds total k in v[0]
+    }
+}
+
+// Voxel w of the cube window (side = 2*half + 2, starting at floor(c) - half):
+// false when outside the map or farther than sqrt(r2) from c; otherwise the
+// flat map index and the offset from c (voxels).
+__device__ __forceinline__ bool ptnp_window_voxel(
+    const int w, const int side, const int half, const double cx, const double cy,
+    const double cz, const double r2, const int nx, const int ny, const int nz,
+    long long* idx, double* ux, double* uy, double* uz)
+{
+    const int ix = (int)floor(cx) - half + w % side;
+    const int iy = (int)floor(cy) - half + (w / side) % side;
+    const int iz = (int)floor(cz) - half + w / (side * side);
+    if (ix < 0 || iy < 0 || iz < 0 || ix >= nx || iy >= ny || iz >= nz) return false;
+    *ux = ix - cx; *uy = iy - cy; *uz = iz - cz;
+    if (*ux * *ux + *uy * *uy + *uz * *uz > r2) return false;
+    *idx = ((long long)iz * ny + iy) * nx + ix;
+    return true;
+}
+
+extern "C" __global__ void ptnp_window_normal_eq(
+    const PTNP_MAP_T* __restrict__ map, const int nx, const int ny, const int nz,
+    const double* __restrict__ centres,   // (N, 3) voxel x y z
+    const int n_atoms, const int half, const double r2,
+    const double vsx, const double vsy, const double vsz,
+    double* __restrict__ A,                // (N, 7, 7)
+    double* __restrict__ rhs,              // (N, 7)
+    long long* __restrict__ count)         // (N,)
+{
+    __shared__ double shared[PTNP_MAX_WARPS * PTNP_NE_SUMS];
+    const int atom = blockIdx.x;
+    if (atom >= n_atoms) return;
+    const double cx = centres[3 * atom], cy = centres[3 * atom + 1], cz = centres[3 * atom + 2];
+    const int side = 2 * half + 2;
+    double acc[PTNP_NE_SUMS];
+    for (int k = 0; k < PTNP_NE_SUMS; ++k) acc[k] = 0.0;
+    for (int w = threadIdx.x; w < side * side * side; w += blockDim.x) {
+        long long idx; double ux, uy, uz;
+        if (!ptnp_window_voxel(w, side, half, cx, cy, cz, r2, nx, ny, nz, &idx, &ux, &uy, &uz))
+            continue;
+        const double I = (double)map[idx];
+        if (!(I > 0.0) || isinf(I)) continue;
+        const double x = ux * vsx, y = uy * vsy, z = uz * vsz;
+        const double phi[7] = {1.0, x * x, y * y, z * z, x * y, x * z, y * z};
+        const double lnI = log(I);
+        int k = 0;
+        for (int i = 0; i < 7; ++i)
+            for (int j = i; j < 7; ++j) acc[k++] += I * phi[i] * phi[j];
+        for (int i = 0; i < 7; ++i) acc[28 + i] += I * phi[i] * lnI;
+        acc[35] += 1.0;
+    }
+    ptnp_block_reduce<PTNP_NE_SUMS>(acc, shared);
+    const int t = threadIdx.x;
+    if (t < 28) {
+        // upper-triangle index t -> (i, j)
+        int i = 0, k = t;
+        while (k >= 7 - i) { k -= 7 - i; ++i; }
+        const int j = i + k;
+        A[(long long)atom * 49 + i * 7 + j] = acc[0];
+        A[(long long)atom * 49 + j * 7 + i] = acc[0];
+    } else if (t < 35) {
+        rhs[(long long)atom * 7 + (t - 28)] = acc[0];
+    } else if (t == 35) {
+        count[atom] = (long long)(acc[0] + 0.5);
+    }
+}
+
+extern "C" __global__ void ptnp_window_pearson(
+    const PTNP_MAP_T* __restrict__ map_a, const PTNP_MAP_T* __restrict__ map_b,
+    const int nx, const int ny, const int nz,
+    const double* __restrict__ centres,   // (N, 3) voxel x y z
+    const int n_atoms, const int half, const double r2,
+    double* __restrict__ sums)             // (N, 6): n Sa Sb Saa Sbb Sab
+{
+    __shared__ double shared[PTNP_MAX_WARPS * PTNP_PC_SUMS];
+    const int atom = blockIdx.x;
+    if (atom >= n_atoms) return;
+    const double cx = centres[3 * atom], cy = centres[3 * atom + 1], cz = centres[3 * atom + 2];
+    const int side = 2 * half + 2;
+    double acc[PTNP_PC_SUMS] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    for (int w = threadIdx.x; w < side * side * side; w += blockDim.x) {
+        long long idx; double ux, uy, uz;
+        if (!ptnp_window_voxel(w, side, half, cx, cy, cz, r2, nx, ny, nz, &idx, &ux, &uy, &uz))
+            continue;
+        const double a = (double)map_a[idx], b = (double)map_b[idx];
+        acc[0] += 1.0; acc[1] += a; acc[2] += b;
+        acc[3] += a * a; acc[4] += b * b; acc[5] += a * b;
+    }
+    ptnp_block_reduce<PTNP_PC_SUMS>(acc, shared);
+    if (threadIdx.x < PTNP_PC_SUMS) sums[(long long)atom * PTNP_PC_SUMS + threadIdx.x] = acc[0];
+}

@@ -1,0 +1,437 @@
+"""Custom CUDA kernels and their CPU twins, behind backend-dispatching functions.
+
+The CUDA sources live in the ``ptnp_gpu.kernels`` package (top-level
+``kernels/`` in the repository) and are read with :mod:`importlib.resources`,
+compiled by CuPy's :class:`cupy.RawModule` and memoised per device
+(``cupy.memoize(for_each_device=True)``), keyed by file name and the
+``#define`` preamble that specialises them (element types). Kernel names
+start with ``ptnp_``. Each kernel has a Numba twin in the same folder
+(``*_cpu.py``) that computes the same sums on the CPU; the public functions
+below call the kernel for CuPy arrays and the twin for NumPy arrays, so the
+twin is the test oracle of the kernel and the CPU fast path at once.
+
+Public functions
+----------------
+window_normal_equations
+    Weighted normal equations of the per-atom quadric fit of ln I (U_iso and
+    anisotropic U), all atoms at once.
+window_pearson
+    Per-atom Pearson correlation of two maps within a sphere (validation
+    correlation).
+label_moments
+    Per-label count, Σw, Σw·x, Σw·y, Σw·z, peak value and peak index, one pass.
+iso_normal_equations
+    Reduce the 7-term normal equations to the isotropic 2-term ones.
+"""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from typing import NamedTuple
+
+import numpy as np
+
+from . import backend as _be
+
+__all__ = ["kernel_source", "get_function", "window_normal_equations", "window_pearson",
+           "label_moments", "LabelMoments", "iso_normal_equations", "render_windows",
+           "C_TYPES"]
+
+#: NumPy dtype → C type used in the kernels' ``#define`` preambles.
+C_TYPES = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+    np.dtype(np.int32): "int",
+    np.dtype(np.uint32): "unsigned int",
+    np.dtype(np.int64): "long long",
+    np.dtype(np.uint64): "unsigned long long",
+    np.dtype(np.int16): "short",
+    np.dtype(np.uint16): "unsigned short",
+    np.dtype(np.uint8): "unsigned char",
+}
+
+_BLOCK = 128
+
+
+def _c_type(dtype, what: str) -> str:
+    dt = np.dtype(dtype)
+    if dt not in C_TYPES:
+        raise ValueError(f"{what}: unsupported dtype {dt}; expected one of "
+                         f"{', '.join(str(d) for d in C_TYPES)}")
+    return C_TYPES[dt]
+
+
+def kernel_source(filename: str) -> str:
+    """Text of one ``.cu`` file shipped in ``ptnp_gpu.kernels``."""
+    return resources.files("ptnp_gpu.kernels").joinpath(filename).read_text(encoding="utf-8")
+
+
+@functools.lru_cache(maxsize=None)
+def _module_builder():
+    import cupy
+
+    @cupy.memoize(for_each_device=True)
+    def build(filename: str, defines: tuple):
+        pre = "".join(f"#define {k} {v}\n" for k, v in defines)
+        return cupy.RawModule(code=pre + kernel_source(filename), options=("--std=c++17",))
+    return build
+
+
+def get_function(filename: str, name: str, defines: tuple = ()):
+    """Compiled kernel ``name`` from ``filename`` with ``defines``, for the current device.
+
+    Parameters
+    ----------
+    filename : str
+        A ``.cu`` file in ``ptnp_gpu.kernels``.
+    name : str
+        The ``extern "C"`` kernel name (``ptnp_...``).
+    defines : tuple of (str, str)
+        ``#define`` lines prepended to the source; part of the cache key.
+    """
+    return _module_builder()(filename, tuple(defines)).get_function(name)
+
+
+# --------------------------------------------------------------------------- render
+
+def render_windows(out, base, frac, inv6, norm, offsets, voxel_size_A):
+    """Add atom windows to the float64 map ``out`` (nz, ny, nx) in place.
+
+    Backend follows ``out``: CuPy → ``ptnp_render_atoms`` (atomicAdd, one block
+    per atom); NumPy → the Numba twin (parallel over z planes). The arguments
+    are those documented in ``kernels/render_atoms.cu``; host arrays are fine
+    for the small per-atom inputs.
+    """
+    be = _be.namespace(out)
+    vs = np.broadcast_to(np.asarray(voxel_size_A, np.float64), (3,))
+    if not be.is_gpu:
+        from .kernels.render_atoms_cpu import render_planes
+        return render_planes(base, frac, inv6, norm, offsets, vs, out)
+    xp = be.xp
+    n = int(len(base))
+    n_terms = int(np.shape(norm)[1]) if n else 0
+    if n == 0 or len(offsets) == 0:
+        return out
+    if n_terms > 8:
+        raise ValueError(f"render_windows: at most 8 Gaussian terms per atom, got {n_terms}")
+    if out.dtype != xp.float64 or not out.flags.c_contiguous:
+        raise ValueError("render_windows: out must be a C-contiguous float64 array")
+    nz, ny, nx = out.shape
+    args_dev = [xp.ascontiguousarray(xp.asarray(base, dtype=xp.int32)),
+                xp.ascontiguousarray(xp.asarray(frac, dtype=xp.float64)),
+                xp.ascontiguousarray(xp.asarray(inv6, dtype=xp.float64)),
+                xp.ascontiguousarray(xp.asarray(norm, dtype=xp.float64)),
+                xp.ascontiguousarray(xp.asarray(offsets, dtype=xp.int32))]
+    n_off = int(len(offsets))
+    k = get_function("render_atoms.cu", "ptnp_render_atoms")
+    grid_y = max(1, min(64, -(-n_off // 256)))
+    k((n, grid_y), (256,), (*args_dev, np.int32(n), np.int32(n_terms), np.int32(n_off),
+                            np.int32(nx), np.int32(ny), np.int32(nz),
+                            np.float64(vs[0]), np.float64(vs[1]), np.float64(vs[2]), out))
+    return out
+
+
+# --------------------------------------------------------------------------- window fits
+
+def _centres(centres_vox_xyz, xp):
+    c = xp.asarray(centres_vox_xyz, dtype=xp.float64)
+    if c.ndim != 2 or c.shape[1] != 3:
+        raise ValueError(f"centres_vox_xyz: expected shape (N, 3), got {tuple(c.shape)}")
+    return xp.ascontiguousarray(c)
+
+
+def _volume(vol, name, xp):
+    if vol.ndim != 3:
+        raise ValueError(f"{name}: expected a 3D (nz, ny, nx) array, got shape {tuple(vol.shape)}")
+    if vol.dtype not in (np.float32, np.float64):
+        vol = vol.astype(xp.float32)
+    return xp.ascontiguousarray(vol)
+
+
+def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=1.0):
+    """Weighted normal equations of ln I = β·φ for every atom window at once.
+
+    φ = (1, x², y², z², xy, xz, yz); the weights are I; the voxels used are
+    those with I > 0 (finite) within ``r_fit_vox`` of the atom centre. x, y,
+    z are the voxel's offset from the (fractional) centre times
+    ``voxel_size_A``, so with the voxel size in Å the β come out in Å⁻².
+
+    Parameters
+    ----------
+    volume : (nz, ny, nx) float32 or float64 array, NumPy or CuPy
+        The raw map (other dtypes are converted to float32).
+    centres_vox_xyz : (N, 3) array
+        Atom centres in voxel coordinates, x y z (fractional allowed).
+    r_fit_vox : float
+        Fit radius in voxels (distance measured in voxel units).
+    voxel_size_A : float or (3,) floats, optional
+        Scale of x, y, z (default 1: voxel units).
+
+    Returns
+    -------
+    A : (N, 7, 7) float64
+        Σ I φ φᵀ (symmetric).
+    rhs : (N, 7) float64
+        Σ I φ ln I.
+    count : (N,) int64
+        Voxels used per atom.
+
+    Notes
+    -----
+    Solve with ``xp.linalg.solve(A, rhs[..., None])[..., 0]`` (guard atoms
+    with ``count < 7`` or a singular A). The isotropic fit
+    ln I = β0 + β1 r² uses :func:`iso_normal_equations` on the same sums.
+    Arrays live on the backend of ``volume``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> z, y, x = np.mgrid[:9, :9, :9] - 4.0
+    >>> vol = np.exp(-(x**2 + y**2 + z**2) / (2 * 1.5)).astype(np.float32)
+    >>> A, rhs, n = window_normal_equations(vol, [[4.0, 4.0, 4.0]], 3.0)
+    >>> beta = np.linalg.solve(A[0], rhs[0])
+    >>> round(float(-1 / (2 * beta[1])), 3), int(n[0])
+    (1.5, 123)
+    """
+    be = _be.namespace(volume)
+    xp = be.xp
+    vol = _volume(xp.asarray(volume), "volume", xp)
+    c = _centres(centres_vox_xyz, xp)
+    r = float(r_fit_vox)
+    if not np.isfinite(r) or r <= 0:
+        raise ValueError(f"r_fit_vox: expected a positive radius in voxels, got {r_fit_vox!r}")
+    half = int(np.ceil(r))
+    vs = np.broadcast_to(np.asarray(voxel_size_A, np.float64), (3,))
+    n = int(c.shape[0])
+    A = xp.zeros((n, 7, 7), dtype=xp.float64)
+    rhs = xp.zeros((n, 7), dtype=xp.float64)
+    count = xp.zeros(n, dtype=xp.int64)
+    if n == 0:
+        return A, rhs, count
+    if not be.is_gpu:
+        from .kernels.window_fits_cpu import normal_equations
+        normal_equations(vol, c, half, r * r, np.ascontiguousarray(vs), A, rhs, count)
+        return A, rhs, count
+    nz, ny, nx = vol.shape
+    k = get_function("window_fits.cu", "ptnp_window_normal_eq",
+                     (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))
+    k((n,), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), c, np.int32(n),
+                        np.int32(half), np.float64(r * r), np.float64(vs[0]),
+                        np.float64(vs[1]), np.float64(vs[2]), A, rhs, count))
+    return A, rhs, count
+
+
+def iso_normal_equations(A, rhs):
+    """Isotropic normal equations (ln I = β0 + β1 r²) from the 7-term ones.
+
+    Since r² = x² + y² + z², the 2-term design is φ_iso = Tᵀφ, so
+    A_iso = Tᵀ A T and rhs_iso = Tᵀ rhs with T summing columns 1–3.
+
+    Parameters
+    ----------
+    A : (N, 7, 7) array
+    rhs : (N, 7) array
+
+    Returns
+    -------
+    A_iso : (N, 2, 2) array
+    rhs_iso : (N, 2) array
+    """
+    xp = _be.namespace(A).xp
+    T = xp.zeros((7, 2), dtype=A.dtype)
+    T[0, 0] = 1.0
+    T[1:4, 1] = 1.0
+    return xp.einsum("ia,nij,jb->nab", T, A, T), rhs @ T
+
+
+def window_pearson(map_a, map_b, centres_vox_xyz, radius_vox, *, return_sums=False):
+    """Per-atom Pearson correlation of two maps within a sphere.
+
+    Parameters
+    ----------
+    map_a, map_b : (nz, ny, nx) arrays, NumPy or CuPy (same shape)
+        E.g. the raw map and the map simulated from the model.
+    centres_vox_xyz : (N, 3) array
+        Sphere centres in voxel coordinates, x y z.
+    radius_vox : float
+        Sphere radius in voxels (e.g. 1.5 × r_th / voxel size).
+    return_sums : bool, optional
+        Also return the (N, 6) sums n, Σa, Σb, Σa², Σb², Σab.
+
+    Returns
+    -------
+    r : (N,) float64
+        Pearson correlation; NaN where a map is constant in the sphere or the
+        sphere holds fewer than 2 voxels.
+    sums : (N, 6) float64, only if ``return_sums``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.normal(size=(12, 12, 12))
+    >>> r = window_pearson(a, 2 * a + 1, [[6, 6, 6], [3.5, 4, 5]], 2.5)
+    >>> np.round(r, 6).tolist()
+    [1.0, 1.0]
+    """
+    be = _be.namespace(map_a, map_b)
+    xp = be.xp
+    a = xp.asarray(map_a)
+    b = xp.asarray(map_b)
+    if a.shape != b.shape:
+        raise ValueError(f"map_a and map_b must have the same shape, got {a.shape} and {b.shape}")
+    dt = np.result_type(a.dtype, b.dtype, np.float32)
+    a = _volume(a.astype(dt, copy=False), "map_a", xp)
+    b = _volume(b.astype(dt, copy=False), "map_b", xp)
+    c = _centres(centres_vox_xyz, xp)
+    r = float(radius_vox)
+    if not np.isfinite(r) or r <= 0:
+        raise ValueError(f"radius_vox: expected a positive radius in voxels, got {radius_vox!r}")
+    half = int(np.ceil(r))
+    n = int(c.shape[0])
+    sums = xp.zeros((n, 6), dtype=xp.float64)
+    if n:
+        if not be.is_gpu:
+            from .kernels.window_fits_cpu import pearson_sums
+            pearson_sums(a, b, c, half, r * r, sums)
+        else:
+            nz, ny, nx = a.shape
+            k = get_function("window_fits.cu", "ptnp_window_pearson",
+                             (("PTNP_MAP_T", _c_type(a.dtype, "map_a")),))
+            k((n,), (_BLOCK,), (a, b, np.int32(nx), np.int32(ny), np.int32(nz), c,
+                                np.int32(n), np.int32(half), np.float64(r * r), sums))
+    corr = pearson_from_sums(sums)
+    return (corr, sums) if return_sums else corr
+
+
+def pearson_from_sums(sums):
+    """Pearson r from (..., 6) sums n, Σa, Σb, Σa², Σb², Σab (NaN when undefined)."""
+    xp = _be.namespace(sums).xp
+    n, sa, sb, saa, sbb, sab = (sums[..., i] for i in range(6))
+    nn = xp.maximum(n, 1.0)
+    cov = sab - sa * sb / nn
+    va = saa - sa * sa / nn
+    vb = sbb - sb * sb / nn
+    den = xp.sqrt(xp.maximum(va, 0.0) * xp.maximum(vb, 0.0))
+    ok = (n >= 2) & (den > 0)
+    return xp.where(ok, cov / xp.where(ok, den, 1.0), xp.nan)
+
+
+# --------------------------------------------------------------------------- label sums
+
+class LabelMoments(NamedTuple):
+    """Per-label reductions for labels 1..n (row i is label i + 1).
+
+    Attributes
+    ----------
+    count : (n,) int64
+    sum_w : (n,) float64
+    sum_w_xyz : (n, 3) float64
+        Σw·x, Σw·y, Σw·z with x, y, z voxel indices.
+    peak_value : (n,) float32
+        Largest ``peakmap`` value in the label (-inf if empty).
+    peak_index : (n,) int64
+        Flat (C-order) index of the first voxel holding it (-1 if empty).
+    """
+    count: object
+    sum_w: object
+    sum_w_xyz: object
+    peak_value: object
+    peak_index: object
+
+    def centres_vox_xyz(self):
+        """Weighted centres of mass, (n, 3) voxel x y z (NaN where Σw = 0)."""
+        xp = _be.namespace(self.sum_w).xp
+        sw = self.sum_w[:, None]
+        return xp.where(sw != 0, self.sum_w_xyz / xp.where(sw != 0, sw, 1.0), xp.nan)
+
+
+def label_moments(labels, weights, peakmap, n_labels):
+    """Count, Σw, Σw·(x, y, z), peak value and argmax of every label in one pass.
+
+    Parameters
+    ----------
+    labels : (nz, ny, nx) integer array, NumPy or CuPy
+        0 is background; labels above ``n_labels`` are ignored.
+    weights : (nz, ny, nx) float32 or float64 array
+        Weights of the centres of mass (the raw map).
+    peakmap : (nz, ny, nx) array
+        Map whose per-label maximum is wanted (the denoised map); compared as
+        float32, must be finite.
+    n_labels : int
+        Number of labels (e.g. from ``ndimage.label``); passing it avoids a
+        device sync.
+
+    Returns
+    -------
+    LabelMoments
+        Arrays on the backend of ``labels``, row i for label i + 1.
+
+    Raises
+    ------
+    ValueError
+        Shape mismatch, unsupported dtype, or a volume with 2³² voxels or more.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> lab = np.zeros((1, 2, 4), np.int32); lab[0, 0, 1:3] = 1; lab[0, 1, 3] = 2
+    >>> w = np.ones(lab.shape, np.float32)
+    >>> m = label_moments(lab, w, w * np.arange(8).reshape(lab.shape), 2)
+    >>> m.count.tolist(), m.centres_vox_xyz().tolist(), m.peak_index.tolist()
+    ([2, 1], [[1.5, 0.0, 0.0], [3.0, 1.0, 0.0]], [2, 7])
+    """
+    be = _be.namespace(labels, weights, peakmap)
+    xp = be.xp
+    lab = xp.asarray(labels)
+    w = xp.asarray(weights)
+    p = xp.asarray(peakmap)
+    if lab.ndim != 3 or w.shape != lab.shape or p.shape != lab.shape:
+        raise ValueError(f"labels, weights and peakmap must be 3D of one shape, got "
+                         f"{lab.shape}, {w.shape}, {p.shape}")
+    if lab.dtype.kind not in "iu":
+        raise ValueError(f"labels: expected an integer array, got {lab.dtype}; "
+                         "label the mask first (ndimage.label)")
+    if lab.size >= 2 ** 32:
+        raise ValueError(f"label_moments: volumes of 2**32 voxels or more are not supported "
+                         f"(got {lab.size})")
+    n_labels = int(n_labels)
+    if n_labels < 0:
+        raise ValueError(f"n_labels: expected >= 0, got {n_labels}")
+    if w.dtype not in (np.float32, np.float64):
+        w = w.astype(xp.float32)
+    lab = xp.ascontiguousarray(lab)
+    w = xp.ascontiguousarray(w)
+    p = xp.ascontiguousarray(p.astype(xp.float32, copy=False))
+    if not be.is_gpu:
+        from .kernels.label_sums_cpu import label_moments_cpu
+        count, sums, pv, pi = label_moments_cpu(lab, w, p, n_labels)
+        return LabelMoments(count, sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi)
+    count = xp.zeros(n_labels, dtype=xp.uint64)
+    sums = xp.zeros((n_labels, 4), dtype=xp.float64)
+    key = xp.zeros(n_labels, dtype=xp.uint64)
+    if n_labels and lab.size:
+        nz, ny, nx = lab.shape
+        run = 8
+        n_threads = -(-nx // run) * ny * nz
+        k = get_function("label_sums.cu", "ptnp_label_moments",
+                         (("PTNP_LABEL_T", _c_type(lab.dtype, "labels")),
+                          ("PTNP_WEIGHT_T", _c_type(w.dtype, "weights")),
+                          ("PTNP_RUN", str(run))))
+        k((-(-n_threads // 256),), (256,), (lab, w, p, np.int32(nx), np.int32(ny), np.int32(nz),
+                                            np.int64(n_labels), count, sums, key))
+    pv, pi = _decode_peak_keys(key, xp)
+    return LabelMoments(count.astype(xp.int64), sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi)
+
+
+def _decode_peak_keys(key, xp):
+    """(value float32, flat index int64) from the packed 64-bit peak keys."""
+    hi = (key >> np.uint64(32)).astype(xp.uint32)
+    lo = (key & np.uint64(0xFFFFFFFF)).astype(xp.uint32)
+    neg = (hi & np.uint32(0x80000000)) == 0
+    bits = xp.where(neg, ~hi, hi & np.uint32(0x7FFFFFFF)).astype(xp.uint32)
+    val = bits.view(xp.float32)
+    empty = key == 0
+    val = xp.where(empty, xp.float32(-np.inf), val).astype(xp.float32)
+    idx = xp.where(empty, -1, np.uint32(0xFFFFFFFF) - lo.astype(xp.int64)).astype(xp.int64)
+    return val, idx
