@@ -179,8 +179,28 @@ def _read_csv(path: Path) -> Model:
     return Model(xyz, els, b, None, extra)
 
 
+def _read_mat(path: Path) -> Model:
+    """MATLAB model file (as published with AET data): ``model`` (3, N) Å, optional ``atoms`` (1, N) species."""
+    from scipy.io import loadmat
+    try:
+        d = loadmat(str(path))
+    except Exception:  # noqa: BLE001
+        raise InputError(f"{path}: not a readable MATLAB .mat file") from None
+    if "model" not in d:
+        raise InputError(f"{path}: .mat model needs a 'model' variable of shape (3, N) in Å; "
+                         f"found {sorted(k for k in d if not k.startswith('__'))}")
+    xyz = np.asarray(d["model"], dtype=float)
+    if xyz.ndim != 2 or 3 not in xyz.shape or xyz.size == 0:
+        raise InputError(f"{path}: 'model' must have shape (3, N); got {xyz.shape}")
+    xyz = xyz.T if xyz.shape[0] == 3 else xyz
+    cols = {}
+    if "atoms" in d and np.asarray(d["atoms"]).size == len(xyz):
+        cols["species"] = np.asarray(d["atoms"], float).ravel()
+    return Model(xyz, [], None, None, cols)
+
+
 def read_model(path) -> Model:
-    """Read a model: a ptnp result folder, PDB, mmCIF, CSV (x, y, z columns) or XYZ.
+    """Read a model: a ptnp result folder, PDB, mmCIF, CSV (x, y, z columns), XYZ or MATLAB .mat.
 
     Raises
     ------
@@ -204,8 +224,10 @@ def read_model(path) -> Model:
         model = _read_csv(path)
     elif suf in (".pdb", ".ent", ".cif", ".mmcif"):
         model = _read_gemmi(path)
+    elif suf == ".mat":
+        model = _read_mat(path)
     else:
-        raise InputError(f"{path}: unknown model format {suf!r}; use .pdb, .cif, .csv or .xyz")
+        raise InputError(f"{path}: unknown model format {suf!r}; use .pdb, .cif, .csv, .xyz or .mat")
     if not np.all(np.isfinite(model.xyz_A)):
         raise InputError(f"{path}: model holds non-finite coordinates")
     return model
