@@ -126,5 +126,6 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     G = None
     if want_second:
         FM *= K
-        G = (fft.irfftn(FM, s=padded)[sl] * scale).astype(xp.float32)
+        # discrete correlation with the sampled atom: K_grid^ = K^ / voxel volume
+        G = (fft.irfftn(FM, s=padded)[sl] * (scale / kernel.voxel_volume_A3)).astype(xp.float32)
     return xp.ascontiguousarray(C), (None if G is None else xp.ascontiguousarray(G))

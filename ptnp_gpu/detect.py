@@ -117,7 +117,8 @@ class _Scorer:
     def __init__(self, C_box, G_box, kernel: AtomKernel, voxel_size_A):
         be = _be.namespace(C_box)
         self.xp, self.ndi = be.xp, be.ndi
-        self.G = G_box
+        # cubic B-spline coefficients: exact enough at the peaks (trilinear is ~4% low)
+        self.G = self.ndi.spline_filter(G_box.astype(self.xp.float64), order=3, mode="nearest")
         self.kernel = kernel
         self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
         c = C_box.astype(self.xp.float64)
@@ -134,7 +135,7 @@ class _Scorer:
         if n_at == 0:
             return -1.0
         coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
-        ssc = self.ndi.map_coordinates(self.G, coords, order=1, mode="nearest").sum()
+        ssc = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False).sum()
         xyz = centre_vox_xyz * xp.asarray(self.vs)
         _, _, d2 = pairs_within(xyz, self.reach)
         sss = n_at * self.a0 + 2.0 * self.kernel.autocorr(d2, xp).sum()

@@ -1,0 +1,188 @@
+"""Commands: detect, analyze, simulate, demo, info."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import InputError
+
+
+def _positive(v):
+    x = float(v)
+    if not x > 0:
+        raise ValueError
+    return x
+
+
+def add_map_options(p):
+    """Options shared by every command that analyses maps."""
+    p.add_argument("--element", default="Pt", help="element the particle is made of (default Pt)")
+    p.add_argument("--out", type=Path, default=None, help="result folder (default: <map>_ptnp beside the map)")
+    p.add_argument("--voxel-size", type=float, default=None, metavar="A",
+                   help="voxel size in Å (overrides the map header)")
+    p.add_argument("--force", action="store_true", help="replace an existing result folder")
+    p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--backend", choices=("numpy", "cupy"), default=None,
+                   help="array backend (default: CuPy when a GPU is usable, else NumPy)")
+    g = p.add_argument_group("pipeline knobs")
+    g.add_argument("--n-thresholds", type=int, default=None, help="uniform thresholds in the sweep (default 16, ≥ 15 advised)")
+    g.add_argument("--refine-steps", type=int, default=None, help="fine sweep: coarse step / N over ±1 step (default 6)")
+    g.add_argument("--min-voxels", type=int, default=None, help="drop components smaller than this (default 3)")
+    g.add_argument("--no-split", dest="split", action="store_false", default=None, help="do not split merged atoms")
+    g.add_argument("--no-rescue", dest="rescue", action="store_false", default=None,
+                   help="do not add weak atoms missed by the global threshold")
+    g.add_argument("--rescue-sigma", type=float, default=None, help="significance of a rescued peak, in noise SDs (default 5)")
+    g.add_argument("--no-reject-correlation", dest="reject_correlation", action="store_false", default=None,
+                   help="keep atoms with a low validation correlation")
+    g.add_argument("--correlation-rule", choices=("robust", "paper"), default=None,
+                   help="outlier rule: robust (median − k·MAD-SD, default) or paper (mean − k·SD)")
+    g.add_argument("--correlation-sd", type=float, default=None, help="k of the outlier rule (default 3; the paper used 2)")
+    g.add_argument("--no-reject-cn", dest="reject_low_cn", action="store_false", default=None,
+                   help="keep atoms with fewer than --min-cn neighbours")
+    g.add_argument("--min-cn", type=int, default=None, help="minimum coordination number (default 3)")
+    g.add_argument("--no-refine", dest="refine_centres", action="store_false", default=None,
+                   help="plain grey-value centres of mass (no sub-voxel refinement)")
+    g.add_argument("--resolution", dest="resolution_A", type=float, default=None, help="denoising band limit in Å (default 1)")
+    g.add_argument("--b-extra", dest="b_extra_A2", type=float, default=None, help="blur of the simulated atom in Å² (default (8·voxel)²)")
+
+
+_KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma",
+          "reject_correlation", "correlation_rule", "correlation_sd", "reject_low_cn", "min_cn",
+          "refine_centres", "resolution_A", "b_extra_A2")
+
+
+def pipeline_kwargs(args) -> dict:
+    """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
+    kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
+    return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
+                force=args.force, quiet=args.quiet, backend=args.backend, **kw)
+
+
+def _print_table(summary, stream=sys.stdout):
+    part = summary.get("particle") or {}
+    rows = [("atoms", summary["n_atoms"]), ("threshold", f"{summary['threshold']:.4g}"),
+            ("correlation", f"{summary['correlation']:.4f}")]
+    for k, v in part.items():
+        if isinstance(v, (int, float)) and k != "n_atoms":
+            rows.append((k, f"{v:.4g}" if isinstance(v, float) else v))
+    pen = (summary.get("penetration") or {}).get("cn") if isinstance(summary.get("penetration"), dict) else None
+    if isinstance(pen, dict) and pen.get("delta_A") is not None:
+        rows.append(("CN penetration depth (Å)", f"{pen['delta_A']:.2f}"))
+    rows.append(("backend", summary["backend"]))
+    rows.append(("time (s)", f"{summary['times_s']['total']:.2f}"))
+    rows.append(("results", summary["out_dir"]))
+    w = max(len(r[0]) for r in rows)
+    for k, v in rows:
+        print(f"  {k:<{w}}  {v}", file=stream)
+
+
+def _cmd_detect(args):
+    from .pipeline import run_detect
+    s = run_detect(args.map, **pipeline_kwargs(args))
+    if not args.quiet:
+        _print_table(s)
+    return 0
+
+
+def _cmd_analyze(args):
+    from .pipeline import run_analyze
+    s = run_analyze(args.map, **pipeline_kwargs(args))
+    if not args.quiet:
+        _print_table(s)
+    return 0
+
+
+def _cmd_simulate(args):
+    from .synth import ParticleSpec, make_particle, write_particle
+    spec = ParticleSpec(n_atoms=args.atoms, element=args.element, shape=args.shape,
+                        voxel_size_A=args.voxel_size, box=tuple(args.box) if args.box else None,
+                        origin_A=tuple(args.origin), expansion=args.expansion, rotate=not args.no_rotate,
+                        u_core_A2=args.u_core, u_surface_A2=args.u_surface, shell_depth_A=args.shell_depth,
+                        surface_min_doi=args.surface_min_doi, noise=args.noise, background=args.background,
+                        seed=args.seed)
+    try:
+        p = make_particle(spec)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    stem = Path(args.out_stem)
+    if stem.suffix == ".mrc":
+        stem = stem.with_suffix("")
+    if stem.with_suffix(".mrc").exists() and not args.force:
+        raise InputError(f"{stem.with_suffix('.mrc')} exists; use --force to replace it")
+    paths = write_particle(p, stem)
+    print(json.dumps({"n_atoms": len(p.xyz_A), "shape_zyx": list(p.map.shape), **paths}, indent=1))
+    return 0
+
+
+def _cmd_demo(args):
+    import tempfile
+
+    import numpy as np
+
+    from .models import read_model
+    from .pairing import match_accuracy
+    from .pipeline import run_analyze
+    from .synth import make_particle, write_particle
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ptnp_demo_"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"simulating a Pt particle of about {args.atoms} atoms (noise 0.15, background, random orientation)")
+    p = make_particle(n_atoms=args.atoms, seed=args.seed)
+    paths = write_particle(p, out / "demo_particle")
+    s = run_analyze(paths["map"], out_dir=out / "demo_particle_ptnp", element="Pt", force=True,
+                    quiet=args.quiet)
+    _print_table(s)
+    found = read_model(out / "demo_particle_ptnp").xyz_A
+    acc = match_accuracy(found, p.xyz_A, 1.0)
+    print(f"accuracy against the truth ({len(p.xyz_A)} atoms, matched within 1 Å): "
+          f"recall {acc['recall']:.4f}, precision {acc['precision']:.4f}, RMSD {acc['rmsd_A']:.3f} Å")
+    return 0 if np.isfinite(acc["rmsd_A"]) else 1
+
+
+def _cmd_info(args):
+    from . import __version__
+    from .backend import info
+    print(json.dumps({"ptnp_gpu": __version__, **info()}, indent=1))
+    return 0
+
+
+def register(sub):
+    p = sub.add_parser("detect", help="build an atomic model from a map")
+    p.add_argument("map", type=Path, help="MRC map")
+    add_map_options(p)
+    p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser("analyze", help="detect atoms and compute per-atom statistics (the main job)")
+    p.add_argument("map", type=Path, help="MRC map")
+    add_map_options(p)
+    p.set_defaults(func=_cmd_analyze)
+
+    p = sub.add_parser("simulate", help="write a synthetic particle map and its ground truth")
+    p.add_argument("out_stem", help="output path without extension (writes STEM.mrc, STEM_truth.pdb/json)")
+    p.add_argument("--atoms", type=int, default=500)
+    p.add_argument("--element", default="Pt")
+    p.add_argument("--shape", default="sphere", choices=("sphere", "cuboctahedron", "truncated_octahedron"))
+    p.add_argument("--voxel-size", type=_positive, default=0.358, metavar="A")
+    p.add_argument("--box", type=int, nargs=3, metavar=("NZ", "NY", "NX"), default=None)
+    p.add_argument("--origin", type=float, nargs=3, metavar=("X", "Y", "Z"), default=(0.0, 0.0, 0.0))
+    p.add_argument("--expansion", type=float, default=0.0, help="uniform relative expansion (0.02 = 2%%)")
+    p.add_argument("--no-rotate", action="store_true")
+    p.add_argument("--u-core", type=float, default=0.02, help="core U_iso in Å²")
+    p.add_argument("--u-surface", type=float, default=0.10, help="outermost U_iso in Å²")
+    p.add_argument("--shell-depth", type=float, default=4.0, help="depth (Å) over which U grows")
+    p.add_argument("--surface-min-doi", type=float, default=1.0, help="lowest DOI of outermost atoms")
+    p.add_argument("--noise", type=float, default=0.15, help="noise SD / core atom peak")
+    p.add_argument("--background", type=float, default=0.15, help="smooth background amplitude / peak")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("demo", help="simulate a Pt particle, analyse it and print the accuracy")
+    p.add_argument("--out", default=None, help="folder for the demo files (default: a temporary folder)")
+    p.add_argument("--atoms", type=int, default=400)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("info", help="backend, device and versions")
+    p.set_defaults(func=_cmd_info)

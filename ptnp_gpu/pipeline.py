@@ -1,0 +1,228 @@
+"""End-to-end jobs: map file → result folder (``run_detect``, ``run_analyze``).
+
+A result folder is built under a temporary name beside its destination and
+renamed into place only when complete, so a failed or killed run leaves no
+partial result, and ``summary.json`` inside a folder means it is complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from . import backend as _be
+from .errors import InputError
+from .mapio import read_map, write_map
+from .models import Model, atomic_write, write_structure
+
+__all__ = ["run_detect", "run_analyze", "default_out_dir", "Progress"]
+
+
+class Progress:
+    """Stage messages with elapsed time on stderr (silent when ``quiet``)."""
+
+    def __init__(self, quiet: bool = False, stream=None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+
+    def __call__(self, msg: str):
+        if not self.quiet:
+            print(f"[ptnp {time.perf_counter() - self.t0:7.2f} s] {msg}", file=self.stream, flush=True)
+
+
+def default_out_dir(map_path) -> Path:
+    p = Path(map_path)
+    return p.with_name(p.stem + "_ptnp")
+
+
+def _prepare_out(map_path: Path, out_dir, force: bool) -> Path:
+    out = default_out_dir(map_path) if out_dir is None else Path(out_dir)
+    if out.resolve() == map_path.resolve():
+        raise InputError(f"output folder {out} is the input map; choose another --out")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder")
+    if out.exists() and any(out.iterdir()) and not force:
+        raise InputError(f"result folder {out} already exists; use --force to replace it")
+    if map_path.resolve().parent == out.resolve() or out.resolve() in map_path.resolve().parents:
+        if force:
+            raise InputError(f"--force would replace {out}, which holds the input map; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _commit_folder(tmp: Path, out: Path):
+    """Move the finished temporary folder into place (replacing an old result)."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_csv(path, columns: dict):
+    names = list(columns)
+    n = len(next(iter(columns.values()))) if columns else 0
+
+    def fmt(v):
+        if isinstance(v, (float, np.floating)):
+            return "" if not np.isfinite(v) else f"{v:.6g}"
+        return str(v)
+
+    def write(fh):
+        fh.write(",".join(names) + "\n")
+        cols = [np.asarray(columns[k]) for k in names]
+        for i in range(n):
+            fh.write(",".join(fmt(c[i]) for c in cols) + "\n")
+    atomic_write(path, write)
+
+
+def _detection_columns(det) -> dict:
+    xyz = det.xyz_A
+    return {
+        "id": np.arange(1, len(xyz) + 1), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+        "n_voxels": det.n_voxels, "validation_corr": det.validation_corr,
+        "peak_intensity_z": det.peak_intensity,
+    }
+
+
+def _write_curve(folder: Path, det):
+    curve = det.curve
+    _write_csv(folder / "threshold_curve.csv", {"threshold": curve[:, 0], "correlation": curve[:, 1]})
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:  # noqa: BLE001 - figure is optional
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    ax.plot(curve[:, 0], curve[:, 1], "o-", ms=3)
+    ax.axvline(det.threshold, color="C3", ls="--", label=f"chosen {det.threshold:.4g}")
+    ax.axvline(det.params["otsu_threshold"], color="0.5", ls=":", label="Otsu")
+    ax.set_xlabel("threshold on denoised map")
+    ax.set_ylabel("correlation (simulated vs denoised)")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "threshold_curve.png")
+    plt.close(fig)
+
+
+def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, opts):
+    t_start = time.perf_counter()
+    say = progress or Progress(quiet)
+    map_path = Path(map_path)
+    out = _prepare_out(map_path, out_dir, force)
+    from .detect import detect_atoms
+    from .elements import get_element
+    try:
+        el = get_element(element)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    say(f"reading {map_path}")
+    t = time.perf_counter()
+    dmap = read_map(map_path, voxel_size_A)
+    t_read = time.perf_counter() - t
+    det = detect_atoms(dmap, el, backend=backend, progress=say, **opts)
+    say(f"{len(det.xyz_A)} atoms at threshold {det.threshold:.4g} (correlation {det.correlation:.4f})")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        t = time.perf_counter()
+        say("writing results")
+        vs, org = dmap.voxel_size_A, dmap.origin_A
+        write_map(tmp / "labels.mrc", _be.to_host(det.labels).astype(np.float32), vs, org)
+        write_map(tmp / "denoised.mrc", det.denoised, vs, org)
+        write_map(tmp / "simulated.mrc", det.simulated, vs, org)
+        _write_curve(tmp, det)
+        cols = _detection_columns(det)
+        summary_extra = {}
+        if stats:
+            from .statistics import compute_statistics, write_statistics
+            say("per-atom statistics")
+            ts = time.perf_counter()
+            st = compute_statistics(dmap, det.xyz_A, el, labels=det.labels, backend=backend)
+            det.times["statistics"] = time.perf_counter() - ts
+            extra = {k: v for k, v in cols.items() if k not in ("id", "x", "y", "z")}
+            write_statistics(tmp, dmap, st, model_extra=extra)
+            summary_extra = {"particle": getattr(st, "particle", None),
+                             "penetration": getattr(st, "penetration", None),
+                             "lattice": getattr(st, "lattice", None)}
+        else:
+            _write_csv(tmp / "atoms.csv", cols)
+            write_structure(tmp, Model(det.xyz_A, [el.symbol] * len(det.xyz_A)))
+        times = {"read": t_read, **det.times, "write": time.perf_counter() - t}
+        times["total"] = time.perf_counter() - t_start
+        summary = {
+            "ptnp_gpu_version": __version__, "version": __version__,
+            "command": "analyze" if stats else "detect",
+            "input": str(map_path.resolve()), "out_dir": str(out.resolve()),
+            "element": el.symbol, "n_atoms": int(len(det.xyz_A)),
+            "threshold": det.threshold, "otsu_threshold": det.params["otsu_threshold"],
+            "correlation": det.correlation, "counts": det.counts,
+            "map": {"shape_zyx": list(dmap.shape), "voxel_size_A": dmap.voxel_size_A.tolist(),
+                    "origin_A": dmap.origin_A.tolist()},
+            "parameters": {k: v for k, v in det.params.items() if k != "backend"},
+            "backend": det.params["backend"], "backend_info": _be.info(),
+            "times_s": {k: round(float(v), 4) for k, v in times.items()},
+            **_jsonable(summary_extra),
+        }
+        atomic_write(tmp / "summary.json", lambda fh: json.dump(summary, fh, indent=2))
+        _commit_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    say(f"done in {times['total']:.2f} s → {out}")
+    return summary
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return _jsonable(vars(obj))
+    return obj
+
+
+def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
+               progress=None, backend=None, **opts) -> dict:
+    """Detect atoms in ``map_path`` and write the result folder; returns the summary.
+
+    Parameters
+    ----------
+    map_path : path of an MRC map
+    out_dir : folder for results; default ``<map stem>_ptnp`` beside the map
+    element : element symbol
+    voxel_size_A : overrides the header's voxel size (Å)
+    force : replace an existing result folder
+    quiet : no progress messages
+    **opts : detection options (:class:`ptnp_gpu.detect.DetectOptions`)
+
+    Raises
+    ------
+    InputError
+        Bad input, an existing result without ``force``, or no particle in the map.
+    """
+    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, opts)
+
+
+def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
+                progress=None, backend=None, **opts) -> dict:
+    """Detection followed by per-atom statistics (same arguments as :func:`run_detect`)."""
+    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, opts)
