@@ -31,7 +31,7 @@ def _label_moments(labels, weights, peakmap, n_labels, n_chunks):
                     if lab < 1 or lab > n_labels:
                         continue
                     r = lab - 1
-                    w = float(weights[z, y, x])
+                    w = np.float64(weights[z, y, x])
                     cnt[c, r] += 1
                     sums[c, r, 0] += w
                     sums[c, r, 1] += w * x

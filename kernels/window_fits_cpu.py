@@ -51,7 +51,7 @@ def normal_equations(vol, centres, half, r2, vs, A, rhs, count):
             ok, iz, iy, ix, x, y, z = _window_voxel(w, side, half, centres[a], r2, vol.shape)
             if not ok:
                 continue
-            val = float(vol[iz, iy, ix])
+            val = np.float64(vol[iz, iy, ix])
             if not (val > 0.0) or math.isinf(val):
                 continue
             x *= vs[0]
@@ -95,8 +95,8 @@ def pearson_sums(vol_a, vol_b, centres, half, r2, sums):
             ok, iz, iy, ix, ux, uy, uz = _window_voxel(w, side, half, centres[a], r2, vol_a.shape)
             if not ok:
                 continue
-            va = float(vol_a[iz, iy, ix])
-            vb = float(vol_b[iz, iy, ix])
+            va = np.float64(vol_a[iz, iy, ix])
+            vb = np.float64(vol_b[iz, iy, ix])
             s0 += 1.0
             s1 += va
             s2 += vb

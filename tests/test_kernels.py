@@ -1,0 +1,280 @@
+"""CPU-only checks of the custom kernels.
+
+Every ``kernels/*.cu`` must compile (``nvcc -ptx -arch=sm_90``, with each
+dtype specialisation the loader can request), and every CPU twin must match an
+independent NumPy/SciPy reference on small random inputs. The twins implement
+the kernels' exact voxel selection and sums, so a change of the maths shows up
+here even without a GPU; ``test_gpu_parity.py`` then ties the kernels to the
+twins on a device.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from importlib import resources
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+
+from ptnp_gpu import gpu_kernels as gk
+from ptnp_gpu import simulate
+
+KERNEL_DIR = resources.files("ptnp_gpu.kernels")
+CU_FILES = sorted(p.name for p in KERNEL_DIR.iterdir() if p.name.endswith(".cu"))
+
+# every specialisation the loader can build (defines prepended by gpu_kernels)
+SPECIALISATIONS = {
+    "render_atoms.cu": [()],
+    "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
+    "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
+                      for lt in ("int", "long long", "unsigned char") for wt in ("float", "double")],
+}
+
+
+def test_every_kernel_file_has_specialisations():
+    assert CU_FILES, "no .cu files found in ptnp_gpu.kernels"
+    assert sorted(SPECIALISATIONS) == CU_FILES
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+@pytest.mark.parametrize("cu", CU_FILES)
+def test_cuda_sources_compile(cu, tmp_path):
+    for defines in SPECIALISATIONS.get(cu, [()]):
+        src = tmp_path / cu
+        src.write_text("".join(f"#define {k} {v}\n" for k, v in defines) + gk.kernel_source(cu))
+        res = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-std=c++17", str(src),
+                              "-o", str(tmp_path / "out.ptx")], capture_output=True, text=True)
+        assert res.returncode == 0, f"{cu} {defines}: nvcc failed\n{res.stderr}"
+        ptx = (tmp_path / "out.ptx").read_text()
+        names = [ln.split()[-1].rstrip("(") for ln in ptx.splitlines() if ".entry" in ln]
+        assert names and all(n.startswith("ptnp_") for n in names), names
+
+
+# ---------------------------------------------------------------------- render
+
+RENDER_CASES = {
+    "iso": dict(u_iso=True),
+    "aniso": dict(u_aniso=True),
+    "edges_noncubic": dict(u_iso=True, edge=True),
+    "anisotropic_voxels": dict(u_aniso=True, vs=(0.35, 0.4, 0.3)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RENDER_CASES))
+def test_render_twin_matches_reference(case):
+    cfg = RENDER_CASES[case]
+    rng = np.random.default_rng(sorted(RENDER_CASES).index(case) + 11)
+    shape = (30, 26, 34)
+    vs = np.asarray(cfg.get("vs", (0.358,) * 3))
+    extent = np.array([shape[2], shape[1], shape[0]]) * vs
+    n = 60
+    lo, hi = (-1.5, extent + 1.5) if cfg.get("edge") else (2.0, extent - 2.0)
+    xyz = rng.uniform(lo, hi, (n, 3)) + np.array([0.3, -0.2, 0.1])
+    kw = dict(origin_A=(0.3, -0.2, 0.1), element="Pt", weights=rng.uniform(0.5, 1.5, n))
+    if cfg.get("u_iso"):
+        kw["u_iso_A2"] = rng.uniform(0.0, 0.1, n)
+    if cfg.get("u_aniso"):
+        M = rng.normal(scale=0.15, size=(n, 3, 3))
+        kw["u_aniso_A2"] = M @ np.swapaxes(M, 1, 2) + 0.01 * np.eye(3)
+    fast = simulate.render_atoms(xyz, shape, vs, backend="numpy", **kw)
+    ref = simulate.render_atoms_reference(xyz, shape, vs, backend="numpy", **kw)
+    assert fast.dtype == np.float32 and fast.shape == shape
+    assert ref.max() > 1.0
+    np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.max()))
+
+
+def test_render_single_atom_peak_and_mass():
+    vs = 0.3
+    m = simulate.render_atoms([[6.0, 6.0, 6.0]], (40, 40, 40), vs, element="Pt",
+                              b_extra_A2=8.0, backend="numpy")
+    assert np.unravel_index(np.argmax(m), m.shape) == (20, 20, 20)
+    np.testing.assert_allclose(m.max(), simulate.atom_peak_value("Pt", 8.0), rtol=1e-6)
+    a, _ = simulate.gaussian_terms("Pt", 8.0)
+    np.testing.assert_allclose(m.sum(dtype=np.float64) * vs ** 3, a.sum(), rtol=2e-3)
+
+
+def test_render_windows_is_additive():
+    from ptnp_gpu.kernels.render_atoms_cpu import render_planes
+    rng = np.random.default_rng(3)
+    n, T = 7, 5
+    base = rng.integers(2, 14, (n, 3))
+    frac = rng.uniform(-0.5, 0.5, (n, 3))
+    inv6 = np.zeros((n, T, 6))
+    inv6[..., :3] = rng.uniform(1.0, 4.0, (n, T, 3))
+    norm = rng.uniform(0.1, 1.0, (n, T))
+    off = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:, ::-1]
+    vs = np.array([0.4, 0.4, 0.4])
+    whole = render_planes(base, frac, inv6, norm, off, vs, np.zeros((16, 16, 16)))
+    parts = np.zeros((16, 16, 16))
+    for i in range(n):
+        render_planes(base[i:i + 1], frac[i:i + 1], inv6[i:i + 1], norm[i:i + 1], off, vs, parts)
+    np.testing.assert_allclose(whole, parts, rtol=1e-13)
+    # one atom, one voxel: the value is the formula
+    i, w = 2, 100
+    d = (off[w] - frac[i]) * vs
+    expect = np.sum(norm[i] * np.exp(-0.5 * (inv6[i, :, :3] * d ** 2).sum(1)))
+    single = render_planes(base[i:i + 1], frac[i:i + 1], inv6[i:i + 1], norm[i:i + 1], off, vs,
+                           np.zeros((16, 16, 16)))
+    x, y, z = base[i] + off[w]
+    np.testing.assert_allclose(single[z, y, x], expect, rtol=1e-13)
+
+
+# ---------------------------------------------------------------------- window fits
+
+def _window_voxels(shape, c, r):
+    """Voxel indices (z, y, x) and offsets (x, y, z) within r of c, inside the map."""
+    zz, yy, xx = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
+    u = np.stack([xx - c[0], yy - c[1], zz - c[2]], -1)
+    sel = (u ** 2).sum(-1) <= r * r
+    return sel, u[sel]
+
+
+def _ref_normal_equations(vol, centres, r, vs):
+    n = len(centres)
+    A = np.zeros((n, 7, 7))
+    b = np.zeros((n, 7))
+    cnt = np.zeros(n, np.int64)
+    for a, c in enumerate(centres):
+        sel, u = _window_voxels(vol.shape, c, r)
+        val = vol[sel].astype(np.float64)
+        ok = val > 0
+        x, y, z = (u[ok] * vs).T
+        phi = np.stack([np.ones_like(x), x * x, y * y, z * z, x * y, x * z, y * z], 1)
+        w = val[ok]
+        A[a] = (phi * w[:, None]).T @ phi
+        b[a] = (phi * w[:, None]).T @ np.log(w)
+        cnt[a] = ok.sum()
+    return A, b, cnt
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_window_normal_equations_match_reference(dtype):
+    rng = np.random.default_rng(5)
+    vol = rng.normal(0.5, 1.0, (18, 20, 22)).astype(dtype)     # about 30 % non-positive
+    centres = np.vstack([rng.uniform(-1, [22, 20, 18], (25, 3)), [[0.0, 0.0, 0.0], [21.5, 19.2, 17.9]]])
+    vs = np.array([0.36, 0.33, 0.4])
+    A, b, cnt = gk.window_normal_equations(vol, centres, 2.7, voxel_size_A=vs)
+    Ar, br, cr = _ref_normal_equations(vol, centres, 2.7, vs)
+    np.testing.assert_array_equal(cnt, cr)
+    assert cr.min() > 0 and cr.max() > 40
+    np.testing.assert_allclose(A, Ar, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b, br, rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(A, np.swapaxes(A, 1, 2))
+
+
+def test_window_fit_recovers_anisotropic_U():
+    """Fit an exact anisotropic Gaussian: β gives back its covariance (Å²)."""
+    rng = np.random.default_rng(8)
+    vs = 0.3
+    shape = (24, 24, 24)
+    zz, yy, xx = np.meshgrid(*(np.arange(s) for s in shape), indexing="ij")
+    vol = np.zeros(shape)
+    centres = np.array([[7.3, 8.1, 7.6], [16.2, 15.7, 16.4]])
+    Us = []
+    for c in centres:
+        M = rng.normal(scale=0.25, size=(3, 3))
+        U = M @ M.T + 0.15 * np.eye(3)
+        Us.append(U)
+        d = np.stack([xx - c[0], yy - c[1], zz - c[2]], -1) * vs
+        vol += 5.0 * np.exp(-0.5 * np.einsum("...i,ij,...j->...", d, np.linalg.inv(U), d))
+    A, b, cnt = gk.window_normal_equations(vol, centres, 4.0, voxel_size_A=vs)
+    beta = np.linalg.solve(A, b[..., None])[..., 0]
+    for k in range(2):
+        P = -2.0 * np.diag(beta[k, 1:4])
+        P[0, 1] = P[1, 0] = -beta[k, 4]
+        P[0, 2] = P[2, 0] = -beta[k, 5]
+        P[1, 2] = P[2, 1] = -beta[k, 6]
+        np.testing.assert_allclose(np.linalg.inv(P), Us[k], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(np.exp(beta[k, 0]), 5.0, rtol=1e-3)
+    # isotropic reduction: an isotropic Gaussian gives U_iso = its variance
+    iso = np.exp(-0.5 * ((xx - 12.2) ** 2 + (yy - 11.9) ** 2 + (zz - 12.4) ** 2) * vs ** 2 / 0.07)
+    A, b, _ = gk.window_normal_equations(iso, [[12.2, 11.9, 12.4]], 3.5, voxel_size_A=vs)
+    Ai, bi = gk.iso_normal_equations(A, b)
+    beta = np.linalg.solve(Ai[0], bi[0])
+    np.testing.assert_allclose(-1.0 / (2.0 * beta[1]), 0.07, rtol=1e-8)
+
+
+def test_window_pearson_matches_reference():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(16, 17, 15)).astype(np.float32)
+    b = (0.6 * a + rng.normal(size=a.shape)).astype(np.float32)
+    centres = np.vstack([rng.uniform(0, [15, 17, 16], (30, 3)), [[-0.4, 0.2, 0.3]]])
+    r, sums = gk.window_pearson(a, b, centres, 3.2, return_sums=True)
+    for k, c in enumerate(centres):
+        sel, _ = _window_voxels(a.shape, c, 3.2)
+        assert sums[k, 0] == sel.sum()
+        np.testing.assert_allclose(r[k], np.corrcoef(a[sel].astype(float), b[sel].astype(float))[0, 1],
+                                   rtol=1e-9)
+        np.testing.assert_allclose(sums[k, 5], np.dot(a[sel].astype(float), b[sel]), rtol=1e-10)
+    assert 0.3 < np.nanmean(r) < 0.8
+    const = gk.window_pearson(np.ones_like(a), b, centres[:3], 2.0)
+    assert np.isnan(const).all()
+
+
+# ---------------------------------------------------------------------- label moments
+
+@pytest.mark.parametrize("label_dtype", [np.int32, np.int64, np.uint8])
+def test_label_moments_match_scipy(label_dtype):
+    rng = np.random.default_rng(7)
+    mask = ndi.gaussian_filter(rng.normal(size=(20, 24, 28)), 1.2) > 0.12
+    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    assert 5 < n < 250
+    lab = lab.astype(label_dtype)
+    w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
+    peak = np.round(rng.normal(size=lab.shape), 1).astype(np.float32)   # many ties
+    m = gk.label_moments(lab, w, peak, n)
+    idx = np.arange(1, n + 1)
+    np.testing.assert_array_equal(m.count, ndi.sum_labels(np.ones_like(w), lab, idx).astype(int))
+    np.testing.assert_allclose(m.sum_w, ndi.sum_labels(w.astype(float), lab, idx), rtol=1e-12)
+    com = np.array(ndi.center_of_mass(w.astype(float), lab, idx))[:, ::-1]       # → x y z
+    np.testing.assert_allclose(m.centres_vox_xyz(), com, rtol=1e-12)
+    np.testing.assert_array_equal(m.peak_value, ndi.maximum(peak, lab, idx).astype(np.float32))
+    first = [np.ravel_multi_index(p, lab.shape) for p in ndi.maximum_position(peak, lab, idx)]
+    np.testing.assert_array_equal(m.peak_index, first)
+    # fewer labels requested: the rest are ignored, the first ones unchanged
+    m2 = gk.label_moments(lab, w, peak, 3)
+    np.testing.assert_array_equal(m2.count, m.count[:3])
+    np.testing.assert_array_equal(m2.peak_index, m.peak_index[:3])
+
+
+def test_label_moments_empty_label_and_chunking():
+    from ptnp_gpu.kernels.label_sums_cpu import label_moments_cpu
+    lab = np.zeros((6, 5, 4), np.int32)
+    lab[1, 2, 3] = 1
+    lab[4, 0, 0] = 1
+    lab[5, 4, 3] = 3                      # label 2 is empty
+    w = np.full(lab.shape, 2.0, np.float32)
+    p = np.zeros(lab.shape, np.float32)   # tie between the two voxels of label 1
+    m = gk.label_moments(lab, w, p, 3)
+    assert m.count.tolist() == [2, 0, 1]
+    assert m.peak_index.tolist() == [1 * 20 + 2 * 4 + 3, -1, 5 * 20 + 4 * 4 + 3]
+    assert m.peak_value[1] == -np.inf
+    assert np.isnan(m.centres_vox_xyz()[1]).all()
+    np.testing.assert_allclose(m.centres_vox_xyz()[0], [1.5, 1.0, 2.5])
+    for chunks in (1, 2, 6):
+        c, s, pv, pi = label_moments_cpu(lab, w, p, 3, n_chunks=chunks)
+        np.testing.assert_array_equal(pi, m.peak_index)
+        np.testing.assert_array_equal(s[:, 0], m.sum_w)
+
+
+def _encode_peak_keys(values, flat_index):
+    """NumPy port of the kernel's packing (ptnp_ordered_key << 32 | ~index)."""
+    u = np.asarray(values, np.float32).view(np.uint32).astype(np.uint64)
+    key = np.where(u & 0x80000000, ~u & 0xFFFFFFFF, u | 0x80000000)
+    return (key << np.uint64(32)) | (np.uint64(0xFFFFFFFF) - np.asarray(flat_index, np.uint64))
+
+
+def test_peak_key_packing_orders_and_decodes():
+    """The 64-bit atomicMax key used on the GPU: order and decoding, on the host."""
+    vals = np.array([-3.5, -0.0, 0.0, 1e-30, 2.25, 2.25, np.float32(3.4e38), -np.inf], np.float32)
+    idx = np.array([10, 11, 12, 13, 40, 7, 3, 0], np.int64)
+    keys = _encode_peak_keys(vals, idx)
+    # larger value wins; among equal values (2.25) the lower index wins
+    order = np.argsort(keys)
+    assert idx[order[-1]] == 3 and keys[5] > keys[4]
+    assert (np.diff(vals[order[:-1]].astype(float)) >= 0).all()
+    v, i = gk._decode_peak_keys(np.append(keys, np.uint64(0)), np)
+    np.testing.assert_array_equal(v[:-1], vals)
+    np.testing.assert_array_equal(i[:-1], idx)
+    assert v[-1] == -np.inf and i[-1] == -1
