@@ -1,0 +1,155 @@
+"""``ptnp stats MAP MODEL``: per-atom statistics of an existing model on its map.
+
+MODEL is a ptnp result folder or a PDB / mmCIF / CSV / XYZ / MAT file in the
+map's frame (Å). With ``--center`` a model from elsewhere (e.g. coordinates
+centred on 0) is first shifted so that its centroid sits on the map's density
+centroid. Results go into ``--out`` (default: MODEL itself when it is a
+result folder, else ``<map stem>_ptnp`` beside the map); ``summary.json`` is
+written last.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+__all__ = ["register", "run_stats"]
+
+_STATS_FILES = ("particle.json", "particle.csv", "cn_stats.csv", "penetration.csv")
+
+
+def _positive(text):
+    import argparse
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return v
+
+
+def _density_centroid_A(dmap):
+    import numpy as np
+    d = np.asarray(dmap.data, dtype=np.float64)
+    w = np.clip(d - np.median(d), 0, None)
+    if w.sum() <= 0:
+        w = np.ones_like(d)
+    idx = np.indices(d.shape)
+    c_zyx = np.array([(w * i).sum() for i in idx]) / w.sum()
+    return dmap.voxel_to_xyz_A(c_zyx[::-1])
+
+
+def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=None, force=False,
+              center=False, figures=True, backend=None) -> dict:
+    """Compute and write the statistics of ``model_path`` on ``map_path``.
+
+    Returns
+    -------
+    dict: the summary written to ``summary.json``.
+
+    Raises
+    ------
+    InputError
+        Unreadable map or model, unknown element, a model that does not lie
+        in the map, or an existing result without ``force``.
+    """
+    import numpy as np
+
+    from . import __version__
+    from .elements import get_element
+    from .errors import InputError
+    from .mapio import read_map
+    from .models import atomic_write, read_model
+    from .statistics import compute_statistics, write_statistics
+    t0 = time.perf_counter()
+    try:
+        el = get_element(element)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    map_path, model_path = Path(map_path), Path(model_path)
+    dmap = read_map(map_path, voxel_size_A)
+    model = read_model(model_path)
+    if len(model) == 0:
+        raise InputError(f"{model_path}: model holds no atoms")
+    if out_dir is None:
+        out = model_path if model_path.is_dir() else map_path.with_name(map_path.stem + "_ptnp")
+    else:
+        out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder; choose another --out")
+    if out.is_dir() and not force:
+        is_own_detect = out.resolve() == model_path.resolve() and not (out / "particle.json").exists()
+        if any(out.iterdir()) and not is_own_detect:
+            raise InputError(f"result folder {out} already holds results; use --force to replace them")
+    xyz = model.xyz_A.copy()
+    shift = np.zeros(3)
+    if center:
+        shift = _density_centroid_A(dmap) - xyz.mean(0)
+        xyz = xyz + shift
+    lo = dmap.origin_A - 0.5 * dmap.voxel_size_A
+    hi = dmap.origin_A + (np.array(dmap.shape[::-1]) - 0.5) * dmap.voxel_size_A
+    inside = np.all((xyz >= lo) & (xyz <= hi), axis=1)
+    if inside.mean() < 0.5:
+        raise InputError(
+            f"{model_path}: only {int(inside.sum())} of {len(xyz)} atoms lie inside the map "
+            f"(x {lo[0]:.1f}–{hi[0]:.1f}, y {lo[1]:.1f}–{hi[1]:.1f}, z {lo[2]:.1f}–{hi[2]:.1f} Å); "
+            "the model is not in the map's frame (try --center)")
+    st = compute_statistics(dmap, xyz, el, backend=backend)
+    extra = {k: v for k, v in model.columns.items() if len(np.asarray(v)) == len(xyz)}
+    extra["element"] = np.array([str(e).capitalize() for e in model.elements])
+    out.mkdir(parents=True, exist_ok=True)
+    write_statistics(out, dmap, st, model_extra=extra, figures=figures)
+    summary_path = out / "summary.json"
+    summary = {}
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError):
+            summary = {}
+    summary.update({
+        "version": __version__, "command": summary.get("command", "stats") if summary else "stats",
+        "stats_command": "stats", "input": summary.get("input", str(map_path.resolve())),
+        "model": str(model_path.resolve()), "model_shift_A": [float(v) for v in shift],
+        "out_dir": str(out.resolve()), "element": el.symbol, "n_atoms": int(len(xyz)),
+        "n_atoms_outside_map": int((~inside).sum()),
+        "particle": st.particle, "penetration": st.penetration, "lattice": st.lattice.as_dict(),
+        "backend": st.backend,
+    })
+    times = dict(summary.get("times_s") or {})
+    times.update({"statistics": round(st.times_s["total"], 4), "stats_total": round(time.perf_counter() - t0, 4)})
+    times.setdefault("total", times["stats_total"])
+    summary["times_s"] = times
+    from .statistics import _json_safe
+    atomic_write(summary_path, lambda fh: json.dump(_json_safe(summary), fh, indent=2, allow_nan=False))
+    summary["_stats"] = st
+    return summary
+
+
+def _cmd_stats(args) -> int:
+    from .statistics import summary_table
+    s = run_stats(args.map, args.model, element=args.element, out_dir=args.out, voxel_size_A=args.voxel_size,
+                  force=args.force, center=args.center, figures=not args.no_figures)
+    st = s.pop("_stats")
+    if not args.quiet:
+        print(summary_table(st))
+        print(f"results in {s['out_dir']} ({s['times_s']['stats_total']:.2f} s, backend {s['backend']})")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``stats`` command."""
+    p = subparsers.add_parser("stats", help="per-atom statistics of an existing model on its map",
+                              description=__doc__.split("\n\n")[1] if __doc__ else None)
+    p.add_argument("map", type=Path, help="MRC map")
+    p.add_argument("model", type=Path, help="ptnp result folder, or .pdb/.cif/.csv/.xyz model (Å, map frame)")
+    p.add_argument("--element", default="Pt", help="element for scattering, radius and lattice (default Pt)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="result folder (default: MODEL when it is a result folder, else <map stem>_ptnp)")
+    p.add_argument("--voxel-size", type=_positive, default=None, metavar="A", help="override the header voxel size (Å)")
+    p.add_argument("--center", action="store_true",
+                   help="shift the model so its centroid sits on the map's density centroid")
+    p.add_argument("--force", action="store_true", help="replace existing statistics in the result folder")
+    p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_stats)

@@ -1,0 +1,530 @@
+"""Per-atom statistics, the particle summary and the penetration depths (paper Methods).
+
+:func:`compute_statistics` takes a map and atom positions and returns an
+:class:`AtomStatistics`: per-atom columns (host 1-D arrays), the particle row
+of the paper's Table 1, the lattice fit, statistics binned by CN and the
+Eq. 1 penetration fits. :func:`write_statistics` writes all of it into a
+result folder (CSV with a schema, PDB/mmCIF with B and ANISOU, ChimeraX
+attribute files, particle JSON/CSV, CN bins, penetration fits, figures).
+
+Positions are (x, y, z) Å in the map frame; map arrays are [z, y, x]. The
+window measurements (Gaussian fits, validation correlation, peak intensity)
+run on the backend of the map (NumPy or CuPy); geometry (lattice,
+neighbours, strain) runs on the host, where N atoms is small.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backend as _be
+from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
+                           nn_bond_lengths_A, particle_diameter_A)
+from .displacement import (fit_displacements, fit_radius_A, gather_windows, window_offsets,
+                           window_pearson, window_peak)
+from .elements import Element, get_element
+from .errors import InputError
+from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
+from .penetration import fit_penetration
+from .strain import radial_displacement_A, radial_strain, strain_tensor
+
+__all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
+           "PENETRATION_STATISTICS", "summary_table"]
+
+log = logging.getLogger(__name__)
+
+EIGHT_PI2 = 8.0 * np.pi ** 2
+
+# column → (unit, description); the order is the atoms.csv order
+SCHEMA: dict[str, tuple[str, str]] = {
+    "id": ("", "atom number, 1-based (PDB residue number)"),
+    "element": ("", "chemical element"),
+    "x": ("Å", "x position in the map frame"),
+    "y": ("Å", "y position in the map frame"),
+    "z": ("Å", "z position in the map frame"),
+    "cn": ("", "coordination number: atoms within ā/2·(1+1/√2) (fcc) of the fitted lattice"),
+    "gcn": ("", "generalized CN, paper: Σ CN_k / max CN_k over neighbours k"),
+    "gcn_bulk": ("", "generalized CN with the bulk maximum: Σ CN_k / 12 (fcc; 8 for bcc)"),
+    "bond_nn_A": ("Å", "distance to the nearest other atom"),
+    "radius_A": ("Å", "distance R from the particle centre (atom centroid)"),
+    "depth_A": ("Å", "radial depth R_NP − R, R_NP = half the largest interatomic distance"),
+    "lattice_resid_A": ("Å", "distance from the atom's site in the fitted lattice"),
+    "lattice_inlier": ("0/1", "1 if the atom was used in the lattice fit (near its site)"),
+    "disp_radial_A": ("Å", "radial displacement u_R from the ideal lattice with the bulk parameter"),
+    "strain_radial_pct": ("%", "radial strain ε_RR = ∂u_R/∂R (local regression, h = 2 Å)"),
+    "strain_xx_pct": ("%", "local strain tensor ε_xx (map axes)"),
+    "strain_yy_pct": ("%", "local strain tensor ε_yy"),
+    "strain_zz_pct": ("%", "local strain tensor ε_zz"),
+    "strain_xy_pct": ("%", "local strain tensor ε_xy"),
+    "strain_xz_pct": ("%", "local strain tensor ε_xz"),
+    "strain_yz_pct": ("%", "local strain tensor ε_yz"),
+    "strain_vol_pct": ("%", "volumetric strain: trace of the local strain tensor"),
+    "strain_failed": ("0/1", "1 if the strain could not be computed (outlier or too few neighbours); values NaN"),
+    "intensity_peak_z": ("SD", "(peak raw value of the atom − map mean) / map SD"),
+    "valid_corr": ("", "validation correlation: Pearson of raw and simulated map within 1.5·r_th"),
+    "u_iso_A2": ("Å²", "isotropic variance σ_g² of the atom's intensity (paper U_iso; includes the intrinsic width)"),
+    "u_iso_r2": ("", "weighted R² of the isotropic log-linear fit"),
+    "u_iso_failed": ("0/1", "1 if the isotropic fit failed (β1 ≥ 0 or too few voxels); u_iso_A2 NaN"),
+    "u11_A2": ("Å²", "anisotropic U, xx"),
+    "u22_A2": ("Å²", "anisotropic U, yy"),
+    "u33_A2": ("Å²", "anisotropic U, zz"),
+    "u12_A2": ("Å²", "anisotropic U, xy"),
+    "u13_A2": ("Å²", "anisotropic U, xz"),
+    "u23_A2": ("Å²", "anisotropic U, yz"),
+    "u_maj_A2": ("Å²", "largest eigenvalue of U"),
+    "u_med_A2": ("Å²", "middle eigenvalue of U"),
+    "u_min_A2": ("Å²", "smallest eigenvalue of U"),
+    "u_maj_dir_x": ("", "x component of the unit principal direction of U_maj"),
+    "u_maj_dir_y": ("", "y component of the unit principal direction of U_maj"),
+    "u_maj_dir_z": ("", "z component of the unit principal direction of U_maj"),
+    "doi": ("", "degree of isotropy U_min / U_maj"),
+    "u_aniso_r2": ("", "weighted R² of the anisotropic log-linear fit"),
+    "u_aniso_failed": ("0/1", "1 if the anisotropic fit failed (non-positive eigenvalue, or one above "
+                              "(1.25·fit radius)²); U and DOI NaN"),
+    "n_fit_voxels": ("", "voxels used in the displacement fits"),
+}
+
+# statistics fitted with Eq. 1 (name → c bounds)
+PENETRATION_STATISTICS = {"cn": (10.0, 12.0), "gcn": None, "u_iso_A2": None, "intensity_peak_z": None,
+                          "doi": None, "valid_corr": None}
+TABLE1_COLUMNS = ("n_atoms", "diameter_A", "cn_median", "bond_nn_median_A", "strain_radial_median_pct",
+                  "core_ratio")
+CN_BIN_STATISTICS = ("gcn", "bond_nn_A", "depth_A", "strain_radial_pct", "intensity_peak_z", "valid_corr",
+                     "u_iso_A2", "doi")
+ATTRIBUTE_STATISTICS = ("cn", "gcn", "gcn_bulk", "bond_nn_A", "strain_radial_pct", "u_iso_A2", "doi",
+                        "valid_corr", "intensity_peak_z")
+
+
+@dataclass
+class AtomStatistics:
+    """Result of :func:`compute_statistics` (all arrays on the host).
+
+    Attributes
+    ----------
+    columns : dict of str → (N,) array
+        Per-atom statistics, keyed as in :data:`SCHEMA`.
+    particle : dict
+        Particle summary: the paper's Table 1 columns, lattice parameters,
+        medians and CN / GCN penetration depths.
+    lattice : LatticeFit
+    penetration : dict of str → dict
+        Eq. 1 fit per statistic (:func:`ptnp_gpu.penetration.fit_penetration`).
+    cn_bins : dict of str → array
+        Statistics binned by CN (bins with ≥ 5 atoms): ``cn``, ``n_atoms``,
+        ``<stat>_mean`` and ``<stat>_sem`` (S/√N).
+    element : str
+    centre_A : (3,) array
+    fit_radius_A : float
+    times_s : dict
+    backend : str
+    """
+    columns: dict
+    particle: dict
+    lattice: LatticeFit
+    penetration: dict
+    cn_bins: dict
+    element: str
+    centre_A: np.ndarray
+    fit_radius_A: float
+    times_s: dict = field(default_factory=dict)
+    backend: str = "numpy"
+
+    @property
+    def n_atoms(self) -> int:
+        return len(self.columns["x"])
+
+    @property
+    def xyz_A(self) -> np.ndarray:
+        return np.stack([self.columns["x"], self.columns["y"], self.columns["z"]], axis=1)
+
+
+def _resolve_backend(backend, *arrays):
+    if backend is None:
+        for a in arrays:
+            if a is not None and type(a).__module__.startswith("cupy"):
+                return _be.namespace(a)
+        return _be.default()
+    return _be.get(backend) if isinstance(backend, str) else backend
+
+
+def _crop(shape, vox, margin_vox):
+    """Index bounds [lo, hi) per axis (x, y, z) of a box holding all atoms plus a margin."""
+    dims = np.array([shape[2], shape[1], shape[0]])
+    lo = np.clip(np.floor(vox.min(0) - margin_vox).astype(int), 0, dims)
+    hi = np.clip(np.ceil(vox.max(0) + margin_vox).astype(int) + 1, 0, dims)
+    return lo, np.maximum(hi, lo + 1)
+
+
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=4096):
+    """Displacement fits, validation correlation and peak intensity for every atom."""
+    xp = be.xp
+    vs = dmap.voxel_size_A
+    data_full = xp.asarray(dmap.data)
+    mean = float(xp.mean(data_full, dtype=xp.float64))  # synchronize
+    sd = float(xp.std(data_full, dtype=xp.float64))     # synchronize
+    vox = dmap.xyz_A_to_voxel(xyz)
+    r_val = 1.5 * el.radius_A
+    # crop to the particle: simulation and gathers only touch this box
+    margin = (max(r_val, fit_r) + 6.0) / vs.min()
+    lo, hi = _crop(dmap.shape, vox, margin)
+    sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    data = xp.ascontiguousarray(data_full[sl])
+    if simulated is None:
+        from .simulate import render_atoms
+        sim = render_atoms(xyz, data.shape, vs, dmap.origin_A + lo * vs, el, backend=be)
+    else:
+        sim = xp.ascontiguousarray(xp.asarray(simulated)[sl])
+    extra = [sim]
+    if labels is not None:
+        lab = xp.asarray(labels)
+        if tuple(lab.shape) != tuple(dmap.shape):
+            raise InputError(f"labels shape {tuple(lab.shape)} differs from the map shape {dmap.shape}")
+        extra.append(xp.ascontiguousarray(lab[sl]))
+    vox_c = xp.asarray(vox - lo, dtype=xp.float64)
+    off_fit = window_offsets(fit_r, vs)
+    off_val = window_offsets(r_val, vs)
+    n = len(xyz)
+    parts = []
+    for s in range(0, n, chunk):             # chunks bound memory; each is fully batched
+        e = min(n, s + chunk)
+        v, d, inside, _ = gather_windows(data, vox_c[s:e], off_fit, vs)
+        res = fit_displacements(v, d, inside, fit_r)
+        v2, d2, inside2, ex = gather_windows(data, vox_c[s:e], off_val, vs, extra=extra)
+        rr = xp.sum(d2 * d2, axis=2)
+        sphere = inside2 & (rr <= r_val ** 2)
+        res["valid_corr"] = window_pearson(v2, ex[0].astype(xp.float64), sphere)
+        core = inside2 & (rr <= el.radius_A ** 2)
+        core = core | (inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True)))
+        peak = window_peak(v2, core)
+        if labels is not None:
+            ids = xp.arange(s + 1, e + 1, dtype=ex[1].dtype)[:, None]
+            own = inside2 & (ex[1] == ids)
+            peak = xp.where(xp.any(own, axis=1), window_peak(v2, own), peak)
+        res["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
+        parts.append(res)
+    out = {k: _be.to_host(xp.concatenate([p[k] for p in parts])) for k in parts[0]}
+    return out, {"map_mean": mean, "map_sd": sd}
+
+
+def _cn_bins(cols, min_atoms=5):
+    cn = cols["cn"]
+    vals, counts = np.unique(cn, return_counts=True)
+    keep = vals[counts >= min_atoms]
+    out = {"cn": keep.astype(int), "n_atoms": np.array([np.count_nonzero(cn == c) for c in keep], int)}
+    for name in CN_BIN_STATISTICS:
+        v = cols[name]
+        means, sems = [], []
+        for c in keep:       # loop over ≤ 13 CN values, not atoms
+            x = v[(cn == c) & np.isfinite(v)]
+            means.append(x.mean() if len(x) else np.nan)
+            sems.append(x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan)
+        out[f"{name}_mean"] = np.array(means, float)
+        out[f"{name}_sem"] = np.array(sems, float)
+    return out
+
+
+def _median(v):
+    v = np.asarray(v, float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else float("nan")
+
+
+def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
+                       simulated=None, strain_h_A: float = 2.0) -> AtomStatistics:
+    """Per-atom statistics, particle summary, lattice fit and penetration depths.
+
+    Parameters
+    ----------
+    dmap : DensityMap
+        The raw map (``data`` [z, y, x]; grey values for the window fits).
+    xyz_A : (N, 3) array
+        Atom positions (x, y, z) in Å, map frame.
+    element : str or Element
+        Scattering factors, theoretical radius, lattice type and the bulk
+        lattice parameter (the strain reference).
+    labels : (nz, ny, nx) int array, optional
+        Connected components with id = atom index + 1 (detection output); the
+        peak intensity is then taken over each atom's own component.
+    backend : Backend or str, optional
+        Where the window measurements run; default the backend of ``labels``
+        or the import-time default.
+    simulated : (nz, ny, nx) array, optional
+        Simulated map of the model (detection output); rendered when absent.
+    strain_h_A : float
+        Kernel width of the strain estimates (Å).
+
+    Returns
+    -------
+    AtomStatistics
+
+    Raises
+    ------
+    InputError
+        No atoms, non-finite positions, or labels of the wrong shape.
+    """
+    t_all = time.perf_counter()
+    el = get_element(element) if isinstance(element, str) else element
+    xyz = np.asarray(_be.to_host(xyz_A), dtype=np.float64).reshape(-1, 3)
+    n = len(xyz)
+    if n == 0:
+        raise InputError("the model holds no atoms; nothing to analyse")
+    if not np.all(np.isfinite(xyz)):
+        raise InputError("the model holds non-finite coordinates")
+    be = _resolve_backend(backend, labels, simulated)
+    times = {}
+    t0 = time.perf_counter()
+    lat = fit_lattice(xyz, el)
+    geo = lattice_geometry(lat.lattice)
+    cutoff = lat.cn_cutoff_A
+    pairs = neighbour_pairs(xyz, cutoff)
+    cn = coordination_numbers(xyz, cutoff, pairs)
+    gcn = generalized_cn(cn, pairs)
+    gcn_bulk = generalized_cn(cn, pairs, geo["cn_bulk"])
+    bond = nn_bond_lengths_A(xyz)
+    centre = xyz.mean(0)
+    diameter = particle_diameter_A(xyz)
+    radius = np.linalg.norm(xyz - centre, axis=1)
+    depth = 0.5 * diameter - radius
+    times["geometry"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    bulk_param = el.nn_distance_A / geo["d1"]
+    ideal = ideal_sites_A(lat, bulk_param, centre)
+    u, u_r, _ = radial_displacement_A(xyz, ideal, centre)
+    # derivatives with respect to the reference (ideal-site) coordinates
+    r_ref = np.linalg.norm(ideal - centre, axis=1)
+    eps_rr = radial_strain(r_ref, u_r, ideal, h_A=strain_h_A, valid=lat.inlier)
+    eps = strain_tensor(ideal, u, h_A=strain_h_A, valid=lat.inlier)
+    times["strain"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
+    win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be)
+    times["windows"] = time.perf_counter() - t0
+
+    U = win["u_A2"]
+    ev = win["u_eig_A2"]
+    cols = {
+        "id": np.arange(1, n + 1), "element": np.array([el.symbol] * n),
+        "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+        "cn": cn, "gcn": gcn, "gcn_bulk": gcn_bulk, "bond_nn_A": bond,
+        "radius_A": radius, "depth_A": depth,
+        "lattice_resid_A": lat.residual_A, "lattice_inlier": lat.inlier.astype(int),
+        "disp_radial_A": u_r, "strain_radial_pct": 100.0 * eps_rr,
+        "strain_xx_pct": 100 * eps[:, 0, 0], "strain_yy_pct": 100 * eps[:, 1, 1],
+        "strain_zz_pct": 100 * eps[:, 2, 2], "strain_xy_pct": 100 * eps[:, 0, 1],
+        "strain_xz_pct": 100 * eps[:, 0, 2], "strain_yz_pct": 100 * eps[:, 1, 2],
+        "strain_vol_pct": 100 * np.trace(eps, axis1=1, axis2=2),
+        "strain_failed": (~np.isfinite(eps_rr)).astype(int),
+        "intensity_peak_z": win["intensity_peak_z"], "valid_corr": win["valid_corr"],
+        "u_iso_A2": win["u_iso_A2"], "u_iso_r2": win["u_iso_r2"],
+        "u_iso_failed": win["u_iso_failed"].astype(int),
+        "u11_A2": U[:, 0, 0], "u22_A2": U[:, 1, 1], "u33_A2": U[:, 2, 2],
+        "u12_A2": U[:, 0, 1], "u13_A2": U[:, 0, 2], "u23_A2": U[:, 1, 2],
+        "u_maj_A2": ev[:, 0], "u_med_A2": ev[:, 1], "u_min_A2": ev[:, 2],
+        "u_maj_dir_x": win["u_dir"][:, 0], "u_maj_dir_y": win["u_dir"][:, 1], "u_maj_dir_z": win["u_dir"][:, 2],
+        "doi": win["doi"], "u_aniso_r2": win["u_aniso_r2"],
+        "u_aniso_failed": win["u_aniso_failed"].astype(int), "n_fit_voxels": win["n_fit_voxels"].astype(int),
+    }
+    t0 = time.perf_counter()
+    pen = {name: fit_penetration(depth, cols[name], c_bounds=cb, name=name)
+           for name, cb in PENETRATION_STATISTICS.items()}
+    times["penetration"] = time.perf_counter() - t0
+    particle = {
+        "n_atoms": int(n),
+        "diameter_A": float(diameter),
+        "cn_median": _median(cn),
+        "bond_nn_median_A": _median(bond),
+        "strain_radial_median_pct": _median(cols["strain_radial_pct"]),
+        "core_ratio": float(np.mean(cn == geo["cn_bulk"])),
+        "element": el.symbol,
+        "lattice": lat.lattice,
+        "lattice_a_A": float(lat.params_A[0]), "lattice_b_A": float(lat.params_A[1]),
+        "lattice_c_A": float(lat.params_A[2]), "lattice_mean_A": float(lat.mean_param_A),
+        "lattice_bulk_A": float(bulk_param),
+        "lattice_expansion_pct": float(100.0 * (lat.mean_param_A / bulk_param - 1.0)),
+        "lattice_rms_A": float(lat.rms_A), "lattice_inlier_fraction": float(lat.inlier.mean()),
+        "orientation_euler_zyz_deg": [float(v) for v in lat.euler_zyz_deg],
+        "cn_cutoff_A": float(cutoff),
+        "centre_A": [float(v) for v in centre],
+        "gcn_median": _median(gcn), "u_iso_median_A2": _median(cols["u_iso_A2"]),
+        "doi_median": _median(cols["doi"]), "valid_corr_median": _median(cols["valid_corr"]),
+        "intensity_peak_z_median": _median(cols["intensity_peak_z"]),
+        "n_u_iso_failed": int(cols["u_iso_failed"].sum()),
+        "n_u_aniso_failed": int(cols["u_aniso_failed"].sum()),
+        "n_strain_failed": int(cols["strain_failed"].sum()),
+        "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
+        "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],
+        "fit_radius_A": float(fit_r),
+        "map_mean": map_stats["map_mean"], "map_sd": map_stats["map_sd"],
+    }
+    times["total"] = time.perf_counter() - t_all
+    return AtomStatistics(cols, particle, lat, pen, _cn_bins(cols), el.symbol, centre, float(fit_r),
+                          times, be.name)
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _fmt(v):
+    if isinstance(v, (str, np.str_)):
+        return str(v)
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    return "nan" if not np.isfinite(v) else f"{v:.6g}"
+
+
+def _write_table(path, columns: dict):
+    from .models import atomic_write
+    names = list(columns)
+    n = len(next(iter(columns.values()))) if columns else 0
+
+    def write(fh):
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(names)
+        for i in range(n):     # text formatting, after all numeric work is done
+            w.writerow([_fmt(columns[k][i]) for k in names])
+    return atomic_write(path, write)
+
+
+def _json_safe(obj):
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _json_safe(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
+
+
+def _write_json(path, obj):
+    from .models import atomic_write
+    return atomic_write(path, lambda fh: json.dump(_json_safe(obj), fh, indent=2, allow_nan=False))
+
+
+def _write_defattr(path, name, values, elements):
+    from .models import atomic_write
+    unit, desc = SCHEMA.get(name, ("", name))
+
+    def write(fh):
+        fh.write(f"# ptnp_gpu per-atom statistic: {desc}" + (f" ({unit})" if unit else "") + "\n")
+        fh.write("# open atoms.pdb (or atoms.cif), then: open THIS_FILE ; "
+                 f"color byattribute {name} palette viridis\n")
+        fh.write(f"attribute: {name}\nmatch mode: any\nrecipient: atoms\n")
+        for i, v in enumerate(values):
+            if np.isfinite(v):
+                fh.write(f"\t/A:{i + 1}@{str(elements[i]).upper()}\t{_fmt(v)}\n")
+    return atomic_write(path, write)
+
+
+def summary_table(stats: AtomStatistics) -> str:
+    """A short plain-text summary (Table 1 row, lattice, penetration depths) for the CLI."""
+    p = stats.particle
+    lines = [
+        f"atoms {p['n_atoms']}   diameter {p['diameter_A']:.1f} Å   median CN {p['cn_median']:.1f}   "
+        f"median NN bond {p['bond_nn_median_A']:.3f} Å   median radial strain "
+        f"{p['strain_radial_median_pct']:.2f} %   core ratio {p['core_ratio']:.3f}",
+        f"lattice ({p['lattice']}) a b c = {p['lattice_a_A']:.4f} {p['lattice_b_A']:.4f} "
+        f"{p['lattice_c_A']:.4f} Å (mean {p['lattice_mean_A']:.4f}, bulk {p['lattice_bulk_A']:.4f}, "
+        f"rms {p['lattice_rms_A']:.3f} Å)",
+        f"median U_iso {p['u_iso_median_A2']:.4f} Å²   median DOI {p['doi_median']:.3f}   "
+        f"median validation corr {p['valid_corr_median']:.3f}   failed fits: U_iso {p['n_u_iso_failed']}, "
+        f"U_aniso {p['n_u_aniso_failed']}",
+        "penetration depth δ (Eq. 1):",
+    ]
+    for name, f in stats.penetration.items():
+        if f["ok"]:
+            lines.append(f"  {name:<17} δ = {f['delta_A']:5.2f} ± {f['delta_err_A']:.2f} Å   "
+                         f"c = {f['c']:.4g} ± {f['c_err']:.2g}" + (f"   ({f['message']})" if f["message"] else ""))
+        else:
+            lines.append(f"  {name:<17} fit failed: {f['message']}")
+    return "\n".join(lines)
+
+
+def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | None = None,
+                     *, figures: bool = True) -> dict:
+    """Write the statistics of :func:`compute_statistics` into a result folder.
+
+    Files: ``atoms.csv`` (id, element, x, y, z, the ``model_extra`` columns,
+    then every statistic), ``atoms_schema.json`` (unit and meaning of each
+    column), ``atoms.pdb`` / ``atoms.cif`` (B = 8π²·U_iso, ANISOU),
+    ``chimerax_<stat>.defattr`` per statistic, ``particle.json`` /
+    ``particle.csv`` (Table 1 row, lattice, penetration depths),
+    ``cn_stats.csv``, ``penetration.csv`` and PNG figures
+    (``fig_depth_profiles.png``, ``fig_cn_stats.png``, ``fig_slab.png``).
+
+    Parameters
+    ----------
+    out_dir : path
+        Created if needed; existing files of the same names are replaced.
+    dmap : DensityMap
+        The map (for the slab figure).
+    stats : AtomStatistics
+    model_extra : dict of str → (N,) array, optional
+        Further per-atom columns to keep in atoms.csv (e.g. detection's
+        ``n_voxels``); an ``element`` entry (N strings) sets the elements.
+    figures : bool
+        Write the PNG figures (matplotlib).
+
+    Returns
+    -------
+    dict of name → Path of the files written.
+    """
+    from .models import Model, write_structure
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    n = stats.n_atoms
+    cols = dict(stats.columns)
+    schema = {k: {"unit": u, "description": d} for k, (u, d) in SCHEMA.items()}
+    extra = dict(model_extra or {})
+    if "element" in extra:
+        el = np.asarray(extra.pop("element")).astype(str)
+        if len(el) == n:
+            cols["element"] = el
+    ordered = {k: cols[k] for k in ("id", "element", "x", "y", "z")}
+    for k, v in extra.items():
+        v = np.asarray(_be.to_host(v))
+        if k in cols or k.lower() in ("x", "y", "z", "id") or v.shape != (n,):
+            continue
+        ordered[k] = v
+        schema[k] = {"unit": "", "description": "column kept from the input model / detection"}
+    for k in cols:
+        ordered.setdefault(k, cols[k])
+    files = {"atoms_csv": _write_table(out / "atoms.csv", ordered)}
+    files["atoms_schema"] = _write_json(out / "atoms_schema.json",
+                                        {k: schema[k] for k in ordered if k in schema})
+    u6 = np.stack([cols[k] for k in ("u11_A2", "u22_A2", "u33_A2", "u12_A2", "u13_A2", "u23_A2")], axis=1)
+    model = Model(stats.xyz_A, list(ordered["element"]), EIGHT_PI2 * cols["u_iso_A2"], u6)
+    write_structure(out, model)
+    files["atoms_pdb"], files["atoms_cif"] = out / "atoms.pdb", out / "atoms.cif"
+    for name in ATTRIBUTE_STATISTICS:
+        files[f"defattr_{name}"] = _write_defattr(out / f"chimerax_{name}.defattr", name,
+                                                  np.asarray(cols[name], float), ordered["element"])
+    part = dict(stats.particle)
+    files["particle_json"] = _write_json(out / "particle.json", {
+        "particle": part, "table1_columns": list(TABLE1_COLUMNS), "lattice": stats.lattice.as_dict(),
+        "penetration": stats.penetration, "times_s": stats.times_s, "backend": stats.backend})
+    flat = {k: [v] for k, v in part.items() if not isinstance(v, (list, tuple))}
+    row = {k: flat[k] for k in TABLE1_COLUMNS}
+    row.update({k: v for k, v in flat.items() if k not in row})
+    files["particle_csv"] = _write_table(out / "particle.csv", row)
+    files["cn_stats"] = _write_table(out / "cn_stats.csv", stats.cn_bins)
+    keys = ("statistic", "delta_A", "delta_err_A", "m", "m_err", "c", "c_err", "n_points", "rmse", "ok", "message")
+    pen_cols = {k: [stats.penetration[s][k] for s in stats.penetration] for k in keys}
+    files["penetration"] = _write_table(out / "penetration.csv", pen_cols)
+    if figures:
+        from . import figures as _fig
+        files.update(_fig.save_all(out, dmap, stats))
+    return files
