@@ -1,0 +1,168 @@
+"""CuPy vs NumPy parity of the kernels and of the pipeline stages (marked ``gpu``).
+
+Skipped without a usable GPU (see ``conftest.py``). The CuPy side runs the
+CUDA kernels, the NumPy side their Numba twins; detection and statistics run
+end to end on both backends on a simulated particle.
+"""
+from __future__ import annotations
+
+import importlib
+
+import numpy as np
+import pytest
+
+from ptnp_gpu import gpu_kernels as gk
+from ptnp_gpu import simulate
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+    return cupy
+
+
+def _host(a):
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
+def _random_atoms(seed, n=400, shape=(48, 52, 44), vs=0.358, aniso=False):
+    rng = np.random.default_rng(seed)
+    extent = np.array([shape[2], shape[1], shape[0]]) * vs
+    xyz = rng.uniform(-1.0, extent + 1.0, (n, 3))       # some windows cross the edges
+    kw = dict(weights=rng.uniform(0.5, 1.5, n))
+    if aniso:
+        M = rng.normal(scale=0.15, size=(n, 3, 3))
+        kw["u_aniso_A2"] = M @ np.swapaxes(M, 1, 2) + 0.01 * np.eye(3)
+    else:
+        kw["u_iso_A2"] = rng.uniform(0.0, 0.1, n)
+    return xyz, shape, vs, kw
+
+
+@pytest.mark.parametrize("seed,aniso", [(1, False), (2, True), (3, True)])
+def test_render_atoms_parity(cp, seed, aniso):
+    xyz, shape, vs, kw = _random_atoms(seed, aniso=aniso)
+    g = simulate.render_atoms(xyz, shape, vs, backend="cupy", **kw)
+    c = simulate.render_atoms(xyz, shape, vs, backend="numpy", **kw)
+    r = simulate.render_atoms_reference(xyz, shape, vs, backend="cupy", **kw)
+    assert isinstance(g, cp.ndarray) and g.dtype == cp.float32 and g.shape == shape
+    scale = float(c.max())
+    np.testing.assert_allclose(_host(g), c, rtol=1e-5, atol=1e-5 * scale)
+    np.testing.assert_allclose(_host(g), _host(r), rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_render_windows_float64_parity(cp):
+    """Before the float32 cast: float64 atomics agree with the twin to ~1e-12."""
+    rng = np.random.default_rng(4)
+    n, T = 300, 5
+    base = rng.integers(-2, 40, (n, 3))
+    frac = rng.uniform(-0.5, 0.5, (n, 3))
+    M = rng.normal(size=(n, T, 3, 3))
+    inv = M @ np.swapaxes(M, -1, -2) + 2 * np.eye(3)
+    inv6 = np.stack([inv[..., 0, 0], inv[..., 1, 1], inv[..., 2, 2],
+                     inv[..., 0, 1], inv[..., 0, 2], inv[..., 1, 2]], -1)
+    norm = rng.uniform(0.1, 1.0, (n, T))
+    off = simulate._window_offsets(2.5, np.full(3, 0.4))
+    vs = np.array([0.4, 0.38, 0.42])
+    host = gk.render_windows(np.zeros((37, 41, 39)), base, frac, inv6, norm, off, vs)
+    dev = gk.render_windows(cp.zeros((37, 41, 39)), base, frac, inv6, norm, off, vs)
+    np.testing.assert_allclose(_host(dev), host, rtol=1e-12, atol=1e-14 * host.max())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_window_normal_equations_parity(cp, dtype):
+    rng = np.random.default_rng(10)
+    vol = rng.normal(0.5, 1.0, (40, 44, 36)).astype(dtype)
+    centres = rng.uniform(-1.0, [36, 44, 40], (500, 3))
+    vs = (0.36, 0.35, 0.37)
+    A, b, n = gk.window_normal_equations(vol, centres, 3.1, voxel_size_A=vs)
+    Ag, bg, ng = gk.window_normal_equations(cp.asarray(vol), cp.asarray(centres), 3.1, voxel_size_A=vs)
+    assert isinstance(Ag, cp.ndarray) and Ag.shape == (500, 7, 7) and Ag.dtype == cp.float64
+    np.testing.assert_array_equal(_host(ng), n)
+    np.testing.assert_allclose(_host(Ag), A, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_host(bg), b, rtol=1e-10, atol=1e-12)
+
+
+def test_window_pearson_parity(cp):
+    rng = np.random.default_rng(11)
+    a = rng.normal(size=(40, 38, 42)).astype(np.float32)
+    b = (0.5 * a + rng.normal(size=a.shape)).astype(np.float32)
+    centres = rng.uniform(0.0, [42, 38, 40], (700, 3))
+    r, s = gk.window_pearson(a, b, centres, 4.6, return_sums=True)
+    rg, sg = gk.window_pearson(cp.asarray(a), cp.asarray(b), cp.asarray(centres), 4.6, return_sums=True)
+    np.testing.assert_allclose(_host(sg), s, rtol=1e-10, atol=1e-9)
+    np.testing.assert_allclose(_host(rg), r, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [20, 21])
+def test_label_moments_parity(cp, seed):
+    import scipy.ndimage as ndi
+    rng = np.random.default_rng(seed)
+    mask = ndi.gaussian_filter(rng.normal(size=(64, 70, 60)), 1.0) > 0.15
+    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    lab = lab.astype(np.int32)
+    w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
+    p = np.round(rng.normal(size=lab.shape), 1).astype(np.float32)   # ties
+    m = gk.label_moments(lab, w, p, n)
+    mg = gk.label_moments(cp.asarray(lab), cp.asarray(w), cp.asarray(p), n)
+    np.testing.assert_array_equal(_host(mg.count), m.count)
+    np.testing.assert_allclose(_host(mg.sum_w), m.sum_w, rtol=1e-12)
+    np.testing.assert_allclose(_host(mg.sum_w_xyz), m.sum_w_xyz, rtol=1e-12)
+    np.testing.assert_array_equal(_host(mg.peak_value), m.peak_value)
+    np.testing.assert_array_equal(_host(mg.peak_index), m.peak_index)
+
+
+# ---------------------------------------------------------------------- pipeline stages
+
+@pytest.fixture(scope="module")
+def particle():
+    from ptnp_gpu.synth import make_particle
+    return make_particle(n_atoms=400, seed=3, noise=0.1)
+
+
+def _optional(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        pytest.skip(f"{name} is not available yet ({exc})")
+
+
+def _match(a, b):
+    """Distance from each atom of ``a`` to the nearest atom of ``b`` (Å)."""
+    from scipy.spatial import cKDTree
+    return cKDTree(b).query(a)[0]
+
+
+def test_detect_atoms_parity(cp, particle):
+    detect = _optional("ptnp_gpu.detect")
+    dc = detect.detect_atoms(particle.map, "Pt", backend="numpy")
+    dg = detect.detect_atoms(particle.map, "Pt", backend="cupy")
+    xc, xg = _host(dc.xyz_A), _host(dg.xyz_A)
+    assert len(xc) == len(xg) and len(xc) > 0.9 * len(particle.xyz_A)
+    assert _match(xc, xg).max() < 1e-3
+    assert _match(xg, xc).max() < 1e-3
+    np.testing.assert_allclose(dg.threshold, dc.threshold, rtol=1e-4)
+
+
+def test_compute_statistics_parity(cp, particle):
+    stats = _optional("ptnp_gpu.statistics")
+    xyz = particle.xyz_A
+    sc = stats.compute_statistics(particle.map, xyz, "Pt", backend="numpy")
+    sg = stats.compute_statistics(particle.map, xyz, "Pt", backend="cupy")
+    assert sg.backend == "cupy" and sc.backend == "numpy"
+    checked = 0
+    for name, vc in sc.columns.items():
+        vc = np.asarray(vc)
+        if vc.dtype.kind not in "fiu":
+            continue
+        vg = np.asarray(sg.columns[name])
+        np.testing.assert_array_equal(np.isfinite(vg), np.isfinite(vc), err_msg=name)
+        ok = np.isfinite(vc)
+        scale = np.abs(vc[ok]).max(initial=0.0)
+        np.testing.assert_allclose(vg[ok], vc[ok], rtol=1e-4, atol=1e-6 * max(scale, 1e-12),
+                                   err_msg=name)
+        checked += 1
+    assert checked > 20
+    for key in ("u_iso_A2", "doi", "valid_corr", "intensity_peak_z"):
+        assert np.isfinite(sc.columns[key]).mean() > 0.9, key
