@@ -230,17 +230,6 @@ def _default_analyze():
     return run_analyze
 
 
-def _swap_into_place(partial: Path, final: Path) -> None:
-    """Rename ``partial`` to ``final``; an older ``final`` is moved aside first, then deleted."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
-        os.replace(final, old)
-    os.replace(partial, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _relocate(summary_path: Path, old: str, new: str) -> dict:
     """Rewrite paths under ``old`` in a summary.json to ``new`` (atomically); return it."""
     def fix(v):
@@ -300,7 +289,8 @@ def analyze_one(map_path, out_root, name, sha256, params, analyze=None) -> dict:
         _write_json(partial / SIDECAR, {"map": str(map_path), "sha256": sha256, "params": params,
                                         "version": __version__})
         summary = _relocate(partial / "summary.json", str(partial), str(out_root / name))
-        _swap_into_place(partial, out_root / name)
+        from .pipeline import _commit_folder          # rename into place, old result aside
+        _commit_folder(partial, out_root / name)
     except InputError as exc:
         return {**base, "status": "failed", "error_type": "InputError", "error": str(exc),
                 "elapsed_s": time.perf_counter() - t0}
