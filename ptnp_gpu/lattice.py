@@ -310,8 +310,11 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     r_fit = u @ vt
     if np.linalg.det(r_fit) < 0:      # left-handed basis: flip the third axis
         r_fit[:, 2] *= -1
+    import warnings
     from scipy.spatial.transform import Rotation
-    euler = Rotation.from_matrix(r_fit).as_euler("ZYZ", degrees=True)
+    with warnings.catch_warnings():      # gimbal lock is harmless here: any valid triple will do
+        warnings.simplefilter("ignore", UserWarning)
+        euler = Rotation.from_matrix(r_fit).as_euler("ZYZ", degrees=True)
     rms = float(np.sqrt(np.mean(resid[inlier] ** 2))) if inlier.any() else float("nan")
     return LatticeFit(geo["type"], basis, params, float(params.mean()), ang, r_fit, euler, origin,
                       sites, resid, inlier, rms, nn,

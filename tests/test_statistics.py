@@ -1,0 +1,172 @@
+"""Ground-truth tests of the per-atom statistics on simulated particles.
+
+The model given to :func:`compute_statistics` is the true atom positions
+(detection is tested elsewhere); the truth for CN is the ideal-lattice
+neighbour count, for displacements the simulated U of every atom.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from ptnp_gpu.coordination import coordination_numbers
+from ptnp_gpu.mapio import DensityMap
+from ptnp_gpu.penetration import fit_penetration
+from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2, render_atoms
+from ptnp_gpu.statistics import compute_statistics
+from ptnp_gpu.synth import make_particle, random_rotation
+
+FCC_CUTOFF = 0.5 * (1 + 1 / np.sqrt(2))   # × a: midway between first and second shells
+
+
+def _truth_cn(ideal_xyz_A, a_A):
+    return coordination_numbers(ideal_xyz_A, FCC_CUTOFF * a_A)
+
+
+@pytest.fixture(scope="module")
+def expanded():
+    """500-atom Pt sphere, 2 % expanded, random orientation, mobile anisotropic surface."""
+    p = make_particle(n_atoms=500, expansion=0.02, jitter_A=0.03, noise=0.05, background=0.05,
+                      u_surface_A2=0.15, surface_min_doi=0.2, shell_depth_A=4.0, seed=1)
+    return p, compute_statistics(p.map, p.xyz_A, "Pt", backend="numpy")
+
+
+def test_cn_matches_ideal_lattice_neighbours(expanded):
+    p, s = expanded
+    truth = _truth_cn(p.ideal_xyz_A, p.lattice_param_A)
+    agree = np.mean(s.columns["cn"] == truth)
+    assert agree >= 0.95, agree
+    # GCN definitions: bulk GCN = Σ CN_k / 12, paper GCN ≥ bulk GCN (CN_max ≤ 12)
+    assert np.all(s.columns["gcn"] >= s.columns["gcn_bulk"] - 1e-12)
+    assert s.particle["core_ratio"] == pytest.approx(np.mean(truth == 12), abs=0.05)
+
+
+def test_lattice_parameter_within_half_percent(expanded):
+    p, s = expanded
+    rel = s.lattice.params_A / p.lattice_param_A - 1.0
+    assert np.all(np.abs(rel) < 0.005), rel
+    # orientation: fitted cubic axes agree with the simulated rotation up to cubic symmetry
+    m = np.abs(s.lattice.rotation.T @ p.rotation)
+    assert np.allclose(np.sort(m, axis=1)[:, -1], 1.0, atol=0.01)
+    assert np.allclose(s.lattice.angles_deg, 90.0, atol=0.5)
+
+
+def test_uniform_expansion_reads_as_radial_strain(expanded):
+    _, s = expanded
+    eps = s.columns["strain_radial_pct"]
+    assert np.count_nonzero(np.isfinite(eps)) >= 0.95 * len(eps)
+    assert s.particle["strain_radial_median_pct"] == pytest.approx(2.0, abs=0.3)
+    assert s.particle["lattice_expansion_pct"] == pytest.approx(2.0, abs=0.3)
+    # volumetric strain of a uniform 2 % expansion is ~6 %
+    assert np.nanmedian(s.columns["strain_vol_pct"]) == pytest.approx(6.0, abs=0.9)
+
+
+def test_u_iso_and_doi_rank_with_simulated_displacements(expanded):
+    p, s = expanded
+    u = s.columns["u_iso_A2"]
+    ok = np.isfinite(u)
+    assert ok.mean() > 0.98
+    assert np.array_equal(~ok, s.columns["u_iso_failed"].astype(bool))
+    rho_u = spearmanr(u[ok], p.u_iso_A2[ok])[0]
+    assert rho_u >= 0.8, rho_u
+    doi = s.columns["doi"]
+    ok = np.isfinite(doi)
+    assert np.array_equal(~ok, s.columns["u_aniso_failed"].astype(bool))
+    rho_d = spearmanr(doi[ok], p.doi[ok])[0]
+    assert rho_d >= 0.5, rho_d
+    # atoms given strongly anisotropic motion read lower DOI than isotropic ones
+    aniso, iso = ok & (p.doi < 0.5), ok & (p.doi > 0.999)
+    assert doi[aniso].mean() < doi[iso].mean() - 0.1
+    # eigenvalues ordered, DOI consistent with them, U symmetric positive definite
+    ev = np.stack([s.columns[k] for k in ("u_maj_A2", "u_med_A2", "u_min_A2")], 1)[ok]
+    assert np.all(ev[:, 0] >= ev[:, 1]) and np.all(ev[:, 1] >= ev[:, 2]) and np.all(ev[:, 2] > 0)
+    assert np.allclose(doi[ok], ev[:, 2] / ev[:, 0])
+
+
+def test_u_iso_penetration_recovers_designed_mobile_shell(expanded):
+    """U grows linearly over the outer 4 Å (synth): Eq. 1 on fitted U_iso finds δ ≈ 4 Å."""
+    p, s = expanded
+    f = s.penetration["u_iso_A2"]
+    assert f["ok"]
+    assert f["delta_A"] == pytest.approx(p.spec.shell_depth_A, abs=1.0)
+    assert f["m"] < 0   # U decreases with depth
+
+
+def test_cn_penetration_depth_of_vacancy_shell():
+    """Designed mobile shell: vacancies and static disorder in the outer 5 Å.
+
+    Atoms of a 700-atom sphere are removed with probability 0.35·(1 − depth/5 Å)
+    and displaced by up to 0.12 Å towards the surface; the map is rendered from
+    the kept atoms. The truth CN counts ideal-lattice neighbours among kept
+    atoms; δ fitted on the computed CN must match δ fitted on the truth within
+    1 Å, and the shell must make δ deeper than the intact particle's.
+    """
+    rng = np.random.default_rng(7)
+    p = make_particle(n_atoms=700, noise=0.05, background=0.05, u_surface_A2=0.15, seed=5)
+    ideal = p.ideal_xyz_A
+    r = np.linalg.norm(ideal - ideal.mean(0), axis=1)
+    depth = r.max() - r
+    t = np.clip(1.0 - depth / 5.0, 0.0, 1.0)
+    keep = rng.uniform(size=len(r)) >= 0.35 * t
+    xyz = p.xyz_A[keep] + rng.normal(size=(keep.sum(), 3)) * (0.12 * t[keep])[:, None]
+    vs = float(p.map.voxel_size_A[0])
+    data = np.asarray(render_atoms(xyz, p.map.shape, vs, p.map.origin_A, "Pt",
+                                   u_aniso_A2=p.u_aniso_A2[keep], backend="numpy"), float)
+    data += rng.normal(scale=0.05 * atom_peak_value("Pt", reference_blur_A2(vs), 0.02), size=data.shape)
+    s = compute_statistics(DensityMap(data.astype(np.float32), vs, p.map.origin_A), xyz, "Pt",
+                           backend="numpy")
+    truth = _truth_cn(ideal[keep], p.lattice_param_A)
+    assert np.mean(s.columns["cn"] == truth) >= 0.95
+    f_truth = fit_penetration(s.columns["depth_A"], truth, c_bounds=(10, 12))
+    f_comp = s.penetration["cn"]
+    f_intact = fit_penetration(depth, _truth_cn(ideal, p.lattice_param_A), c_bounds=(10, 12))
+    assert f_truth["ok"] and f_comp["ok"] and f_intact["ok"]
+    assert abs(f_comp["delta_A"] - f_truth["delta_A"]) < 1.0
+    assert f_truth["delta_A"] > f_intact["delta_A"] + 1.0
+    assert 10.0 <= f_comp["c"] <= 12.0
+
+
+def _render(xyz, U, shape, vs, origin, rng, noise):
+    data = np.asarray(render_atoms(xyz, shape, vs, origin, "Pt", u_aniso_A2=U, backend="numpy"), float)
+    data += rng.normal(scale=noise * atom_peak_value("Pt", reference_blur_A2(vs), 0.02), size=shape)
+    return DensityMap(data.astype(np.float32), vs, origin)
+
+
+def test_same_particle_in_two_orientations_gives_same_statistics():
+    rng = np.random.default_rng(3)
+    p = make_particle(n_atoms=350, noise=0.0, background=0.0, u_surface_A2=0.15, surface_min_doi=0.3,
+                      jitter_A=0.02, seed=11)
+    vs, shape, org = float(p.map.voxel_size_A[0]), p.map.shape, p.map.origin_A
+    c = p.xyz_A.mean(0)
+    q = random_rotation(rng)
+    xyz2 = (p.xyz_A - c) @ q.T + c
+    u2 = np.einsum("ij,njk,lk->nil", q, p.u_aniso_A2, q)
+    s1 = compute_statistics(_render(p.xyz_A, p.u_aniso_A2, shape, vs, org, rng, 0.02), p.xyz_A, "Pt",
+                            backend="numpy")
+    s2 = compute_statistics(_render(xyz2, u2, shape, vs, org, rng, 0.02), xyz2, "Pt", backend="numpy")
+    a, b = s1.columns, s2.columns
+    # geometry: exactly invariant
+    assert np.array_equal(a["cn"], b["cn"])
+    for k in ("gcn", "gcn_bulk", "bond_nn_A", "depth_A", "strain_radial_pct", "strain_vol_pct"):
+        assert np.allclose(a[k], b[k], atol=1e-6, equal_nan=True), k
+    assert np.allclose(np.sort(s1.lattice.params_A), np.sort(s2.lattice.params_A), rtol=1e-6)
+    for k in ("n_atoms", "diameter_A", "cn_median", "bond_nn_median_A", "core_ratio"):
+        assert s1.particle[k] == pytest.approx(s2.particle[k], rel=1e-9), k
+    assert s1.particle["strain_radial_median_pct"] == pytest.approx(s2.particle["strain_radial_median_pct"],
+                                                                    abs=1e-6)
+    assert s1.penetration["cn"]["delta_A"] == pytest.approx(s2.penetration["cn"]["delta_A"], abs=1e-6)
+    # map measurements: invariant up to grid sampling and noise
+    rel_u = np.abs(a["u_iso_A2"] / b["u_iso_A2"] - 1)
+    assert np.nanmedian(rel_u) < 0.03
+    assert spearmanr(a["u_iso_A2"], b["u_iso_A2"], nan_policy="omit")[0] > 0.9
+    assert np.nanmedian(np.abs(a["doi"] - b["doi"])) < 0.05
+    assert np.nanmedian(np.abs(a["valid_corr"] - b["valid_corr"])) < 0.02
+    assert np.nanmedian(np.abs(a["intensity_peak_z"] - b["intensity_peak_z"])) < 0.1 * np.nanmedian(
+        a["intensity_peak_z"])
+    # principal direction of U rotates with the particle (compare on clearly anisotropic atoms)
+    ok = np.isfinite(a["doi"]) & np.isfinite(b["doi"]) & (a["doi"] < 0.8) & (b["doi"] < 0.8)
+    d1 = np.stack([a[f"u_maj_dir_{k}"] for k in "xyz"], 1)[ok] @ q.T
+    d2 = np.stack([b[f"u_maj_dir_{k}"] for k in "xyz"], 1)[ok]
+    assert ok.sum() >= 10
+    assert np.median(np.abs(np.einsum("ij,ij->i", d1, d2))) > 0.9
