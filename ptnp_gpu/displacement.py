@@ -32,12 +32,20 @@ def fit_radius_A(nn_distance_A: float) -> float:
 
 
 def window_offsets(radius_A: float, voxel_size_A) -> np.ndarray:
-    """Integer voxel offsets (W, 3), x/y/z order, of the cube that holds a sphere of ``radius_A``."""
+    """Integer voxel offsets (W, 3), x/y/z order, that can fall within ``radius_A`` of an atom.
+
+    Windows are anchored on the atom's nearest voxel, so the atom sits at most
+    half a voxel diagonal from the anchor: offsets farther than
+    ``radius_A + ½·|voxel diagonal|`` can never be inside the sphere and are
+    left out (a ball, not a cube: about 3× fewer voxels).
+    """
     vs = np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), (3,))
-    half = np.ceil(float(radius_A) / vs).astype(int) + 1
+    reach = float(radius_A) + 0.5 * float(np.linalg.norm(vs))
+    half = np.ceil(reach / vs).astype(int)
     gx, gy, gz = (np.arange(-h, h + 1) for h in half)
     oz, oy, ox = np.meshgrid(gz, gy, gx, indexing="ij")
-    return np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=1)
+    off = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=1)
+    return off[np.linalg.norm(off * vs, axis=1) <= reach]
 
 
 def gather_windows(data, xyz_vox, offsets, voxel_size_A, *, extra=()):
@@ -90,7 +98,7 @@ def _batched_wls(design, y, w, xp):
     solvable = n_used >= p + 3
     # keep the batch solvable: identity for hopeless rows, a tiny ridge otherwise
     eye = xp.eye(p, dtype=xp.float64)
-    diag_scale = xp.einsum("npp->np", ata).max(axis=1)
+    diag_scale = xp.diagonal(ata, axis1=1, axis2=2).max(axis=1)
     ridge = 1e-12 * xp.maximum(diag_scale, 1e-300)
     ata = ata + ridge[:, None, None] * eye
     ata = xp.where(solvable[:, None, None], ata, eye)

@@ -192,8 +192,9 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
     pair_cos = float(dots[j0])
     centre = xyz.mean(0)
     order = np.argsort(np.linalg.norm(xyz - centre, axis=1))[:n_centre]
+    # candidates are scored on an evenly spread subset of bonds; refinement uses all
+    sample = bonds[::max(1, len(bonds) // 4000)]
     best = (None, -1)
-    tried = 0
     for a in order:
         sel = np.flatnonzero((bonds_pairs[:, 0] == a) | (bonds_pairs[:, 1] == a))
         b = bonds[sel]
@@ -203,8 +204,7 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
         ii, jj = np.nonzero(np.abs(cosm - pair_cos) < 0.15)
         for i, j in zip(ii[:8], jj[:8]):
             rot = kabsch_rotation(np.stack([dirs[0], dirs[j0]]), np.stack([b[i], b[j]]))
-            _, _, n_ok = _score(rot, bonds, dirs, cos_tol)
-            tried += 1
+            _, _, n_ok = _score(rot, sample, dirs, cos_tol)
             if n_ok > best[1]:
                 best = (rot, n_ok)
     rot = best[0]
@@ -325,10 +325,11 @@ def ideal_sites_A(fit: LatticeFit, param_A: float, centre_A=None) -> np.ndarray:
     """Ideal lattice positions of every atom's site with lattice parameter ``param_A``.
 
     The ideal lattice has the fitted orientation (``fit.rotation``) and is
-    placed so that the centroid of the inlier sites coincides with
-    ``centre_A`` (default: the centroid of the fitted inlier positions), so a
-    uniform expansion about the particle centre shows as a radial
-    displacement proportional to R.
+    the fitted lattice scaled about ``centre_A`` (default: the centroid of
+    the fitted inlier positions) to the parameter ``param_A``: the point of
+    the fitted lattice at the centre stays put. A uniform expansion about
+    the particle centre thus shows as a radial displacement proportional to
+    R, also when the fitted domain is off-centre (a twin domain).
 
     Returns
     -------
@@ -337,9 +338,9 @@ def ideal_sites_A(fit: LatticeFit, param_A: float, centre_A=None) -> np.ndarray:
     sites = fit.site_cells
     if not fit.ok:
         return np.full_like(sites, np.nan)
-    basis = fit.rotation.T * float(param_A)
-    inl = fit.inlier
-    s_mean = sites[inl].mean(0)
     if centre_A is None:
-        centre_A = fit.origin_A + s_mean @ fit.basis_A
-    return np.asarray(centre_A, float) + (sites - s_mean) @ basis
+        centre_A = fit.origin_A + sites[fit.inlier].mean(0) @ fit.basis_A
+    centre_A = np.asarray(centre_A, float)
+    # the centre in lattice (cell) coordinates of the fitted lattice
+    s_c = np.linalg.solve(fit.basis_A.T, centre_A - fit.origin_A)
+    return centre_A + (sites - s_c) @ (fit.rotation.T * float(param_A))

@@ -144,6 +144,11 @@ class AtomStatistics:
         return np.stack([self.columns["x"], self.columns["y"], self.columns["z"]], axis=1)
 
 
+def _on(be, a):
+    """``a`` on backend ``be`` (device copy or host copy as needed)."""
+    return be.xp.asarray(a) if be.is_gpu else np.asarray(_be.to_host(a))
+
+
 def _resolve_backend(backend, *arrays):
     if backend is None:
         for a in arrays:
@@ -161,11 +166,11 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
-def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=4096):
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None):
     """Displacement fits, validation correlation and peak intensity for every atom."""
     xp = be.xp
     vs = dmap.voxel_size_A
-    data_full = xp.asarray(dmap.data)
+    data_full = _on(be, dmap.data)
     mean = float(xp.mean(data_full, dtype=xp.float64))  # synchronize
     sd = float(xp.std(data_full, dtype=xp.float64))     # synchronize
     vox = dmap.xyz_A_to_voxel(xyz)
@@ -179,10 +184,10 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=4096
         from .simulate import render_atoms
         sim = render_atoms(xyz, data.shape, vs, dmap.origin_A + lo * vs, el, backend=be)
     else:
-        sim = xp.ascontiguousarray(xp.asarray(simulated)[sl])
+        sim = xp.ascontiguousarray(_on(be, simulated)[sl])
     extra = [sim]
     if labels is not None:
-        lab = xp.asarray(labels)
+        lab = _on(be, labels)
         if tuple(lab.shape) != tuple(dmap.shape):
             raise InputError(f"labels shape {tuple(lab.shape)} differs from the map shape {dmap.shape}")
         extra.append(xp.ascontiguousarray(lab[sl]))
@@ -190,6 +195,8 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=4096
     off_fit = window_offsets(fit_r, vs)
     off_val = window_offsets(r_val, vs)
     n = len(xyz)
+    if chunk is None:      # big batches feed a GPU; cache-sized ones suit a CPU
+        chunk = 16384 if be.is_gpu else 256
     parts = []
     for s in range(0, n, chunk):             # chunks bound memory; each is fully batched
         e = min(n, s + chunk)
@@ -276,7 +283,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         raise InputError("the model holds no atoms; nothing to analyse")
     if not np.all(np.isfinite(xyz)):
         raise InputError("the model holds non-finite coordinates")
-    be = _resolve_backend(backend, labels, simulated)
+    be = _resolve_backend(backend, labels, simulated, dmap.data)
     times = {}
     t0 = time.perf_counter()
     lat = fit_lattice(xyz, el)
