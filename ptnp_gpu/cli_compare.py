@@ -196,6 +196,15 @@ def _fit(curve: dict, stat: str) -> dict:
     return {k: f[k] for k in ("delta_A", "m", "c")} | {"source": "fit_penetration", "message": f.get("message", "")}
 
 
+def _final_path(path: Path, work: Path, out: Path) -> Path:
+    """Where ``path`` (maybe inside the temporary folder ``work``) lies once ``work`` becomes ``out``."""
+    path, work = Path(path).resolve(), Path(work).resolve()
+    try:
+        return out.resolve() / path.relative_to(work)
+    except ValueError:
+        return path
+
+
 def _run_series(args) -> int:
     from .compare_report import output_folder, read_depth_curves, series_figure, write_comparison, write_json
     from .errors import InputError
@@ -222,8 +231,7 @@ def _run_series(args) -> int:
         write_comparison(work, models["part1"], model_b, comp, summary=summary, labels=("part1", "part2"),
                          figure=not args.no_figure)
         series = {"inputs": {lab: str(p) for lab, p in zip(SERIES_LABELS, paths)},
-                  "result_folders": {lab: str(f if not str(f).startswith(str(work)) else out / f.relative_to(work))
-                                     for lab, f in folders.items()},
+                  "result_folders": {lab: str(_final_path(f, work, out)) for lab, f in folders.items()},
                   "n_atoms": {lab: len(m) for lab, m in models.items()},
                   "penetration": fits,
                   "compare_part1_part2": "compare.json"}

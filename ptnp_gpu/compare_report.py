@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .models import Model, atomic_write, write_pdb
+from .models import Model, atomic_write
 
-__all__ = ["output_folder", "model_ids", "pairs_table", "write_comparison", "comparison_figure",
+__all__ = ["output_folder", "model_ids", "pairs_table", "write_comparison", "write_points_pdb", "comparison_figure",
            "series_figure", "read_depth_curves", "STATUS_COLOURS", "SERIES_COLOURS"]
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,8 @@ log = logging.getLogger(__name__)
 STATUS_COLOURS = {"common": "#9aa5b1", "moved": "#f28e2b", "lost": "#d62728", "gained": "#2ca02c"}
 #: paper Fig. 4: part1 red, part2 green, merged black
 SERIES_COLOURS = {"merged": "black", "part1": "#d62728", "part2": "#2ca02c"}
+#: names of the radial-depth column R_NP − R (Å) in a result folder's atoms.csv, in order of preference
+DEPTH_COLUMNS = ("depth_A", "radial_depth_A")
 
 
 @contextlib.contextmanager
@@ -117,29 +120,62 @@ def pairs_table(model_a: Model, model_b: Model, comp) -> dict:
 
 
 def _write_csv(path, cols: dict):
+    """Write equal-length columns as CSV; NaN and negative ids become empty cells.
+
+    Rows are formatted with one ``%`` template each (fast for 10⁵ rows).
+    """
     names = list(cols)
-    n = len(cols[names[0]]) if names else 0
+    fmts, lists = [], []
+    for name in names:
+        v = np.asarray(cols[name])
+        if v.dtype.kind in "iu":
+            fmts.append("%.0f")
+            lists.append(np.where(v >= 0, v, np.nan).astype(float).tolist())
+        elif v.dtype.kind in "fb":
+            fmts.append("%.6g")
+            lists.append(v.astype(float).tolist())
+        else:
+            fmts.append("%s")
+            lists.append([str(x) for x in v])
+    template = ",".join(fmts) + "\n"
+    body = "".join(template % row for row in zip(*lists))
+    body = re.sub(r"(?<=,)nan(?=[,\n])", "", body)  # NaN cells (never first: rows start with text)
+    atomic_write(path, lambda fh: fh.write(",".join(names) + "\n" + body))
 
-    def fmt(v):
-        if isinstance(v, (str, np.str_)):
-            return v
-        if isinstance(v, (int, np.integer)):
-            return "" if v < 0 else str(int(v))
-        return "" if not np.isfinite(v) else f"{float(v):.6g}"
 
-    def write(fh):
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(names)
-        for i in range(n):
-            w.writerow([fmt(cols[c][i]) for c in names])
-    atomic_write(path, write)
+def _hy36(value: int, width: int) -> str:
+    """Hybrid-36 number (PDB serials beyond 99,999 and residue numbers beyond 9,999)."""
+    if value < 10 ** width:
+        return str(value)
+    value -= 10 ** width
+    value += 10 * 36 ** (width - 1)
+    digits = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    out = ""
+    while value:
+        value, r = divmod(value, 36)
+        out = digits[r] + out
+    if len(out) > width:
+        raise ValueError(f"{value} too large for a hybrid-36 field of width {width}")
+    return out
 
 
-def _sub_model(model: Model, rows) -> Model:
-    rows = np.asarray(rows, int)
-    b = None if model.b_A2 is None else np.asarray(model.b_A2)[rows]
-    u = None if model.u_aniso_A2 is None else np.asarray(model.u_aniso_A2)[rows]
-    return Model(model.xyz_A[rows], [model.elements[i] for i in rows], b, u)
+def write_points_pdb(path, xyz_A, elements, b_A2=None):
+    """Minimal PDB (HETATM records only) of a point set for viewing, written fast and atomically.
+
+    One residue per atom (name = element), chain A; serials beyond 99,999 and
+    residue numbers beyond 9,999 use hybrid-36 like gemmi. B is ``b_A2`` (Å²,
+    B = 8π²·U) where given, else 0. :func:`ptnp_gpu.models.write_pdb` writes
+    the full model files; this one exists for the large status files.
+    """
+    x = np.asarray(xyz_A, float).reshape(-1, 3)
+    b = np.zeros(len(x)) if b_A2 is None else np.nan_to_num(np.asarray(b_A2, float))
+    lines = []
+    for i in range(len(x)):
+        el = str(elements[i]).strip().upper()[:2] or "X"
+        name = el.ljust(4) if len(el) == 2 else (" " + el).ljust(4)
+        lines.append(f"HETATM{_hy36(i + 1, 5):>5s} {name} {el:>3s} A{_hy36(i + 1, 4):>4s}    "
+                     f"{x[i, 0]:8.3f}{x[i, 1]:8.3f}{x[i, 2]:8.3f}  1.00{min(b[i], 999.99):6.2f}          {el:>2s}\n")
+    atomic_write(path, lambda fh: fh.write("".join(lines) + "END\n"))
 
 
 def _json_default(o):
@@ -200,7 +236,9 @@ def write_comparison(folder, model_a: Model, model_b: Model, comp, *, summary: d
                               ("gained", model_b, comp.gained_b), ("moved_a", model_a, comp.moved_a),
                               ("moved_b", model_b, comp.moved_b)):
         if len(rows):
-            write_pdb(folder / f"{name}.pdb", _sub_model(model, rows))
+            rows = np.asarray(rows, int)
+            write_points_pdb(folder / f"{name}.pdb", model.xyz_A[rows], [model.elements[i] for i in rows],
+                             None if model.b_A2 is None else np.asarray(model.b_A2, float)[rows])
             files[name] = folder / f"{name}.pdb"
     if figure:
         fig = comparison_figure(model_a.xyz_A, model_b.xyz_A, comp.status_a(), comp.status_b(),
@@ -324,7 +362,8 @@ def read_depth_curves(result_dir, statistics=("cn", "gcn")) -> dict:
     Returns
     -------
     dict
-        ``radial_depth_A`` and one array per statistic found (missing ones are omitted).
+        ``radial_depth_A`` (from the ``depth_A`` or ``radial_depth_A`` column) and one
+        array per statistic found (missing ones are omitted).
 
     Raises
     ------
@@ -336,12 +375,14 @@ def read_depth_curves(result_dir, statistics=("cn", "gcn")) -> dict:
         raise InputError(f"{result_dir}: no atoms.csv (analyse the map first)")
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    if not rows or "radial_depth_A" not in rows[0]:
-        raise InputError(f"{path}: needs a radial_depth_A column")
-    out = {}
-    for key in ("radial_depth_A",) + tuple(statistics):
-        if key in rows[0]:
-            out[key] = np.array([float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows])
+    depth_key = next((k for k in DEPTH_COLUMNS if rows and k in rows[0]), None)
+    if depth_key is None:
+        raise InputError(f"{path}: needs a radial depth column ({' or '.join(DEPTH_COLUMNS)})")
+
+    def column(key):
+        return np.array([float(r[key]) if r[key] not in ("", "nan") else np.nan for r in rows])
+    out = {"radial_depth_A": column(depth_key)}
+    out.update({k: column(k) for k in statistics if k in rows[0]})
     return out
 
 

@@ -152,7 +152,7 @@ def _nn_distance_A(tree: cKDTree, xyz, rng, n_max=2000) -> float:
     return float(np.median(d[:, 1]))
 
 
-def _bond_lines(xyz, tree, nn_A, rng, n_lines=6, n_max=4000):
+def _bond_lines(xyz, tree, nn_A, rng, n_lines=6, n_max=500):
     """Most populated nearest-neighbour bond lines (unit vectors, sign arbitrary)."""
     sel = np.arange(len(xyz)) if len(xyz) <= n_max else rng.choice(len(xyz), n_max, replace=False)
     lists = tree.query_ball_point(xyz[sel], 1.2 * nn_A)

@@ -12,7 +12,8 @@ from scipy.spatial import cKDTree
 from ptnp_gpu.cli import main
 from ptnp_gpu.compare import compare_points, default_cutoff_A, max_pairwise_distance_A, radial_depth_A
 from ptnp_gpu.errors import InputError
-from ptnp_gpu.models import Model, write_pdb
+from ptnp_gpu.compare_report import _hy36
+from ptnp_gpu.models import Model, read_model, write_pdb
 from ptnp_gpu.pairing import pair_points
 from ptnp_gpu.registration import kabsch, register_points, rmsd_between_transforms_A
 from ptnp_gpu.synth import fcc_particle, random_rotation
@@ -135,6 +136,12 @@ def test_registration_recovers_transform(truth):
     assert np.linalg.det(reg.rotation) == pytest.approx(1.0)
 
 
+def test_hybrid36_serials():
+    # the PDB hybrid-36 convention (as gemmi writes it) beyond 99,999 atoms / 9,999 residues
+    assert [_hy36(v, 5) for v in (99999, 100000, 100001, 100035)] == ["99999", "A0000", "A0001", "A000Z"]
+    assert [_hy36(v, 4) for v in (9999, 10000, 10036)] == ["9999", "A000", "A010"]
+
+
 def test_kabsch_exact():
     rng = np.random.default_rng(3)
     p = rng.normal(size=(20, 3))
@@ -187,6 +194,9 @@ def test_cli_outputs(truth, tmp_path, capsys):
     for name in ("pairs.csv", "common.pdb", "lost.pdb", "gained.pdb", "moved_a.pdb", "compare.png",
                  "b_registered.pdb"):
         assert (out / name).is_file(), name
+    lost = read_model(out / "lost.pdb")  # status files are valid PDB in A's frame
+    assert len(lost) == counts["lost"]
+    assert cKDTree(a).query(lost.xyz_A)[0].max() < 1e-3
     rows = list(csv.DictReader(open(out / "pairs.csv")))
     assert len(rows) == counts["common"] + counts["moved"] + counts["lost"] + counts["gained"]
     com = [r for r in rows if r["status"] == "common"]
@@ -229,7 +239,7 @@ def test_cli_series_from_result_folders(tmp_path):
         gcn = eq1(depth, truth_delta[label] + 1.0, 1.2, 7.5) + rng.normal(0, 0.3, len(xyz))
         f = tmp_path / label
         f.mkdir()
-        _write_csv_model(f / "atoms.csv", xyz, {"cn": cn, "gcn": gcn, "radial_depth_A": depth})
+        _write_csv_model(f / "atoms.csv", xyz, {"cn": cn, "gcn": gcn, "depth_A": depth})
         folders.append(str(f))
     # part2 carries its own penetration.csv, which must be used as is
     (tmp_path / "part2" / "penetration.csv").write_text("statistic,delta_A,m,c\ncn,3.25,1.5,11.5\n")
@@ -260,3 +270,26 @@ def test_hea4_real_pair(tmp_path):
     assert s["registration"]["rotation_angle_deg"] < 1.0
     assert np.linalg.norm(s["registration"]["translation_A"]) < 0.2
     assert s["percent_common_of_a"] > 95.0
+
+
+def test_cli_maps_are_analysed_first(tmp_path):
+    """Two noisy maps of one synthetic particle: each is analysed, then the models are compared."""
+    pytest.importorskip("ptnp_gpu.pipeline")
+    from ptnp_gpu.mapio import write_map
+    from ptnp_gpu.synth import make_particle
+    p = make_particle(n_atoms=80, seed=3, noise=0.05)
+    rng = np.random.default_rng(4)
+    for name in ("half1", "half2"):
+        d = p.map.data + rng.normal(0, 0.05 * float(p.map.data.max()), p.map.data.shape)
+        write_map(tmp_path / f"{name}.mrc", d.astype(np.float32), p.map.voxel_size_A, p.map.origin_A)
+    out = tmp_path / "cmp"
+    assert main(["compare", str(tmp_path / "half1.mrc"), str(tmp_path / "half2.mrc"), "--quiet", "--no-figure",
+                 "--out", str(out)]) == 0
+    s = json.loads((out / "compare.json").read_text())
+    for side in ("a_half1", "b_half2"):
+        assert (out / side / "atoms.csv").is_file()
+    # both maps show the same atoms: each detected model matches the truth, so A and B agree
+    assert s["n_lost"] + s["n_gained"] + s["n_moved"] <= 0.05 * len(p.xyz_A)
+    assert s["displacement_common_median_A"] < 0.2
+    truth = compare_points(p.xyz_A, read_model(out / "a_half1").xyz_A, CUTOFF).summary()
+    assert truth["percent_common_of_a"] >= 95.0
