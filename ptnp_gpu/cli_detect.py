@@ -32,12 +32,15 @@ def add_map_options(p):
     g.add_argument("--no-split", dest="split", action="store_false", default=None, help="do not split merged atoms")
     g.add_argument("--no-rescue", dest="rescue", action="store_false", default=None,
                    help="do not add weak atoms missed by the global threshold")
-    g.add_argument("--rescue-sigma", type=float, default=None, help="significance of a rescued peak, in noise SDs (default 5)")
+    g.add_argument("--rescue-sigma", type=float, default=None, help="significance of an atom peak in the denoised map, in noise SDs (default 3.5)")
     g.add_argument("--no-reject-correlation", dest="reject_correlation", action="store_false", default=None,
                    help="keep atoms with a low validation correlation")
-    g.add_argument("--correlation-rule", choices=("robust", "paper"), default=None,
-                   help="outlier rule: robust (median − k·MAD-SD, default) or paper (mean − k·SD)")
-    g.add_argument("--correlation-sd", type=float, default=None, help="k of the outlier rule (default 3; the paper used 2)")
+    g.add_argument("--correlation-rule", choices=("floor", "robust", "paper"), default=None,
+                   help="outlier rule: floor (only --min-correlation, default), robust (median − k·MAD-SD) "
+                        "or paper (mean − k·SD)")
+    g.add_argument("--min-correlation", type=float, default=None,
+                   help="reject atoms whose validation correlation is below this (default 0.25)")
+    g.add_argument("--correlation-sd", type=float, default=None, help="k of the robust/paper outlier rule (default 3; the paper used 2)")
     g.add_argument("--no-reject-cn", dest="reject_low_cn", action="store_false", default=None,
                    help="keep atoms with fewer than --min-cn neighbours")
     g.add_argument("--min-cn", type=int, default=None, help="minimum coordination number (default 3)")
@@ -48,7 +51,7 @@ def add_map_options(p):
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma",
-          "reject_correlation", "correlation_rule", "correlation_sd", "reject_low_cn", "min_cn",
+          "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_low_cn", "min_cn",
           "refine_centres", "resolution_A", "b_extra_A2")
 
 

@@ -62,7 +62,7 @@ def _band(s, xp, res_A=1.0, shells=3, ds=None):
 
 
 def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float = 1.0,
-                pad_vox: int | None = None, want_second: bool = True):
+                highpass_A: float = 0.0, pad_vox: int | None = None, want_second: bool = True):
     """Correlate a map with one atom: the denoised map ``C`` (and ``G = K ⋆ C``).
 
     Parameters
@@ -72,6 +72,10 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     kernel : AtomKernel
     resolution_A : float
         Band limit in Å (cosine taper over 3 Fourier shells beyond it).
+    highpass_A : float
+        When > 0, also remove structure coarser than this (Å): smooth solvent
+        background and the particle's overall envelope (cosine taper from
+        1/highpass_A down to half that frequency).
     pad_vox : int, optional
         Padding (voxels) on each side against circular wrap; default covers
         the atom's reach.
@@ -103,7 +107,13 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     fx = xp.fft.rfftfreq(padded[2], d=vs[0]).astype(xp.float32)
     s2 = fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2
     ds = 1.0 / (np.array(padded) * vs[::-1]).max()
-    band = _band(xp.sqrt(s2), xp, resolution_A, 3, ds)
+    s_abs = xp.sqrt(s2)
+    band = _band(s_abs, xp, resolution_A, 3, ds)
+    if highpass_A and highpass_A > 0:
+        lo = 0.5 / highpass_A
+        t = xp.clip((s_abs - lo) / lo, 0.0, 1.0)
+        band *= 0.5 * (1.0 - xp.cos(np.pi * t))
+    del s_abs
     K = xp.zeros_like(s2)
     for ai, vi in zip(kernel.a, kernel.var):
         K += ai * xp.exp(-2.0 * np.pi ** 2 * vi * s2)

@@ -18,7 +18,12 @@ listed in the method notes. The stages:
    (each voxel to its nearest seed).
 4. Centres: grey-value centres of mass of the raw map (minus the solvent
    level) over the final components; optional sub-voxel refinement.
-5. Reject outliers: validation correlation below mean − k·SD, then CN < 3.
+5. Reject outliers: validation correlation below ``min_correlation`` (and, on
+   request, below mean − k·SD as in the paper, or a robust median/MAD form),
+   then CN < 3. The paper's statistical rule removes ~2% of true atoms by
+   construction and whole populations in mixed-element particles (Pd in Pd@Pt:
+   recall 0.93), so the default rejects only densities that do not look like
+   an atom.
 """
 from __future__ import annotations
 
@@ -47,14 +52,17 @@ class DetectOptions:
     min_voxels: int = 3
     split: bool = True
     reject_correlation: bool = True
-    correlation_rule: str = "robust"  # "robust": median − k·1.4826·MAD; "paper": mean − k·SD
+    correlation_rule: str = "floor"   # "floor": only min_correlation; "robust": median − k·1.4826·MAD;
+                                      # "paper": mean − k·SD (removes weak true atoms, see README)
     correlation_sd: float = 3.0       # k (the paper uses 2 with mean and SD)
+    min_correlation: float = 0.25     # also reject atoms whose density does not look like an atom
     reject_low_cn: bool = True
     min_cn: int = 3
     refine_centres: bool = True       # sub-voxel refinement (measured, see tests)
     rescue: bool = True               # add weak atoms the global threshold missed
-    rescue_sigma: float = 5.0         # significance of a rescued peak (noise SDs of C)
+    rescue_sigma: float = 3.5         # significance of an atom's peak in C (noise SDs)
     resolution_A: float = 1.0
+    highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
     b_extra_A2: float | None = None   # blur of the simulated atom; default reference value
     crop_margin_A: float = 4.0
 
@@ -67,8 +75,8 @@ class DetectOptions:
             if not hasattr(opts, k):
                 raise InputError(f"unknown detection option {k!r}")
             setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None else float(v))
-        if opts.correlation_rule not in ("robust", "paper"):
-            raise InputError(f"correlation_rule must be 'robust' or 'paper', got {opts.correlation_rule!r}")
+        if opts.correlation_rule not in ("floor", "robust", "paper"):
+            raise InputError(f"correlation_rule must be 'floor', 'robust' or 'paper', got {opts.correlation_rule!r}")
         if opts.n_thresholds < 2:
             raise InputError("n_thresholds must be at least 2")
         return opts
@@ -221,8 +229,14 @@ def _split(lab, n, C_box, r_split_vox, vs):
     return out.reshape(lab.shape), n_new, n_multi
 
 
-def _refine_centres(raw_box, C_box, centre_vox, base, radius_vox):
-    """Sub-voxel refinement: background-subtracted centre of mass in a sphere, iterated."""
+def _refine_centres(raw_box, centre_vox, base, radius_vox, sigma_vox):
+    """Sub-voxel refinement: mean shift of the solvent-subtracted raw map.
+
+    Each centre moves to the centre of mass of ``max(raw − base, 0)`` times a
+    Gaussian (``sigma_vox``) around it, within ``radius_vox``; three rounds.
+    Against ground truth this lowers the position RMSD by ~15% relative to
+    plain component centres of mass (tests/test_detect.py measures it).
+    """
     be = _be.namespace(raw_box)
     xp, ndi = be.xp, be.ndi
     r = int(np.ceil(radius_vox))
@@ -237,7 +251,7 @@ def _refine_centres(raw_box, C_box, centre_vox, base, radius_vox):
         d = pts - c[:, None, :]
         coords = pts.reshape(-1, 3)[:, ::-1].T
         v = ndi.map_coordinates(raw_box, coords, order=0, mode="nearest").reshape(pts.shape[:2])
-        wgt = xp.clip(v - base, 0.0, None) * xp.exp(-0.5 * (d ** 2).sum(-1) / (0.5 * radius_vox) ** 2)
+        wgt = xp.clip(v - base, 0.0, None) * xp.exp(-0.5 * (d ** 2).sum(-1) / sigma_vox ** 2)
         s = wgt.sum(1)
         shift = (wgt[..., None] * d).sum(1) / xp.where(s > 0, s, 1.0)[:, None]
         c = c + xp.clip(shift, -1.0, 1.0)
@@ -389,7 +403,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     b_extra = reference_blur_A2(float(vs.mean())) if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
-    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A)
+    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A)
     lap("denoise")
 
     say("choosing the threshold")
@@ -425,24 +439,26 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")
+    # noise level of C, from the solvent outside the particle's box
+    solvent = xp.ones(C.shape, dtype=bool)
+    solvent[crop] = False
+    sample = C[solvent] if int(solvent.sum()) > 1000 else C.ravel()
+    med = float(xp.median(sample))
+    noise = 1.4826 * float(xp.median(xp.abs(sample - med)))
+    t_sig = max(med + o.rescue_sigma * noise, t_otsu)
     lab, n = label26(C_box > threshold)
     mom = label_moments(lab, n, weights)
-    small = mom["count"] < o.min_voxels
-    small[0] = False
-    lab = xp.where(small[lab], 0, lab).astype(xp.int32)
-    counts = {"components": n, "small_removed": int(small.sum())}
+    pk = ndi.maximum(C_box, labels=lab, index=xp.arange(n + 1))
+    drop = (mom["count"] < o.min_voxels) | (xp.asarray(pk) < t_sig)
+    drop[0] = False
+    lab = xp.where(drop[lab], 0, lab).astype(xp.int32)
+    counts = {"components": n, "small_or_insignificant_removed": int(drop.sum())}
     n_split = 0
     if o.split:
         lab, n, n_split = _split(lab, n, C_box, 2.0 * el.radius_A, vs)
     counts["split_components"] = n_split
     if o.rescue:
-        solvent = xp.ones(C.shape, dtype=bool)
-        solvent[crop] = False
-        sample = C[solvent] if int(solvent.sum()) > 1000 else C.ravel()
-        med = float(xp.median(sample))
-        noise = 1.4826 * float(xp.median(xp.abs(sample - med)))
-        t_low = max(med + o.rescue_sigma * noise, t_otsu)
-        lab, n, n_res = _rescue(lab, n, C_box, t_low, vs, 0.7 * el.nn_distance_A, el.radius_A)
+        lab, n, n_res = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A)
         counts["rescued"] = n_res
     lap("label_split")
 
@@ -457,22 +473,27 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     remap[ids] = xp.arange(1, ids.shape[0] + 1, dtype=xp.int32)
     lab = remap[lab]
     if o.refine_centres:
-        centre = _refine_centres(raw_box, C_box, centre, base, el.radius_A / vs.min())
+        centre = _refine_centres(raw_box, centre, base, 1.3 * el.radius_A / vs.min(),
+                                 0.5 * el.radius_A / vs.min())
     lap("centres")
 
     say("validating atoms")
     offset = xp.asarray([crop[2].start, crop[1].start, crop[0].start], dtype=xp.float64)
     centre_full = centre + offset
     xyz = xp.asarray(dmap.origin_A) + centre_full * xp.asarray(vs)
-    sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, backend=be)
+    # per-atom scale (mixed elements, partial occupancy): smoothed height at the centre
+    height = ndi.map_coordinates(C, centre_full[:, ::-1].T, order=1, mode="nearest")
+    scale = xp.clip(height / xp.maximum(xp.median(height), 1e-12), 0.2, 5.0)
+    sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=scale, backend=be)
     vcorr = _validation_corr(raw, sim, centre_full, 1.5 * el.radius_A / vs.min())
     keep = xp.ones(xyz.shape[0], dtype=bool)
     if o.reject_correlation and xyz.shape[0] > 2:
+        thr = o.min_correlation
         if o.correlation_rule == "paper":
-            thr = vcorr.mean() - o.correlation_sd * vcorr.std()
-        else:
+            thr = xp.maximum(vcorr.mean() - o.correlation_sd * vcorr.std(), thr)
+        elif o.correlation_rule == "robust":
             med = xp.median(vcorr)
-            thr = med - o.correlation_sd * 1.4826 * xp.median(xp.abs(vcorr - med))
+            thr = xp.maximum(med - o.correlation_sd * 1.4826 * xp.median(xp.abs(vcorr - med)), thr)
         keep &= vcorr >= thr
     counts["rejected_correlation"] = int((~keep).sum())
     if o.reject_low_cn:
@@ -487,8 +508,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         remap = xp.zeros(xyz.shape[0] + 1, dtype=xp.int32)
         remap[kid + 1] = xp.arange(1, kid.shape[0] + 1, dtype=xp.int32)
         lab = remap[lab]
-        xyz, vcorr, nvox, centre_full = xyz[kid], vcorr[kid], nvox[kid], centre_full[kid]
-        sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, backend=be)
+        xyz, vcorr, nvox, centre_full, scale = xyz[kid], vcorr[kid], nvox[kid], centre_full[kid], scale[kid]
+        sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=scale, backend=be)
     if xyz.shape[0] == 0:
         raise InputError("no particle found in the map (every candidate atom was rejected)")
     labels = xp.zeros(raw.shape, dtype=xp.int32)
