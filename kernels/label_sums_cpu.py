@@ -14,33 +14,39 @@ import numpy as np
 __all__ = ["label_moments_cpu"]
 
 
+@nb.njit(cache=True)
+def _slab(labels, weights, peakmap, z0, z1, n_labels, cnt, sums, pval, pidx):
+    """Accumulate planes z0..z1-1 into one chunk's private rows (serial)."""
+    _, ny, nx = labels.shape
+    for z in range(z0, z1):
+        for y in range(ny):
+            for x in range(nx):
+                lab = np.int64(labels[z, y, x])
+                if lab < 1 or lab > n_labels:
+                    continue
+                r = lab - 1
+                w = np.float64(weights[z, y, x])
+                cnt[r] += 1
+                sums[r, 0] += w
+                sums[r, 1] += w * x
+                sums[r, 2] += w * y
+                sums[r, 3] += w * z
+                p = np.float32(peakmap[z, y, x])
+                if pidx[r] < 0 or p > pval[r]:
+                    pval[r] = p
+                    pidx[r] = (z * ny + y) * nx + x
+
+
 @nb.njit(parallel=True, cache=True)
 def _label_moments(labels, weights, peakmap, n_labels, n_chunks):
-    nz, ny, nx = labels.shape
+    nz = labels.shape[0]
     cnt = np.zeros((n_chunks, n_labels), np.int64)
     sums = np.zeros((n_chunks, n_labels, 4))
     pval = np.full((n_chunks, n_labels), -np.inf, np.float32)
     pidx = np.full((n_chunks, n_labels), -1, np.int64)
     for c in nb.prange(n_chunks):
-        z0 = (nz * c) // n_chunks
-        z1 = (nz * (c + 1)) // n_chunks
-        for z in range(z0, z1):
-            for y in range(ny):
-                for x in range(nx):
-                    lab = np.int64(labels[z, y, x])
-                    if lab < 1 or lab > n_labels:
-                        continue
-                    r = lab - 1
-                    w = np.float64(weights[z, y, x])
-                    cnt[c, r] += 1
-                    sums[c, r, 0] += w
-                    sums[c, r, 1] += w * x
-                    sums[c, r, 2] += w * y
-                    sums[c, r, 3] += w * z
-                    p = np.float32(peakmap[z, y, x])
-                    if pidx[c, r] < 0 or p > pval[c, r]:
-                        pval[c, r] = p
-                        pidx[c, r] = (z * ny + y) * nx + x
+        _slab(labels, weights, peakmap, (nz * c) // n_chunks, (nz * (c + 1)) // n_chunks,
+              n_labels, cnt[c], sums[c], pval[c], pidx[c])
     count = np.zeros(n_labels, np.int64)
     tot = np.zeros((n_labels, 4))
     best = np.full(n_labels, -np.inf, np.float32)

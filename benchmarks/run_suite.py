@@ -1,0 +1,390 @@
+"""Benchmark suite: every stage and the whole analysis, NumPy and CuPy backends.
+
+One command::
+
+    python benchmarks/run_suite.py --out benchmarks/results/DATE_DEVICE \
+        [--sizes 128 192 256 384] [--backends numpy cupy] [--numpy-sizes 128 256] [--quick]
+
+Cases: synthetic Pt spheres (diameter 0.6 × box edge) in 128³…384³ boxes, and
+maps rendered from the two experimental particles (PdPt 5,377 atoms, FePt
+23,196 atoms). For every case and backend it times the stages (render,
+denoise, threshold, 26-connected labelling, per-label moments with the
+custom kernel and with the array code, per-atom window fits and validation
+correlation), detection (with the per-stage times detection reports),
+statistics, and the whole analysis (detection + statistics in memory, no
+file I/O); warm-up runs, then repeats, medians. GPU times come from CUDA
+events. It also measures the peak memory of the analysis, the device's copy
+bandwidth and the bandwidth achieved by the memory-bound stages, the
+throughput of a stream of 160³ maps, and how well the detected atoms match
+the true ones. Writes ``results.json`` (after every case, so a run cut short
+keeps what it measured), ``results.md`` and ``results.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib
+import json
+import os
+import platform
+import statistics as _stats
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+FULL_SIZES = [128, 192, 256, 384]
+TARGETS = {
+    "gpu_analyze_256_s": 0.100,
+    "gpu_speedup_256": 30.0,
+    "stream_160_maps_per_s": 20.0,
+    "gpu_fept_s": 2.0,
+    "cpu_analyze_256_s": 20.0,
+    "cpu_peak_over_map": 10.0,
+}
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, help="synthetic box edges (voxels)")
+    p.add_argument("--backends", nargs="+", default=None, choices=["numpy", "cupy"],
+                   help="default: numpy, plus cupy when a GPU is usable")
+    p.add_argument("--numpy-sizes", type=int, nargs="*", default=None,
+                   help="sizes on which NumPy runs (default: 128 256; --quick: 128)")
+    p.add_argument("--numpy-experimental", action="store_true",
+                   help="also run NumPy on the experimental particles (slow on few cores)")
+    p.add_argument("--no-experimental", action="store_true", help="skip the experimental particles")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default 5 GPU, 2 CPU; quick 1)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs before timing")
+    p.add_argument("--stream-maps", type=int, default=None,
+                   help="maps in the 160³ stream (default 40 GPU, 3 CPU; quick 2; 0 skips)")
+    p.add_argument("--cpu-threads", type=int, default=None,
+                   help="limit NumPy/Numba/BLAS threads (e.g. 2 for the 2-core CPU target)")
+    p.add_argument("--max-seconds", type=float, default=0.0,
+                   help="stop starting new cases after this many seconds (0: no limit)")
+    p.add_argument("--quick", action="store_true", help="small CPU smoke run (128³, 1 repeat)")
+    return p.parse_args(argv)
+
+
+def _limit_threads(n):
+    for var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+
+
+def _optional(name):
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _versions(backends):
+    import numpy as np
+    from ptnp_gpu import backend as _be
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("scipy", "numba", "cupy"):
+        m = _optional(mod)
+        out[mod] = getattr(m, "__version__", None) if m else None
+    out["cpu"] = platform.processor() or platform.machine()
+    out["cpu_logical_cores"] = os.cpu_count()
+    try:
+        import numba
+        out["numba_threads"] = numba.get_num_threads()
+    except Exception:  # noqa: BLE001
+        pass
+    if "cupy" in backends:
+        import cupy
+        dev = cupy.cuda.Device()
+        props = cupy.cuda.runtime.getDeviceProperties(dev.id)
+        name = props["name"]
+        out["device"] = name.decode() if isinstance(name, bytes) else name
+        out["device_memory_GiB"] = round(props["totalGlobalMem"] / 2 ** 30, 1)
+        out["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
+        out["cuda_driver"] = cupy.cuda.runtime.driverGetVersion()
+        out["compute_capability"] = dev.compute_capability
+    else:
+        out["device"] = f"CPU ({os.cpu_count()} logical cores)"
+    out["cupy_usable"] = _be.cupy_available()
+    return out
+
+
+# ------------------------------------------------------------------------- one case
+
+def _accuracy(found, truth, tol_A=1.0):
+    import numpy as np
+    from scipy.spatial import cKDTree
+    found = np.asarray(found, float).reshape(-1, 3)
+    if len(found) == 0:
+        return {"n_found": 0, "n_true": int(len(truth)), "recall": 0.0, "precision": 0.0}
+    d_t, _ = cKDTree(found).query(truth)
+    d_f, _ = cKDTree(truth).query(found)
+    hit = d_t < tol_A
+    return {"n_found": int(len(found)), "n_true": int(len(truth)),
+            "recall": float(hit.mean()), "precision": float((d_f < tol_A).mean()),
+            "rms_error_A": float(np.sqrt(np.mean(d_t[hit] ** 2))) if hit.any() else None,
+            "match_tolerance_A": tol_A}
+
+
+def _stage_table(res_list, names):
+    return {n: {"median_s": _stats.median(r[n] for r in res_list),
+                "min_s": min(r[n] for r in res_list),
+                "times_s": [r[n] for r in res_list]} for n in names}
+
+
+def bench_case(case, be, timer, log, memory=True):
+    """Time every stage of one case on one backend; returns a JSON-able dict."""
+    import numpy as np
+    from ptnp_gpu import gpu_kernels as gk
+    from ptnp_gpu.elements import get_element
+    from ptnp_gpu.simulate import reference_blur_A2, render_atoms
+    xp = be.xp
+    dmap = case.dmap
+    vs = np.asarray(dmap.voxel_size_A, float)
+    el = get_element(case.element)
+    nvox = int(dmap.data.size)
+    out = {"case": case.name, "backend": be.name, "shape_zyx": list(case.shape),
+           "n_atoms_true": case.n_atoms, "map_bytes": int(dmap.data.nbytes), "stages": {},
+           "bandwidth": {}}
+    st = out["stages"]
+    detect = _optional("ptnp_gpu.detect")
+    statistics = _optional("ptnp_gpu.statistics")
+
+    # --- whole analysis: detection + statistics, in memory (from the host map)
+    if detect is not None:
+        def analyze():
+            t_det, det = timer.once(lambda: detect.detect_atoms(dmap, case.element, backend=be))
+            rec = {"detect": t_det, **{f"detect.{k}": v for k, v in det.times.items()}}
+            if statistics is not None:
+                t_st, s = timer.once(lambda: statistics.compute_statistics(
+                    dmap, det.xyz_A, case.element, labels=det.labels, backend=be))
+                rec.update({"statistics": t_st,
+                            **{f"statistics.{k}": v for k, v in s.times_s.items() if k != "total"}})
+            rec["analyze"] = sum(v for k, v in rec.items() if k in ("detect", "statistics"))
+            return rec, det
+        for _ in range(timer.warmup):
+            analyze()
+        recs = []
+        det = None
+        for _ in range(timer.repeats):
+            rec, det = analyze()
+            recs.append(rec)
+        st.update(_stage_table(recs, list(recs[0])))
+        out["accuracy"] = _accuracy(det.xyz_A, case.xyz_A)
+        msg = (f"  analyze {st['analyze']['median_s']:.3f} s, {out['accuracy']['n_found']} atoms "
+               f"(recall {out['accuracy']['recall']:.3f})")
+        if memory:
+            out["memory"] = _peak(be, analyze)
+            out["memory"]["over_map_bytes"] = out["memory"]["peak_bytes"] / dmap.data.nbytes
+            msg += f", peak {out['memory']['peak_bytes'] / 2**20:.0f} MiB"
+        log(msg)
+        del det
+
+    # --- single stages on device-resident inputs
+    host = dmap.data
+    if be.is_gpu:
+        res, raw, _ = timer.run(lambda: xp.asarray(host))
+        st["h2d_copy"] = res
+        out["bandwidth"]["h2d_copy"] = {"bytes": int(host.nbytes),
+                                        "GBps": host.nbytes / res["median_s"] / 1e9}
+    else:
+        raw = xp.asarray(host)
+    b_extra = reference_blur_A2(float(vs.mean()))
+    res, sim, _ = timer.run(lambda: render_atoms(case.xyz_A, case.shape, vs, dmap.origin_A, "Pt",
+                                                 b_extra_A2=b_extra, backend=be))
+    st["render"] = res
+    denoise = _optional("ptnp_gpu.denoise")
+    components = _optional("ptnp_gpu.components")
+    C = None
+    if denoise is not None:
+        kernel = denoise.AtomKernel.for_element(el, b_extra, vs)
+        res, CG, _ = timer.run(lambda: denoise.denoise_map(raw, vs, kernel))
+        st["denoise"] = res
+        C = CG[0]
+        del CG
+    if C is not None and components is not None:
+        pos = C[C > 0]
+        t = components.otsu_threshold(pos) if pos.size else 0.0
+        t = 0.5 * (t + float(C.max()))   # mid-sweep threshold: separated atoms
+        del pos
+        res, mask, _ = timer.run(lambda: C > t)
+        st["threshold"] = res
+        out["bandwidth"]["threshold"] = {"bytes": nvox * 5, "GBps": nvox * 5 / res["median_s"] / 1e9}
+        res, labn, _ = timer.run(lambda: components.label26(mask))
+        st["label"] = res
+        lab, n = labn
+        w = raw.astype(xp.float32, copy=False)
+        res, _, _ = timer.run(lambda: gk.label_moments(lab, w, C, n))
+        st["label_moments_kernel"] = res
+        nb = nvox * (lab.dtype.itemsize + w.dtype.itemsize + 4)
+        out["bandwidth"]["label_moments_kernel"] = {"bytes": nb, "GBps": nb / res["median_s"] / 1e9}
+        res, _, _ = timer.run(lambda: components.label_moments(lab, n, w, C))
+        st["label_moments_array_code"] = res
+        out["n_components"] = int(n)
+        del mask, lab, labn
+    # per-atom windows at the true atom positions
+    centres = xp.asarray(dmap.xyz_A_to_voxel(case.xyz_A))
+    r_fit_vox = 0.375 * el.nn_distance_A / float(vs.mean())
+    r_val_vox = 1.5 * el.radius_A / float(vs.mean())
+
+    def fits():
+        A, rhs, cnt = gk.window_normal_equations(raw, centres, r_fit_vox, voxel_size_A=vs)
+        eye = xp.eye(7, dtype=xp.float64)
+        ok = (cnt >= 10)[:, None, None]
+        return xp.linalg.solve(xp.where(ok, A, eye), rhs[..., None])
+    res, _, _ = timer.run(fits)
+    st["window_fits_kernel"] = res
+    res, _, _ = timer.run(lambda: gk.window_pearson(raw, sim, centres, r_val_vox))
+    st["window_pearson_kernel"] = res
+    del raw, sim, C
+    if be.is_gpu:
+        xp.get_default_memory_pool().free_all_blocks()
+    return out
+
+
+def _peak(be, analyze):
+    from bench_timing import peak_memory
+    return peak_memory(be, analyze)
+
+
+def bench_stream(be, n_maps, size=160, n_distinct=4, log=print):
+    """Throughput of detection + statistics over a stream of ``size``³ maps (host maps in)."""
+    from bench_maps import synthetic_case
+    from ptnp_gpu import backend as _be
+    detect = _optional("ptnp_gpu.detect")
+    statistics = _optional("ptnp_gpu.statistics")
+    if detect is None or n_maps <= 0:
+        return None
+    maps = [synthetic_case(size, seed=100 + i) for i in range(min(n_distinct, n_maps))]
+
+    def one(case):
+        det = detect.detect_atoms(case.dmap, case.element, backend=be)
+        if statistics is not None:
+            statistics.compute_statistics(case.dmap, det.xyz_A, case.element, labels=det.labels,
+                                          backend=be)
+    one(maps[0])                        # warm-up (plans, compilation)
+    _be.synchronize(be)
+    t = time.perf_counter()
+    for i in range(n_maps):
+        one(maps[i % len(maps)])
+    _be.synchronize(be)
+    dt = time.perf_counter() - t
+    res = {"size": size, "n_maps": n_maps, "seconds": dt, "maps_per_s": n_maps / dt,
+           "includes_statistics": statistics is not None}
+    log(f"  stream {size}³: {res['maps_per_s']:.2f} maps/s")
+    return res
+
+
+# ------------------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    if args.cpu_threads:
+        _limit_threads(args.cpu_threads)
+    import numpy as np  # noqa: F401  (after the thread limits)
+    from bench_maps import fept_case, pdpt_case, synthetic_case
+    from bench_report import write_report
+    from bench_timing import Timer, copy_bandwidth
+    from ptnp_gpu import backend as _be
+
+    t_start = time.perf_counter()
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    backends = args.backends or (["numpy", "cupy"] if _be.cupy_available() else ["numpy"])
+    if "cupy" in backends and not _be.cupy_available():
+        print("CuPy backend not usable here; running NumPy only", file=sys.stderr)
+        backends = [b for b in backends if b != "cupy"]
+    sizes = args.sizes or ([128] if args.quick else FULL_SIZES)
+    numpy_sizes = set(args.numpy_sizes if args.numpy_sizes is not None
+                      else ([128] if args.quick else [128, 256]))
+    on_gpu = "cupy" in backends
+
+    def log(msg):
+        print(f"[{time.perf_counter() - t_start:7.1f} s] {msg}", flush=True)
+
+    results = {
+        "meta": {"date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                 "argv": sys.argv[1:] if argv is None else list(argv),
+                 "quick": args.quick, "versions": _versions(backends), "targets": TARGETS},
+        "copy_bandwidth": {}, "cases": [], "stream": {}, "skipped": [],
+    }
+    json_path = out_dir / "results.json"
+
+    def save():
+        json_path.write_text(json.dumps(results, indent=1, default=float))
+
+    for b in backends:
+        be = _be.get(b)
+        results["copy_bandwidth"][b] = copy_bandwidth(be, nbytes=(1 << 30) if be.is_gpu else (1 << 28))
+        log(f"{b}: copy bandwidth {results['copy_bandwidth'][b]['GBps']:.1f} GB/s")
+    save()
+
+    def repeats_for(be):
+        if args.repeats is not None:
+            return args.repeats
+        return 1 if args.quick else (5 if be.is_gpu else 2)
+
+    specs = [("synthetic", s) for s in sizes]
+    if not args.no_experimental:
+        specs += [("experimental", "pdpt"), ("experimental", "fept")]
+    numpy_warm = False
+    for kind, key in specs:
+        if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
+            results["skipped"].append({"case": str(key), "why": "time budget (--max-seconds)"})
+            log(f"time budget reached; skipping {key}")
+            continue
+        todo = []
+        for b in backends:
+            if b == "numpy" and kind == "synthetic" and key not in numpy_sizes:
+                results["skipped"].append({"case": f"pt_sphere_{key}", "backend": b, "why": "not in --numpy-sizes"})
+                continue
+            if b == "numpy" and kind == "experimental" and not args.numpy_experimental:
+                if not (args.quick and key == "pdpt"):
+                    results["skipped"].append({"case": key, "backend": b, "why": "NumPy experimental off"})
+                    continue
+            todo.append(b)
+        if not todo:
+            continue
+        t = time.perf_counter()
+        case = synthetic_case(key) if kind == "synthetic" else (pdpt_case() if key == "pdpt" else fept_case())
+        log(f"{case.name}: {case.shape} map, {case.n_atoms} atoms (made in {time.perf_counter() - t:.1f} s)")
+        for b in todo:
+            be = _be.get(b)
+            warm = args.warmup if (be.is_gpu or not numpy_warm) else 0
+            timer = Timer(be, warmup=warm, repeats=repeats_for(be))
+            log(f" {b}: warm-up {warm}, repeats {timer.repeats}")
+            try:
+                res = bench_case(case, be, timer, log,
+                                 memory=not (args.quick and kind == "experimental"))
+            except Exception as exc:  # noqa: BLE001 - record and go on to the next case
+                res = {"case": case.name, "backend": b, "error": f"{type(exc).__name__}: {exc}"}
+                log(f"  FAILED: {res['error']}")
+            res["kind"] = kind
+            results["cases"].append(res)
+            if b == "numpy":
+                numpy_warm = True
+            save()
+        del case
+    n_stream_default = 2 if args.quick else None
+    for b in backends:
+        be = _be.get(b)
+        n = args.stream_maps if args.stream_maps is not None else (
+            n_stream_default or (40 if be.is_gpu else 3))
+        if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
+            results["skipped"].append({"case": "stream_160", "backend": b, "why": "time budget"})
+            continue
+        if n > 0:
+            log(f"stream of 160³ maps on {b}")
+            results["stream"][b] = bench_stream(be, n, log=log)
+            save()
+    results["meta"]["wall_s"] = time.perf_counter() - t_start
+    save()
+    write_report(results, out_dir)
+    log(f"wrote {json_path}, results.md, results.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
