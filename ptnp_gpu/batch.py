@@ -366,7 +366,7 @@ def start_cluster(plan: dict, *, allowed_failures: int = 3, silence_logs=logging
 
     CPU: ``LocalCluster`` of single-threaded worker processes with thread
     variables (``OMP_NUM_THREADS``, ``NUMBA_NUM_THREADS``, ...) set to
-    ``plan["threads"]``. GPU: ``dask_cuda.LocalCUDACluster`` when installed,
+    ``plan["threads"]`` and ``PTNP_BACKEND=numpy``. GPU: ``dask_cuda.LocalCUDACluster`` when installed,
     else a ``SpecCluster`` with one nanny per device and its own
     ``CUDA_VISIBLE_DEVICES``.
 
@@ -381,9 +381,10 @@ def start_cluster(plan: dict, *, allowed_failures: int = 3, silence_logs=logging
            "distributed.scheduler.worker-saturation": 1.0,  # one map per worker: a death blames one map
            **{f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in threads.items()}}
     with dask.config.set(cfg):
-        if plan["kind"] == "cpu":
+        if plan["kind"] == "cpu":       # CPU workers stay off any GPU the machine has
             return LocalCluster(n_workers=plan["n_workers"], threads_per_worker=1, processes=True,
-                                dashboard_address=None, silence_logs=silence_logs, env=threads)
+                                dashboard_address=None, silence_logs=silence_logs,
+                                env={**threads, "PTNP_BACKEND": "numpy"})
         devices = plan["devices"]
         with contextlib.suppress(ImportError):
             from dask_cuda import LocalCUDACluster
@@ -670,7 +671,7 @@ def _checksum(p: Path, rec: dict | None) -> str:
 def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: dict | None = None,
               scheduler: str | None = None, client=None, n_workers: int | None = None,
               gpus="auto", retries: int = 2, retry_failed: bool = False, recursive: bool = False,
-              progress: bool = False, analyze=None) -> BatchResult:
+              progress: bool = False, analyze=None, callback=None) -> BatchResult:
     """Analyse many maps on a Dask cluster; resumable, with failures isolated.
 
     Parameters
@@ -707,6 +708,9 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     analyze : callable, optional
         Replaces :func:`ptnp_gpu.pipeline.run_analyze` (same signature; must be
         picklable for the workers).
+    callback : callable, optional
+        Called in this process as ``callback(map_path, record)`` after each map
+        of this run finishes (``record`` is its manifest entry).
 
     Returns
     -------
@@ -776,7 +780,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     if todo:
         result.cluster = _run_todo(todo, out_dir, params, manifest, result, scheduler=scheduler,
                                    client=client, n_workers=n_workers, gpus=gpus,
-                                   retries=int(retries), progress=progress, analyze=analyze)
+                                   retries=int(retries), progress=progress, analyze=analyze,
+                                   callback=callback)
     _clean_partials(out_dir)
     _write_manifest(out_dir, manifest)
     records = [manifest[str(p)] for p in paths]
@@ -788,7 +793,7 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
 
 
 def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_workers, gpus,
-              retries, progress, analyze) -> dict:
+              retries, progress, analyze, callback) -> dict:
     from distributed import Client, as_completed
     from distributed.scheduler import KilledWorker
 
@@ -842,6 +847,8 @@ def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_w
                 else:
                     logger.warning("%s failed: %s: %s", p, rec.get("error_type"), rec.get("error"))
                 bar.update(failed=rec["status"] != "done")
+                if callback is not None:
+                    callback(p, rec)
                 if time.perf_counter() - t_flush > 2.0:   # keep the manifest close to the truth
                     _write_manifest(out_dir, manifest)
                     t_flush = time.perf_counter()

@@ -179,6 +179,7 @@ def test_batch_isolates_failures_and_second_run_does_no_work(maps, tmp_path, mon
     for col in ("lattice_mean_A", "penetration_cn_delta_A", "threshold", "time_total_s",
                 "backend", "version"):
         assert table[col].notna().all(), col
+    assert set(table["backend"]) == {"numpy"}                    # --gpus none keeps off the GPU
     assert pd.read_parquet(out / "particles.parquet").shape == table.shape
     assert (out / "particles.png").stat().st_size > 1000
     man = json.loads((out / "manifest.json").read_text())["maps"]
@@ -255,6 +256,16 @@ def test_map_that_always_kills_its_worker_is_recorded(maps, tmp_path):
     assert not (out / "np0").exists()
     _assert_complete(out, ["np1", "np2"])
     assert pd.read_csv(out / "failures.csv")["name"].tolist() == ["np0"]
+
+
+@pytest.mark.gpu
+def test_gpu_batch_runs_on_the_gpu(maps, tmp_path):
+    from ptnp_gpu.backend import cupy_available
+    if not cupy_available():
+        pytest.skip("no usable CUDA device")
+    r = batch.run_batch(_good(maps)[:2], tmp_path / "out", gpus="auto")
+    assert r.ok and r.cluster["kind"] == "gpu"
+    assert {row["backend"] for row in r.rows} == {"cupy"}
 
 
 def test_cli_bad_invocations_exit_2(tmp_path, capsys):
