@@ -1,17 +1,21 @@
 """CPU-only checks of the custom kernels.
 
-Every ``kernels/*.cu`` must compile (``nvcc -ptx -arch=sm_90``, with each
-dtype specialisation the loader can request), and every CPU twin must match an
-independent NumPy/SciPy reference on small random inputs. The twins implement
-the kernels' exact voxel selection and sums, so a change of the maths shows up
-here even without a GPU; ``test_gpu_parity.py`` then ties the kernels to the
-twins on a device.
+1. Every ``kernels/*.cu`` must compile (``nvcc -ptx -arch=sm_90``, with each
+   dtype specialisation the loader can request).
+2. Every CPU twin must match an independent NumPy/SciPy reference on small
+   random inputs (numbers, not shapes).
+3. The CUDA sources themselves are compiled for the host with g++ against
+   ``kernels/host_emulation.h`` and run on the CPU; they must agree with the
+   twins, so a change that breaks a kernel's indexing, reduction or packing
+   fails here without a GPU. ``test_gpu_parity.py`` ties the kernels to the
+   twins on a real device.
 """
 from __future__ import annotations
 
 import shutil
 import subprocess
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -278,3 +282,147 @@ def test_peak_key_packing_orders_and_decodes():
     np.testing.assert_array_equal(v[:-1], vals)
     np.testing.assert_array_equal(i[:-1], idx)
     assert v[-1] == -np.inf and i[-1] == -1
+
+
+# ---------------------------------------------------------------------- CUDA sources on the host
+# The .cu files themselves, compiled with g++ against kernels/host_emulation.h
+# (threads of a block as std::threads, barriers, emulated shuffles and
+# atomics), run on the CPU and must agree with the Numba twins: the kernels'
+# own indexing, reductions and packing are checked without a GPU.
+
+import ctypes  # noqa: E402
+
+_DRIVERS = {
+    "render_atoms.cu": ((), """
+extern "C" void emu_render(const int* base, const double* frac, const double* inv6,
+    const double* norm, const int* off, int n, int T, int W, int nx, int ny, int nz,
+    double vx, double vy, double vz, double* out, int block, int grid_y) {
+  ptnp_emu_launch({(unsigned)n, (unsigned)grid_y, 1}, {(unsigned)block, 1, 1}, ptnp_render_atoms,
+      base, frac, inv6, norm, off, n, T, W, nx, ny, nz, vx, vy, vz, out);
+}"""),
+    "window_fits.cu": ((("PTNP_MAP_T", "float"),), """
+extern "C" void emu_normal_eq(const float* map, int nx, int ny, int nz, const double* c, int n,
+    int half, double r2, double vx, double vy, double vz, double* A, double* rhs, long long* cnt,
+    int block) {
+  ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_window_normal_eq,
+      map, nx, ny, nz, c, n, half, r2, vx, vy, vz, A, rhs, cnt);
+}
+extern "C" void emu_pearson(const float* a, const float* b, int nx, int ny, int nz,
+    const double* c, int n, int half, double r2, double* sums, int block) {
+  ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_window_pearson,
+      a, b, nx, ny, nz, c, n, half, r2, sums);
+}"""),
+    "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
+extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
+    int nz, long long n_labels, unsigned long long* count, double* sums, unsigned long long* key,
+    int block) {
+  const long long n_threads = (long long)((nx + PTNP_RUN - 1) / PTNP_RUN) * ny * nz;
+  ptnp_emu_launch({(unsigned)((n_threads + block - 1) / block), 1, 1}, {(unsigned)block, 1, 1},
+      ptnp_label_moments, lab, w, p, nx, ny, nz, n_labels, count, sums, key);
+}"""),
+}
+
+
+def test_every_kernel_file_has_a_host_driver():
+    assert sorted(_DRIVERS) == CU_FILES
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    """ctypes handles of the .cu files built for the host (skip without g++)."""
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    d = tmp_path_factory.mktemp("cuda_host")
+    shim = KERNEL_DIR.joinpath("host_emulation.h")
+    if not shim.is_file():   # not shipped as package data: use the source tree
+        shim = Path(__file__).resolve().parents[1] / "kernels" / "host_emulation.h"
+    shim = str(shim)
+    libs = {}
+    for cu, (defines, driver) in _DRIVERS.items():
+        src = d / (cu + ".cpp")
+        src.write_text(f'#include "{shim}"\n' + "".join(f"#define {k} {v}\n" for k, v in defines)
+                       + gk.kernel_source(cu) + "\n" + driver)
+        so = d / (cu + ".so")
+        res = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", str(src),
+                              "-o", str(so)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{cu}: host build failed\n{res.stderr}"
+        libs[cu] = ctypes.CDLL(str(so))
+    return libs
+
+
+def _ptr(a):
+    assert a.flags.c_contiguous
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+def test_render_kernel_on_host(emulated):
+    rng = np.random.default_rng(30)
+    n, T = 9, 5
+    base = rng.integers(-1, 13, (n, 3)).astype(np.int32)
+    frac = rng.uniform(-0.5, 0.5, (n, 3))
+    M = rng.normal(size=(n, T, 3, 3))
+    inv = M @ np.swapaxes(M, -1, -2) + 2 * np.eye(3)
+    inv6 = np.ascontiguousarray(np.stack([inv[..., 0, 0], inv[..., 1, 1], inv[..., 2, 2],
+                                          inv[..., 0, 1], inv[..., 0, 2], inv[..., 1, 2]], -1))
+    norm = rng.uniform(0.1, 1.0, (n, T))
+    off = simulate._window_offsets(1.6, np.full(3, 0.4)).astype(np.int32)
+    vs = np.array([0.4, 0.38, 0.42])
+    shape = (12, 13, 14)
+    out = np.zeros(shape)
+    emulated["render_atoms.cu"].emu_render(
+        _ptr(base), _ptr(frac), _ptr(inv6), _ptr(norm), _ptr(off), n, T, len(off),
+        shape[2], shape[1], shape[0], ctypes.c_double(vs[0]), ctypes.c_double(vs[1]),
+        ctypes.c_double(vs[2]), _ptr(out), 32, 3)
+    twin = gk.render_windows(np.zeros(shape), base, frac, inv6, norm, off, vs)
+    assert twin.max() > 0.5
+    np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-14)
+
+
+def test_window_kernels_on_host(emulated):
+    rng = np.random.default_rng(31)
+    vol = rng.normal(0.5, 1.0, (11, 12, 13)).astype(np.float32)
+    b = (vol + rng.normal(size=vol.shape)).astype(np.float32)
+    c = np.ascontiguousarray(rng.uniform(-1, [13, 12, 11], (7, 3)))
+    vs = np.array([0.36, 0.33, 0.4])
+    r = 2.4
+    lib = emulated["window_fits.cu"]
+    A = np.zeros((7, 7, 7))
+    rhs = np.zeros((7, 7))
+    cnt = np.zeros(7, np.int64)
+    lib.emu_normal_eq(_ptr(vol), 13, 12, 11, _ptr(c), 7, 3, ctypes.c_double(r * r),
+                      ctypes.c_double(vs[0]), ctypes.c_double(vs[1]), ctypes.c_double(vs[2]),
+                      _ptr(A), _ptr(rhs), _ptr(cnt), 64)
+    At, rt, ct = gk.window_normal_equations(vol, c, r, voxel_size_A=vs)
+    np.testing.assert_array_equal(cnt, ct)
+    assert ct.min() > 5
+    np.testing.assert_allclose(A, At, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(rhs, rt, rtol=1e-12, atol=1e-13)
+    sums = np.zeros((7, 6))
+    lib.emu_pearson(_ptr(vol), _ptr(b), 13, 12, 11, _ptr(c), 7, 3, ctypes.c_double(r * r),
+                    _ptr(sums), 96)
+    _, st = gk.window_pearson(vol, b, c, r, return_sums=True)
+    np.testing.assert_allclose(sums, st, rtol=1e-12, atol=1e-12)
+
+
+def test_label_kernel_on_host(emulated):
+    rng = np.random.default_rng(32)
+    lab = rng.integers(0, 6, (5, 6, 11)).astype(np.int32)   # label 6.. absent, runs cross labels
+    lab[lab == 3] = 0
+    lab[0, 0, 0] = 9                                          # above n_labels: ignored
+    w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
+    p = np.round(rng.normal(size=lab.shape), 0).astype(np.float32)   # ties and negatives
+    n = 6
+    count = np.zeros(n, np.uint64)
+    sums = np.zeros((n, 4))
+    key = np.zeros(n, np.uint64)
+    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 5,
+                                                ctypes.c_longlong(n), _ptr(count), _ptr(sums),
+                                                _ptr(key), 32)
+    m = gk.label_moments(lab, w, p, n)
+    np.testing.assert_array_equal(count.astype(np.int64), m.count)
+    np.testing.assert_allclose(sums[:, 0], m.sum_w, rtol=1e-12)
+    np.testing.assert_allclose(sums[:, 1:], m.sum_w_xyz, rtol=1e-12)
+    pv, pi = gk._decode_peak_keys(key, np)
+    np.testing.assert_array_equal(pi, m.peak_index)
+    np.testing.assert_array_equal(pv, m.peak_value)
+    assert m.count[2] == 0 and pi[2] == -1
