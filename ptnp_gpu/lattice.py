@@ -120,8 +120,10 @@ class LatticeFit:
     nn_distance_A : float
         Median nearest-neighbour distance of the model (Å).
     ok : bool
-        False when the fit could not be made (too few atoms or bonds); the
-        parameters then fall back to the bulk value and ``message`` says why.
+        False when the fit could not be made (too few atoms or bonds: the
+        parameters fall back to the bulk value) or when too few atoms sit on
+        one lattice (parameters from the median bond length); ``message``
+        says why.
     """
     lattice: str
     basis_A: np.ndarray
@@ -226,6 +228,19 @@ def _index_sites(p_cells, basis):
     return cand[np.arange(len(p_cells)), d2.argmin(1)]
 
 
+def _largest_cluster(mask, pairs):
+    """Keep the largest bonded cluster of ``mask`` atoms (one grain, not chance hits in others)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    n = len(mask)
+    both = mask[pairs[:, 0]] & mask[pairs[:, 1]]
+    p = pairs[both]
+    g = coo_matrix((np.ones(len(p)), (p[:, 0], p[:, 1])), shape=(n, n))
+    _, lab = connected_components(g, directed=False)
+    counts = np.bincount(lab[mask], minlength=lab.max() + 1)
+    return mask & (lab == np.argmax(counts)) if mask.any() else mask
+
+
 def _fallback(xyz, el, lattice, nn, message):
     n = len(xyz)
     a = el.lattice_param_A
@@ -236,7 +251,7 @@ def _fallback(xyz, el, lattice, nn, message):
 
 
 def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None = None,
-                n_iter: int = 4) -> LatticeFit:
+                n_iter: int = 4, min_inlier_fraction: float = 0.25) -> LatticeFit:
     """Fit a cubic lattice (origin + three basis vectors) to atom positions.
 
     Parameters
@@ -250,6 +265,10 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
         fit (default 0.3 × the nearest-neighbour distance).
     n_iter : int
         Index → fit passes.
+    min_inlier_fraction : float
+        When fewer atoms than this fraction sit on the fitted lattice (an
+        amorphous or polycrystalline particle), ``ok`` is False and the
+        parameters come from the median nearest-neighbour distance.
 
     Returns
     -------
@@ -298,7 +317,7 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
             design = np.hstack([np.ones((n, 1)), sites])
             sol, *_ = np.linalg.lstsq(design[inlier], xyz[inlier], rcond=None)
             resid = np.linalg.norm(design @ sol - xyz, axis=1)
-            new = resid <= outlier
+            new = _largest_cluster(resid <= outlier, pairs)
             if new.sum() < 4 or np.array_equal(new, inlier):
                 break
             inlier = new
@@ -316,9 +335,17 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
         warnings.simplefilter("ignore", UserWarning)
         euler = Rotation.from_matrix(r_fit).as_euler("ZYZ", degrees=True)
     rms = float(np.sqrt(np.mean(resid[inlier] ** 2))) if inlier.any() else float("nan")
+    ok, message = True, "" if lattice != "hcp" else "hcp element fitted as fcc"
+    if inlier.mean() < min_inlier_fraction:
+        # no dominant lattice (amorphous or many small grains): parameters from the bonds
+        ok = False
+        message = (f"only {inlier.mean():.0%} of atoms sit on one lattice (< {min_inlier_fraction:.0%}); "
+                   "lattice parameters taken from the median nearest-neighbour distance")
+        params = np.full(3, a0)
+        basis = r_fit.T * a0
+        ang = np.full(3, 90.0)
     return LatticeFit(geo["type"], basis, params, float(params.mean()), ang, r_fit, euler, origin,
-                      sites, resid, inlier, rms, nn,
-                      ok=True, message="" if lattice != "hcp" else "hcp element fitted as fcc")
+                      sites, resid, inlier, rms, nn, ok=ok, message=message)
 
 
 def ideal_sites_A(fit: LatticeFit, param_A: float, centre_A=None) -> np.ndarray:

@@ -355,6 +355,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "lattice_bulk_A": float(bulk_param),
         "lattice_expansion_pct": float(100.0 * (lat.mean_param_A / bulk_param - 1.0)),
         "lattice_rms_A": float(lat.rms_A), "lattice_inlier_fraction": float(lat.inlier.mean()),
+        "lattice_fit_ok": bool(lat.ok),
         "orientation_euler_zyz_deg": [float(v) for v in lat.euler_zyz_deg],
         "cn_cutoff_A": float(cutoff),
         "centre_A": [float(v) for v in centre],
@@ -445,7 +446,8 @@ def summary_table(stats: AtomStatistics) -> str:
         f"{p['strain_radial_median_pct']:.2f} %   core ratio {p['core_ratio']:.3f}",
         f"lattice ({p['lattice']}) a b c = {p['lattice_a_A']:.4f} {p['lattice_b_A']:.4f} "
         f"{p['lattice_c_A']:.4f} Å (mean {p['lattice_mean_A']:.4f}, bulk {p['lattice_bulk_A']:.4f}, "
-        f"rms {p['lattice_rms_A']:.3f} Å)",
+        f"rms {p['lattice_rms_A']:.3f} Å, {p['lattice_inlier_fraction']:.0%} of atoms on the lattice)"
+        + ("" if stats.lattice.ok else f"\n  note: {stats.lattice.message}"),
         f"median U_iso {p['u_iso_median_A2']:.4f} Å²   median DOI {p['doi_median']:.3f}   "
         f"median validation corr {p['valid_corr_median']:.3f}   failed fits: U_iso {p['n_u_iso_failed']}, "
         f"U_aniso {p['n_u_aniso_failed']}",

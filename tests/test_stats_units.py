@@ -46,6 +46,21 @@ def test_lattice_fit_bcc_and_degenerate_inputs():
     assert coordination_numbers(xyz, fit.cn_cutoff_A).max() == 8
     # hcp elements are fitted as fcc (no crash); too few atoms give a flagged fallback
     assert fit_lattice(fcc_particle(100, 3.55), "Co").ok
+    # an amorphous cluster: no dominant lattice → flagged, parameters from the median bond
+    pts = rng.uniform(-12, 12, size=(6000, 3))
+    keep = [0]
+    from scipy.spatial import cKDTree
+    for i in range(1, len(pts)):            # random sequential packing (test data only)
+        if len(keep) > 600:
+            break
+        if np.min(np.linalg.norm(pts[keep] - pts[i], axis=1)) > 2.5:
+            keep.append(i)
+    glass = pts[keep]
+    amo = fit_lattice(glass, "Pt")
+    nn = np.median(cKDTree(glass).query(glass, k=2)[0][:, 1])
+    assert not amo.ok and "nearest-neighbour" in amo.message and amo.inlier.mean() < 0.25
+    assert amo.mean_param_A == pytest.approx(nn * np.sqrt(2))
+    assert np.all(np.isnan(ideal_sites_A(amo, 3.924)))
     tiny = fit_lattice(np.zeros((2, 3)) + [[0, 0, 0], [2.7, 0, 0]], "Pt")
     assert not tiny.ok and "too few" in tiny.message and tiny.mean_param_A == pytest.approx(3.924)
 
