@@ -42,7 +42,7 @@ def make_pair(n_atoms, seed=0):
     rng = np.random.default_rng(seed)
     # a sphere off the lattice origin with one flat facet: no point symmetry, so the
     # registration has a unique answer to check
-    a = fcc_particle(int(n_atoms * 1.1), 3.924, "sphere", shift=(0.21, 0.37, 0.11))
+    a = fcc_particle(int(n_atoms * 1.125), 3.924, "sphere", shift=(0.21, 0.37, 0.11))
     r = np.linalg.norm(a, axis=1).max()
     a = a[a @ np.array([0.6, 0.3, 0.74]) < 0.6 * r]
     n = len(a)
@@ -100,14 +100,14 @@ def main(argv=None):
         pa, pb = tmp / "a.csv", tmp / "b.csv"
         _write_csv(pa, a)
         _write_csv(pb, b)
-        variants = [("cli_no_figure_s", ["--no-figure"])]
+        variants = [("cli_no_figure_s", ["--no-figure"]), ("cli_register_no_figure_s", ["--no-figure", "--register"])]
         if not args.skip_figure:
             variants.append(("cli_with_figure_s", []))
         for key, extra in variants:
             res[key], rc = _timed(lambda: cli_main(["compare", str(pa), str(pb), "--quiet", "--force",
                                                     "--out", str(tmp / "out"), *extra]))
             assert rc == 0
-            print(f"{key:16s} {res[key]:.2f} s (read 2 CSV, compare, write pairs.csv/JSON/PDB)")
+            print(f"{key:24s} {res[key]:.2f} s (read 2 CSV, compare, write pairs.csv/JSON/PDB)")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.json:

@@ -149,8 +149,8 @@ def _run_pair(args) -> int:
         model_b, comp, summary = _compare(model_a, model_b, args, labels)
         summary["inputs"] = {"a": str(pa), "b": str(pb)}
         if args.register:
-            from .models import write_pdb
-            write_pdb(work / "b_registered.pdb", model_b)
+            from .compare_report import write_points_pdb
+            write_points_pdb(work / "b_registered.pdb", model_b.xyz_A, model_b.elements, model_b.b_A2)
         write_comparison(work, model_a, model_b, comp, summary=summary, labels=labels, figure=not args.no_figure)
     _warn_frame(summary)
     if not args.quiet:

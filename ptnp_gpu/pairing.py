@@ -3,8 +3,9 @@
 The pairing maximises the number of pairs closer than ``cutoff_A`` and, among
 those, minimises the summed distance. Only candidate pairs within the cutoff
 are considered: the candidate graph is split into connected components, and
-each non-trivial component is solved exactly (Hungarian algorithm), so the
-cost is near-linear for well-separated atoms.
+each component is solved exactly: one edge or a star (one atom facing several
+candidates) directly, vectorised; anything larger with the Hungarian algorithm.
+The cost is near-linear for well-separated atoms.
 """
 from __future__ import annotations
 
@@ -54,7 +55,17 @@ def pair_points(a_xyz_A, b_xyz_A, cutoff_A: float):
     counts = np.bincount(comp, minlength=lab.max() + 1)
     one = counts[comp] == 1
     ia, ib, dd = [r[one]], [c[one]], [d[one]]
-    multi = np.flatnonzero(~one)
+    # star components (one atom of a side with several candidates): the shortest edge is optimal
+    n_comp_a = np.bincount(lab[:na], minlength=lab.max() + 1)
+    n_comp_b = np.bincount(lab[na:], minlength=lab.max() + 1)
+    star = ~one & ((n_comp_a[comp] == 1) | (n_comp_b[comp] == 1))
+    if star.any():
+        e = np.flatnonzero(star)
+        e = e[np.lexsort((d[e], comp[e]))]
+        first = np.r_[True, comp[e][1:] != comp[e][:-1]]
+        e = e[first]
+        ia.append(r[e]), ib.append(c[e]), dd.append(d[e])
+    multi = np.flatnonzero(~one & ~star)
     if len(multi):
         order = multi[np.argsort(comp[multi], kind="stable")]
         cs = comp[order]

@@ -124,6 +124,26 @@ def test_pairing_is_optimal_not_greedy():
     np.testing.assert_allclose(d, [0.8, 0.9])
 
 
+def test_pairing_matches_brute_force():
+    """Exact optimum (most pairs, then least summed distance) on random clouds with crowded candidates."""
+    from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n, m = rng.integers(1, 25, 2)
+        a, b = rng.uniform(0, 6, (n, 3)), rng.uniform(0, 6, (m, 3))
+        cut = rng.uniform(0.5, 2.5)
+        ia, ib, d = pair_points(a, b, cut)
+        dm = cdist(a, b)
+        cost = np.where(dm <= cut, dm - 1e6, 0.0)
+        x, y = linear_sum_assignment(cost)
+        ok = cost[x, y] < 0
+        assert len(d) == ok.sum()
+        assert d.sum() == pytest.approx(dm[x[ok], y[ok]].sum(), abs=1e-9)
+        assert len(set(ia)) == len(ia) and len(set(ib)) == len(ib) and np.all(d <= cut)
+        np.testing.assert_allclose(d, dm[ia, ib])
+
+
 def test_registration_recovers_transform(truth):
     a, b, _, _ = truth
     rng = np.random.default_rng(11)
