@@ -62,19 +62,28 @@ def pipeline_kwargs(args) -> dict:
                 force=args.force, quiet=args.quiet, backend=args.backend, **kw)
 
 
+_TABLE_KEYS = (("diameter_A", "diameter (Å)"), ("cn_median", "median CN"),
+               ("bond_nn_median_A", "median NN bond (Å)"), ("strain_radial_median_pct", "median radial strain (%)"),
+               ("core_ratio", "core ratio (CN = 12)"), ("lattice_mean_A", "lattice parameter (Å)"),
+               ("u_iso_median_A2", "median U_iso (Å²)"), ("doi_median", "median DOI"))
+
+
 def _print_table(summary, stream=sys.stdout):
+    """Short end-of-run table: counts, paper Table 1 columns, penetration depths."""
     part = summary.get("particle") or {}
     rows = [("atoms", summary["n_atoms"]), ("threshold", f"{summary['threshold']:.4g}"),
-            ("correlation", f"{summary['correlation']:.4f}")]
-    for k, v in part.items():
-        if isinstance(v, (int, float)) and k != "n_atoms":
-            rows.append((k, f"{v:.4g}" if isinstance(v, float) else v))
-    pen = (summary.get("penetration") or {}).get("cn") if isinstance(summary.get("penetration"), dict) else None
-    if isinstance(pen, dict) and pen.get("delta_A") is not None:
-        rows.append(("CN penetration depth (Å)", f"{pen['delta_A']:.2f}"))
-    rows.append(("backend", summary["backend"]))
-    rows.append(("time (s)", f"{summary['times_s']['total']:.2f}"))
-    rows.append(("results", summary["out_dir"]))
+            ("sweep correlation", f"{summary['correlation']:.4f}")]
+    for key, name in _TABLE_KEYS:
+        v = part.get(key)
+        if isinstance(v, (int, float)):
+            rows.append((name, f"{v:.4g}"))
+    pen = summary.get("penetration") or {}
+    for stat, name in (("cn", "CN penetration depth (Å)"), ("gcn", "GCN penetration depth (Å)")):
+        fit = pen.get(stat) if isinstance(pen, dict) else None
+        if isinstance(fit, dict) and fit.get("ok") and fit.get("delta_A") is not None:
+            rows.append((name, f"{fit['delta_A']:.2f} ± {fit.get('delta_err_A') or 0:.2f}"))
+    rows += [("backend", summary["backend"]), ("time (s)", f"{summary['times_s']['total']:.2f}"),
+             ("results", summary["out_dir"])]
     w = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}", file=stream)

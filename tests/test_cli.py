@@ -1,0 +1,112 @@
+"""Command line: outputs of ``ptnp detect`` and one-line errors (exit 2) for bad input."""
+from __future__ import annotations
+
+import csv
+import json
+
+import mrcfile
+import numpy as np
+import pytest
+
+from ptnp_gpu.cli import main
+from ptnp_gpu.mapio import read_map, write_map
+from ptnp_gpu.models import read_model
+from ptnp_gpu.pairing import match_accuracy
+from ptnp_gpu.synth import make_particle, write_particle
+
+
+@pytest.fixture(scope="module")
+def particle_map(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    p = make_particle(n_atoms=250, seed=7, box=(81, 90, 75), origin_A=(-10.0, 5.5, 3.25))
+    paths = write_particle(p, d / "part")
+    return p, d, paths
+
+
+def test_detect_outputs_and_frame(particle_map, capsys):
+    p, d, paths = particle_map
+    out = d / "res"
+    assert main(["detect", paths["map"], "--out", str(out), "--quiet"]) == 0
+    for name in ("atoms.pdb", "atoms.cif", "atoms.csv", "labels.mrc", "denoised.mrc", "simulated.mrc",
+                 "threshold_curve.csv", "threshold_curve.png", "summary.json"):
+        assert (out / name).is_file(), name
+    s = json.loads((out / "summary.json").read_text())
+    assert s["n_atoms"] > 0 and s["backend"] == "numpy" and "total" in s["times_s"]
+    # every output holds the same coordinates, in the map's frame
+    pdb, cif, csvm = (read_model(out / n) for n in ("atoms.pdb", "atoms.cif", "atoms.csv"))
+    assert np.allclose(pdb.xyz_A, csvm.xyz_A, atol=1e-3) and np.allclose(cif.xyz_A, csvm.xyz_A, atol=1e-4)
+    acc = match_accuracy(csvm.xyz_A, p.xyz_A, 1.0)
+    assert acc["recall"] >= 0.99 and acc["precision"] >= 0.99 and acc["rmsd_A"] <= 0.08
+    # labels: component id k holds atom k
+    lab = read_map(out / "labels.mrc")
+    assert int(lab.data.max()) == s["n_atoms"]
+    with open(out / "atoms.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    k = 5
+    z, y, x = np.nonzero(lab.data == k)
+    centre = lab.voxel_to_xyz_A(np.stack([x, y, z], 1)).mean(0)
+    xyz = np.array([float(rows[k - 1][c]) for c in "xyz"])
+    assert np.linalg.norm(centre - xyz) < 0.5
+    # no overwrite without --force; the input is never touched
+    assert main(["detect", paths["map"], "--out", str(out), "--quiet"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["detect", paths["map"], "--out", str(out), "--quiet", "--force"]) == 0
+
+
+def _bad(tmp_path, kind):
+    f = tmp_path / f"{kind}.mrc"
+    if kind == "not_mrc":
+        f.write_text("hello, I am not a map\n" * 50)
+    elif kind == "truncated":
+        write_map(f, np.random.default_rng(0).normal(size=(40, 40, 40)), 0.358)
+        data = f.read_bytes()
+        f.write_bytes(data[: len(data) // 2])
+    elif kind == "two_d":
+        with mrcfile.new(f) as m:
+            m.set_data(np.zeros((30, 30), np.float32))
+    elif kind == "nan":
+        a = np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32)
+        a[3, 4, 5] = np.nan
+        write_map(f, a, 0.358)
+    elif kind == "zero_voxel":
+        with mrcfile.new(f) as m:
+            m.set_data(np.random.default_rng(0).normal(size=(32, 32, 32)).astype(np.float32))
+            m.voxel_size = 0.0
+    elif kind == "constant":
+        write_map(f, np.ones((32, 32, 32)), 0.358)
+    elif kind == "no_particle":
+        write_map(f, np.random.default_rng(1).normal(size=(48, 48, 48)), 0.358)
+    elif kind == "missing":
+        pass
+    return f
+
+
+@pytest.mark.parametrize("kind", ["not_mrc", "truncated", "two_d", "nan", "zero_voxel", "constant",
+                                  "no_particle", "missing"])
+def test_bad_input_one_line_exit_2(tmp_path, capsys, kind):
+    f = _bad(tmp_path, kind)
+    out = tmp_path / "out"
+    rc = main(["detect", str(f), "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and err.startswith("ptnp detect: error:")
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_negative_voxel_size_and_unknown_element(particle_map, capsys, tmp_path):
+    _, _, paths = particle_map
+    assert main(["detect", paths["map"], "--out", str(tmp_path / "a"), "--voxel-size", "-1", "--quiet"]) == 2
+    assert "voxel size" in capsys.readouterr().err
+    assert main(["detect", paths["map"], "--out", str(tmp_path / "b"), "--element", "Xx", "--quiet"]) == 2
+    assert "unknown element" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_simulate_command_writes_truth(tmp_path, capsys):
+    stem = tmp_path / "s"
+    assert main(["simulate", str(stem), "--atoms", "150", "--seed", "2", "--box", "71", "64", "59"]) == 0
+    m = read_map(stem.with_suffix(".mrc"))
+    assert m.shape == (71, 64, 59)
+    truth = json.loads((tmp_path / "s_truth.json").read_text())
+    assert truth["n_atoms"] == len(read_model(tmp_path / "s_truth.pdb"))
