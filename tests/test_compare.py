@@ -100,6 +100,10 @@ def test_counts_exact(truth):
     assert s["n_b"] == s["n_common"] + s["n_moved"] + s["n_gained"]
     # jitter 0.05 Å per axis: RMS distance 0.05·√3
     assert s["displacement_common_rms_A"] == pytest.approx(0.05 * np.sqrt(3), rel=0.1)
+    # swapping the roles of A and B swaps lost and gained and nothing else
+    r = compare_points(b, a, CUTOFF).summary()
+    assert (r["n_common"], r["n_moved"], r["n_lost"], r["n_gained"]) == (
+        s["n_common"], s["n_moved"], s["n_gained"], s["n_lost"])
     rows = s["displacement_vs_depth"]
     assert sum(r["n_atoms"] for r in rows) == len(a)
     assert sum(r["n_lost"] for r in rows) == counts["lost"]
@@ -243,6 +247,20 @@ def test_cli_bad_model_files(tmp_path, capsys, content, suffix):
     assert len(err) == 1 and "error" in err[0] and "bad" in err[0]
     assert not (tmp_path / "o").exists()
     assert main(["compare", str(good), str(tmp_path / "missing.pdb"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_cli_mat_models(tmp_path, capsys):
+    from scipy.io import savemat
+    a = asymmetric_particle(300, 12)
+    savemat(tmp_path / "a.mat", {"model": a.T, "atoms": np.ones((1, len(a)))})
+    savemat(tmp_path / "b.mat", {"model": a[10:].T})
+    savemat(tmp_path / "bad.mat", {"coords": a.T})
+    assert main(["compare", str(tmp_path / "a.mat"), str(tmp_path / "b.mat"), "--quiet", "--no-figure"]) == 0
+    s = json.loads((tmp_path / "compare_a_vs_b" / "compare.json").read_text())
+    assert (s["n_common"], s["n_lost"], s["n_gained"], s["displacement_common_max_A"]) == (len(a) - 10, 10, 0, 0.0)
+    assert main(["compare", str(tmp_path / "a.mat"), str(tmp_path / "bad.mat"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'model'" in err[0]
 
 
 def test_cli_series_from_result_folders(tmp_path):
