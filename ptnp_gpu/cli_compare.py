@@ -3,7 +3,6 @@ and ``ptnp compare --series MERGED PART1 PART2``: penetration depth of each (pap
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ def register(subparsers) -> None:
                     "models (ptnp result folders, PDB, mmCIF, CSV, XYZ, MATLAB .mat) or maps (analysed first). "
                     "With --series MERGED PART1 PART2: analyse the three maps of a split time series, report the "
                     "penetration depth of each (paper Fig. 4) and compare part1 with part2.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="A B (two models or maps); with --series: MERGED PART1 PART2")
     p.add_argument("--series", action="store_true", help="inputs are the merged, part1 and part2 maps (or result folders)")
     p.add_argument("--cutoff", type=float, default=None, metavar="Å",
@@ -31,9 +30,9 @@ def register(subparsers) -> None:
                    help="unpaired atoms closer than this count as moved, not lost + gained (default 2 × cutoff)")
     p.add_argument("--register", action="store_true",
                    help="superpose B onto A first (rigid rotation + translation found from the atoms)")
-    p.add_argument("--element", default="Pt", help="element for the default cutoff and map analysis")
+    p.add_argument("--element", default="Pt", help="element for the default cutoff and map analysis (default Pt)")
     p.add_argument("--voxel-size", type=float, default=None, metavar="Å", help="override the maps' voxel size")
-    p.add_argument("--depth-bin", type=float, default=2.0, metavar="Å", help="radial-depth bin for displacement statistics")
+    p.add_argument("--depth-bin", type=float, default=2.0, metavar="Å", help="radial-depth bin for displacement statistics (default 2 Å)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default compare_A_vs_B beside A, or compare_series_MERGED beside MERGED)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
-import logging
 import os
 import re
 import shutil
@@ -21,10 +20,8 @@ import numpy as np
 from .errors import InputError
 from .models import Model, atomic_write
 
-__all__ = ["output_folder", "model_ids", "pairs_table", "write_comparison", "write_points_pdb", "comparison_figure",
+__all__ = ["output_folder", "model_ids", "pairs_table", "write_comparison", "write_points_pdb", "write_json", "comparison_figure",
            "series_figure", "read_depth_curves", "STATUS_COLOURS", "SERIES_COLOURS"]
-
-log = logging.getLogger(__name__)
 
 STATUS_COLOURS = {"common": "#9aa5b1", "moved": "#f28e2b", "lost": "#d62728", "gained": "#2ca02c"}
 #: paper Fig. 4: part1 red, part2 green, merged black

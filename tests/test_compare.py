@@ -221,7 +221,8 @@ def test_cli_outputs(truth, tmp_path, capsys):
     lost = read_model(out / "lost.pdb")  # status files are valid PDB in A's frame
     assert len(lost) == counts["lost"]
     assert cKDTree(a).query(lost.xyz_A)[0].max() < 1e-3
-    rows = list(csv.DictReader(open(out / "pairs.csv")))
+    with open(out / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == counts["common"] + counts["moved"] + counts["lost"] + counts["gained"]
     com = [r for r in rows if r["status"] == "common"]
     # ids of A are the CSV ids (1-based rows); ids of B are PDB order; both map to the truth
