@@ -72,16 +72,22 @@ def markdown(results) -> str:
              "`analyze` = detection + statistics in memory from a host map (no file I/O).", ""]
     lines += ["## Targets", "", "| target | measured | goal | met |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _targets(results)]
-    lines += ["", "## Copy bandwidth", "", "| backend | GB/s |", "| --- | --- |"]
-    lines += [f"| {b} | {r['GBps']:.1f} |" for b, r in results.get("copy_bandwidth", {}).items()]
+    lines += ["", "## Copy bandwidth", "", "| backend | buffer | GB/s |", "| --- | --- | --- |"]
+    lines += [f"| {b} | {r['bytes'] / 2 / 2**20:.0f} MiB | {r['GBps']:.1f} |"
+              for b, r in results.get("copy_bandwidth", {}).items()]
+    lines += ["", "Copy bandwidth is 2 × buffer bytes / time of `b[...] = a`. Memory-bound stages "
+                  "report bytes moved / time against it; inputs smaller than the last-level cache "
+                  "can exceed it."]
     cases = _by_case(results)
     for name, per in cases.items():
         any_r = next(iter(per.values()))
         lines += ["", f"## {name}: {'×'.join(str(s) for s in any_r.get('shape_zyx', []))} voxels (z×y×x), "
                       f"{any_r.get('n_atoms_true', '?')} true atoms", ""]
         for b, r in per.items():
-            if "error" in r:
-                lines.append(f"- {b}: **failed**: {r['error']}")
+            for k in ("error", "error_analyze", "error_stages"):
+                if k in r:
+                    lines.append(f"- {b}: **{k.replace('error_', '') if k != 'error' else 'run'} "
+                                 f"failed**: {r[k]}")
         stages = []
         for r in per.values():
             for s in r.get("stages", {}):
@@ -145,7 +151,8 @@ def plot(results, path):
     ax1.set_ylabel("median time (s)")
     ax1.set_yscale("log")
     ax1.set_title("Whole analysis, synthetic Pt spheres")
-    ax1.legend(frameon=False)
+    if ax1.lines:
+        ax1.legend(frameon=False)
     # stage breakdown of the largest case that ran on the most backends
     best = max(cases.items(), key=lambda kv: (len(kv[1]), max(r.get("map_bytes", 0) for r in kv[1].values())),
                default=None)

@@ -6,7 +6,8 @@
 // the atom centre is <= r (voxel units). x, y, z are the voxel's offset from
 // the (fractional) centre times the voxel size, so the coefficients come out
 // in the caller's length unit. Output per atom: A (7, 7) = sum w phi phi^T,
-// rhs (7) = sum w phi ln I, and the number of voxels used.
+// rhs (7) = sum w phi ln I, yy = sum w (ln I)^2 (for the weighted R^2), and
+// the number of voxels used.
 //
 // ptnp_window_pearson: per-atom sums n, Sa, Sb, Saa, Sbb, Sab of two maps over
 // the voxels within r (voxel units) of the centre, for the validation
@@ -23,7 +24,7 @@
 #define PTNP_MAP_T float
 #endif
 
-#define PTNP_NE_SUMS 36   // 28 (upper triangle of A) + 7 (rhs) + 1 (count)
+#define PTNP_NE_SUMS 37   // 28 (upper triangle of A) + 7 (rhs) + count + sum w lnI^2
 #define PTNP_PC_SUMS 6
 #define PTNP_MAX_WARPS 32
 
@@ -70,6 +71,7 @@ extern "C" __global__ void ptnp_window_normal_eq(
     const double vsx, const double vsy, const double vsz,
     double* __restrict__ A,                // (N, 7, 7)
     double* __restrict__ rhs,              // (N, 7)
+    double* __restrict__ yy,               // (N,)
     long long* __restrict__ count)         // (N,)
 {
     __shared__ double shared[PTNP_MAX_WARPS * PTNP_NE_SUMS];
@@ -93,6 +95,7 @@ extern "C" __global__ void ptnp_window_normal_eq(
             for (int j = i; j < 7; ++j) acc[k++] += I * phi[i] * phi[j];
         for (int i = 0; i < 7; ++i) acc[28 + i] += I * phi[i] * lnI;
         acc[35] += 1.0;
+        acc[36] += I * lnI * lnI;
     }
     ptnp_block_reduce<PTNP_NE_SUMS>(acc, shared);
     const int t = threadIdx.x;
@@ -107,6 +110,8 @@ extern "C" __global__ void ptnp_window_normal_eq(
         rhs[(long long)atom * 7 + (t - 28)] = acc[0];
     } else if (t == 35) {
         count[atom] = (long long)(acc[0] + 0.5);
+    } else if (t == 36) {
+        yy[atom] = acc[0];
     }
 }
 

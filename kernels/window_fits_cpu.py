@@ -33,8 +33,8 @@ def _window_voxel(w, side, half, c, r2, shape):
 
 
 @nb.njit(parallel=True, cache=True)
-def normal_equations(vol, centres, half, r2, vs, A, rhs, count):
-    """Fill ``A`` (N, 7, 7), ``rhs`` (N, 7), ``count`` (N,) for the quadric fit.
+def normal_equations(vol, centres, half, r2, vs, A, rhs, yy, count):
+    """Fill ``A`` (N, 7, 7), ``rhs`` (N, 7), ``yy`` (N,), ``count`` (N,) for the quadric fit.
 
     ``vol`` is (nz, ny, nx); ``centres`` (N, 3) voxel x y z; ``half`` the cube
     half-width and ``r2`` the squared radius (voxels); ``vs`` (3,) scales the
@@ -47,6 +47,7 @@ def normal_equations(vol, centres, half, r2, vs, A, rhs, count):
         b = np.zeros(7)
         phi = np.empty(7)
         n = 0
+        syy = 0.0
         for w in range(side * side * side):
             ok, iz, iy, ix, x, y, z = _window_voxel(w, side, half, centres[a], r2, vol.shape)
             if not ok:
@@ -65,6 +66,7 @@ def normal_equations(vol, centres, half, r2, vs, A, rhs, count):
             phi[5] = x * z
             phi[6] = y * z
             lv = math.log(val)
+            syy += val * lv * lv
             for i in range(7):
                 wi = val * phi[i]
                 b[i] += wi * lv
@@ -77,6 +79,7 @@ def normal_equations(vol, centres, half, r2, vs, A, rhs, count):
                 A[a, i, j] = acc[i, j]
                 A[a, j, i] = acc[i, j]
         count[a] = n
+        yy[a] = syy
 
 
 @nb.njit(parallel=True, cache=True)

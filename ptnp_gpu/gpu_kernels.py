@@ -20,8 +20,9 @@ window_pearson
     correlation).
 label_moments
     Per-label count, Σw, Σw·x, Σw·y, Σw·z, peak value and peak index, one pass.
-iso_normal_equations
-    Reduce the 7-term normal equations to the isotropic 2-term ones.
+iso_normal_equations, solve_normal_equations
+    Reduce the 7-term normal equations to the isotropic 2-term ones; solve a
+    batch with the weighted R².
 """
 from __future__ import annotations
 
@@ -33,9 +34,9 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["kernel_source", "get_function", "window_normal_equations", "window_pearson",
-           "label_moments", "LabelMoments", "iso_normal_equations", "render_windows",
-           "C_TYPES"]
+__all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
+           "solve_normal_equations", "iso_normal_equations", "window_pearson",
+           "pearson_from_sums", "label_moments", "LabelMoments", "render_windows", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -148,6 +149,26 @@ def _volume(vol, name, xp):
     return xp.ascontiguousarray(vol)
 
 
+class NormalEquations(NamedTuple):
+    """Per-atom weighted sums of the quadric log fit (see :func:`window_normal_equations`).
+
+    Attributes
+    ----------
+    A : (N, 7, 7) float64
+        Σ I φ φᵀ (symmetric).
+    rhs : (N, 7) float64
+        Σ I φ ln I.
+    yy : (N,) float64
+        Σ I (ln I)², for the weighted R².
+    count : (N,) int64
+        Voxels used per atom.
+    """
+    A: object
+    rhs: object
+    yy: object
+    count: object
+
+
 def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=1.0):
     """Weighted normal equations of ln I = β·φ for every atom window at once.
 
@@ -169,28 +190,27 @@ def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=
 
     Returns
     -------
-    A : (N, 7, 7) float64
-        Σ I φ φᵀ (symmetric).
-    rhs : (N, 7) float64
-        Σ I φ ln I.
-    count : (N,) int64
-        Voxels used per atom.
+    NormalEquations
+        ``A`` (N, 7, 7), ``rhs`` (N, 7), ``yy`` (N,), ``count`` (N,), on the
+        backend of ``volume``.
 
     Notes
     -----
-    Solve with ``xp.linalg.solve(A, rhs[..., None])[..., 0]`` (guard atoms
-    with ``count < 7`` or a singular A). The isotropic fit
-    ln I = β0 + β1 r² uses :func:`iso_normal_equations` on the same sums.
-    Arrays live on the backend of ``volume``.
+    :func:`solve_normal_equations` solves them (batched, with the failure
+    rules of :mod:`ptnp_gpu.displacement`) and gives the weighted R²; the
+    isotropic fit ln I = β0 + β1 r² uses :func:`iso_normal_equations` on the
+    same sums. CuPy runs ``ptnp_window_normal_eq`` (one block per atom,
+    register accumulation, block reduction, no atomics); NumPy runs the
+    Numba twin (parallel over atoms).
 
     Examples
     --------
     >>> import numpy as np
     >>> z, y, x = np.mgrid[:9, :9, :9] - 4.0
     >>> vol = np.exp(-(x**2 + y**2 + z**2) / (2 * 1.5)).astype(np.float32)
-    >>> A, rhs, n = window_normal_equations(vol, [[4.0, 4.0, 4.0]], 3.0)
-    >>> beta = np.linalg.solve(A[0], rhs[0])
-    >>> round(float(-1 / (2 * beta[1])), 3), int(n[0])
+    >>> ne = window_normal_equations(vol, [[4.0, 4.0, 4.0]], 3.0)
+    >>> beta = np.linalg.solve(ne.A[0], ne.rhs[0])
+    >>> round(float(-1 / (2 * beta[1])), 3), int(ne.count[0])
     (1.5, 123)
     """
     be = _be.namespace(volume)
@@ -205,23 +225,24 @@ def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=
     n = int(c.shape[0])
     A = xp.zeros((n, 7, 7), dtype=xp.float64)
     rhs = xp.zeros((n, 7), dtype=xp.float64)
+    yy = xp.zeros(n, dtype=xp.float64)
     count = xp.zeros(n, dtype=xp.int64)
     if n == 0:
-        return A, rhs, count
+        return NormalEquations(A, rhs, yy, count)
     if not be.is_gpu:
         from .kernels.window_fits_cpu import normal_equations
-        normal_equations(vol, c, half, r * r, np.ascontiguousarray(vs), A, rhs, count)
-        return A, rhs, count
+        normal_equations(vol, c, half, r * r, np.ascontiguousarray(vs), A, rhs, yy, count)
+        return NormalEquations(A, rhs, yy, count)
     nz, ny, nx = vol.shape
     k = get_function("window_fits.cu", "ptnp_window_normal_eq",
                      (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))
     k((n,), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), c, np.int32(n),
                         np.int32(half), np.float64(r * r), np.float64(vs[0]),
-                        np.float64(vs[1]), np.float64(vs[2]), A, rhs, count))
-    return A, rhs, count
+                        np.float64(vs[1]), np.float64(vs[2]), A, rhs, yy, count))
+    return NormalEquations(A, rhs, yy, count)
 
 
-def iso_normal_equations(A, rhs):
+def iso_normal_equations(ne: NormalEquations) -> NormalEquations:
     """Isotropic normal equations (ln I = β0 + β1 r²) from the 7-term ones.
 
     Since r² = x² + y² + z², the 2-term design is φ_iso = Tᵀφ, so
@@ -229,19 +250,57 @@ def iso_normal_equations(A, rhs):
 
     Parameters
     ----------
-    A : (N, 7, 7) array
-    rhs : (N, 7) array
+    ne : NormalEquations
+        From :func:`window_normal_equations`.
 
     Returns
     -------
-    A_iso : (N, 2, 2) array
-    rhs_iso : (N, 2) array
+    NormalEquations
+        ``A`` (N, 2, 2), ``rhs`` (N, 2); ``yy`` and ``count`` unchanged.
     """
-    xp = _be.namespace(A).xp
-    T = xp.zeros((7, 2), dtype=A.dtype)
+    xp = _be.namespace(ne.A).xp
+    T = xp.zeros((7, 2), dtype=ne.A.dtype)
     T[0, 0] = 1.0
     T[1:4, 1] = 1.0
-    return xp.einsum("ia,nij,jb->nab", T, A, T), rhs @ T
+    return NormalEquations(xp.einsum("ia,nij,jb->nab", T, ne.A, T), ne.rhs @ T, ne.yy, ne.count)
+
+
+def solve_normal_equations(ne: NormalEquations, *, min_extra: int = 3, ridge: float = 1e-12):
+    """Solve a batch of weighted normal equations; β, weighted R² and a success mask.
+
+    Rows with fewer than P + ``min_extra`` voxels (P parameters) are not
+    solved (β = NaN, ok False); the rest get a relative ridge
+    ``ridge · max diag(A)`` for numerical safety (the rule of
+    ``ptnp_gpu.displacement``). R² = 1 − SS_res/SS_tot with
+    SS_res = Σw y² − 2βᵀb + βᵀAβ and SS_tot = Σw y² − (Σw y)²/Σw.
+
+    Parameters
+    ----------
+    ne : NormalEquations
+        7-term (or 2-term from :func:`iso_normal_equations`) sums.
+
+    Returns
+    -------
+    beta : (N, P) float64
+    r2 : (N,) float64
+    ok : (N,) bool
+    """
+    xp = _be.namespace(ne.A).xp
+    A, b = ne.A, ne.rhs
+    p = A.shape[-1]
+    eye = xp.eye(p, dtype=xp.float64)
+    solvable = ne.count >= p + min_extra
+    scale = xp.einsum("npp->np", A).max(axis=1) if A.shape[0] else xp.zeros(0)
+    A_r = A + (ridge * xp.maximum(scale, 1e-300))[:, None, None] * eye
+    A_r = xp.where(solvable[:, None, None], A_r, eye)
+    beta = xp.linalg.solve(A_r, xp.where(solvable[:, None], b, 0.0)[..., None])[..., 0]
+    ok = solvable & xp.all(xp.isfinite(beta), axis=1)
+    sw = xp.maximum(A[:, 0, 0], 1e-300)
+    ss_tot = ne.yy - b[:, 0] ** 2 / sw
+    ss_res = ne.yy - 2.0 * xp.einsum("np,np->n", beta, b) + xp.einsum("np,npq,nq->n", beta, A, beta)
+    r2 = 1.0 - ss_res / xp.maximum(ss_tot, 1e-300)
+    beta = xp.where(ok[:, None], beta, xp.nan)
+    return beta, xp.where(ok, r2, xp.nan), ok
 
 
 def window_pearson(map_a, map_b, centres_vox_xyz, radius_vox, *, return_sums=False):
@@ -262,7 +321,7 @@ def window_pearson(map_a, map_b, centres_vox_xyz, radius_vox, *, return_sums=Fal
     -------
     r : (N,) float64
         Pearson correlation; NaN where a map is constant in the sphere or the
-        sphere holds fewer than 2 voxels.
+        sphere holds fewer than 3 voxels (as ``ptnp_gpu.displacement``).
     sums : (N, 6) float64, only if ``return_sums``
 
     Examples
@@ -305,7 +364,7 @@ def window_pearson(map_a, map_b, centres_vox_xyz, radius_vox, *, return_sums=Fal
 
 
 def pearson_from_sums(sums):
-    """Pearson r from (..., 6) sums n, Σa, Σb, Σa², Σb², Σab (NaN when undefined)."""
+    """Pearson r from (..., 6) sums n, Σa, Σb, Σa², Σb², Σab (NaN below 3 voxels or no variance)."""
     xp = _be.namespace(sums).xp
     n, sa, sb, saa, sbb, sab = (sums[..., i] for i in range(6))
     nn = xp.maximum(n, 1.0)
@@ -313,7 +372,7 @@ def pearson_from_sums(sums):
     va = saa - sa * sa / nn
     vb = sbb - sb * sb / nn
     den = xp.sqrt(xp.maximum(va, 0.0) * xp.maximum(vb, 0.0))
-    ok = (n >= 2) & (den > 0)
+    ok = (n >= 3) & (den > 0)
     return xp.where(ok, cov / xp.where(ok, den, 1.0), xp.nan)
 
 

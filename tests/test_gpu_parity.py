@@ -76,12 +76,18 @@ def test_window_normal_equations_parity(cp, dtype):
     vol = rng.normal(0.5, 1.0, (40, 44, 36)).astype(dtype)
     centres = rng.uniform(-1.0, [36, 44, 40], (500, 3))
     vs = (0.36, 0.35, 0.37)
-    A, b, n = gk.window_normal_equations(vol, centres, 3.1, voxel_size_A=vs)
-    Ag, bg, ng = gk.window_normal_equations(cp.asarray(vol), cp.asarray(centres), 3.1, voxel_size_A=vs)
+    A, b, yy, n = gk.window_normal_equations(vol, centres, 3.1, voxel_size_A=vs)
+    ne = gk.window_normal_equations(cp.asarray(vol), cp.asarray(centres), 3.1, voxel_size_A=vs)
+    Ag, bg, yg, ng = ne
     assert isinstance(Ag, cp.ndarray) and Ag.shape == (500, 7, 7) and Ag.dtype == cp.float64
     np.testing.assert_array_equal(_host(ng), n)
     np.testing.assert_allclose(_host(Ag), A, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(_host(bg), b, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(_host(yg), yy, rtol=1e-10, atol=1e-12)
+    beta_c, r2_c, ok_c = gk.solve_normal_equations(gk.NormalEquations(A, b, yy, n))
+    beta_g, r2_g, ok_g = gk.solve_normal_equations(ne)
+    np.testing.assert_array_equal(_host(ok_g), ok_c)
+    np.testing.assert_allclose(_host(beta_g)[ok_c], beta_c[ok_c], rtol=1e-6, atol=1e-9)
 
 
 def test_window_pearson_parity(cp):

@@ -138,6 +138,7 @@ def _ref_normal_equations(vol, centres, r, vs):
     n = len(centres)
     A = np.zeros((n, 7, 7))
     b = np.zeros((n, 7))
+    yy = np.zeros(n)
     cnt = np.zeros(n, np.int64)
     for a, c in enumerate(centres):
         sel, u = _window_voxels(vol.shape, c, r)
@@ -148,8 +149,9 @@ def _ref_normal_equations(vol, centres, r, vs):
         w = val[ok]
         A[a] = (phi * w[:, None]).T @ phi
         b[a] = (phi * w[:, None]).T @ np.log(w)
+        yy[a] = w @ np.log(w) ** 2
         cnt[a] = ok.sum()
-    return A, b, cnt
+    return A, b, yy, cnt
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -158,9 +160,10 @@ def test_window_normal_equations_match_reference(dtype):
     vol = rng.normal(0.5, 1.0, (18, 20, 22)).astype(dtype)     # about 30 % non-positive
     centres = np.vstack([rng.uniform(-1, [22, 20, 18], (25, 3)), [[0.0, 0.0, 0.0], [21.5, 19.2, 17.9]]])
     vs = np.array([0.36, 0.33, 0.4])
-    A, b, cnt = gk.window_normal_equations(vol, centres, 2.7, voxel_size_A=vs)
-    Ar, br, cr = _ref_normal_equations(vol, centres, 2.7, vs)
+    A, b, yy, cnt = gk.window_normal_equations(vol, centres, 2.7, voxel_size_A=vs)
+    Ar, br, yr, cr = _ref_normal_equations(vol, centres, 2.7, vs)
     np.testing.assert_array_equal(cnt, cr)
+    np.testing.assert_allclose(yy, yr, rtol=1e-10, atol=1e-12)
     assert cr.min() > 0 and cr.max() > 40
     np.testing.assert_allclose(A, Ar, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(b, br, rtol=1e-10, atol=1e-12)
@@ -182,8 +185,10 @@ def test_window_fit_recovers_anisotropic_U():
         Us.append(U)
         d = np.stack([xx - c[0], yy - c[1], zz - c[2]], -1) * vs
         vol += 5.0 * np.exp(-0.5 * np.einsum("...i,ij,...j->...", d, np.linalg.inv(U), d))
-    A, b, cnt = gk.window_normal_equations(vol, centres, 4.0, voxel_size_A=vs)
-    beta = np.linalg.solve(A, b[..., None])[..., 0]
+    ne = gk.window_normal_equations(vol, centres, 4.0, voxel_size_A=vs)
+    beta, r2, ok = gk.solve_normal_equations(ne)
+    assert ok.all()
+    np.testing.assert_allclose(r2, 1.0, atol=1e-9)          # exact Gaussians: perfect log fit
     for k in range(2):
         P = -2.0 * np.diag(beta[k, 1:4])
         P[0, 1] = P[1, 0] = -beta[k, 4]
@@ -193,10 +198,42 @@ def test_window_fit_recovers_anisotropic_U():
         np.testing.assert_allclose(np.exp(beta[k, 0]), 5.0, rtol=1e-3)
     # isotropic reduction: an isotropic Gaussian gives U_iso = its variance
     iso = np.exp(-0.5 * ((xx - 12.2) ** 2 + (yy - 11.9) ** 2 + (zz - 12.4) ** 2) * vs ** 2 / 0.07)
-    A, b, _ = gk.window_normal_equations(iso, [[12.2, 11.9, 12.4]], 3.5, voxel_size_A=vs)
-    Ai, bi = gk.iso_normal_equations(A, b)
-    beta = np.linalg.solve(Ai[0], bi[0])
-    np.testing.assert_allclose(-1.0 / (2.0 * beta[1]), 0.07, rtol=1e-8)
+    ne = gk.window_normal_equations(iso, [[12.2, 11.9, 12.4], [0.2, 0.0, 0.0]], 3.5, voxel_size_A=vs)
+    beta, r2, ok = gk.solve_normal_equations(gk.iso_normal_equations(ne))
+    assert ok.tolist() == [True, True] and beta.shape == (2, 2)
+    np.testing.assert_allclose(-1.0 / (2.0 * beta[0, 1]), 0.07, rtol=1e-8)
+    # too few voxels (corner atom with I ≈ 0 everywhere is still > 0; force it): not solved
+    few = gk.NormalEquations(ne.A, ne.rhs, ne.yy, np.array([3, 100]))
+    beta, r2, ok = gk.solve_normal_equations(few)
+    assert ok.tolist() == [False, True] and np.isnan(beta[0]).all() and np.isnan(r2[0])
+
+
+def test_window_fits_match_displacement_module():
+    """Same β-derived U_iso, U and R² as the gather-based fits of ptnp_gpu.displacement."""
+    disp = pytest.importorskip("ptnp_gpu.displacement")
+    from ptnp_gpu.synth import make_particle
+    p = make_particle(n_atoms=60, seed=4, noise=0.05)
+    m = p.map
+    vox = m.xyz_A_to_voxel(p.xyz_A)
+    r_A = disp.fit_radius_A(2.77)
+    vs = m.voxel_size_A
+    values, d_A, inside, _ = disp.gather_windows(m.data, vox, disp.window_offsets(r_A, vs), vs)
+    ref = disp.fit_displacements(values, d_A, inside, r_A)
+    ne = gk.window_normal_equations(m.data, vox, r_A / vs[0], voxel_size_A=vs)
+    np.testing.assert_array_equal(ne.count, ref["n_fit_voxels"])
+    b_iso, r2_iso, ok_iso = gk.solve_normal_equations(gk.iso_normal_equations(ne))
+    ok_iso &= b_iso[:, 1] < 0
+    np.testing.assert_array_equal(ok_iso, ~ref["u_iso_failed"])
+    np.testing.assert_allclose(-0.5 / b_iso[ok_iso, 1], ref["u_iso_A2"][ok_iso], rtol=1e-6)
+    np.testing.assert_allclose(r2_iso[ok_iso], ref["u_iso_r2"][ok_iso], rtol=1e-6, atol=1e-9)
+    b, r2, ok = gk.solve_normal_equations(ne)
+    P = np.stack([np.stack([-2 * b[:, 1], -b[:, 4], -b[:, 5]], -1),
+                  np.stack([-b[:, 4], -2 * b[:, 2], -b[:, 6]], -1),
+                  np.stack([-b[:, 5], -b[:, 6], -2 * b[:, 3]], -1)], -2)
+    good = ~ref["u_aniso_failed"]
+    assert good.mean() > 0.8
+    np.testing.assert_allclose(np.linalg.inv(P[good]), ref["u_A2"][good], rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(r2[good], ref["u_aniso_r2"][good], rtol=1e-6, atol=1e-9)
 
 
 def test_window_pearson_matches_reference():
@@ -302,10 +339,10 @@ extern "C" void emu_render(const int* base, const double* frac, const double* in
 }"""),
     "window_fits.cu": ((("PTNP_MAP_T", "float"),), """
 extern "C" void emu_normal_eq(const float* map, int nx, int ny, int nz, const double* c, int n,
-    int half, double r2, double vx, double vy, double vz, double* A, double* rhs, long long* cnt,
-    int block) {
+    int half, double r2, double vx, double vy, double vz, double* A, double* rhs, double* yy,
+    long long* cnt, int block) {
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_window_normal_eq,
-      map, nx, ny, nz, c, n, half, r2, vx, vy, vz, A, rhs, cnt);
+      map, nx, ny, nz, c, n, half, r2, vx, vy, vz, A, rhs, yy, cnt);
 }
 extern "C" void emu_pearson(const float* a, const float* b, int nx, int ny, int nz,
     const double* c, int n, int half, double r2, double* sums, int block) {
@@ -388,12 +425,14 @@ def test_window_kernels_on_host(emulated):
     lib = emulated["window_fits.cu"]
     A = np.zeros((7, 7, 7))
     rhs = np.zeros((7, 7))
+    yy = np.zeros(7)
     cnt = np.zeros(7, np.int64)
     lib.emu_normal_eq(_ptr(vol), 13, 12, 11, _ptr(c), 7, 3, ctypes.c_double(r * r),
                       ctypes.c_double(vs[0]), ctypes.c_double(vs[1]), ctypes.c_double(vs[2]),
-                      _ptr(A), _ptr(rhs), _ptr(cnt), 64)
-    At, rt, ct = gk.window_normal_equations(vol, c, r, voxel_size_A=vs)
+                      _ptr(A), _ptr(rhs), _ptr(yy), _ptr(cnt), 64)
+    At, rt, yt, ct = gk.window_normal_equations(vol, c, r, voxel_size_A=vs)
     np.testing.assert_array_equal(cnt, ct)
+    np.testing.assert_allclose(yy, yt, rtol=1e-12)
     assert ct.min() > 5
     np.testing.assert_allclose(A, At, rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(rhs, rt, rtol=1e-12, atol=1e-13)
