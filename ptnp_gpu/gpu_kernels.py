@@ -27,12 +27,41 @@ iso_normal_equations, solve_normal_equations
 from __future__ import annotations
 
 import functools
+import importlib.util
+import sys
 from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from . import backend as _be
+
+
+def _ensure_kernels_package():
+    """Make ``ptnp_gpu.kernels`` importable from a source checkout.
+
+    An installed (or editable) package maps it to the top-level ``kernels/``
+    folder; when the repository is only on ``PYTHONPATH`` (e.g. a machine
+    without pip access), register that folder under the package name here.
+    """
+    try:
+        importlib.import_module("ptnp_gpu.kernels")
+        return
+    except ImportError:
+        pass
+    src = Path(__file__).resolve().parents[1] / "kernels"
+    init = src / "__init__.py"
+    if not init.is_file():
+        raise ImportError(f"ptnp_gpu.kernels is not installed and {src} is missing")
+    spec = importlib.util.spec_from_file_location("ptnp_gpu.kernels", init,
+                                                  submodule_search_locations=[str(src)])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["ptnp_gpu.kernels"] = mod
+    spec.loader.exec_module(mod)
+
+
+_ensure_kernels_package()
 
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
