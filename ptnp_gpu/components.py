@@ -18,46 +18,28 @@ def label26(mask):
 
 
 def label_moments(labels, n_labels: int, weights, peakmap=None):
-    """Per-label voxel count, weight sum and weighted centre (voxel x, y, z).
+    """Per-label voxel count, weight sum, weighted centre (voxel x, y, z) and peak.
 
-    Only labelled voxels are visited. ``weights`` is the grey-value map used for
-    the centres of mass. With ``peakmap``, also returns the flat index of each
-    label's maximum of ``peakmap``.
+    One fused pass over the volume (custom CUDA kernel on CuPy, its Numba twin
+    on NumPy: :func:`ptnp_gpu.gpu_kernels.label_moments`).
 
     Returns
     -------
     dict with ``count`` (n+1,), ``wsum`` (n+1,), ``centre_vox`` (n+1, 3) xyz,
-    and ``argmax_flat`` (n+1,) when ``peakmap`` is given; row 0 is background.
+    ``peak_value`` (n+1,) the maximum of ``peakmap`` (default ``weights``) and
+    ``peak_flat`` (n+1,) its flat index; row 0 (background) is zero / -inf / -1.
     """
-    be = _be.namespace(labels)
-    xp = be.xp
-    flat = labels.ravel()
-    idx = xp.nonzero(flat)[0]
-    lab = flat[idx]
-    nz, ny, nx = labels.shape
-    z, rem = xp.divmod(idx, ny * nx)
-    y, x = xp.divmod(rem, nx)
-    w = weights.ravel()[idx].astype(xp.float64)
-    m = n_labels + 1
-    count = xp.bincount(lab, minlength=m)
-    wsum = xp.bincount(lab, weights=w, minlength=m)
-    cx = xp.bincount(lab, weights=w * x, minlength=m)
-    cy = xp.bincount(lab, weights=w * y, minlength=m)
-    cz = xp.bincount(lab, weights=w * z, minlength=m)
-    safe = xp.where(wsum > 0, wsum, 1.0)
-    centre = xp.stack([cx / safe, cy / safe, cz / safe], axis=1)
-    out = {"count": count, "wsum": wsum, "centre_vox": centre}
-    if peakmap is not None:
-        # argmax per label: sort by (label, value) and take each label's last entry
-        v = peakmap.ravel()[idx].astype(xp.float64)
-        order = xp.lexsort(xp.stack([v, lab.astype(xp.float64)]))
-        lab_sorted = lab[order]
-        last = xp.ones(lab_sorted.shape, dtype=bool)
-        last[:-1] = lab_sorted[1:] != lab_sorted[:-1]
-        arg = xp.zeros(m, dtype=xp.int64)
-        arg[lab_sorted[last]] = idx[order][last]
-        out["argmax_flat"] = arg
-    return out
+    from .gpu_kernels import label_moments as _fused
+    xp = _be.namespace(labels).xp
+    m = _fused(labels, weights, weights if peakmap is None else peakmap, n_labels)
+
+    def pad(a, fill):
+        head = xp.full((1,) + a.shape[1:], fill, dtype=a.dtype)
+        return xp.concatenate([head, a])
+    centre = m.centres_vox_xyz() if n_labels else xp.zeros((0, 3))
+    return {"count": pad(m.count, 0), "wsum": pad(m.sum_w, 0.0),
+            "centre_vox": pad(xp.nan_to_num(centre, nan=0.0), 0.0),
+            "peak_value": pad(m.peak_value, -np.inf), "peak_flat": pad(m.peak_index, -1)}
 
 
 def otsu_threshold(values, nbins: int = 256) -> float:

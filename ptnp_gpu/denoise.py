@@ -99,7 +99,8 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     work = xp.zeros(padded, dtype=xp.float32)
     sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
     work[sl] = d - mean
-    F = fft.rfftn(work)
+    fkw = {} if be.is_gpu else {"workers": -1}   # all CPU cores for pocketfft
+    F = fft.rfftn(work, **fkw)
     del work
     # spatial frequencies (1/Å), z, y, x axes
     fz = xp.fft.fftfreq(padded[0], d=vs[2]).astype(xp.float32)
@@ -129,7 +130,7 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     norm_m = xp.sqrt((xp.abs(FM) ** 2 * weight).sum())
     norm_k = xp.sqrt((K ** 2 * weight).sum())
     FM *= K
-    C = fft.irfftn(FM, s=padded)[sl]
+    C = fft.irfftn(FM, s=padded, **fkw)[sl]
     nvox = float(np.prod(padded))
     scale = nvox / (norm_m * norm_k)      # Parseval: Σ|x|² = Σ|X|² / n
     C = (C * scale).astype(xp.float32)
@@ -137,5 +138,5 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     if want_second:
         FM *= K
         # discrete correlation with the sampled atom: K_grid^ = K^ / voxel volume
-        G = (fft.irfftn(FM, s=padded)[sl] * (scale / kernel.voxel_volume_A3)).astype(xp.float32)
+        G = (fft.irfftn(FM, s=padded, **fkw)[sl] * (scale / kernel.voxel_volume_A3)).astype(xp.float32)
     return xp.ascontiguousarray(C), (None if G is None else xp.ascontiguousarray(G))

@@ -447,9 +447,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     noise = 1.4826 * float(xp.median(xp.abs(sample - med)))
     t_sig = max(med + o.rescue_sigma * noise, t_otsu)
     lab, n = label26(C_box > threshold)
-    mom = label_moments(lab, n, weights)
-    pk = ndi.maximum(C_box, labels=lab, index=xp.arange(n + 1))
-    drop = (mom["count"] < o.min_voxels) | (xp.asarray(pk) < t_sig)
+    mom = label_moments(lab, n, weights, C_box)
+    drop = (mom["count"] < o.min_voxels) | (mom["peak_value"] < t_sig)
     drop[0] = False
     lab = xp.where(drop[lab], 0, lab).astype(xp.int32)
     counts = {"components": n, "small_or_insignificant_removed": int(drop.sum())}
@@ -515,8 +514,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     labels = xp.zeros(raw.shape, dtype=xp.int32)
     labels[crop] = lab
     # peak intensity: maximum raw value in the atom's component
-    pk = ndi.maximum(raw, labels=labels, index=xp.arange(1, xyz.shape[0] + 1))
-    peak = (xp.asarray(pk) - mean) / sd
+    pk = label_moments(labels, int(xyz.shape[0]), raw)["peak_value"][1:]
+    peak = (pk.astype(xp.float64) - mean) / sd
     lap("validate")
 
     return Detection(
