@@ -39,7 +39,7 @@ def add_map_options(p):
                    help="outlier rule: floor (only --min-correlation, default), robust (median − k·MAD-SD) "
                         "or paper (mean − k·SD)")
     g.add_argument("--min-correlation", type=float, default=None,
-                   help="reject atoms whose validation correlation is below this (default 0.25)")
+                   help="reject atoms whose validation correlation is below this (default 0.15)")
     g.add_argument("--correlation-sd", type=float, default=None, help="k of the robust/paper outlier rule (default 3; the paper used 2)")
     g.add_argument("--no-reject-cn", dest="reject_low_cn", action="store_false", default=None,
                    help="keep atoms with fewer than --min-cn neighbours")

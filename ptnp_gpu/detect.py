@@ -55,7 +55,7 @@ class DetectOptions:
     correlation_rule: str = "floor"   # "floor": only min_correlation; "robust": median − k·1.4826·MAD;
                                       # "paper": mean − k·SD (removes weak true atoms, see README)
     correlation_sd: float = 3.0       # k (the paper uses 2 with mean and SD)
-    min_correlation: float = 0.25     # also reject atoms whose density does not look like an atom
+    min_correlation: float = 0.15     # also reject atoms whose density does not look like an atom
     reject_low_cn: bool = True
     min_cn: int = 3
     refine_centres: bool = True       # sub-voxel refinement (measured, see tests)

@@ -129,3 +129,19 @@ def test_detect_experimental_pdpt_particle():
     a = _acc(det, xyz)
     print("PdPt 5377:", {k: a[k] for k in ("n_found", "n_true", "recall", "precision", "rmsd_A")})
     assert a["recall"] >= 0.98 and a["precision"] >= 0.98, a
+
+
+@pytest.mark.parametrize("spec", [
+    dict(u_surface_A2=0.3, surface_min_doi=0.3),                       # very mobile, anisotropic surface
+    dict(noise=0.25, background=0.5),                                   # noisier, strong solvent background
+])
+def test_detect_mobile_surface_and_heavy_background(spec):
+    """The paper's surface atoms: large, anisotropic displacements and solvent must not lose them."""
+    p = make_particle(n_atoms=500, seed=5, **spec)
+    det = detect_atoms(p.map, "Pt", backend="numpy")
+    a = _acc(det, p.xyz_A)
+    surface = np.linalg.norm(p.xyz_A - p.center_A, axis=1) > np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() - 3.0
+    found_surface = np.isin(np.flatnonzero(surface), a["true_index"]).mean()
+    assert a["recall"] >= 0.98 and a["precision"] >= 0.99, a
+    assert found_surface >= 0.97, found_surface
+    assert a["rmsd_A"] <= 0.15, a
