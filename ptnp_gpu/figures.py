@@ -54,7 +54,9 @@ def plot_depth_profiles(stats, names=None):
         v = np.asarray(stats.columns[name], float)
         ax.scatter(depth, v, s=5, c="0.7", lw=0, label="atoms")
         x, y = running_mean(depth, v, 5)
-        ax.plot(x, y, c="C0", lw=1.2, label="5-atom running mean")
+        dense = len(x) > 1000          # big particles: a thin, translucent trace stays readable
+        ax.plot(x, y, c="C0", lw=0.5 if dense else 1.2, alpha=0.6 if dense else 1.0,
+                label="5-atom running mean")
         f = stats.penetration.get(name)
         if f and f["ok"]:
             xs = np.linspace(np.nanmin(depth), np.nanmax(depth), 200)
