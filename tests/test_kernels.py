@@ -32,7 +32,8 @@ SPECIALISATIONS = {
     "render_atoms.cu": [()],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
-                      for lt in ("int", "long long", "unsigned char") for wt in ("float", "double")],
+                      for lt, wt in (("int", "float"), ("long long", "double"),
+                                     ("unsigned char", "float"))],
 }
 
 
@@ -98,15 +99,22 @@ def test_render_single_atom_peak_and_mass():
     np.testing.assert_allclose(m.sum(dtype=np.float64) * vs ** 3, a.sum(), rtol=2e-3)
 
 
+def _random_atom_terms(rng, n, base_range, diag=(1.0, 4.0), offdiag=0.0, T=5):
+    """Random per-atom kernel inputs: base (n, 3), frac, inv6 (n, T, 6), norm (n, T)."""
+    base = rng.integers(base_range[0], base_range[1], (n, 3))
+    frac = rng.uniform(-0.5, 0.5, (n, 3))
+    inv6 = np.zeros((n, T, 6))
+    inv6[..., :3] = rng.uniform(diag[0], diag[1], (n, T, 3))
+    inv6[..., 3:] = rng.uniform(-offdiag, offdiag, (n, T, 3))
+    norm = rng.uniform(0.1, 1.0, (n, T))
+    return base, frac, inv6, norm
+
+
 def test_render_windows_is_additive():
     from ptnp_gpu.kernels.render_atoms_cpu import render_planes
     rng = np.random.default_rng(3)
-    n, T = 7, 5
-    base = rng.integers(2, 14, (n, 3))
-    frac = rng.uniform(-0.5, 0.5, (n, 3))
-    inv6 = np.zeros((n, T, 6))
-    inv6[..., :3] = rng.uniform(1.0, 4.0, (n, T, 3))
-    norm = rng.uniform(0.1, 1.0, (n, T))
+    n = 7
+    base, frac, inv6, norm = _random_atom_terms(rng, n, (2, 14))
     off = np.stack(np.meshgrid(*[np.arange(-3, 4)] * 3, indexing="ij"), -1).reshape(-1, 3)[:, ::-1]
     vs = np.array([0.4, 0.4, 0.4])
     whole = render_planes(base, frac, inv6, norm, off, vs, np.zeros((16, 16, 16)))
@@ -360,6 +368,20 @@ extern "C" void emu_label_moments(const int* lab, const float* w, const float* p
 }
 
 
+def _build_host_lib(tmp, stem, defines, source):
+    """Compile a kernel source (with ``defines``) after the emulation header; return the CDLL."""
+    shim = KERNEL_DIR.joinpath("host_emulation.h")
+    if not shim.is_file():   # not shipped as package data: use the source tree
+        shim = Path(__file__).resolve().parents[1] / "kernels" / "host_emulation.h"
+    cpp = tmp / f"{stem}.cpp"
+    cpp.write_text(f'#include "{shim}"\n' + "".join(f"#define {k} {v}\n" for k, v in defines) + source)
+    so = tmp / f"{stem}.so"
+    res = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", str(cpp),
+                          "-o", str(so)], capture_output=True, text=True)
+    assert res.returncode == 0, f"{stem}: host build failed\n{res.stderr}"
+    return ctypes.CDLL(str(so))
+
+
 def test_every_kernel_file_has_a_host_driver():
     assert sorted(_DRIVERS) == CU_FILES
 
@@ -370,21 +392,8 @@ def emulated(tmp_path_factory):
     if shutil.which("g++") is None:
         pytest.skip("g++ not installed")
     d = tmp_path_factory.mktemp("cuda_host")
-    shim = KERNEL_DIR.joinpath("host_emulation.h")
-    if not shim.is_file():   # not shipped as package data: use the source tree
-        shim = Path(__file__).resolve().parents[1] / "kernels" / "host_emulation.h"
-    shim = str(shim)
-    libs = {}
-    for cu, (defines, driver) in _DRIVERS.items():
-        src = d / (cu + ".cpp")
-        src.write_text(f'#include "{shim}"\n' + "".join(f"#define {k} {v}\n" for k, v in defines)
-                       + gk.kernel_source(cu) + "\n" + driver)
-        so = d / (cu + ".so")
-        res = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", str(src),
-                              "-o", str(so)], capture_output=True, text=True)
-        assert res.returncode == 0, f"{cu}: host build failed\n{res.stderr}"
-        libs[cu] = ctypes.CDLL(str(so))
-    return libs
+    return {cu: _build_host_lib(d, cu.replace(".", "_"), defines, gk.kernel_source(cu) + "\n" + driver)
+            for cu, (defines, driver) in _DRIVERS.items()}
 
 
 def _ptr(a):
@@ -465,3 +474,135 @@ def test_label_kernel_on_host(emulated):
     np.testing.assert_array_equal(pi, m.peak_index)
     np.testing.assert_array_equal(pv, m.peak_value)
     assert m.count[2] == 0 and pi[2] == -1
+
+
+# ---------------------------------------------------------------------- CuPy branch, emulated device
+# The public functions' CuPy branches (argument order, C types, launch
+# geometry, output decoding) run here against the host-built kernels: a fake
+# backend with ``is_gpu`` True and NumPy as ``xp``, and a ``get_function``
+# that checks every launch argument against the kernel's C signature before
+# running the emulated kernel.
+
+import re  # noqa: E402
+
+_C_SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32}
+_C_POINTEES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64,
+               "double": np.float64, "float": np.float32, "unsigned int": np.uint32,
+               "unsigned char": np.uint8, "short": np.int16, "unsigned short": np.uint16}
+
+
+def _kernel_signatures(src, defines):
+    """{name: [(c type, is_pointer, is_const)]} of the extern "C" kernels, defines applied."""
+    src = re.sub(r"//[^\n]*", "", src)
+    out = {}
+    for name, params in re.findall(r'extern "C" __global__ void (ptnp_\w+)\((.*?)\)\s*\{', src, re.S):
+        sig = []
+        for p in params.split(","):
+            const = "const" in p.split()
+            p = p.replace("__restrict__", "").replace("const", "").strip()
+            ptr = "*" in p
+            ctype = " ".join(p.replace("*", " ").split()[:-1])
+            sig.append((dict(defines).get(ctype, ctype), ptr, const))
+        out[name] = sig
+    return out
+
+
+class _EmulatedDevice:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.libs = {}
+        self.launches = []
+
+    def get_function(self, filename, name, defines=()):
+        key = (filename, tuple(defines))
+        if key not in self.libs:
+            src = gk.kernel_source(filename)
+            sigs = _kernel_signatures(src, defines)
+            drivers = []
+            for kname, sig in sigs.items():
+                params = ", ".join(f"{'const ' if c else ''}{t}{'*' if p else ''} a{i}"
+                                   for i, (t, p, c) in enumerate(sig))
+                args = ", ".join(f"a{i}" for i in range(len(sig)))
+                drivers.append(f'extern "C" void emu_{kname}(unsigned gx, unsigned gy, unsigned bx, '
+                               f"{params}) {{ ptnp_emu_launch({{gx, gy, 1}}, {{bx, 1, 1}}, "
+                               f"{kname}, {args}); }}")
+            lib = _build_host_lib(self.tmp, f"emu{len(self.libs)}", defines,
+                                  src + "\n" + "\n".join(drivers) + "\n")
+            self.libs[key] = (lib, sigs)
+        lib, sigs = self.libs[key]
+        sig = sigs[name]
+
+        def launch(grid, block, args):
+            assert len(args) == len(sig), f"{name}: {len(args)} arguments for {len(sig)} parameters"
+            c_args = []
+            for i, (a, (ctype, ptr, _)) in enumerate(zip(args, sig)):
+                if ptr:
+                    assert isinstance(a, np.ndarray) and a.flags.c_contiguous, f"{name} arg {i}"
+                    assert a.dtype == _C_POINTEES[ctype], f"{name} arg {i}: {a.dtype} for {ctype}*"
+                    c_args.append(ctypes.c_void_p(a.ctypes.data))
+                else:
+                    assert type(a) is _C_SCALARS[ctype], f"{name} arg {i}: {type(a)} for {ctype}"
+                    c_args.append({"int": ctypes.c_int, "long long": ctypes.c_longlong,
+                                   "double": ctypes.c_double, "float": ctypes.c_float}[ctype](a))
+            grid = tuple(grid) + (1,) * (2 - len(grid))
+            assert all(0 < g < 2 ** 31 for g in grid) and 0 < block[0] <= 1024
+            self.launches.append((name, grid, block))
+            getattr(lib, f"emu_{name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]),
+                                       ctypes.c_uint(block[0]), *c_args)
+        return launch
+
+
+@pytest.fixture
+def emulated_device(monkeypatch, tmp_path):
+    if shutil.which("g++") is None:
+        pytest.skip("g++ not installed")
+    import scipy.fft
+    from ptnp_gpu import backend as _be
+    fake = _be.Backend("cupy", np, ndi, scipy.fft)     # is_gpu: True, arrays: NumPy
+    dev = _EmulatedDevice(tmp_path)
+    monkeypatch.setattr(gk._be, "namespace", lambda *arrays: fake)
+    monkeypatch.setattr(gk, "get_function", dev.get_function)
+    return dev
+
+
+def test_cupy_branches_on_emulated_device(emulated_device):
+    rng = np.random.default_rng(40)
+    # render: GPU branch vs twin
+    base, frac, inv6, norm = _random_atom_terms(rng, 5, (0, 10), (1.0, 3.0), 0.3)
+    off = simulate._window_offsets(1.5, np.full(3, 0.4))
+    vs = np.array([0.4, 0.41, 0.39])
+    out = gk.render_windows(np.zeros((10, 11, 12)), base, frac, inv6, norm, off, vs)
+    from ptnp_gpu.kernels.render_atoms_cpu import render_planes
+    twin = render_planes(base, frac, inv6, norm, off, vs, np.zeros((10, 11, 12)))
+    np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-14)
+    # window fits and Pearson, float64 map (the other specialisation than the host test)
+    vol = rng.normal(0.6, 1.0, (10, 11, 12))
+    b = vol + rng.normal(size=vol.shape)
+    c = rng.uniform(0, [12, 11, 10], (6, 3))
+    ne = gk.window_normal_equations(vol, c, 2.2, voxel_size_A=vs)
+    r, sums = gk.window_pearson(vol, b, c, 2.2, return_sums=True)
+    names = [x[0] for x in emulated_device.launches]
+    assert names == ["ptnp_render_atoms", "ptnp_window_normal_eq", "ptnp_window_pearson"]
+    from ptnp_gpu.kernels.window_fits_cpu import normal_equations, pearson_sums
+    A = np.zeros((6, 7, 7)); rhs = np.zeros((6, 7)); yy = np.zeros(6); cnt = np.zeros(6, np.int64)
+    normal_equations(vol, c, 3, 2.2 ** 2, vs, A, rhs, yy, cnt)
+    np.testing.assert_array_equal(ne.count, cnt)
+    np.testing.assert_allclose(ne.A, A, rtol=1e-12)
+    np.testing.assert_allclose(ne.rhs, rhs, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(ne.yy, yy, rtol=1e-12)
+    s2 = np.zeros((6, 6))
+    pearson_sums(vol, b, c, 3, 2.2 ** 2, s2)
+    np.testing.assert_allclose(sums, s2, rtol=1e-12, atol=1e-12)
+    # label moments, uint8 labels and float64 weights, peak decoding
+    lab = rng.integers(0, 5, (6, 7, 9)).astype(np.uint8)
+    w = rng.uniform(0.1, 2.0, lab.shape)
+    p = np.round(rng.normal(size=lab.shape), 0).astype(np.float32)
+    m = gk.label_moments(lab, w, p, 4)
+    from ptnp_gpu.kernels.label_sums_cpu import label_moments_cpu
+    count, s, pv, pi = label_moments_cpu(lab, w, p, 4)
+    assert m.count.dtype == np.int64 and m.peak_index.dtype == np.int64
+    np.testing.assert_array_equal(m.count, count)
+    np.testing.assert_allclose(m.sum_w, s[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(m.sum_w_xyz, s[:, 1:], rtol=1e-12)
+    np.testing.assert_array_equal(m.peak_value, pv)
+    np.testing.assert_array_equal(m.peak_index, pi)
