@@ -239,7 +239,8 @@ def write_comparison(folder, model_a: Model, model_b: Model, comp, *, summary: d
             files[name] = folder / f"{name}.pdb"
     if figure:
         fig = comparison_figure(model_a.xyz_A, model_b.xyz_A, comp.status_a(), comp.status_b(),
-                                comp.depth_a_A, comp.displacement_a_A(), labels=labels, summary=summary)
+                                comp.depth_a_A, comp.displacement_a_A(), labels=labels, summary=summary,
+                                moved_pairs_xyz_A=(model_a.xyz_A[comp.moved_a], model_b.xyz_A[comp.moved_b]))
         fig.savefig(folder / "compare.png", dpi=130)
         _close(fig)
         files["figure"] = folder / "compare.png"
@@ -275,7 +276,7 @@ def _thin(idx, n_max):
 
 
 def comparison_figure(a_xyz_A, b_xyz_A, status_a, status_b, depth_a_A, displacement_a_A, *,
-                      labels=("A", "B"), summary=None, max_points: int = 20000):
+                      labels=("A", "B"), summary=None, moved_pairs_xyz_A=None, max_points: int = 20000):
     """The two models side by side coloured by status, the differences, and displacement vs depth.
 
     Parameters
@@ -289,6 +290,8 @@ def comparison_figure(a_xyz_A, b_xyz_A, status_a, status_b, depth_a_A, displacem
     labels : (str, str)
     summary : dict, optional
         Output of :meth:`Comparison.summary`, for the titles.
+    moved_pairs_xyz_A : ((K, 3), (K, 3)) tuple of ndarray, optional
+        Positions in A and in B of the moved atoms; drawn as segments A → B.
     max_points : int
         Common atoms drawn at most (thinned evenly) in large models.
 
@@ -322,8 +325,12 @@ def comparison_figure(a_xyz_A, b_xyz_A, status_a, status_b, depth_a_A, displacem
     _scatter3d(ax, a[sa == "lost"], STATUS_COLOURS["lost"], size, 1.0)
     _scatter3d(ax, b[sb == "gained"], STATUS_COLOURS["gained"], size, 1.0)
     _scatter3d(ax, a[sa == "moved"], STATUS_COLOURS["moved"], size, 1.0)
+    if moved_pairs_xyz_A is not None and len(moved_pairs_xyz_A[0]):
+        from mpl_toolkits.mplot3d.art3d import Line3DCollection
+        seg = np.stack([np.asarray(moved_pairs_xyz_A[0], float), np.asarray(moved_pairs_xyz_A[1], float)], axis=1)
+        ax.add_collection3d(Line3DCollection(seg, colors=STATUS_COLOURS["moved"], linewidths=1.2))
     if summary:
-        ax.set_title(f"different: {summary.get('n_moved', 0)} moved > {summary['cutoff_A']:.2f} Å, "
+        ax.set_title(f"different: {summary.get('n_moved', 0)} moved > {summary['cutoff_A']:.2f} Å (A → B), "
                      f"{summary.get('n_lost', 0)} lost, {summary.get('n_gained', 0)} gained\ncommon "
                      f"{summary.get('percent_common_of_a', 0):.1f}% of {labels[0]}, "
                      f"{summary.get('percent_common_of_b', 0):.1f}% of {labels[1]}", fontsize=9)
