@@ -68,7 +68,8 @@ def peak_memory(be, fn):
         before = pool.total_bytes()
         fn()
         cp.cuda.Device().synchronize()
-        return {"peak_bytes": int(pool.total_bytes() - before), "method": "cupy pool total_bytes growth"}
+        return {"peak_bytes": int(pool.total_bytes() - before), "method": "cupy pool total_bytes growth",
+                "held_before_bytes": int(before)}
     tracemalloc.start()
     try:
         fn()

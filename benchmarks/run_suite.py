@@ -317,6 +317,9 @@ def main(argv=None) -> int:
     if "cupy" in backends and not _be.cupy_available():
         print("CuPy backend not usable here; running NumPy only", file=sys.stderr)
         backends = [b for b in backends if b != "cupy"]
+    if not backends:
+        print("no usable backend left to benchmark", file=sys.stderr)
+        return 2
     sizes = args.sizes or ([128] if args.quick else FULL_SIZES)
     numpy_sizes = set(args.numpy_sizes if args.numpy_sizes is not None
                       else ([128] if args.quick else [128, 256]))

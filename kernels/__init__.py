@@ -1,1 +1,16 @@
-"""Custom CUDA kernels (.cu sources) and their CPU twins."""
+"""Custom CUDA kernels (.cu sources) and their CPU twins.
+
+==================  ==========================================  ======================
+CUDA source         kernels (``ptnp_`` prefix)                  CPU twin (Numba)
+==================  ==========================================  ======================
+render_atoms.cu     ptnp_render_atoms                           render_atoms_cpu.py
+window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson  window_fits_cpu.py
+label_sums.cu       ptnp_label_moments                          label_sums_cpu.py
+==================  ==========================================  ======================
+
+The sources are loaded, specialised and compiled per device by
+:mod:`ptnp_gpu.gpu_kernels`, which also holds the public functions that
+dispatch to a kernel (CuPy arrays) or to its twin (NumPy arrays).
+``host_emulation.h`` lets the tests compile the CUDA sources for the CPU and
+run them against the twins without a GPU.
+"""
