@@ -127,10 +127,11 @@ def plot_slab(dmap, stats, thickness_A: float | None = None):
            org[1] - 0.5 * vs[1], org[1] + (dmap.shape[1] - 0.5) * vs[1]]
     fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     r = 0.5 * stats.particle["diameter_A"] + 3.0
+    size = float(np.clip(40.0 * (18.0 / r) ** 2, 4.0, 60.0))     # markers shrink for big particles
     for ax, name, cmap in ((axes[0], "cn", "viridis"), (axes[1], "doi", "plasma")):
         ax.imshow(img, origin="lower", extent=ext, cmap="gray")
         v = np.asarray(stats.columns[name], float)[sel]
-        sc = ax.scatter(xyz[sel, 0], xyz[sel, 1], c=v, cmap=cmap, s=40, edgecolors="w", linewidths=0.4,
+        sc = ax.scatter(xyz[sel, 0], xyz[sel, 1], c=v, cmap=cmap, s=size, edgecolors="w", linewidths=0.3,
                         vmin=np.nanmin(v) if np.isfinite(v).any() else 0,
                         vmax=np.nanmax(v) if np.isfinite(v).any() else 1)
         fig.colorbar(sc, ax=ax, label=_LABELS.get(name, name), shrink=0.85)
