@@ -116,7 +116,8 @@ def plot_slab(dmap, stats, thickness_A: float | None = None):
     from .backend import to_host
     plt = _plt()
     xyz = stats.xyz_A
-    t = thickness_A or stats.lattice.nn_distance_A or 2.5
+    nn = stats.lattice.nn_distance_A
+    t = thickness_A or (nn if np.isfinite(nn) and nn > 0 else 2.5)
     zc = stats.centre_A[2]
     sel = np.abs(xyz[:, 2] - zc) <= 0.5 * t
     vs, org = dmap.voxel_size_A, dmap.origin_A

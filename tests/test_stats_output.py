@@ -123,3 +123,15 @@ def test_cli_stats(tmp_path, capsys):
     assert np.allclose(shift, p.xyz_A.mean(0), atol=0.5)
     assert main(["stats", paths["map"], str(tmp_path / "missing.pdb"), "--quiet"]) == 2
     assert main(["stats", paths["map"], paths["truth_pdb"], "--element", "Xx", "--quiet"]) == 2
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_tiny_models_are_reported_not_crashed(small, tmp_path, n):
+    p, _ = small
+    s = compute_statistics(p.map, p.xyz_A[:n], "Pt", backend="numpy")
+    assert not s.lattice.ok and not s.penetration["cn"]["ok"]
+    assert "too few" in s.penetration["cn"]["message"]
+    files = write_statistics(tmp_path, p.map, s)
+    pen = _rows(tmp_path / "penetration.csv")
+    assert all(r["ok"] == "0" and r["delta_A"] == "nan" for r in pen)
+    assert files["fig_slab"].is_file()
