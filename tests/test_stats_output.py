@@ -120,7 +120,7 @@ def test_cli_stats(tmp_path, capsys):
     assert main(["stats", paths["map"], str(xyz_file), "--out", str(tmp_path / "r2"), "--quiet",
                  "--center", "--no-figures"]) == 0
     shift = json.loads((tmp_path / "r2" / "summary.json").read_text())["model_shift_A"]
-    assert np.allclose(shift, p.xyz_A.mean(0), atol=0.5)
+    assert np.allclose(shift, p.xyz_A.mean(0), atol=0.05)
     assert main(["stats", paths["map"], str(tmp_path / "missing.pdb"), "--quiet"]) == 2
     assert main(["stats", paths["map"], paths["truth_pdb"], "--element", "Xx", "--quiet"]) == 2
 
