@@ -51,9 +51,47 @@ def _window_offsets(cutoff_A, voxel_size_A):
     return off[keep]
 
 
+def _sym3_inverse(c):
+    """Inverse (as xx yy zz xy xz yz) and determinant of symmetric 3×3 matrices.
+
+    ``c`` is (..., 6) in the order xx yy zz xy xz yz; closed-form cofactors,
+    much faster than ``np.linalg.inv`` on thousands of tiny matrices.
+    """
+    a, b, cc, d, e, f = (c[..., k] for k in range(6))
+    c00 = b * cc - f * f
+    c11 = a * cc - e * e
+    c22 = a * b - d * d
+    c01 = e * f - d * cc
+    c02 = d * f - b * e
+    c12 = d * e - a * f
+    det = a * c00 + d * c01 + e * c02
+    return np.stack([c00, c11, c22, c01, c02, c12], axis=-1) / det[..., None], det
+
+
+def _sym3_max_eigenvalue(c) -> float:
+    """Largest eigenvalue over a stack of symmetric 3×3 matrices (..., 6), closed form."""
+    a, b, cc, d, e, f = (c[..., k] for k in range(6))
+    q = (a + b + cc) / 3.0
+    p1 = d * d + e * e + f * f
+    p2 = (a - q) ** 2 + (b - q) ** 2 + (cc - q) ** 2 + 2.0 * p1
+    p = np.sqrt(p2 / 6.0)
+    ps = np.where(p > 0, p, 1.0)
+    # det((C - qI) / p) / 2, clipped into [-1, 1]
+    ba, bb, bc, bd, be, bf = (a - q) / ps, (b - q) / ps, (cc - q) / ps, d / ps, e / ps, f / ps
+    r = 0.5 * (ba * (bb * bc - bf * bf) - bd * (bd * bc - bf * be) + be * (bd * bf - bb * be))
+    phi = np.arccos(np.clip(r, -1.0, 1.0)) / 3.0
+    lam = np.where(p > 0, q + 2.0 * p * np.cos(phi), q)
+    return float(lam.max(initial=-np.inf))
+
+
 def _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2, u_iso_A2,
                    u_aniso_A2, weights, cutoff_A):
-    """Host-side per-atom inputs shared by the fast paths and the reference."""
+    """Host-side per-atom inputs shared by the fast paths and the reference.
+
+    Returns ``(base, frac, inv6, norm, offsets)`` (or None without atoms),
+    the shape and the voxel size; ``inv6`` (N, T, 6) holds each term's inverse
+    covariance as xx yy zz xy xz yz (1/Å²).
+    """
     vs = np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), (3,))
     org = np.broadcast_to(np.asarray(origin_A, dtype=np.float64), (3,))
     if b_extra_A2 is None:
@@ -64,24 +102,32 @@ def _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2, u_
     shape = tuple(int(s) for s in shape)
     if n == 0:
         return None, shape, vs
-    U = np.zeros((n, 3, 3))
-    if u_iso_A2 is not None:
-        U += np.broadcast_to(np.asarray(_be.to_host(u_iso_A2), float), (n,))[:, None, None] * np.eye(3)
-    if u_aniso_A2 is not None:
-        U += np.asarray(_be.to_host(u_aniso_A2), float).reshape(n, 3, 3)
+    u_iso = np.zeros(n) if u_iso_A2 is None else \
+        np.broadcast_to(np.asarray(_be.to_host(u_iso_A2), float), (n,))
     w = np.ones(n) if weights is None else np.broadcast_to(np.asarray(_be.to_host(weights), float), (n,))
+    if u_aniso_A2 is None:
+        # isotropic: diagonal covariances, closed form
+        c = var[None, :] + u_iso[:, None]                                # (N, T)
+        inv6 = np.zeros(c.shape + (6,))
+        inv6[..., :3] = (1.0 / c)[..., None]
+        det = c ** 3
+        u_widest = max(float(u_iso.max()), 0.0)
+    else:
+        U = np.asarray(_be.to_host(u_aniso_A2), float).reshape(n, 3, 3)
+        U6 = np.stack([U[:, 0, 0] + u_iso, U[:, 1, 1] + u_iso, U[:, 2, 2] + u_iso,
+                       U[:, 0, 1], U[:, 0, 2], U[:, 1, 2]], axis=-1)     # (N, 6)
+        cov6 = np.repeat(U6[:, None, :], len(var), axis=1)               # (N, T, 6)
+        cov6[..., :3] += var[None, :, None]
+        inv6, det = _sym3_inverse(cov6)
+        u_widest = max(_sym3_max_eigenvalue(U6), 0.0)
     if cutoff_A is None:
-        widest = var.max() + np.linalg.eigvalsh(U).max(initial=0.0)
-        cutoff_A = 4.0 * np.sqrt(widest)
+        cutoff_A = 4.0 * np.sqrt(var.max() + u_widest)
     off = _window_offsets(cutoff_A, vs)                                  # (W, 3) int
     vox = (xyz - org) / vs
     base = np.rint(vox).astype(np.int64)
     frac = vox - base
-    # per-atom, per-term inverse covariance and normalisation, on the host (tiny)
-    cov = U[:, None] + var[None, :, None, None] * np.eye(3)             # (N, 5, 3, 3)
-    inv = np.linalg.inv(cov)
-    norm = a[None, :] * w[:, None] * (2 * np.pi) ** -1.5 / np.sqrt(np.linalg.det(cov))
-    return (base, frac, inv, norm, off), shape, vs
+    norm = a[None, :] * w[:, None] * (2 * np.pi) ** -1.5 / np.sqrt(det)
+    return (base, frac, inv6, norm, off), shape, vs
 
 
 def render_atoms(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0), element="Pt", *,
@@ -137,10 +183,7 @@ def render_atoms(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0), element="
                                      u_iso_A2, u_aniso_A2, weights, cutoff_A)
     out = xp.zeros(shape, dtype=xp.float64)
     if prep is not None:
-        base, frac, inv, norm, off = prep
-        inv6 = np.stack([inv[..., 0, 0], inv[..., 1, 1], inv[..., 2, 2],
-                         inv[..., 0, 1], inv[..., 0, 2], inv[..., 1, 2]], axis=-1)
-        render_windows(out, base, frac, inv6, norm, off, vs)
+        render_windows(out, *prep[:4], prep[4], vs)
     return out.astype(xp.float32)
 
 
@@ -161,7 +204,9 @@ def render_atoms_reference(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0),
     out = xp.zeros(int(np.prod(shape)), dtype=xp.float64)
     if prep is None:
         return out.reshape(shape).astype(xp.float32)
-    base, frac, inv, norm, off = prep
+    base, frac, inv6, norm, off = prep
+    i6 = [[0, 3, 4], [3, 1, 5], [4, 5, 2]]
+    inv = inv6[..., i6]                                                  # (N, T, 3, 3)
     n = len(base)
     off = xp.asarray(off)
     dims = np.array([shape[2], shape[1], shape[0]])
