@@ -9,9 +9,10 @@ Figures per configuration:
 
 * ``maps_per_min``: maps / wall time of the whole ``run_batch`` call
   (cluster start, checksums, analysis, aggregation): what a user sees;
-* ``maps_per_min_steady``: maps / wall time from the first to the last
-  finished map, scaled by n / (n - 1), i.e. without cluster start-up;
-* ``analyze_s_median``: median time of one map's analysis inside a worker.
+* ``maps_per_min_capacity``: workers × 60 / mean time of one map inside a
+  worker: the rate of a long batch, without cluster start-up and tail;
+* ``analyze_s_median``: median time of one map's analysis inside a worker;
+* ``first_result_s``: from the call to the first finished map (start-up).
 
 Usage::
 
@@ -56,14 +57,14 @@ def run_config(maps: list[Path], work: Path, label: str, **kw) -> dict:
                           **kw)
     wall = time.perf_counter() - t0
     n = res.n_analysed
-    steady = None
-    if n > 1 and finished[-1] > finished[0]:
-        steady = (n - 1) / (finished[-1] - finished[0]) * 60.0
     analyze = [t for t in _finish_times(out) if t is not None]
+    n_workers = res.cluster.get("n_workers") or 1
+    capacity = n_workers * 60.0 / statistics.mean(analyze) if analyze else None
     backends = sorted({r.get("backend") for r in res.rows if r.get("backend")})
     return {"config": label, "n_maps": len(maps), "n_analysed": n, "n_failed": res.n_failed,
             "wall_s": round(wall, 2), "maps_per_min": round(n / wall * 60.0, 2),
-            "maps_per_min_steady": None if steady is None else round(steady, 2),
+            "maps_per_min_capacity": None if capacity is None else round(capacity, 2),
+            "first_result_s": round(finished[0], 2) if finished else None,
             "analyze_s_median": round(statistics.median(analyze), 2) if analyze else None,
             "cluster": res.cluster, "backends": backends}
 
@@ -81,6 +82,7 @@ def main(argv=None) -> int:
 
     from ptnp_gpu import __version__
     from ptnp_gpu.backend import info
+    load0 = round(os.getloadavg()[0], 2)
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench_batch_"))
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
@@ -105,13 +107,14 @@ def main(argv=None) -> int:
         if n_gpu:
             r["maps_per_min_per_gpu"] = round(r["maps_per_min"] / n_gpu, 2)
         results.append(r)
-        print(f"{cfg}: {r['maps_per_min']} maps/min end to end, {r['maps_per_min_steady']} steady, "
+        print(f"{cfg}: {r['maps_per_min']} maps/min end to end, {r['maps_per_min_capacity']} capacity, "
               f"median {r['analyze_s_median']} s per map ({r['wall_s']} s for {r['n_analysed']} maps; "
               f"backend {r['backends']})")
 
     doc = {"benchmark": "bench_batch", "date": datetime.now().isoformat(timespec="seconds"),
            "ptnp_gpu": __version__, "host": platform.node(), "cpu_count": os.cpu_count(),
            "usable_cores": len(os.sched_getaffinity(0)), "device": info().get("device"),
+           "load_avg_1min": {"start": load0, "end": round(os.getloadavg()[0], 2)},
            "n_maps": a.maps, "n_atoms": a.atoms, "results": results}
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

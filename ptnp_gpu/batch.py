@@ -440,6 +440,16 @@ class _Progress:
               f"[{dt:.0f} s, {rate * 60:.2f} maps/min, ETA {eta_s}]", end=end, file=sys.stderr,
               flush=True)
 
+    def note(self, msg: str) -> bool:
+        """Print ``msg`` on its own line above the bar; False when the bar is off."""
+        if not self.enabled:
+            return False
+        if self.bar is not None:
+            self.bar.write(msg, file=sys.stderr)
+        else:
+            print(f"\r{msg}", file=sys.stderr, flush=True)
+        return True
+
     def close(self):
         if self.bar is not None:
             self.bar.close()
@@ -571,13 +581,20 @@ def particles_figure(table):
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), layout="constrained")
     d = np.asarray(table.get("diameter_A", np.full(len(table), np.nan)), dtype=float)
     dcol = _delta_column(table.columns)
+    stat = dcol[len("penetration_"):-len("_delta_A")].upper() if dcol else "CN"
     for ax, col, label in ((axes[0], "cn_median", "median CN"),
-                           (axes[1], dcol, f"δ (Å) [{dcol}]" if dcol else "δ (Å)")):
+                           (axes[1], dcol, f"{stat} penetration depth δ (Å)")):
         y = np.asarray(table[col], dtype=float) if col in table else np.full(len(table), np.nan)
         ok = np.isfinite(d) & np.isfinite(y)
         ax.scatter(d[ok], y[ok], s=22)
-        for name, x, v in zip(np.asarray(table["name"])[ok], d[ok], y[ok]):
-            ax.annotate(str(name), (x, v), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if ok.sum() <= 40:                       # names stay legible
+            for name, x, v in zip(np.asarray(table["name"])[ok], d[ok], y[ok]):
+                ax.annotate(str(name), (x, v), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        if ok.any():                             # near-equal particles: keep a readable span
+            for lim, v, span in ((ax.set_xlim, d[ok], 2.0), (ax.set_ylim, y[ok], 1.0)):
+                mid, half = 0.5 * (v.min() + v.max()), max(0.6 * (v.max() - v.min()), span / 2)
+                lim(mid - half, mid + half)
+        ax.ticklabel_format(useOffset=False)
         ax.set_xlabel("diameter (Å)")
         ax.set_ylabel(label)
         if not ok.any():
@@ -845,7 +862,9 @@ def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_w
                     rec["n_atoms"] = summary.get("n_atoms")
                     rec["backend"] = summary.get("backend")
                 else:
-                    logger.warning("%s failed: %s: %s", p, rec.get("error_type"), rec.get("error"))
+                    msg = f"{p} failed: {rec.get('error_type')}: {rec.get('error')}"
+                    if not bar.note(f"ptnp batch: {msg}"):
+                        logger.warning("%s", msg)
                 bar.update(failed=rec["status"] != "done")
                 if callback is not None:
                     callback(p, rec)

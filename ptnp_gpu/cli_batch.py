@@ -17,7 +17,7 @@ examples:
   ptnp batch maps/ --out results/                 # every map in maps/, local cluster
   ptnp batch list.txt a.mrc --out results/ --element Au --workers 2
   ptnp batch maps/ --out results/ --scheduler tcp://head:8786
-  ptnp batch maps/ --out results/ --opt min_cn=3 --opt denoise=false
+  ptnp batch maps/ --out results/ --opt min_cn=2 --opt split=false
 
 Re-running the same command skips maps whose results are complete and match
 (checksum, parameters, version). Exit status: 0 all maps analysed, 1 some map
@@ -95,7 +95,7 @@ def run(args) -> int:
                     opts=opts, scheduler=args.scheduler, n_workers=args.workers, gpus=gpus,
                     retries=args.retries, retry_failed=args.retry_failed, recursive=args.recursive,
                     progress=not args.quiet)
-    print(f"{res.n_maps} maps: {res.n_analysed} analysed, {res.n_skipped} unchanged (skipped), "
+    print(f"{res.n_maps} maps: {res.n_analysed} analysed, {res.n_skipped} skipped (unchanged), "
           f"{res.n_failed} failed; {len(res.rows)} particles in {res.out_dir / 'particles.csv'} "
           f"({res.elapsed_s:.1f} s)")
     if res.failures:
