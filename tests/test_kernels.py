@@ -89,6 +89,23 @@ def test_render_twin_matches_reference(case):
     np.testing.assert_allclose(fast, ref, rtol=1e-5, atol=1e-5 * float(ref.max()))
 
 
+def test_sym3_closed_forms_match_numpy():
+    rng = np.random.default_rng(12)
+    M = rng.normal(scale=0.3, size=(400, 3, 3))
+    C = M @ np.swapaxes(M, 1, 2) + 0.05 * np.eye(3)
+    C[:5] = np.diag([0.2, 0.2, 0.2])              # repeated eigenvalues
+    C[5:10] = np.diag([0.1, 0.3, 0.2])
+    c6 = np.stack([C[:, 0, 0], C[:, 1, 1], C[:, 2, 2], C[:, 0, 1], C[:, 0, 2], C[:, 1, 2]], -1)
+    inv6, det = simulate._sym3_inverse(c6)
+    inv = np.linalg.inv(C)
+    np.testing.assert_allclose(det, np.linalg.det(C), rtol=1e-10)
+    np.testing.assert_allclose(inv6, np.stack([inv[:, 0, 0], inv[:, 1, 1], inv[:, 2, 2], inv[:, 0, 1],
+                                               inv[:, 0, 2], inv[:, 1, 2]], -1), rtol=1e-9, atol=1e-9)
+    for sl in (slice(None), slice(0, 5), slice(5, 10), slice(10, 11)):
+        np.testing.assert_allclose(simulate._sym3_max_eigenvalue(c6[sl]),
+                                   np.linalg.eigvalsh(C[sl]).max(), rtol=1e-12)
+
+
 def test_render_single_atom_peak_and_mass():
     vs = 0.3
     m = simulate.render_atoms([[6.0, 6.0, 6.0]], (40, 40, 40), vs, element="Pt",
