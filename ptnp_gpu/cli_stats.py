@@ -142,6 +142,14 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
         "particle": st.particle, "penetration": st.penetration, "lattice": st.lattice.as_dict(),
         "backend": st.backend,
     })
+    warnings = []
+    vc = st.particle.get("valid_corr_median")
+    if vc is None or not vc > 0.2:
+        warnings.append(f"median validation correlation {vc:.2f}: the model may not overlay the map "
+                        "(wrong frame or voxel size? try --center or --voxel-size)")
+    if not st.lattice.ok:
+        warnings.append(st.lattice.message)
+    summary["warnings"] = warnings
     times = dict(summary.get("times_s") or {})
     times.update({"statistics": round(st.times_s["total"], 4), "stats_total": round(time.perf_counter() - t0, 4)})
     times.setdefault("total", times["stats_total"])
@@ -159,6 +167,8 @@ def _cmd_stats(args) -> int:
     st = s.pop("_stats")
     if not args.quiet:
         print(summary_table(st))
+        for w in s.get("warnings", []):
+            print(f"warning: {w}")
         print(f"results in {s['out_dir']} ({s['times_s']['stats_total']:.2f} s, backend {s['backend']})")
     return 0
 

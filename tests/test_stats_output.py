@@ -121,6 +121,12 @@ def test_cli_stats(tmp_path, capsys):
                  "--center", "--no-figures"]) == 0
     shift = json.loads((tmp_path / "r2" / "summary.json").read_text())["model_shift_A"]
     assert np.allclose(shift, p.xyz_A.mean(0), atol=0.05)
+    assert json.loads((tmp_path / "r2" / "summary.json").read_text())["warnings"] == []
+    # a model off its atoms (shifted by half a bond) is computed but flagged
+    off = tmp_path / "off.xyz"
+    off.write_text(f"{len(xyz0)}\nPt\n" + "".join(f"Pt {a + 1.39:.4f} {b:.4f} {c:.4f}\n" for a, b, c in p.xyz_A))
+    assert main(["stats", paths["map"], str(off), "--out", str(tmp_path / "r3"), "--no-figures"]) == 0
+    assert "may not overlay" in capsys.readouterr().out
     assert main(["stats", paths["map"], str(tmp_path / "missing.pdb"), "--quiet"]) == 2
     assert main(["stats", paths["map"], paths["truth_pdb"], "--element", "Xx", "--quiet"]) == 2
 
