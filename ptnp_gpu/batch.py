@@ -24,7 +24,8 @@ Guarantees
   Other exceptions are retried ``retries`` times by Dask; a worker process that
   dies is restarted by its nanny and its map resubmitted by the scheduler
   (``distributed.scheduler.allowed-failures``).
-* Only the client (this process) writes the manifest and the tables.
+* Only the client (this process) writes the manifest and the tables, and
+  one batch at a time per folder (``OUT/.ptnp-batch.lock``).
 
 The Dask cluster is the one at ``scheduler`` (an address), a given ``client``,
 or a local one sized to the machine (:func:`plan_workers`): one worker process
@@ -213,6 +214,64 @@ def _read_sidecar(folder: Path) -> dict | None:
         return json.loads((folder / SIDECAR).read_text())
     except Exception:  # noqa: BLE001 - absent or damaged: not a usable result
         return None
+
+
+LOCK = ".ptnp-batch.lock"
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _batch_lock(out_dir: Path):
+    """Hold ``OUT/.ptnp-batch.lock`` (host and pid) while a batch writes to ``out_dir``.
+
+    A lock left by a dead process of this host, or an unreadable one older
+    than 10 s, is stale and taken over.
+
+    Raises
+    ------
+    InputError
+        When another live batch holds the folder.
+    """
+    import socket
+    path = out_dir / LOCK
+    me = {"host": socket.gethostname(), "pid": os.getpid()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                other = json.loads(path.read_text())
+                age = 0.0
+            except (OSError, ValueError):
+                other, age = {}, time.time() - path.stat().st_mtime if path.exists() else 1e9
+            stale = (other.get("host") == me["host"] and not _pid_alive(other.get("pid"))) \
+                or (not other and age > 10.0)
+            if stale:
+                path.unlink(missing_ok=True)
+                continue
+            if not other:
+                time.sleep(1.0)
+                continue
+            raise InputError(f"another ptnp batch (host {other.get('host')}, pid {other.get('pid')}) "
+                             f"is writing to {out_dir}; if none is, delete {path}") from None
+        with os.fdopen(fd, "w") as fh:
+            json.dump(me, fh)
+        break
+    else:
+        raise InputError(f"cannot take the batch lock {path}; if no batch is running, delete it")
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _clean_partials(out_dir: Path) -> int:
@@ -754,59 +813,62 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
         except ImportError as exc:
             raise RuntimeError(f"the analysis pipeline is not importable here ({exc})") from exc
     out_dir.mkdir(parents=True, exist_ok=True)
-    _clean_partials(out_dir)
-    params = _canonical({"element": element, "voxel_size_A": None if voxel_size_A is None
-                         else float(voxel_size_A), **(opts or {})})
-    manifest = read_manifest(out_dir)
-    names = _assign_names(paths, manifest)
-    result = BatchResult(out_dir=out_dir, n_maps=len(paths))
+    with _batch_lock(out_dir):         # one batch at a time per folder
+        _clean_partials(out_dir)
+        params = _canonical({"element": element, "voxel_size_A": None if voxel_size_A is None
+                             else float(voxel_size_A), **(opts or {})})
+        manifest = read_manifest(out_dir)
+        names = _assign_names(paths, manifest)
+        result = BatchResult(out_dir=out_dir, n_maps=len(paths))
 
-    todo = []   # (path, name, sha)
-    for p in paths:
-        key, name, rec = str(p), names[p], manifest.get(str(p))
+        todo = []   # (path, name, sha)
+        for p in paths:
+            key, name, rec = str(p), names[p], manifest.get(str(p))
+            try:
+                sha = _checksum(p, rec)
+                st = p.stat()
+            except OSError as exc:
+                manifest[key] = {"map": key, "name": name, "sha256": None, "params": params,
+                                 "version": __version__, "status": "failed",
+                                 "error_type": type(exc).__name__, "error": str(exc)}
+                continue
+            ident = {"map": key, "name": name, "sha256": sha, "size": st.st_size,
+                     "mtime_ns": st.st_mtime_ns, "params": params, "version": __version__}
+            done_files = (out_dir / name / "summary.json").is_file()
+            if _same_inputs(rec, sha, params, __version__) and rec.get("name") == name:
+                if rec.get("status") == "done" and done_files:
+                    manifest[key] = {**rec, **ident}
+                    result.n_skipped += 1
+                    continue
+                if rec.get("status") == "failed" and rec.get("error_type") == "InputError" \
+                        and not retry_failed:
+                    manifest[key] = {**rec, **ident}
+                    result.n_skipped += 1
+                    continue
+            if done_files and _same_inputs(_read_sidecar(out_dir / name), sha, params, __version__):
+                manifest[key] = {**ident, "status": "done", "adopted": True}   # manifest was lost
+                result.n_skipped += 1
+                continue
+            manifest[key] = {**ident, "status": "pending"}
+            todo.append((p, name, sha))
+        _write_manifest(out_dir, manifest)
+        logger.info("%d maps: %d to analyse, %d already done", len(paths), len(todo), result.n_skipped)
+
         try:
-            sha = _checksum(p, rec)
-            st = p.stat()
-        except OSError as exc:
-            manifest[key] = {"map": key, "name": name, "sha256": None, "params": params,
-                             "version": __version__, "status": "failed",
-                             "error_type": type(exc).__name__, "error": str(exc)}
-            continue
-        ident = {"map": key, "name": name, "sha256": sha, "size": st.st_size,
-                 "mtime_ns": st.st_mtime_ns, "params": params, "version": __version__}
-        done_files = (out_dir / name / "summary.json").is_file()
-        if _same_inputs(rec, sha, params, __version__) and rec.get("name") == name:
-            if rec.get("status") == "done" and done_files:
-                manifest[key] = {**rec, **ident}
-                result.n_skipped += 1
-                continue
-            if rec.get("status") == "failed" and rec.get("error_type") == "InputError" \
-                    and not retry_failed:
-                manifest[key] = {**rec, **ident}
-                result.n_skipped += 1
-                continue
-        if done_files and _same_inputs(_read_sidecar(out_dir / name), sha, params, __version__):
-            manifest[key] = {**ident, "status": "done", "adopted": True}   # manifest was lost
-            result.n_skipped += 1
-            continue
-        manifest[key] = {**ident, "status": "pending"}
-        todo.append((p, name, sha))
-    _write_manifest(out_dir, manifest)
-    logger.info("%d maps: %d to analyse, %d already done", len(paths), len(todo), result.n_skipped)
-
-    if todo:
-        result.cluster = _run_todo(todo, out_dir, params, manifest, result, scheduler=scheduler,
-                                   client=client, n_workers=n_workers, gpus=gpus,
-                                   retries=int(retries), progress=progress, analyze=analyze,
-                                   callback=callback)
-    _clean_partials(out_dir)
-    _write_manifest(out_dir, manifest)
-    records = [manifest[str(p)] for p in paths]
-    result.failures = [r for r in records if r.get("status") != "done"]
-    _write_failures(out_dir, result.failures)
-    result.rows = aggregate(out_dir, records)
-    result.elapsed_s = time.perf_counter() - t_start
-    return result
+            if todo:
+                result.cluster = _run_todo(todo, out_dir, params, manifest, result,
+                                           scheduler=scheduler, client=client, n_workers=n_workers,
+                                           gpus=gpus, retries=int(retries), progress=progress,
+                                           analyze=analyze, callback=callback)
+        finally:                                     # also on Ctrl-C: keep what finished
+            _clean_partials(out_dir)
+            _write_manifest(out_dir, manifest)
+        records = [manifest[str(p)] for p in paths]
+        result.failures = [r for r in records if r.get("status") != "done"]
+        _write_failures(out_dir, result.failures)
+        result.rows = aggregate(out_dir, records)
+        result.elapsed_s = time.perf_counter() - t_start
+        return result
 
 
 def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_workers, gpus,

@@ -261,6 +261,26 @@ def test_map_that_always_kills_its_worker_is_recorded(maps, tmp_path):
     assert pd.read_csv(out / "failures.csv")["name"].tolist() == ["np0"]
 
 
+def test_folder_lock_and_external_scheduler(maps, tmp_path):
+    import socket
+    from distributed import LocalCluster
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / batch.LOCK
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))  # live batch
+    with pytest.raises(InputError, match="another ptnp batch"):
+        batch.run_batch(_good(maps)[:1], out, analyze=_stand_in_analyze)
+    assert not (out / "manifest.json").exists()
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 1}))  # dead: stale
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
+                      scheduler_port=0, dashboard_address=None) as cluster:
+        r = batch.run_batch(_good(maps)[:2], out, scheduler=cluster.scheduler_address,
+                            analyze=_stand_in_analyze)
+    assert r.ok and r.n_analysed == 2
+    assert r.cluster == {"kind": "external", "scheduler": cluster.scheduler_address}
+    assert not lock.exists()
+
+
 @pytest.mark.gpu
 def test_gpu_batch_runs_on_the_gpu(maps, tmp_path):
     from ptnp_gpu.backend import cupy_available
