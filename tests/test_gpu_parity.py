@@ -7,6 +7,7 @@ end to end on both backends on a simulated particle.
 from __future__ import annotations
 
 import importlib
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ from ptnp_gpu import gpu_kernels as gk
 from ptnp_gpu import simulate
 
 pytestmark = pytest.mark.gpu
+
+# one fresh seed per session besides the fixed ones; the test id shows it and
+# PTNP_PARITY_SEED=<seed> reproduces a failure
+FRESH_SEED = int(os.environ.get("PTNP_PARITY_SEED", np.random.SeedSequence().entropy % 2 ** 31))
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +45,7 @@ def _random_atoms(seed, n=400, shape=(48, 52, 44), vs=0.358, aniso=False):
     return xyz, shape, vs, kw
 
 
-@pytest.mark.parametrize("seed,aniso", [(1, False), (2, True), (3, True)])
+@pytest.mark.parametrize("seed,aniso", [(1, False), (2, True), (FRESH_SEED, True)])
 def test_render_atoms_parity(cp, seed, aniso):
     xyz, shape, vs, kw = _random_atoms(seed, aniso=aniso)
     g = simulate.render_atoms(xyz, shape, vs, backend="cupy", **kw)
@@ -70,9 +75,10 @@ def test_render_windows_float64_parity(cp):
     np.testing.assert_allclose(_host(dev), host, rtol=1e-12, atol=1e-14 * host.max())
 
 
+@pytest.mark.parametrize("seed", [10, FRESH_SEED])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_window_normal_equations_parity(cp, dtype):
-    rng = np.random.default_rng(10)
+def test_window_normal_equations_parity(cp, dtype, seed):
+    rng = np.random.default_rng(seed)
     vol = rng.normal(0.5, 1.0, (40, 44, 36)).astype(dtype)
     centres = rng.uniform(-1.0, [36, 44, 40], (500, 3))
     vs = (0.36, 0.35, 0.37)
@@ -90,8 +96,9 @@ def test_window_normal_equations_parity(cp, dtype):
     np.testing.assert_allclose(_host(beta_g)[ok_c], beta_c[ok_c], rtol=1e-6, atol=1e-9)
 
 
-def test_window_pearson_parity(cp):
-    rng = np.random.default_rng(11)
+@pytest.mark.parametrize("seed", [11, FRESH_SEED])
+def test_window_pearson_parity(cp, seed):
+    rng = np.random.default_rng(seed)
     a = rng.normal(size=(40, 38, 42)).astype(np.float32)
     b = (0.5 * a + rng.normal(size=a.shape)).astype(np.float32)
     centres = rng.uniform(0.0, [42, 38, 40], (700, 3))
@@ -101,7 +108,7 @@ def test_window_pearson_parity(cp):
     np.testing.assert_allclose(_host(rg), r, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("seed", [20, 21])
+@pytest.mark.parametrize("seed", [20, FRESH_SEED])
 def test_label_moments_parity(cp, seed):
     import scipy.ndimage as ndi
     rng = np.random.default_rng(seed)
