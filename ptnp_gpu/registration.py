@@ -324,7 +324,7 @@ def register_points(moving_xyz_A, fixed_xyz_A, *, cutoff_A: float, max_iteration
             best = (sc, r, t)
     _, r, t = best
 
-    prev = None
+    prev, converged = None, False
     n_iter = 0
     for n_iter in range(1, max_iterations + 1):
         ia, ib, d = pair_points(xm @ r.T + t, xf, cutoff_A)
@@ -337,10 +337,12 @@ def register_points(moving_xyz_A, fixed_xyz_A, *, cutoff_A: float, max_iteration
         if keep.sum() < 3:
             keep[:] = True
         key = (ia[keep].tobytes(), ib[keep].tobytes())
-        r, t = kabsch(xm[ia[keep]], xf[ib[keep]])
-        if key == prev:
+        if key == prev:  # same pairs as the fit in use: (r, t) and these pairs are final
+            converged = True
             break
         prev = key
-    ia, ib, d = pair_points(xm @ r.T + t, xf, cutoff_A)
+        r, t = kabsch(xm[ia[keep]], xf[ib[keep]])
+    if not converged:
+        ia, ib, d = pair_points(xm @ r.T + t, xf, cutoff_A)
     rmsd = float(np.sqrt(np.mean(d ** 2))) if len(d) else float("nan")
     return Registration(r, t, rmsd, int(len(d)), len(xm), len(xf), n_iter, len(rots))
