@@ -90,8 +90,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "n_fit_voxels": ("", "voxels used in the displacement fits"),
 }
 
-# statistics fitted with Eq. 1 (name → c bounds)
-PENETRATION_STATISTICS = {"cn": (10.0, 12.0), "gcn": None, "u_iso_A2": None, "intensity_peak_z": None,
+# statistics fitted with Eq. 1 (name → bounds of the core value c; for CN the
+# paper's [10, 12] for fcc, i.e. [bulk CN − 2, bulk CN] for the lattice type)
+PENETRATION_STATISTICS = {"cn": "bulk", "gcn": None, "u_iso_A2": None, "intensity_peak_z": None,
                           "doi": None, "valid_corr": None}
 TABLE1_COLUMNS = ("n_atoms", "diameter_A", "cn_median", "bond_nn_median_A", "strain_radial_median_pct",
                   "core_ratio")
@@ -338,7 +339,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "u_aniso_failed": win["u_aniso_failed"].astype(int), "n_fit_voxels": win["n_fit_voxels"].astype(int),
     }
     t0 = time.perf_counter()
-    pen = {name: fit_penetration(depth, cols[name], c_bounds=cb, name=name)
+    cn_bounds = (geo["cn_bulk"] - 2.0, float(geo["cn_bulk"]))
+    pen = {name: fit_penetration(depth, cols[name], c_bounds=cn_bounds if cb == "bulk" else cb, name=name)
            for name, cb in PENETRATION_STATISTICS.items()}
     times["penetration"] = time.perf_counter() - t0
     particle = {

@@ -184,3 +184,20 @@ def test_window_gather_at_box_edge_and_pearson():
     m = inside & (np.arange(len(off)) % 2 == 0)
     ref = np.corrcoef(v[1][m[1]], np.sin(v[1][m[1]]))[0, 1]
     assert window_pearson(v, np.sin(v), m)[1] == pytest.approx(ref)
+
+
+def test_bcc_particle_statistics_use_bcc_bulk_values():
+    from ptnp_gpu.mapio import DensityMap
+    from ptnp_gpu.simulate import render_atoms
+    from ptnp_gpu.statistics import compute_statistics
+    rng = np.random.default_rng(8)
+    x = _bcc_ball(2.856, 9.0) @ random_rotation(rng).T + 15.0
+    data = render_atoms(x, (84, 84, 84), 0.358, 0.0, "Fe", u_iso_A2=0.03, backend="numpy")
+    s = compute_statistics(DensityMap(np.asarray(data), 0.358), x, "Fe", backend="numpy")
+    cn = coordination_numbers(x, 2.856 * (np.sqrt(3) / 2 + 1) / 2)
+    assert s.lattice.lattice == "bcc" and np.array_equal(s.columns["cn"], cn) and cn.max() == 8
+    assert s.particle["core_ratio"] == pytest.approx(np.mean(cn == 8))
+    pairs = neighbour_pairs(x, s.lattice.cn_cutoff_A)
+    assert np.allclose(s.columns["gcn_bulk"], generalized_cn(cn, pairs, 8)) and s.columns["gcn_bulk"].max() == 8
+    assert s.penetration["cn"]["ok"] and 6.0 <= s.penetration["cn"]["c"] <= 8.0
+    assert abs(s.particle["strain_radial_median_pct"]) < 1e-6
