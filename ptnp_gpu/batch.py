@@ -420,6 +420,10 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
             "devices": devices[:n] if devices else []}
 
 
+# no dashboard; the scheduler's small HTTP server (health, metrics) on a free port, not 8787
+_QUIET_HTTP = {"dashboard_address": ":0"}
+
+
 def start_cluster(plan: dict, *, allowed_failures: int = 3, silence_logs=logging.ERROR):
     """Start the local Dask cluster described by :func:`plan_workers`.
 
@@ -442,16 +446,17 @@ def start_cluster(plan: dict, *, allowed_failures: int = 3, silence_logs=logging
     with dask.config.set(cfg):
         if plan["kind"] == "cpu":       # CPU workers stay off any GPU the machine has
             return LocalCluster(n_workers=plan["n_workers"], threads_per_worker=1, processes=True,
-                                dashboard_address=None, silence_logs=silence_logs,
-                                env={**threads, "PTNP_BACKEND": "numpy"})
+                                dashboard_address=None, scheduler_kwargs=_QUIET_HTTP,
+                                silence_logs=silence_logs, env={**threads, "PTNP_BACKEND": "numpy"})
         devices = plan["devices"]
         with contextlib.suppress(ImportError):
             from dask_cuda import LocalCUDACluster
             if len(set(devices)) == len(devices):
                 return LocalCUDACluster(CUDA_VISIBLE_DEVICES=",".join(devices), threads_per_worker=1,
-                                        dashboard_address=None, silence_logs=silence_logs)
+                                        dashboard_address=None, scheduler_kwargs=_QUIET_HTTP,
+                                        silence_logs=silence_logs)
         scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
-                                                   "dashboard_address": None}}
+                                                   **_QUIET_HTTP}}
         workers = {f"gpu{i}-dev{dev}": {"cls": Nanny, "options": {
             "host": "127.0.0.1", "nthreads": 1, "dashboard": False, "silence_logs": silence_logs,
             "env": {**threads, "CUDA_VISIBLE_DEVICES": dev}}} for i, dev in enumerate(devices)}

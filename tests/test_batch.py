@@ -206,7 +206,8 @@ def test_resume_redoes_changed_partial_and_lost_results(maps, tmp_path):
     for p in good:
         (src / p.name).write_bytes(p.read_bytes())
     kw = dict(analyze=_stand_in_analyze)
-    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None) as client:
+    with Client(processes=False, n_workers=1, threads_per_worker=2, dashboard_address=None,
+                scheduler_kwargs=batch._QUIET_HTTP) as client:
         r = batch.run_batch(src, out, client=client, **kw)
         assert (r.n_analysed, r.n_skipped, r.ok) == (3, 0, True)
         # other parameters: everything is redone
@@ -273,7 +274,8 @@ def test_folder_lock_and_external_scheduler(maps, tmp_path):
     assert not (out / "manifest.json").exists()
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 1}))  # dead: stale
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://",
-                      scheduler_port=0, dashboard_address=None) as cluster:
+                      scheduler_port=0, dashboard_address=None,
+                      scheduler_kwargs=batch._QUIET_HTTP) as cluster:
         r = batch.run_batch(_good(maps)[:2], out, scheduler=cluster.scheduler_address,
                             analyze=_stand_in_analyze)
     assert r.ok and r.n_analysed == 2
