@@ -751,7 +751,8 @@ def _checksum(p: Path, rec: dict | None) -> str:
 
 def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: dict | None = None,
               scheduler: str | None = None, client=None, n_workers: int | None = None,
-              gpus="auto", retries: int = 2, retry_failed: bool = False, recursive: bool = False,
+              gpus="auto", retries: int = 2, retry_failed: bool = False, force: bool = False,
+              recursive: bool = False,
               progress: bool = False, analyze=None, callback=None) -> BatchResult:
     """Analyse many maps on a Dask cluster; resumable, with failures isolated.
 
@@ -782,6 +783,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
         worker deaths a map may cause before it is recorded as failed.
     retry_failed : bool, optional
         Also redo maps that failed with an input error before.
+    force : bool, optional
+        Redo every map, even those with complete, matching results.
     recursive : bool, optional
         Search folders recursively.
     progress : bool, optional
@@ -839,8 +842,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
                 continue
             ident = {"map": key, "name": name, "sha256": sha, "size": st.st_size,
                      "mtime_ns": st.st_mtime_ns, "params": params, "version": __version__}
-            done_files = (out_dir / name / "summary.json").is_file()
-            if _same_inputs(rec, sha, params, __version__) and rec.get("name") == name:
+            done_files = (out_dir / name / "summary.json").is_file() and not force
+            if not force and _same_inputs(rec, sha, params, __version__) and rec.get("name") == name:
                 if rec.get("status") == "done" and done_files:
                     manifest[key] = {**rec, **ident}
                     result.n_skipped += 1

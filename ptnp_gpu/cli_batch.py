@@ -17,7 +17,7 @@ examples:
   ptnp batch maps/ --out results/                 # every map in maps/, local cluster
   ptnp batch list.txt a.mrc --out results/ --element Au --workers 2
   ptnp batch maps/ --out results/ --scheduler tcp://head:8786
-  ptnp batch maps/ --out results/ --opt min_cn=2 --opt split=false
+  ptnp batch maps/ --out results/ --min-cn 2 --no-split   # analyze's options
 
 Re-running the same command skips maps whose results are complete and match
 (checksum, parameters, version). Exit status: 0 all maps analysed, 1 some map
@@ -39,49 +39,57 @@ def _parse_opt(text: str):
 
 
 def register(subparsers) -> None:
+    from .cli_detect import add_map_options
+    analyze_opts = argparse.ArgumentParser(add_help=False)
+    add_map_options(analyze_opts)          # --element, --voxel-size, --backend and the knobs
     p = subparsers.add_parser(
-        "batch", help="analyse many maps on a Dask cluster (resumable)",
-        description="Run the analysis on every map of INPUTS (maps, folders, text lists of "
-                    "paths), one result folder per map in OUT, plus OUT/particles.csv/.parquet/.png, "
-                    "OUT/failures.csv and OUT/manifest.json.",
+        "batch", help="analyse many maps on a Dask cluster (resumable)", parents=[analyze_opts],
+        conflict_handler="resolve",
+        description="Run analyze on every map of INPUTS (maps, folders, text lists of paths), "
+                    "one result folder per map in OUT, plus OUT/particles.csv/.parquet/.png, "
+                    "OUT/failures.csv and OUT/manifest.json. Analysis options are those of analyze.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="map file (.mrc/.map/.ccp4/.rec), folder of maps, or text file listing them")
     p.add_argument("--out", "-o", required=True, metavar="DIR", help="batch output folder")
-    g = p.add_argument_group("analysis options (as for analyze)")
-    g.add_argument("--element", default="Pt", help="element symbol (default: Pt)")
-    g.add_argument("--voxel-size", type=float, default=None, metavar="A",
-                   help="voxel size in Å, overriding every map header")
-    g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra pipeline option passed to run_analyze (repeatable; VALUE is JSON "
-                        "or a string)")
+    p.add_argument("--force", action="store_true",
+                   help="redo every map, even those with complete results")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other run_analyze option (repeatable; VALUE is JSON or a string)")
     c = p.add_argument_group("cluster")
     c.add_argument("--scheduler", metavar="ADDRESS",
                    help="use a running Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
     c.add_argument("--workers", type=int, default=None, metavar="N",
                    help="local workers (default: one per GPU, else one per CPU core)")
     c.add_argument("--gpus", default="auto", metavar="auto|none|IDS",
-                   help="CUDA devices for local workers: auto (default), none (CPU only), "
-                        "or a comma list such as 0,1")
+                   help="CUDA devices for local workers: auto (default; none with --backend numpy), "
+                        "none (CPU only), or a comma list such as 0,1")
     c.add_argument("--retries", type=int, default=2,
                    help="retries of a map after a crash or worker death (default: 2)")
     p.add_argument("--retry-failed", action="store_true",
                    help="also redo maps that failed with an input error in an earlier run")
     p.add_argument("--recursive", "-r", action="store_true", help="search folders recursively")
-    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from .batch import run_batch
+    from .cli_detect import pipeline_kwargs
     opts = dict(_parse_opt(t) for t in args.opt)
-    reserved = {"element", "voxel_size_A", "out_dir", "force", "quiet", "map_path"} & set(opts)
+    reserved = {"element", "voxel_size_A", "out_dir", "force", "quiet", "map_path",
+                "progress"} & set(opts)
     if reserved:
         raise InputError(f"--opt cannot set {', '.join(sorted(reserved))}: the batch sets it "
-                         "(use --element, --voxel-size, --out)")
+                         "(use --element, --voxel-size, --out, --force)")
+    knobs = {k: v for k, v in pipeline_kwargs(args).items() if v is not None and k not in
+             ("out_dir", "element", "voxel_size_A", "force", "quiet")}
+    opts = {**knobs, **opts}
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     gpus = args.gpus.strip().lower()
+    if gpus == "auto" and opts.get("backend") == "numpy":
+        gpus = "none"
     if gpus not in ("auto", "none"):
         gpus = [d.strip() for d in args.gpus.split(",") if d.strip()]
         if not gpus:
@@ -94,7 +102,7 @@ def run(args) -> int:
     res = run_batch(args.inputs, args.out, element=args.element, voxel_size_A=args.voxel_size,
                     opts=opts, scheduler=args.scheduler, n_workers=args.workers, gpus=gpus,
                     retries=args.retries, retry_failed=args.retry_failed, recursive=args.recursive,
-                    progress=not args.quiet)
+                    force=args.force, progress=not args.quiet)
     print(f"{res.n_maps} maps: {res.n_analysed} analysed, {res.n_skipped} skipped (unchanged), "
           f"{res.n_failed} failed; {len(res.rows)} particles in {res.out_dir / 'particles.csv'} "
           f"({res.elapsed_s:.1f} s)")

@@ -233,6 +233,8 @@ def test_resume_redoes_changed_partial_and_lost_results(maps, tmp_path):
         r = batch.run_batch(src, out, client=client, opts={"min_cn": 2}, **kw)
         assert (r.n_analysed, r.n_skipped) == (0, 3)
         assert list(out.glob("manifest.json.bad-*"))
+        r = batch.run_batch(src, out, client=client, opts={"min_cn": 2}, force=True, **kw)
+        assert (r.n_analysed, r.n_skipped) == (3, 0)
 
 
 def test_killed_worker_does_not_lose_the_batch(maps, tmp_path):
@@ -303,6 +305,22 @@ def test_cli_bad_invocations_exit_2(tmp_path, capsys):
                  "--opt", "element=Au"]) == 2
     assert "--element" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_passes_analyze_options(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake_run_batch(inputs, out_dir, **kw):
+        seen.update(kw)
+        return batch.BatchResult(out_dir=Path(out_dir), n_maps=1, n_analysed=1)
+    monkeypatch.setattr(batch, "run_batch", fake_run_batch)
+    argv = ["batch", "a.mrc", "--out", str(tmp_path), "--element", "Au", "--voxel-size", "0.4",
+            "--min-cn", "2", "--no-split", "--backend", "numpy", "--opt", "refine_steps=4",
+            "--force", "-q"]
+    assert main(argv) == 0
+    assert (seen["element"], seen["voxel_size_A"]) == ("Au", 0.4)
+    assert seen["opts"] == {"min_cn": 2, "split": False, "backend": "numpy", "refine_steps": 4}
+    assert (seen["gpus"], seen["force"], seen["progress"]) == ("none", True, False)
 
 
 def test_parse_opt_values():
