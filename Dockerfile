@@ -40,7 +40,8 @@ RUN pip install --upgrade pip \
  && python -c "import ptnp_gpu, cupy, distributed, pandas, pyarrow; print('ptnp_gpu', ptnp_gpu.__version__)" \
  && ptnp --help > /dev/null
 
-# results are written to the working folder; mount yours at /data
+# results are written to the working folder; mount yours at /data (writable by any --user)
+RUN mkdir -p /data && chmod 1777 /data
 WORKDIR /data
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["ptnp", "demo"]
