@@ -302,7 +302,8 @@ def _relocate(summary_path: Path, old: str, new: str) -> dict:
     summary = json.loads(summary_path.read_text())
     fixed = fix(summary)
     if fixed != summary:
-        _write_json(summary_path, fixed)
+        from .models import atomic_write
+        atomic_write(summary_path, lambda fh: json.dump(fixed, fh, indent=2))
     return fixed
 
 
@@ -341,8 +342,8 @@ def analyze_one(map_path, out_root, name, sha256, params, analyze=None) -> dict:
     t0 = time.perf_counter()
     base = {"worker": f"{os.uname().nodename}:{os.getpid()}"}
     try:
-        summary = analyze(str(map_path), out_dir=str(partial), element=params.get("element", "Pt"),
-                          voxel_size_A=params.get("voxel_size_A"), force=True, quiet=True, **opts)
+        analyze(str(map_path), out_dir=str(partial), element=params.get("element", "Pt"),
+                voxel_size_A=params.get("voxel_size_A"), force=True, quiet=True, **opts)
         if not (partial / "summary.json").is_file():
             raise RuntimeError(f"analysis of {map_path} returned without writing summary.json")
         _write_json(partial / SIDECAR, {"map": str(map_path), "sha256": sha256, "params": params,
@@ -820,6 +821,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
             analyze = _default_analyze()
         except ImportError as exc:
             raise RuntimeError(f"the analysis pipeline is not importable here ({exc})") from exc
+        from .detect import DetectOptions      # a bad option is a bad invocation, not N failures
+        DetectOptions.from_kwargs(**{k: v for k, v in (opts or {}).items() if k != "backend"})
     out_dir.mkdir(parents=True, exist_ok=True)
     with _batch_lock(out_dir):         # one batch at a time per folder
         _clean_partials(out_dir)

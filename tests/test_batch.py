@@ -304,6 +304,9 @@ def test_cli_bad_invocations_exit_2(tmp_path, capsys):
     assert main(["batch", str(tmp_path / "a.mrc"), "--out", str(tmp_path / "o"),
                  "--opt", "element=Au"]) == 2
     assert "--element" in capsys.readouterr().err
+    assert main(["batch", str(tmp_path / "a.mrc"), "--out", str(tmp_path / "o"),
+                 "--opt", "no_such_knob=1"]) == 2
+    assert "no_such_knob" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
