@@ -54,11 +54,16 @@ class AtomKernel:
         return float(np.sqrt(-2 * v * np.log(tol)))
 
 
-def _band(s, xp, res_A=1.0, shells=3, ds=None):
-    """Cosine low-pass: 1 below 1/res, 0 above 1/res + shells·ds."""
-    s_max = 1.0 / res_A
-    t = xp.clip((s - s_max) / (shells * ds), 0.0, 1.0)
-    return 0.5 * (1.0 + xp.cos(np.pi * t))
+def _band_inplace(s, xp, res_A=1.0, shells=3, ds=None):
+    """Cosine low-pass, overwriting ``s`` (|s| in 1/Å): 1 below 1/res, 0 above 1/res + shells·ds."""
+    s -= xp.float32(1.0 / res_A)
+    s *= xp.float32(1.0 / (shells * ds))
+    xp.clip(s, 0.0, 1.0, out=s)
+    s *= xp.float32(np.pi)
+    xp.cos(s, out=s)
+    s += xp.float32(1.0)
+    s *= xp.float32(0.5)
+    return s
 
 
 def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float = 1.0,
@@ -94,49 +99,66 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         pad_vox = int(np.ceil(kernel.reach_A(1e-3) / vs.min()))
     shape = data.shape
     padded = [fft.next_fast_len(n + 2 * pad_vox, real=True) for n in shape]
-    d = data.astype(xp.float32)
-    mean = d.mean()
     work = xp.zeros(padded, dtype=xp.float32)
     sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
-    work[sl] = d - mean
+    work[sl] = data
+    work[sl] -= work[sl].mean(dtype=xp.float64)
     fkw = {} if be.is_gpu else {"workers": -1}   # all CPU cores for pocketfft
     F = fft.rfftn(work, **fkw)
     del work
-    # spatial frequencies (1/Å), z, y, x axes
+    # Memory: everything below is in place on rfft-sized float32 buffers (s2, K, tmp)
+    # so the peak stays near 6x the map. Spatial frequencies in 1/Å, axes z, y, x.
     fz = xp.fft.fftfreq(padded[0], d=vs[2]).astype(xp.float32)
     fy = xp.fft.fftfreq(padded[1], d=vs[1]).astype(xp.float32)
     fx = xp.fft.rfftfreq(padded[2], d=vs[0]).astype(xp.float32)
-    s2 = fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2
+    s2 = (fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :]
+    K = xp.zeros_like(s2)
+    tmp = xp.empty_like(s2)
+    for ai, vi in zip(kernel.a, kernel.var):
+        xp.multiply(s2, xp.float32(-2.0 * np.pi ** 2 * vi), out=tmp)
+        xp.exp(tmp, out=tmp)
+        tmp *= xp.float32(ai)
+        K += tmp
     ds = 1.0 / (np.array(padded) * vs[::-1]).max()
-    s_abs = xp.sqrt(s2)
-    band = _band(s_abs, xp, resolution_A, 3, ds)
+    band = xp.sqrt(s2, out=s2)                     # s2 now holds |s|, then the band
     if highpass_A and highpass_A > 0:
         lo = 0.5 / highpass_A
-        t = xp.clip((s_abs - lo) / lo, 0.0, 1.0)
-        band *= 0.5 * (1.0 - xp.cos(np.pi * t))
-    del s_abs
-    K = xp.zeros_like(s2)
-    for ai, vi in zip(kernel.a, kernel.var):
-        K += ai * xp.exp(-2.0 * np.pi ** 2 * vi * s2)
-    del s2
+        xp.subtract(band, xp.float32(lo), out=tmp)
+        tmp *= xp.float32(1.0 / lo)
+        xp.clip(tmp, 0.0, 1.0, out=tmp)
+        tmp *= xp.float32(np.pi)
+        xp.cos(tmp, out=tmp)
+        xp.subtract(xp.float32(1.0), tmp, out=tmp)
+        tmp *= xp.float32(0.5)
+    else:
+        tmp.fill(1.0)
+    band = _band_inplace(band, xp, resolution_A, 3, ds)
+    band *= tmp
+    del tmp, s2
+    F *= band
     K *= band
-    K[0, 0, 0] = 0.0                      # DC removed
-    # normalisation: |M_band| |K_band| over the full (Hermitian) spectrum
-    weight = xp.full(F.shape[-1], 2.0, dtype=xp.float32)
-    weight[0] = 1.0
-    if padded[2] % 2 == 0:
-        weight[-1] = 1.0
-    FM = F * band
-    norm_m = xp.sqrt((xp.abs(FM) ** 2 * weight).sum())
-    norm_k = xp.sqrt((K ** 2 * weight).sum())
-    FM *= K
-    C = fft.irfftn(FM, s=padded, **fkw)[sl]
+    del band
+    K[0, 0, 0] = 0.0                                # DC removed
+    F[0, 0, 0] = 0.0
+    even = padded[2] % 2 == 0
+
+    def herm_norm2(a):
+        """Σ|a|² over the full Hermitian spectrum from its rfft half."""
+        tot = 2.0 * float(xp.vdot(a, a).real) - float(xp.vdot(a[..., 0], a[..., 0]).real)
+        if even:
+            tot -= float(xp.vdot(a[..., -1], a[..., -1]).real)
+        return tot
+    norm_m = np.sqrt(herm_norm2(F))
+    norm_k = np.sqrt(herm_norm2(K))
     nvox = float(np.prod(padded))
-    scale = nvox / (norm_m * norm_k)      # Parseval: Σ|x|² = Σ|X|² / n
-    C = (C * scale).astype(xp.float32)
+    scale = nvox / max(norm_m * norm_k, 1e-300)     # Parseval: Σ|x|² = Σ|X|² / n
+    F *= K
+    C = fft.irfftn(F, s=padded, **fkw)[sl].copy()
+    C *= xp.float32(scale)
     G = None
     if want_second:
-        FM *= K
+        F *= K
         # discrete correlation with the sampled atom: K_grid^ = K^ / voxel volume
-        G = (fft.irfftn(FM, s=padded, **fkw)[sl] * (scale / kernel.voxel_volume_A3)).astype(xp.float32)
-    return xp.ascontiguousarray(C), (None if G is None else xp.ascontiguousarray(G))
+        G = fft.irfftn(F, s=padded, overwrite_x=True, **fkw)[sl].copy()
+        G *= xp.float32(scale / kernel.voxel_volume_A3)
+    return C, G

@@ -126,13 +126,16 @@ class _Scorer:
         be = _be.namespace(C_box)
         self.xp, self.ndi = be.xp, be.ndi
         # cubic B-spline coefficients: exact enough at the peaks (trilinear is ~4% low)
-        self.G = self.ndi.spline_filter(G_box.astype(self.xp.float64), order=3, mode="nearest")
+        self.G = self.ndi.spline_filter(G_box, order=3, output=self.xp.float32, mode="nearest")
         self.kernel = kernel
         self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-        c = C_box.astype(self.xp.float64)
         self.n = float(C_box.size)
-        self.sc = float(c.sum())                       # sync: once per map
-        self.scc = float((c * c).sum())
+        sc = scc = 0.0
+        for z in range(0, C_box.shape[0], 32):         # slabs: no full-size float64 copies
+            blk = C_box[z:z + 32]
+            sc += float(blk.sum(dtype=self.xp.float64))          # sync: a few per map
+            scc += float((blk * blk).sum(dtype=self.xp.float64))
+        self.sc, self.scc = sc, scc
         self.a0 = float(kernel.autocorr(np.zeros(1))[0])
         self.ksum = kernel.grid_sum()
         self.reach = kernel.reach_A(1e-5)
@@ -416,9 +419,10 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     if crop is None:
         raise InputError("no particle found in the map")
     C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
-    base = float(xp.median(raw))                         # solvent level
+    base = float(xp.median(raw[::2, ::2, ::2]))          # solvent level (a subsample is enough)
     weights = xp.clip(raw_box - base, 0.0, None)
     scorer = _Scorer(C_box, G_box, kernel, vs)
+    del G, G_box                                          # only the scorer's spline coefficients are needed
     coarse = np.linspace(t_otsu, cmax, o.n_thresholds + 1)[:-1]
     curve = []
     for t in coarse:
@@ -431,6 +435,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     for t in fine:
         sc, na = sweep_score(C_box, weights, scorer, t, o.min_voxels)
         curve.append((t, sc, na))
+    del scorer                                            # frees the spline coefficients
     curve = np.array(sorted(curve))
     best = int(np.argmax(curve[:, 1]))
     threshold, best_corr = float(curve[best, 0]), float(curve[best, 1])
@@ -440,9 +445,11 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
 
     say(f"labelling at threshold {threshold:.4f}")
     # noise level of C, from the solvent outside the particle's box
-    solvent = xp.ones(C.shape, dtype=bool)
-    solvent[crop] = False
-    sample = C[solvent] if int(solvent.sum()) > 1000 else C.ravel()
+    step = 2                                              # every 8th voxel is plenty for a median
+    solvent = xp.ones(C[::step, ::step, ::step].shape, dtype=bool)
+    solvent[tuple(slice(-(-c.start // step), -(-c.stop // step)) for c in crop)] = False
+    sub = C[::step, ::step, ::step]
+    sample = sub[solvent] if int(solvent.sum()) > 1000 else sub.ravel()
     med = float(xp.median(sample))
     noise = 1.4826 * float(xp.median(xp.abs(sample - med)))
     t_sig = max(med + o.rescue_sigma * noise, t_otsu)
@@ -508,6 +515,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         remap[kid + 1] = xp.arange(1, kid.shape[0] + 1, dtype=xp.int32)
         lab = remap[lab]
         xyz, vcorr, nvox, centre_full, scale = xyz[kid], vcorr[kid], nvox[kid], centre_full[kid], scale[kid]
+        del sim
         sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=scale, backend=be)
     if xyz.shape[0] == 0:
         raise InputError("no particle found in the map (every candidate atom was rejected)")
