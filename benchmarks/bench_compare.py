@@ -77,7 +77,8 @@ def main(argv=None):
 
     a, b = make_pair(args.atoms)
     res = {"n_a": len(a), "n_b": len(b), "cpus": len(os.sched_getaffinity(0)), "machine": platform.processor()
-           or platform.machine(), "python": platform.python_version()}
+           or platform.machine(), "python": platform.python_version(),
+           "load_average_1min_at_start": os.getloadavg()[0]}
     print(f"A {len(a)} atoms, B {len(b)} atoms, {res['cpus']} CPU cores available")
 
     res["pair_points_s"], (ia, _, _) = _timed(lambda: pair_points(a, b, 1.76), 3)
