@@ -125,6 +125,7 @@ def write_map(path, data, voxel_size_A, origin_A=(0.0, 0.0, 0.0), overwrite: boo
     """
     import mrcfile
     from .backend import to_host
+    from .models import _umask
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; refusing to overwrite")
@@ -138,6 +139,7 @@ def write_map(path, data, voxel_size_A, origin_A=(0.0, 0.0, 0.0), overwrite: boo
             m.voxel_size = tuple(float(v) for v in vs)
             ox, oy, oz = (float(v) for v in np.broadcast_to(np.asarray(origin_A, float), (3,)))
             m.header.origin.x, m.header.origin.y, m.header.origin.z = ox, oy, oz
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -38,6 +38,12 @@ class Model:
         return len(self.xyz_A)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write_fn, mode="w"):
     """Call ``write_fn(fileobj)`` on a temporary file, then rename it to ``path``."""
     path = Path(path)
@@ -45,6 +51,7 @@ def atomic_write(path, write_fn, mode="w"):
     try:
         with os.fdopen(fd, mode) as fh:
             write_fn(fh)
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -61,6 +61,8 @@ def _prepare_out(map_path: Path, out_dir, force: bool) -> Path:
 
 def _commit_folder(tmp: Path, out: Path):
     """Move the finished temporary folder into place (replacing an old result)."""
+    from .models import _umask
+    os.chmod(tmp, 0o777 & ~_umask())     # mkdtemp makes 0700; give the usual folder mode
     old = None
     if out.exists():
         old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
@@ -91,8 +93,8 @@ def _detection_columns(det) -> dict:
     xyz = det.xyz_A
     return {
         "id": np.arange(1, len(xyz) + 1), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-        "n_voxels": det.n_voxels, "validation_corr": det.validation_corr,
-        "peak_intensity_z": det.peak_intensity,
+        "n_voxels": det.n_voxels, "valid_corr": det.validation_corr,
+        "intensity_peak_z": det.peak_intensity,
     }
 
 
@@ -151,11 +153,13 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             ts = time.perf_counter()
             st = compute_statistics(dmap, det.xyz_A, el, labels=det.labels, backend=backend)
             det.times["statistics"] = time.perf_counter() - ts
-            extra = {k: v for k, v in cols.items() if k not in ("id", "x", "y", "z")}
+            # the statistics recompute validation correlation and peak intensity: keep one copy
+            extra = {"n_voxels": cols["n_voxels"]}
             write_statistics(tmp, dmap, st, model_extra=extra)
+            lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
                              "penetration": getattr(st, "penetration", None),
-                             "lattice": getattr(st, "lattice", None)}
+                             "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None}
         else:
             _write_csv(tmp / "atoms.csv", cols)
             write_structure(tmp, Model(det.xyz_A, [el.symbol] * len(det.xyz_A)))
