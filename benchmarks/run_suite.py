@@ -327,7 +327,7 @@ def main(argv=None) -> int:
     if args.cpu_threads:
         _limit_threads(args.cpu_threads)
     import numpy as np  # noqa: F401  (after the thread limits)
-    from bench_maps import fept_case, pdpt_case, synthetic_case
+    from bench_maps import DATA_DIR, fept_case, pdpt_case, synthetic_case
     from bench_report import write_report
     from bench_timing import Timer, copy_bandwidth
     from ptnp_gpu import backend as _be
@@ -374,7 +374,11 @@ def main(argv=None) -> int:
 
     specs = [("synthetic", s) for s in sizes]
     if not args.no_experimental:
-        specs += [("experimental", "pdpt"), ("experimental", "fept")]
+        if (DATA_DIR / "PdPt_EPB_5377.xyz").is_file() and (DATA_DIR / "FePt_model.npy").is_file():
+            specs += [("experimental", "pdpt"), ("experimental", "fept")]
+        else:
+            results["skipped"].append({"case": "experimental", "why": f"no shared data at {DATA_DIR}"})
+            log(f"experimental particles skipped: no shared data at {DATA_DIR}")
     numpy_warm = False
     for kind, key in specs:
         if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
