@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["window_offsets", "gather_windows", "fit_displacements", "window_pearson",
+__all__ = ["window_offsets", "gather_windows", "fit_displacements", "displacements_from_fits", "window_pearson",
            "window_peak", "fit_radius_A"]
 
 
@@ -145,13 +145,31 @@ def fit_displacements(values, d_A, inside, radius_A: float, *, max_factor: float
     y = xp.log(xp.where(use, values, 1.0))
     x, yy, z = d_A[..., 0], d_A[..., 1], d_A[..., 2]
     ones = xp.ones_like(x)
-    # isotropic
-    b_iso, r2_iso, ok_iso = _batched_wls(xp.stack([ones, r2], axis=-1), y, w, xp)
+    iso = _batched_wls(xp.stack([ones, r2], axis=-1), y, w, xp)
+    design = xp.stack([ones, x * x, yy * yy, z * z, x * yy, x * z, yy * z], axis=-1)
+    aniso = _batched_wls(design, y, w, xp)
+    return displacements_from_fits(iso, aniso, xp.sum(use, axis=1), radius_A, max_factor=max_factor)
+
+
+def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_factor: float = 1.25) -> dict:
+    """U_iso, anisotropic U, eigenvalues, direction and DOI from solved log-Gaussian fits.
+
+    Parameters
+    ----------
+    iso : (beta (N, 2), r2 (N,), ok (N,)) of ln I = β0 + β1 r² (r in Å)
+    aniso : (beta (N, 7), r2 (N,), ok (N,)) of ln I = β0 + β1x² + β2y² + β3z² + β4xy + β5xz + β6yz
+    n_fit_voxels : (N,) voxels used per atom
+    radius_A, max_factor : as in :func:`fit_displacements`
+
+    Returns
+    -------
+    dict as :func:`fit_displacements`.
+    """
+    xp = _be.namespace(iso[0]).xp
+    b_iso, r2_iso, ok_iso = iso
+    b, r2_an, ok_an = aniso
     ok_iso = ok_iso & (b_iso[:, 1] < 0)
     u_iso = xp.where(ok_iso, -0.5 / xp.where(ok_iso, b_iso[:, 1], -1.0), xp.nan)
-    # anisotropic
-    design = xp.stack([ones, x * x, yy * yy, z * z, x * yy, x * z, yy * z], axis=-1)
-    b, r2_an, ok_an = _batched_wls(design, y, w, xp)
     prec = xp.stack([
         xp.stack([-2 * b[:, 1], -b[:, 4], -b[:, 5]], axis=-1),
         xp.stack([-b[:, 4], -2 * b[:, 2], -b[:, 6]], axis=-1),
@@ -174,7 +192,7 @@ def fit_displacements(values, d_A, inside, radius_A: float, *, max_factor: float
         "u_iso_A2": u_iso, "u_iso_r2": xp.where(ok_iso, r2_iso, nan), "u_iso_failed": ~ok_iso,
         "u_A2": u, "u_eig_A2": ev, "u_dir": direction, "doi": ev[:, 2] / ev[:, 0],
         "u_aniso_r2": xp.where(ok_an, r2_an, nan), "u_aniso_failed": ~ok_an,
-        "n_fit_voxels": xp.sum(use, axis=1),
+        "n_fit_voxels": n_fit_voxels,
     }
 
 

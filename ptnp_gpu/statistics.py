@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from . import backend as _be
+from . import gpu_kernels as gk
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
                            nn_bond_lengths_A, particle_diameter_A)
-from .displacement import (fit_displacements, fit_radius_A, gather_windows, window_offsets,
-                           window_pearson, window_peak)
+from .displacement import (displacements_from_fits, fit_radius_A, gather_windows, window_offsets,
+                           window_peak)
 from .elements import Element, get_element
 from .errors import InputError
 from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
@@ -186,37 +187,39 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
         sim = render_atoms(xyz, data.shape, vs, dmap.origin_A + lo * vs, el, backend=be)
     else:
         sim = xp.ascontiguousarray(_on(be, simulated)[sl])
-    extra = [sim]
+    extra = []
     if labels is not None:
         lab = _on(be, labels)
         if tuple(lab.shape) != tuple(dmap.shape):
             raise InputError(f"labels shape {tuple(lab.shape)} differs from the map shape {dmap.shape}")
         extra.append(xp.ascontiguousarray(lab[sl]))
     vox_c = xp.asarray(vox - lo, dtype=xp.float64)
-    off_fit = window_offsets(fit_r, vs)
+    # displacement fits and validation correlation: the custom window kernels
+    # (CUDA on CuPy, Numba twins on NumPy) accumulate per-atom sums in one pass
+    ne = gk.window_normal_equations(data, vox_c, fit_r / vs[0], voxel_size_A=vs)
+    fits = displacements_from_fits(gk.solve_normal_equations(gk.iso_normal_equations(ne)),
+                                   gk.solve_normal_equations(ne), ne.count, fit_r)
+    fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
+    # peak intensity: maximum raw value near the centre (or in the atom's own component)
     off_val = window_offsets(r_val, vs)
     n = len(xyz)
     if chunk is None:      # big batches feed a GPU; cache-sized ones suit a CPU
-        chunk = 16384 if be.is_gpu else 256
+        chunk = 16384 if be.is_gpu else 1024
     parts = []
     for s in range(0, n, chunk):             # chunks bound memory; each is fully batched
         e = min(n, s + chunk)
-        v, d, inside, _ = gather_windows(data, vox_c[s:e], off_fit, vs)
-        res = fit_displacements(v, d, inside, fit_r)
         v2, d2, inside2, ex = gather_windows(data, vox_c[s:e], off_val, vs, extra=extra)
         rr = xp.sum(d2 * d2, axis=2)
-        sphere = inside2 & (rr <= r_val ** 2)
-        res["valid_corr"] = window_pearson(v2, ex[0].astype(xp.float64), sphere)
         core = inside2 & (rr <= el.radius_A ** 2)
         core = core | (inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True)))
         peak = window_peak(v2, core)
         if labels is not None:
-            ids = xp.arange(s + 1, e + 1, dtype=ex[1].dtype)[:, None]
-            own = inside2 & (ex[1] == ids)
+            ids = xp.arange(s + 1, e + 1, dtype=ex[0].dtype)[:, None]
+            own = inside2 & (ex[0] == ids)
             peak = xp.where(xp.any(own, axis=1), window_peak(v2, own), peak)
-        res["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
-        parts.append(res)
-    out = {k: _be.to_host(xp.concatenate([p[k] for p in parts])) for k in parts[0]}
+        parts.append({"intensity_peak_z": (peak - mean) / (sd if sd > 0 else 1.0)})
+    fits["intensity_peak_z"] = xp.concatenate([p["intensity_peak_z"] for p in parts])
+    out = {k: _be.to_host(v) for k, v in fits.items()}
     return out, {"map_mean": mean, "map_sd": sd}
 
 
