@@ -37,6 +37,7 @@ from .components import label26, label_moments, otsu_threshold
 from .denoise import AtomKernel, denoise_map
 from .elements import Element, get_element
 from .errors import InputError
+from .gpu_kernels import window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors, pairs_within
 from .simulate import reference_blur_A2, render_atoms
@@ -261,31 +262,6 @@ def _refine_centres(raw_box, centre_vox, base, radius_vox, sigma_vox):
     return c
 
 
-def _validation_corr(raw, sim, centre_vox, radius_vox):
-    """Per-atom Pearson of raw and simulated maps in a sphere (gathered windows)."""
-    be = _be.namespace(raw)
-    xp = be.xp
-    r = int(np.ceil(radius_vox))
-    g = np.arange(-r, r + 1)
-    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
-    off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
-    off = xp.asarray(off[(off ** 2).sum(1) <= radius_vox ** 2])
-    base = xp.rint(centre_vox[:, ::-1]).astype(xp.int64)
-    idx = base[:, None, :] + off[None]
-    shape = xp.asarray(raw.shape)
-    inside = xp.all((idx >= 0) & (idx < shape), axis=2)
-    idx = xp.clip(idx, 0, shape - 1)
-    flat = (idx[..., 0] * raw.shape[1] + idx[..., 1]) * raw.shape[2] + idx[..., 2]
-    a = raw.ravel()[flat].astype(xp.float64)
-    b = sim.ravel()[flat].astype(xp.float64)
-    w = inside.astype(xp.float64)
-    n = w.sum(1)
-    ma = (a * w).sum(1) / n
-    mb = (b * w).sum(1) / n
-    da, db = (a - ma[:, None]) * w, (b - mb[:, None]) * w
-    return (da * db).sum(1) / xp.sqrt(xp.maximum((da * da).sum(1) * (db * db).sum(1), 1e-300))
-
-
 def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``."""
     xp = _be.namespace(pxyz_A).xp
@@ -491,7 +467,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     height = ndi.map_coordinates(C, centre_full[:, ::-1].T, order=1, mode="nearest")
     scale = xp.clip(height / xp.maximum(xp.median(height), 1e-12), 0.2, 5.0)
     sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=scale, backend=be)
-    vcorr = _validation_corr(raw, sim, centre_full, 1.5 * el.radius_A / vs.min())
+    vcorr = window_pearson(raw, sim, centre_full, 1.5 * el.radius_A / vs.min())
+    vcorr = xp.nan_to_num(vcorr, nan=-1.0)
     keep = xp.ones(xyz.shape[0], dtype=bool)
     if o.reject_correlation and xyz.shape[0] > 2:
         thr = o.min_correlation
