@@ -8,7 +8,9 @@ function
     f(x) = c               for x ≥ δ   (the core)
 
 by bounded non-linear least squares (:func:`scipy.optimize.curve_fit`),
-started from several δ to avoid local minima. δ is the penetration depth (Å):
+started from the best δ of a global profile scan (for each δ on a grid the
+model is linear in m and c, solved in closed form for all δ at once), so the
+fit cannot stop in a local minimum. δ is the penetration depth (Å):
 how far surface effects reach into the particle.
 """
 from __future__ import annotations
@@ -68,6 +70,28 @@ def running_mean(depth_A, values, n: int = 5):
     return np.convolve(d, k, "valid"), np.convolve(v, k, "valid")
 
 
+def _profile_start(x, y, lo_c, hi_c, n_grid: int = 256):
+    """Global start for the Eq. 1 fit: for every δ on a grid, (m, c) by linear least squares.
+
+    With δ fixed, Eq. 1 is linear in (c, m) with regressor ``h = min(x − δ, 0)``;
+    the closed-form solution is evaluated for all grid δ at once (c clamped to
+    its bounds, m refitted), and the δ with the smallest squared error wins.
+    """
+    deltas = np.linspace(x.min(), x.max(), n_grid)
+    h = np.minimum(x[None, :] - deltas[:, None], 0.0)          # (D, B)
+    n = float(len(x))
+    sh, shh = h.sum(1), (h * h).sum(1)
+    sy, shy = float(y.sum()), h @ y
+    det = n * shh - sh * sh
+    safe = np.where(np.abs(det) > 1e-12, det, 1.0)
+    c = np.where(np.abs(det) > 1e-12, (shh * sy - sh * shy) / safe, sy / n)
+    c = np.clip(c, lo_c, hi_c)
+    m = np.where(shh > 1e-12, (shy - c * sh) / np.where(shh > 1e-12, shh, 1.0), 0.0)
+    sse = ((y[None, :] - c[:, None] - m[:, None] * h) ** 2).sum(1)
+    k = int(np.argmin(sse))
+    return float(deltas[k]), float(m[k]), float(c[k])
+
+
 def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str = "") -> dict:
     """Fit Eq. 1 to a per-atom statistic against radial depth.
 
@@ -114,28 +138,17 @@ def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str
         raise ValueError(f"c_bounds must be (low, high) with low < high, got {c_bounds}")
     xmin, xmax = float(x.min()), float(x.max())
     bounds = ([xmin, -np.inf, lo_c], [xmax, np.inf, hi_c])
-    best = None
-    yspan = float(np.ptp(y)) or 1.0
-    for frac in (0.15, 0.3, 0.5, 0.7):
-        d0 = xmin + frac * (xmax - xmin)
-        core = y[x >= d0]
-        c0 = float(np.clip(np.median(core) if len(core) else y[-1], lo_c, hi_c))
-        if not np.isfinite(c0):
-            c0 = float(np.median(y))
-        if np.isfinite(hi_c - lo_c):      # strictly inside finite bounds
-            c0 = float(np.clip(c0, lo_c + 0.01 * (hi_c - lo_c), hi_c - 0.01 * (hi_c - lo_c)))
-        surf = x < d0
-        m0 = (c0 - float(y[surf].mean())) / max(d0 - float(x[surf].mean()), 1e-3) if surf.any() else yspan / (xmax - xmin)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                p, cov = curve_fit(eq1, x, y, p0=[d0, m0, c0], bounds=bounds, maxfev=5000)
-        except (RuntimeError, ValueError) as exc:
-            out["message"] = f"fit did not converge ({exc})"
-            continue
-        sse = float(np.sum((eq1(x, *p) - y) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, p, cov)
+    d0, m0, c0 = _profile_start(x, y, lo_c, hi_c)
+    if np.isfinite(hi_c - lo_c):          # strictly inside finite bounds
+        c0 = float(np.clip(c0, lo_c + 1e-3 * (hi_c - lo_c), hi_c - 1e-3 * (hi_c - lo_c)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            p, cov = curve_fit(eq1, x, y, p0=[d0, m0, c0], bounds=bounds, maxfev=5000)
+        best = (float(np.sum((eq1(x, *p) - y) ** 2)), p, cov)
+    except (RuntimeError, ValueError) as exc:
+        out["message"] = f"fit did not converge ({exc})"
+        best = None
     if best is None:
         out["message"] = out["message"] or "fit failed"
         return out
