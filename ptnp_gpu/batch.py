@@ -916,10 +916,10 @@ def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_w
                 rec = manifest[str(p)]
                 try:
                     res = fut.result()
-                except KilledWorker:
+                except KilledWorker as exc:   # the scheduler's allowed-failures ran out
                     res = {"status": "failed", "error_type": "KilledWorker",
-                           "error": f"the worker analysing this map died {retries + 1} times "
-                                    "(out of memory or a crash?)"}
+                           "error": f"workers died while analysing this map (out of memory or a "
+                                    f"crash?): {exc}"}
                 except Exception as exc:  # noqa: BLE001 - one map's bug must not stop the batch
                     res = {"status": "failed", "error_type": type(exc).__name__,
                            "error": f"{exc}".strip() or type(exc).__name__,
