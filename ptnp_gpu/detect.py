@@ -66,6 +66,7 @@ class DetectOptions:
     highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
     b_extra_A2: float | None = None   # blur of the simulated atom; default reference value
     crop_margin_A: float = 4.0
+    min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -417,6 +418,9 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     threshold, best_corr = float(curve[best, 0]), float(curve[best, 1])
     if curve[best, 2] < 1:
         raise InputError("no particle found in the map (no atom at any threshold)")
+    if best_corr < o.min_sweep_correlation:
+        raise InputError(f"no particle found in the map (the best atomic model explains it with correlation "
+                         f"{best_corr:.3f} < {o.min_sweep_correlation}; real particles give 0.4-0.9)")
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")

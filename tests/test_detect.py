@@ -101,14 +101,20 @@ def test_detect_other_renderer(sigma_core, sigma_surf, vs, noise):
     assert a["recall"] >= 0.98 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.10, a
 
 
-def test_no_particle_raises():
+@pytest.mark.parametrize("kind", ["white_noise", "smooth_background"])
+def test_no_particle_raises(kind):
+    """Maps without a particle are refused, not turned into a model of noise."""
+    from scipy.ndimage import gaussian_filter
+
     from ptnp_gpu.errors import InputError
     rng = np.random.default_rng(0)
-    m = DensityMap(rng.normal(size=(64, 64, 64)).astype(np.float32), 0.358)
-    with pytest.raises(InputError):
-        det = detect_atoms(m, "Pt")
-        # pure noise must not give a particle-sized model
-        assert len(det.xyz_A) < 5
+    shape = (112, 112, 112)
+    data = rng.normal(size=shape)
+    if kind == "smooth_background":
+        data = gaussian_filter(data, 15.0)
+        data = (data - data.mean()) / data.std() + 0.1 * rng.normal(size=shape)
+    with pytest.raises(InputError, match="no particle"):
+        detect_atoms(DensityMap(data.astype(np.float32), 0.358), "Pt")
 
 
 @pytest.mark.skipif(not (SHARED / "PdPt_EPB_5377.xyz").is_file(), reason="shared experimental data not present")
