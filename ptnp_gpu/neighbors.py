@@ -62,23 +62,23 @@ def pairs_within_grid(xyz_A, r_A: float):
     table[cs, xp.arange(n) - start[cs]] = order
     r2 = r_A * r_A
     dims_x = xp.asarray(dims)
-    idx = xp.arange(n)[:, None]
+    g = np.arange(-1, 2)
+    offsets = xp.asarray(np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(27, 3))
     out_i, out_j, out_d = [], [], []
-    for dx in (-1, 0, 1):
-        for dy in (-1, 0, 1):
-            for dz in (-1, 0, 1):
-                nc = cell + xp.asarray([dx, dy, dz])
-                valid = xp.all((nc >= 0) & (nc < dims_x), axis=1)
-                ncid = (nc[:, 0] * int(dims[1]) + nc[:, 1]) * int(dims[2]) + nc[:, 2]
-                cand = table[xp.where(valid, ncid, 0)]              # (N, K)
-                cand = xp.where(valid[:, None], cand, -1)
-                d = xyz[:, None, :] - xyz[xp.maximum(cand, 0)]
-                d2 = (d * d).sum(-1)
-                ok = (cand > idx) & (d2 <= r2)
-                ii, kk = xp.nonzero(ok)
-                out_i.append(ii)
-                out_j.append(cand[ii, kk])
-                out_d.append(d2[ii, kk])
+    chunk = max(1, (1 << 22) // (27 * k))           # bounds the (chunk, 27, K, 3) temporaries
+    for s in range(0, n, chunk):                    # a few chunks, each fully vectorised
+        e = min(n, s + chunk)
+        nc = cell[s:e, None, :] + offsets[None]                      # (c, 27, 3)
+        valid = xp.all((nc >= 0) & (nc < dims_x), axis=2)
+        ncid = (nc[..., 0] * int(dims[1]) + nc[..., 1]) * int(dims[2]) + nc[..., 2]
+        cand = xp.where(valid[..., None], table[xp.where(valid, ncid, 0)], -1)   # (c, 27, K)
+        d = xyz[s:e, None, None, :] - xyz[xp.maximum(cand, 0)]
+        d2 = (d * d).sum(-1)
+        ok = (cand > xp.arange(s, e)[:, None, None]) & (d2 <= r2)
+        ii, oo, kk = xp.nonzero(ok)
+        out_i.append(ii + s)
+        out_j.append(cand[ii, oo, kk])
+        out_d.append(d2[ii, oo, kk])
     return xp.concatenate(out_i), xp.concatenate(out_j), xp.concatenate(out_d)
 
 
