@@ -154,8 +154,8 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
     times.update({"statistics": round(st.times_s["total"], 4), "stats_total": round(time.perf_counter() - t0, 4)})
     times.setdefault("total", times["stats_total"])
     summary["times_s"] = times
-    from .statistics import _json_safe
-    atomic_write(summary_path, lambda fh: json.dump(_json_safe(summary), fh, indent=2, allow_nan=False))
+    from .models import json_safe
+    atomic_write(summary_path, lambda fh: json.dump(json_safe(summary), fh, indent=2, allow_nan=False))
     summary["_stats"] = st
     return summary
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend as _be
-from .simulate import EIGHT_PI2, gaussian_terms
+from .simulate import gaussian_terms
 
 __all__ = ["AtomKernel", "denoise_map"]
 

@@ -8,8 +8,6 @@ frame, as ChimeraX places it: voxel ``(i, j, k)`` (0-based, i along x) lies at
 """
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,23 +123,15 @@ def write_map(path, data, voxel_size_A, origin_A=(0.0, 0.0, 0.0), overwrite: boo
     """
     import mrcfile
     from .backend import to_host
-    from .models import _umask
+    from .models import atomic_path
     path = Path(path)
     if path.exists() and not overwrite:
         raise InputError(f"{path} exists; refusing to overwrite")
     arr = np.ascontiguousarray(to_host(data), dtype=np.float32)
     vs = _check_voxel_size(voxel_size_A)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".mrc", dir=path.parent)
-    os.close(fd)
-    try:
-        with mrcfile.new(tmp, overwrite=True) as m:
-            m.set_data(arr)
-            m.voxel_size = tuple(float(v) for v in vs)
-            ox, oy, oz = (float(v) for v in np.broadcast_to(np.asarray(origin_A, float), (3,)))
-            m.header.origin.x, m.header.origin.y, m.header.origin.z = ox, oy, oz
-        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as m:
+        m.set_data(arr)
+        m.voxel_size = tuple(float(v) for v in vs)
+        ox, oy, oz = (float(v) for v in np.broadcast_to(np.asarray(origin_A, float), (3,)))
+        m.header.origin.x, m.header.origin.y, m.header.origin.z = ox, oy, oz
     return path

@@ -6,7 +6,9 @@ U33 U12 U13 U23), plus optional extra per-atom columns.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ import numpy as np
 
 from .errors import InputError
 
-__all__ = ["Model", "read_model", "write_pdb", "write_cif", "write_structure", "atomic_write"]
+__all__ = ["Model", "read_model", "write_pdb", "write_cif", "write_structure", "atomic_write", "atomic_path",
+           "json_safe", "write_json"]
 
 EIGHT_PI2 = 8.0 * np.pi ** 2
 
@@ -44,19 +47,59 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path, write_fn, mode="w"):
-    """Call ``write_fn(fileobj)`` on a temporary file, then rename it to ``path``."""
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; on success it is renamed to ``path``.
+
+    Readers never see a half-written file, and a failure leaves nothing behind.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as fh:
-            write_fn(fh)
+        yield tmp
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
+
+
+def atomic_write(path, write_fn, mode="w"):
+    """Call ``write_fn(fileobj)`` on a temporary file, then rename it to ``path``."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as fh:
+            write_fn(fh)
+    return Path(path)
+
+
+def json_safe(obj):
+    """Plain JSON types from NumPy scalars/arrays, dicts, lists and dataclass-like objects.
+
+    Non-finite floats become ``None`` (JSON has no NaN).
+    """
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, (np.bool_, bool)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "__dict__") and not isinstance(obj, type):
+        return json_safe(vars(obj))
+    return obj
+
+
+def write_json(path, obj, indent: int = 2):
+    """Write ``obj`` (made JSON-safe) atomically."""
+    return atomic_write(path, lambda fh: json.dump(json_safe(obj), fh, indent=indent, allow_nan=False))
 
 
 def _structure(model: Model):

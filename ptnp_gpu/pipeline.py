@@ -6,7 +6,6 @@ partial result, and ``summary.json`` inside a folder means it is complete.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -21,7 +20,7 @@ from . import __version__
 from . import backend as _be
 from .errors import InputError
 from .mapio import read_map, write_map
-from .models import Model, atomic_write, write_structure
+from .models import Model, atomic_write, json_safe, write_json, write_structure
 
 __all__ = ["run_detect", "run_analyze", "default_out_dir", "Progress"]
 
@@ -177,31 +176,15 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             "parameters": {k: v for k, v in det.params.items() if k != "backend"},
             "backend": det.params["backend"], "backend_info": _be.info(),
             "times_s": {k: round(float(v), 4) for k, v in times.items()},
-            **_jsonable(summary_extra),
+            **json_safe(summary_extra),
         }
-        atomic_write(tmp / "summary.json", lambda fh: json.dump(summary, fh, indent=2))
+        write_json(tmp / "summary.json", summary)
         _commit_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     say(f"done in {times['total']:.2f} s → {out}")
     return summary
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if hasattr(obj, "__dict__") and not isinstance(obj, type):
-        return _jsonable(vars(obj))
-    return obj
 
 
 def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,

@@ -15,7 +15,6 @@ neighbours, strain) runs on the host, where N atoms is small.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from .displacement import (displacements_from_fits, fit_radius_A, gather_windows
 from .elements import Element, get_element
 from .errors import InputError
 from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
+from .models import atomic_write, write_json
 from .penetration import fit_penetration
 from .strain import radial_displacement_A, radial_strain, strain_tensor
 
@@ -394,7 +394,6 @@ def _fmt(v):
 
 
 def _write_table(path, columns: dict):
-    from .models import atomic_write
     names = list(columns)
     n = len(next(iter(columns.values()))) if columns else 0
 
@@ -406,29 +405,7 @@ def _write_table(path, columns: dict):
     return atomic_write(path, write)
 
 
-def _json_safe(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
-    if isinstance(obj, (np.bool_, bool)):
-        return bool(obj)
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if np.isfinite(obj) else None
-    return obj
-
-
-def _write_json(path, obj):
-    from .models import atomic_write
-    return atomic_write(path, lambda fh: json.dump(_json_safe(obj), fh, indent=2, allow_nan=False))
-
-
 def _write_defattr(path, name, values, elements):
-    from .models import atomic_write
     unit, desc = SCHEMA.get(name, ("", name))
 
     def write(fh):
@@ -517,7 +494,7 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
     for k in cols:
         ordered.setdefault(k, cols[k])
     files = {"atoms_csv": _write_table(out / "atoms.csv", ordered)}
-    files["atoms_schema"] = _write_json(out / "atoms_schema.json",
+    files["atoms_schema"] = write_json(out / "atoms_schema.json",
                                         {k: schema[k] for k in ordered if k in schema})
     u6 = np.stack([cols[k] for k in ("u11_A2", "u22_A2", "u33_A2", "u12_A2", "u13_A2", "u23_A2")], axis=1)
     model = Model(stats.xyz_A, list(ordered["element"]), EIGHT_PI2 * cols["u_iso_A2"], u6)
@@ -527,7 +504,7 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
         files[f"defattr_{name}"] = _write_defattr(out / f"chimerax_{name}.defattr", name,
                                                   np.asarray(cols[name], float), ordered["element"])
     part = dict(stats.particle)
-    files["particle_json"] = _write_json(out / "particle.json", {
+    files["particle_json"] = write_json(out / "particle.json", {
         "particle": part, "table1_columns": list(TABLE1_COLUMNS), "lattice": stats.lattice.as_dict(),
         "penetration": stats.penetration, "times_s": stats.times_s, "backend": stats.backend})
     flat = {k: [v] for k, v in part.items() if not isinstance(v, (list, tuple))}
