@@ -7,6 +7,7 @@ upsampled) plus white noise scaled to the peak of one core atom, so that the
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,9 @@ import numpy as np
 
 VOXEL_SIZE_A = 0.358
 PT_ATOMS_PER_A3 = 4.0 / 3.924 ** 3
-DATA_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "experimental"
+# ``PTNP_EXPERIMENTAL_DATA`` points elsewhere, e.g. at a git-ignored copy carried to a GPU machine
+DATA_DIR = Path(os.environ.get("PTNP_EXPERIMENTAL_DATA",
+                               Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "experimental"))
 
 
 @dataclass
