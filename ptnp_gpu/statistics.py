@@ -200,25 +200,25 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     fits = displacements_from_fits(gk.solve_normal_equations(gk.iso_normal_equations(ne)),
                                    gk.solve_normal_equations(ne), ne.count, fit_r)
     fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
-    # peak intensity: maximum raw value near the centre (or in the atom's own component)
-    off_val = window_offsets(r_val, vs)
+    # peak intensity: the maximum raw value in the atom's own component (one fused
+    # pass of the label-moments kernel), else near the centre (gathered windows)
     n = len(xyz)
-    if chunk is None:      # big batches feed a GPU; cache-sized ones suit a CPU
-        chunk = 16384 if be.is_gpu else 1024
-    parts = []
-    for s in range(0, n, chunk):             # chunks bound memory; each is fully batched
-        e = min(n, s + chunk)
-        v2, d2, inside2, ex = gather_windows(data, vox_c[s:e], off_val, vs, extra=extra)
-        rr = xp.sum(d2 * d2, axis=2)
-        core = inside2 & (rr <= el.radius_A ** 2)
-        core = core | (inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True)))
-        peak = window_peak(v2, core)
-        if labels is not None:
-            ids = xp.arange(s + 1, e + 1, dtype=ex[0].dtype)[:, None]
-            own = inside2 & (ex[0] == ids)
-            peak = xp.where(xp.any(own, axis=1), window_peak(v2, own), peak)
-        parts.append({"intensity_peak_z": (peak - mean) / (sd if sd > 0 else 1.0)})
-    fits["intensity_peak_z"] = xp.concatenate([p["intensity_peak_z"] for p in parts])
+    peak = xp.full(n, xp.nan)
+    if labels is not None:
+        mom = gk.label_moments(extra[0], data, data, n)
+        peak = xp.where(mom.count > 0, mom.peak_value.astype(xp.float64), xp.nan)
+    todo = xp.nonzero(~xp.isfinite(peak))[0]
+    if todo.size:                            # no component: the core sphere around the centre
+        off_val = window_offsets(el.radius_A, vs)
+        if chunk is None:      # big batches feed a GPU; cache-sized ones suit a CPU
+            chunk = 16384 if be.is_gpu else 1024
+        for s in range(0, int(todo.size), chunk):   # chunks bound memory; each is fully batched
+            sel = todo[s:s + chunk]
+            v2, d2, inside2, _ = gather_windows(data, vox_c[sel], off_val, vs)
+            rr = xp.sum(d2 * d2, axis=2)
+            core = inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True))
+            peak[sel] = window_peak(v2, core | (inside2 & (rr <= el.radius_A ** 2)))
+    fits["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
     out = {k: _be.to_host(v) for k, v in fits.items()}
     return out, {"map_mean": mean, "map_sd": sd}
 
