@@ -822,7 +822,7 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
         except ImportError as exc:
             raise RuntimeError(f"the analysis pipeline is not importable here ({exc})") from exc
         from .detect import DetectOptions      # a bad option is a bad invocation, not N failures
-        DetectOptions.from_kwargs(**{k: v for k, v in (opts or {}).items() if k != "backend"})
+        DetectOptions.from_kwargs(**{k: v for k, v in (opts or {}).items() if k not in ("backend", "figures")})
     out_dir.mkdir(parents=True, exist_ok=True)
     with _batch_lock(out_dir):         # one batch at a time per folder
         _clean_partials(out_dir)

@@ -23,6 +23,8 @@ def add_map_options(p):
                    help="voxel size in Å (overrides the map header)")
     p.add_argument("--force", action="store_true", help="replace an existing result folder")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
+    p.add_argument("--no-figures", dest="figures", action="store_false", default=None,
+                   help="skip the PNG figures (faster for large batches)")
     p.add_argument("--backend", choices=("numpy", "cupy"), default=None,
                    help="array backend (default: CuPy when a GPU is usable, else NumPy)")
     g = p.add_argument_group("pipeline knobs")
@@ -60,6 +62,8 @@ _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "resc
 def pipeline_kwargs(args) -> dict:
     """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
+    if getattr(args, "figures", None) is not None:
+        kw["figures"] = args.figures
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
                 force=args.force, quiet=args.quiet, backend=args.backend, **kw)
 

@@ -97,9 +97,11 @@ def _detection_columns(det) -> dict:
     }
 
 
-def _write_curve(folder: Path, det):
+def _write_curve(folder: Path, det, figure: bool = True):
     curve = det.curve
     _write_csv(folder / "threshold_curve.csv", {"threshold": curve[:, 0], "correlation": curve[:, 1]})
+    if not figure:
+        return
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -118,7 +120,8 @@ def _write_curve(folder: Path, det):
     plt.close(fig)
 
 
-def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, opts):
+def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, figures: bool,
+         opts):
     t_start = time.perf_counter()
     say = progress or Progress(quiet)
     map_path = Path(map_path)
@@ -143,7 +146,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
         write_map(tmp / "labels.mrc", _be.to_host(det.labels).astype(np.float32), vs, org)
         write_map(tmp / "denoised.mrc", det.denoised, vs, org)
         write_map(tmp / "simulated.mrc", det.simulated, vs, org)
-        _write_curve(tmp, det)
+        _write_curve(tmp, det, figures)
         cols = _detection_columns(det)
         summary_extra = {}
         if stats:
@@ -154,7 +157,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}
-            write_statistics(tmp, dmap, st, model_extra=extra)
+            write_statistics(tmp, dmap, st, model_extra=extra, figures=figures)
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
                              "penetration": getattr(st, "penetration", None),
@@ -188,7 +191,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
 
 
 def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
-               progress=None, backend=None, **opts) -> dict:
+               progress=None, backend=None, figures=True, **opts) -> dict:
     """Detect atoms in ``map_path`` and write the result folder; returns the summary.
 
     Parameters
@@ -199,6 +202,7 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     voxel_size_A : overrides the header's voxel size (Å)
     force : replace an existing result folder
     quiet : no progress messages
+    figures : write the PNG figures (skip them for speed in large batches)
     **opts : detection options (:class:`ptnp_gpu.detect.DetectOptions`)
 
     Raises
@@ -206,10 +210,10 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     InputError
         Bad input, an existing result without ``force``, or no particle in the map.
     """
-    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, opts)
+    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, figures, opts)
 
 
 def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
-                progress=None, backend=None, **opts) -> dict:
+                progress=None, backend=None, figures=True, **opts) -> dict:
     """Detection followed by per-atom statistics (same arguments as :func:`run_detect`)."""
-    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, opts)
+    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures, opts)

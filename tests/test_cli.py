@@ -110,3 +110,13 @@ def test_simulate_command_writes_truth(tmp_path, capsys):
     assert m.shape == (71, 64, 59)
     truth = json.loads((tmp_path / "s_truth.json").read_text())
     assert truth["n_atoms"] == len(read_model(tmp_path / "s_truth.pdb"))
+
+
+def test_analyze_without_figures(particle_map):
+    p, d, paths = particle_map
+    out = d / "nofig"
+    assert main(["analyze", paths["map"], "--out", str(out), "--quiet", "--no-figures"]) == 0
+    assert (out / "atoms.csv").is_file() and (out / "penetration.csv").is_file()
+    assert not list(out.glob("*.png"))
+    s = json.loads((out / "summary.json").read_text())
+    assert s["particle"]["n_atoms"] == s["n_atoms"] == len(read_model(out).xyz_A)
