@@ -167,3 +167,11 @@ def test_detect_tomogram_with_missing_wedge():
     det = detect_atoms(DensityMap(data.astype(np.float32), 0.358), "Pt", backend="numpy")
     a = _acc(det, p.xyz_A)
     assert a["recall"] >= 0.98 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.25, a
+
+
+@pytest.mark.parametrize("voxel_A", [0.5, 0.6])
+def test_detect_coarse_sampling(voxel_A):
+    """Coarser maps (rendered with the voxel-coupled reference blur, so atoms are wide)."""
+    p = make_particle(n_atoms=400, seed=9, voxel_size_A=voxel_A, noise=0.15, background=0.3)
+    a = _acc(detect_atoms(p.map, "Pt", backend="numpy"), p.xyz_A)
+    assert a["recall"] >= 0.98 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.2, a
