@@ -306,8 +306,9 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     if group is not None:
         same = group[i] == group[j]
         i, j = i[same], j[same]
-    lo = xp.where(pval[i] < pval[j], i, j)
-    hi = xp.where(pval[i] < pval[j], j, i)
+    i_lower = (pval[i] < pval[j]) | ((pval[i] == pval[j]) & (i > j))   # ties: lower index wins
+    lo = xp.where(i_lower, i, j)
+    hi = xp.where(i_lower, j, i)
     kept = xp.ones(pxyz_A.shape[0], dtype=bool)
     for _ in range(100):   # converges in a few rounds; each round is vectorised
         sup = xp.zeros_like(kept)
@@ -328,6 +329,9 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A):
     be = _be.namespace(lab)
     xp, ndi = be.xp, be.ndi
     peaks = (lab == 0) & (C_box > t_low) & (C_box == ndi.maximum_filter(C_box, size=3, mode="nearest"))
+    interior = xp.zeros(peaks.shape, dtype=bool)      # no rescue on the box faces (edge artefacts)
+    interior[1:-1, 1:-1, 1:-1] = True
+    peaks &= interior
     pidx = xp.nonzero(peaks.ravel())[0]
     if pidx.size == 0:
         return lab, n, 0
@@ -479,7 +483,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
 
     # compact ids 1..N
     mom = label_moments(lab, n, weights)
-    present = mom["count"] > 0
+    present = (mom["count"] > 0) & (mom["wsum"] > 0)   # no positive density: no centre
     present[0] = False
     ids = xp.nonzero(present)[0]
     centre = mom["centre_vox"][ids]

@@ -38,16 +38,20 @@ def test_sweep_score_equals_explicit_simulation():
         assert scorer(cen) == pytest.approx(explicit, abs=2e-3)
 
 
-@pytest.mark.parametrize("n_atoms,shape,seed", [
-    (300, "sphere", 11), (550, "cuboctahedron", 12), (800, "truncated_octahedron", 13)])
-def test_detect_simulated_particles(n_atoms, shape, seed):
-    p = make_particle(n_atoms=n_atoms, shape=shape, seed=seed, noise=0.15, background=0.15)
+@pytest.mark.parametrize("n_atoms,shape,seed,box", [
+    (300, "sphere", 11, None), (550, "cuboctahedron", 12, None), (800, "truncated_octahedron", 13, None),
+    (2057, "sphere", 3, (200, 200, 200))])
+def test_detect_simulated_particles(n_atoms, shape, seed, box):
+    p = make_particle(n_atoms=n_atoms, shape=shape, seed=seed, noise=0.15, background=0.15, box=box)
     det = detect_atoms(p.map, "Pt", backend="numpy")
     a = _acc(det, p.xyz_A)
     assert a["recall"] >= 0.99 and a["precision"] >= 0.99, a
     assert a["rmsd_A"] <= 0.08, a
     # every labelled component belongs to one atom and is numbered like the atoms
     assert int(det.labels.max()) == len(det.xyz_A)
+    # no duplicated or overlapping atoms
+    from scipy.spatial import cKDTree
+    assert cKDTree(det.xyz_A).query(det.xyz_A, k=2)[0][:, 1].min() > 1.8
     assert np.all(det.n_voxels >= 3)
 
 
