@@ -19,7 +19,7 @@ import numpy as np
 from . import backend as _be
 from .simulate import gaussian_terms
 
-__all__ = ["AtomKernel", "denoise_map"]
+__all__ = ["AtomKernel", "denoise_map", "noise_power_spectrum"]
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,57 @@ def _band_inplace(s, xp, res_A=1.0, shells=3, ds=None):
     return s
 
 
+def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3):
+    """Radially averaged power spectrum of the map's solvent (the noise), against |s| (1/Å).
+
+    Parameters
+    ----------
+    data : (nz, ny, nx) array
+    solvent_mask : (nz, ny, nx) float or bool array, 1 in the solvent (soft edges are best)
+    voxel_size_A : float or (3,)
+    n_smooth : int
+        Width (shells) of the moving average applied to the radial profile.
+
+    Returns
+    -------
+    s_A, power : 1-D host arrays (shell centres in 1/Å, mean |F|² per shell normalised by
+    the solvent fraction).
+    """
+    be = _be.namespace(data)
+    xp, fft = be.xp, be.fft
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    m = solvent_mask.astype(xp.float32)
+    frac = float(m.mean())
+    if frac <= 0:
+        raise ValueError("noise_power_spectrum: the solvent mask is empty")
+    mean = float((data * m).sum(dtype=xp.float64)) / float(m.sum(dtype=xp.float64))
+    fkw = {} if be.is_gpu else {"workers": -1}
+    F = fft.rfftn((data - xp.float32(mean)) * m, **fkw)
+    pw = (F.real ** 2 + F.imag ** 2).astype(xp.float32)
+    del F
+    shape = data.shape
+    fz = xp.fft.fftfreq(shape[0], d=vs[2]).astype(xp.float32)
+    fy = xp.fft.fftfreq(shape[1], d=vs[1]).astype(xp.float32)
+    fx = xp.fft.rfftfreq(shape[2], d=vs[0]).astype(xp.float32)
+    s = xp.sqrt((fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :])
+    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
+    shell = xp.minimum((s / ds).astype(xp.int64), int(np.ceil(float(s.max()) / ds)))
+    nb = int(shell.max()) + 1
+    tot = _be.to_host(xp.bincount(shell.ravel(), weights=pw.ravel().astype(xp.float64), minlength=nb))
+    cnt = _be.to_host(xp.bincount(shell.ravel(), minlength=nb)).astype(np.float64)
+    ok = cnt > 0
+    prof = np.where(ok, tot / np.maximum(cnt, 1), 0.0) / (frac * float(np.prod(shape)))
+    if n_smooth > 1:
+        k = np.ones(n_smooth) / n_smooth
+        prof = np.convolve(np.pad(prof, n_smooth // 2, mode="edge"), k, "valid")[:nb]
+    s_c = (np.arange(nb) + 0.5) * ds
+    s_c[0] = 0.0
+    return s_c[ok], prof[ok]
+
+
 def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float = 1.0,
-                highpass_A: float = 0.0, pad_vox: int | None = None, want_second: bool = True):
+                highpass_A: float = 0.0, noise_psd=None, pad_vox: int | None = None,
+                want_second: bool = True):
     """Correlate a map with one atom: the denoised map ``C`` (and ``G = K ⋆ C``).
 
     Parameters
@@ -81,6 +130,11 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         When > 0, also remove structure coarser than this (Å): smooth solvent
         background and the particle's overall envelope (cosine taper from
         1/highpass_A down to half that frequency).
+    noise_psd : (s_A, power) pair of 1-D host arrays, optional
+        Radially averaged noise power against spatial frequency (1/Å), from
+        :func:`noise_power_spectrum`. The filter is then divided by it (a
+        prewhitened matched filter, the optimal detector for coloured noise);
+        ``G`` still uses the plain atom, so the sweep score stays exact.
     pad_vox : int, optional
         Padding (voxels) on each side against circular wrap; default covers
         the atom's reach.
@@ -121,6 +175,11 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         K += tmp
     ds = 1.0 / (np.array(padded) * vs[::-1]).max()
     band = xp.sqrt(s2, out=s2)                     # s2 now holds |s|, then the band
+    white = None
+    if noise_psd is not None:
+        s_c, power = (np.asarray(v, dtype=np.float64) for v in noise_psd)
+        inv = (power.max() / np.maximum(power, 1e-12 * power.max())).astype(np.float32)
+        white = xp.interp(band, xp.asarray(s_c, dtype=xp.float32), xp.asarray(inv))
     if highpass_A and highpass_A > 0:
         lo = 0.5 / highpass_A
         xp.subtract(band, xp.float32(lo), out=tmp)
@@ -140,6 +199,9 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     del band
     K[0, 0, 0] = 0.0                                # DC removed
     F[0, 0, 0] = 0.0
+    if white is not None:                           # C from F·K/P; G below from C·K
+        F *= white
+        del white
     even = padded[2] % 2 == 0
 
     def herm_norm2(a):

@@ -34,7 +34,7 @@ import numpy as np
 
 from . import backend as _be
 from .components import label26, label_moments, otsu_threshold
-from .denoise import AtomKernel, denoise_map
+from .denoise import AtomKernel, denoise_map, noise_power_spectrum
 from .elements import Element, get_element
 from .errors import InputError
 from .gpu_kernels import window_pearson
@@ -73,6 +73,8 @@ class DetectOptions:
     b_extra_A2: float | None = None   # blur of the simulated atom (Å²); default DEFAULT_KERNEL_BLUR_A2
     crop_margin_A: float = 4.0
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
+    whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
+    whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
     min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
 
     @classmethod
@@ -84,6 +86,8 @@ class DetectOptions:
             if not hasattr(opts, k):
                 raise InputError(f"unknown detection option {k!r}")
             setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None else float(v))
+        if opts.whiten not in ("auto", "always", "never"):
+            raise InputError(f"whiten must be 'auto', 'always' or 'never', got {opts.whiten!r}")
         if opts.correlation_rule not in ("floor", "robust", "paper"):
             raise InputError(f"correlation_rule must be 'floor', 'robust' or 'paper', got {opts.correlation_rule!r}")
         if opts.n_thresholds < 2:
@@ -274,29 +278,69 @@ def _refine_centres(raw_box, centre_vox, base, radius_vox, sigma_vox):
     return c
 
 
-def _noise_level(C, threshold, voxel_size_A, margin_A, step: int = 2):
-    """Median and robust SD of the denoised map's noise, measured in the solvent.
+_STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
 
-    The solvent is every voxel farther than about ``margin_A`` from the voxels above
-    the chosen threshold (a Gaussian-smoothed mask on a ``step``-subsampled grid).
-    When the particle fills the box, the SD comes from the lower half of the whole
-    map instead, which the particle (positive density) hardly touches.
+
+def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
+    """Solvent voxels on a ``step``-subsampled grid, and the voxels that carry noise at all.
+
+    The particle is where the raw map, smoothed over 2.5 Å (which averages the
+    noise away whatever its colour), is above its Otsu threshold; the solvent is
+    farther than ``margin_A`` from it. Constant regions (masked maps) are never solvent.
+
+    Returns
+    -------
+    solvent, live : bool arrays on the subsampled grid
     """
-    be = _be.namespace(C)
+    be = _be.namespace(raw)
     xp, ndi = be.xp, be.ndi
+    vox = step * float(np.min(voxel_size_A))
+    sub = raw[::step, ::step, ::step].astype(xp.float32)
+    local_var = ndi.uniform_filter(sub * sub, 3) - ndi.uniform_filter(sub, 3) ** 2
+    live = local_var > 1e-6 * float(sub.var())
+    sm = ndi.gaussian_filter(sub, 2.5 / vox)
+    part = (sm > otsu_threshold(sm[live])).astype(xp.float32)
+    solvent = (ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant") < 1e-3) & live
+    return solvent, live
+
+
+def _noise_level(C, solvent, live, step: int = _STEP):
+    """Median and robust SD of the denoised map in the solvent (subsampled masks).
+
+    Without enough solvent, the SD comes from the lower half of the map's live
+    voxels, which the particle (positive density) hardly touches.
+    """
+    xp = _be.namespace(C).xp
     sub = C[::step, ::step, ::step]
-    sigma_vox = 0.5 * margin_A / (step * float(np.min(voxel_size_A)))
-    near = ndi.gaussian_filter((sub > threshold).astype(xp.float32), sigma_vox, mode="constant")
-    solvent = near < 1e-3
-    n_solvent = int(solvent.sum())                         # sync
-    if n_solvent >= 500:
+    if int(solvent.sum()) >= 500:                          # sync
         sample = sub[solvent]
         med = float(xp.median(sample))
         return med, 1.4826 * float(xp.median(xp.abs(sample - med)))
-    flat = sub.ravel()
+    flat = sub[live] if int(live.sum()) >= 500 else sub.ravel()
     med = float(xp.median(flat))
     low = flat[flat <= med]
     return med, 1.4826 * float(xp.median(med - low))
+
+
+def _noise_spectrum(raw, solvent, voxel_size_A, resolution_A, step: int = _STEP):
+    """Noise power spectrum of the solvent and how coloured it is within the atoms' band.
+
+    Returns ``(psd, colour)``; colour = max/min of the power between 4 Å and the
+    band limit (≈ 1 for white noise). ``psd`` is None when there is too little solvent.
+    """
+    be = _be.namespace(raw)
+    xp, ndi = be.xp, be.ndi
+    if int(solvent.sum()) < 500:                           # sync
+        return None, 1.0
+    soft = ndi.gaussian_filter(solvent.astype(xp.float32), 1.0)
+    for ax in range(3):
+        soft = xp.repeat(soft, step, axis=ax)
+    soft = soft[: raw.shape[0], : raw.shape[1], : raw.shape[2]]
+    s_c, power = noise_power_spectrum(raw, soft, voxel_size_A)
+    sel = (s_c >= 0.25) & (s_c <= 1.0 / resolution_A)
+    if sel.sum() < 3 or not np.all(power[sel] > 0):
+        return None, 1.0
+    return (s_c, power), float(power[sel].max() / power[sel].min())
 
 
 def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
@@ -319,12 +363,14 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     return kept
 
 
-def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A):
+def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2):
     """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
 
     A local maximum of ``C`` above ``t_low`` that lies outside every labelled
-    component and at least ``min_sep_A`` from every existing atom centre becomes a
-    new atom; it claims the unlabelled voxels above ``t_low`` within ``r_claim_A``.
+    component, at least ``min_sep_A`` from every existing atom centre and within
+    ``bond_A`` of at least ``min_bonds`` of them (bonded to the particle: noise
+    far from it is never rescued) becomes a new atom; it claims the unlabelled
+    voxels above ``t_low`` within ``r_claim_A``.
     """
     be = _be.namespace(lab)
     xp, ndi = be.xp, be.ndi
@@ -356,7 +402,11 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A):
     clash = xp.zeros(allp.shape[0], dtype=bool)
     cross = (i < ne) & (j >= ne)
     clash[j[cross]] = True
-    new = xp.nonzero(~clash[ne:])[0]
+    # bonded to the particle: at least `min_bonds` existing atoms within bonding range
+    i, j, _ = pairs_within(allp, bond_A)
+    cross = (i < ne) & (j >= ne)
+    bonds = xp.bincount(j[cross] - ne, minlength=pxyz.shape[0])
+    new = xp.nonzero(~clash[ne:] & (bonds >= min_bonds))[0]
     n_new = int(new.shape[0])                      # sync
     if n_new == 0:
         return lab, n, 0
@@ -423,7 +473,11 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     b_extra = DEFAULT_KERNEL_BLUR_A2 if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
-    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A)
+    solvent, live = _solvent_mask(raw, vs, o.solvent_margin_A)
+    psd, colour = (None, 1.0) if o.whiten == "never" else _noise_spectrum(raw, solvent, vs, o.resolution_A)
+    whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
+    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+                       noise_psd=psd if whitened else None)
     lap("denoise")
 
     say("choosing the threshold")
@@ -464,7 +518,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")
-    med, noise = _noise_level(C, threshold, vs, o.solvent_margin_A)
+    med, noise = _noise_level(C, solvent, live)
     t_sig = max(med + o.rescue_sigma * noise, t_otsu)
     lab, n = label26(C_box > threshold)
     mom = label_moments(lab, n, weights, C_box)
@@ -477,7 +531,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         lab, n, n_split = _split(lab, n, C_box, 2.0 * el.radius_A, vs)
     counts["split_components"] = n_split
     if o.rescue:
-        lab, n, n_res = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A)
+        lab, n, n_res = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A,
+                                1.25 * el.nn_distance_A)
         counts["rescued"] = n_res
     lap("label_split")
 
@@ -546,6 +601,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
         simulated=sim, map=dmap, element=el,
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu,
+                "noise_colour": colour, "whitened": bool(whitened),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()},
     )

@@ -179,3 +179,15 @@ def test_detect_coarse_sampling(voxel_A):
     p = make_particle(n_atoms=400, seed=9, voxel_size_A=voxel_A, noise=0.15, background=0.3)
     a = _acc(detect_atoms(p.map, "Pt", backend="numpy"), p.xyz_A)
     assert a["recall"] >= 0.98 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.2, a
+
+
+def test_detect_masked_map():
+    """A soft spherical solvent mask (zero outside): a constant solvent must not fool the noise level."""
+    p = make_particle(n_atoms=500, seed=12, margin_A=12)
+    d = p.map.data.astype(float)
+    idx = np.stack(np.indices(d.shape), -1)
+    r = np.sqrt(((idx - np.array(d.shape) / 2) ** 2).sum(-1)) * 0.358
+    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + 4.0
+    data = (d * np.clip((radius + 3.0 - r) / 3.0, 0, 1)).astype(np.float32)
+    a = _acc(detect_atoms(DensityMap(data, 0.358), "Pt", backend="numpy"), p.xyz_A)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.08, a
