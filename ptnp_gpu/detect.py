@@ -528,7 +528,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     counts = {"components": n, "small_or_insignificant_removed": int(drop.sum())}
     n_split = 0
     if o.split:
-        lab, n, n_split = _split(lab, n, C_box, 2.0 * el.radius_A, vs)
+        # seeds closer than 2·r_th are one atom (paper), but never beyond 0.8 bond (Cu: 2r_th > bond)
+        lab, n, n_split = _split(lab, n, C_box, min(2.0 * el.radius_A, 0.8 * el.nn_distance_A), vs)
     counts["split_components"] = n_split
     if o.rescue:
         lab, n, n_res = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A,
@@ -547,8 +548,9 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     remap[ids] = xp.arange(1, ids.shape[0] + 1, dtype=xp.int32)
     lab = remap[lab]
     if o.refine_centres:
-        centre = _refine_centres(raw_box, centre, base, 1.3 * el.radius_A / vs.min(),
-                                 0.5 * el.radius_A / vs.min())
+        # window from the bond length (Pt: 1.44 Å radius, σ 0.55 Å), so neighbours stay out
+        centre = _refine_centres(raw_box, centre, base, 0.52 * el.nn_distance_A / vs.min(),
+                                 0.2 * el.nn_distance_A / vs.min())
     lap("centres")
 
     say("validating atoms")
