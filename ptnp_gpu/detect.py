@@ -574,8 +574,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         keep &= vcorr >= thr
     counts["rejected_correlation"] = int((~keep).sum())
     if o.reject_low_cn:
-        a = el.lattice_param_A
-        cn = count_neighbors(xyz[keep], a / 2 * (1 + 1 / np.sqrt(2)))
+        cn = count_neighbors(xyz[keep], el.cn_cutoff_A)
         k2 = xp.ones_like(keep)
         k2[xp.nonzero(keep)[0][cn < o.min_cn]] = False
         counts["rejected_low_cn"] = int((~k2).sum())

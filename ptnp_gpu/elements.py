@@ -57,6 +57,19 @@ class Element:
     lattice_param_A: float
 
     @property
+    def cn_cutoff_A(self) -> float:
+        """Neighbour radius for coordination numbers with the bulk lattice (Å).
+
+        fcc: the paper's ``a/2 · (1 + 1/√2)``, midway between the first and second
+        shells; bcc: midway between the first (a√3/2) and second (a) shells; hcp:
+        the fcc value for the same bond length.
+        """
+        a, nn = self.lattice_param_A, self.nn_distance_A
+        if self.lattice == "bcc":
+            return 0.5 * (nn + a)
+        return nn * (1.0 / np.sqrt(2.0) + 0.5)
+
+    @property
     def nn_distance_A(self) -> float:
         """Ideal nearest-neighbour distance in Å for the bulk lattice."""
         a = self.lattice_param_A

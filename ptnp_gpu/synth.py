@@ -23,6 +23,7 @@ __all__ = ["ParticleSpec", "Particle", "fcc_particle", "make_particle", "write_p
 
 SHAPES = ("sphere", "cuboctahedron", "truncated_octahedron")
 _FCC_BASIS = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
+_BCC_BASIS = np.array([[0, 0, 0], [.5, .5, .5]])
 
 
 def random_rotation(rng) -> np.ndarray:
@@ -35,10 +36,10 @@ def random_rotation(rng) -> np.ndarray:
                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
 
 
-def _lattice_points(a, half_cells, shift):
+def _lattice_points(a, half_cells, shift, basis=_FCC_BASIS):
     r = np.arange(-half_cells, half_cells + 1)
     cells = np.stack(np.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-    pts = (cells[:, None, :] + _FCC_BASIS[None]).reshape(-1, 3) + shift
+    pts = (cells[:, None, :] + basis[None]).reshape(-1, 3) + shift
     return pts * a
 
 
@@ -54,12 +55,14 @@ def _inside(pts, shape, s):
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
-def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", shift=(0, 0, 0)):
-    """Ideal fcc particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes)."""
+def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", shift=(0, 0, 0),
+                 lattice: str = "fcc"):
+    """Ideal fcc (or bcc) particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes)."""
     a = float(lattice_param_A)
     shift = np.asarray(shift, float)
-    hc = int(np.ceil((3 * n_atoms / (16 * np.pi)) ** (1 / 3))) + 3
-    pts = _lattice_points(a, hc, shift)
+    basis = _BCC_BASIS if lattice == "bcc" else _FCC_BASIS
+    hc = int(np.ceil((3 * n_atoms / (4 * len(basis) * np.pi)) ** (1 / 3))) + 3
+    pts = _lattice_points(a, hc, shift, basis)
     lo, hi = 0.5 * a, hc * a
     for _ in range(50):  # bisection on the size parameter
         mid = 0.5 * (lo + hi)
@@ -139,8 +142,10 @@ def make_particle(spec: ParticleSpec | None = None, **kw) -> Particle:
         setattr(spec, k, v)
     rng = np.random.default_rng(spec.seed)
     el = get_element(spec.element)
-    a = el.lattice_param_A * (1.0 + spec.expansion)
-    ideal = fcc_particle(spec.n_atoms, a, spec.shape)
+    # hcp metals are built as fcc with the same bond length (an ABC instead of ABAB stacking)
+    cubic = el.nn_distance_A * np.sqrt(2.0) if el.lattice == "hcp" else el.lattice_param_A
+    a = cubic * (1.0 + spec.expansion)
+    ideal = fcc_particle(spec.n_atoms, a, spec.shape, lattice="bcc" if el.lattice == "bcc" else "fcc")
     R = random_rotation(rng) if spec.rotate else np.eye(3)
     rel = ideal @ R.T
     radius = np.linalg.norm(rel, axis=1)

@@ -22,6 +22,8 @@ def test_element_constants(sym):
     assert np.allclose(el.peng_a + el.peng_b, coefs, rtol=1e-6)
     assert 0.9 < el.radius_A < 1.6 and el.lattice in ("fcc", "bcc", "hcp")
     assert 2.3 < el.nn_distance_A < 3.0
+    # the CN cutoff lies between the first and second neighbour shells
+    assert el.nn_distance_A < el.cn_cutoff_A < (el.lattice_param_A if el.lattice != "hcp" else 1.414 * el.lattice_param_A)
 
 
 def test_unknown_element():
@@ -30,8 +32,9 @@ def test_unknown_element():
     assert issubclass(InputError, ValueError)
 
 
-@pytest.mark.parametrize("sym", ["Au", "Cu"])
-def test_detect_other_fcc_metals(sym):
+@pytest.mark.parametrize("sym", ["Au", "Cu", "Fe", "Co"])
+def test_detect_other_metals(sym):
+    """fcc Au and Cu, bcc Fe, and hcp Co (built with fcc stacking at its bond length)."""
     p = make_particle(n_atoms=400, element=sym, seed=6)
     a = match_accuracy(detect_atoms(p.map, sym, backend="numpy").xyz_A, p.xyz_A, 1.0)
     assert a["recall"] >= 0.99 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.09, a
