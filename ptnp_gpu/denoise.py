@@ -179,7 +179,8 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     if noise_psd is not None:
         s_c, power = (np.asarray(v, dtype=np.float64) for v in noise_psd)
         inv = (power.max() / np.maximum(power, 1e-12 * power.max())).astype(np.float32)
-        white = xp.interp(band, xp.asarray(s_c, dtype=xp.float32), xp.asarray(inv))
+        white = xp.interp(band.ravel(), xp.asarray(s_c, dtype=xp.float32),   # 1-D x for CuPy
+                          xp.asarray(inv)).reshape(band.shape)
     if highpass_A and highpass_A > 0:
         lo = 0.5 / highpass_A
         xp.subtract(band, xp.float32(lo), out=tmp)
