@@ -49,6 +49,9 @@ def add_map_options(p):
     g.add_argument("--no-refine", dest="refine_centres", action="store_false", default=None,
                    help="plain grey-value centres of mass (no sub-voxel refinement)")
     g.add_argument("--resolution", dest="resolution_A", type=float, default=None, help="denoising band limit in Å (default 1)")
+    g.add_argument("--whiten", choices=("auto", "always", "never"), default=None,
+                   help="prewhiten the denoising filter by the solvent's noise spectrum "
+                        "(auto: when the noise is coloured; default)")
     g.add_argument("--min-sweep-correlation", type=float, default=None,
                    help="refuse maps whose best atomic model correlates below this (default 0.2: no particle)")
     g.add_argument("--b-extra", dest="b_extra_A2", type=float, default=None,
@@ -57,7 +60,7 @@ def add_map_options(p):
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_low_cn", "min_cn",
-          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation")
+          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten")
 
 
 def pipeline_kwargs(args) -> dict:
