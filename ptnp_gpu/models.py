@@ -19,7 +19,7 @@ import numpy as np
 from .errors import InputError
 
 __all__ = ["Model", "read_model", "write_pdb", "write_cif", "write_structure", "atomic_write", "atomic_path",
-           "json_safe", "write_json"]
+           "json_safe", "write_json", "write_table", "format_cell"]
 
 EIGHT_PI2 = 8.0 * np.pi ** 2
 
@@ -100,6 +100,31 @@ def json_safe(obj):
 def write_json(path, obj, indent: int = 2):
     """Write ``obj`` (made JSON-safe) atomically."""
     return atomic_write(path, lambda fh: json.dump(json_safe(obj), fh, indent=indent, allow_nan=False))
+
+
+def format_cell(v) -> str:
+    """One table cell: integers and booleans as 0/1 integers, floats with 6 significant digits."""
+    if isinstance(v, (str, np.str_)):
+        return str(v)
+    if isinstance(v, (bool, np.bool_)):
+        return "1" if v else "0"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    v = float(v)
+    return "nan" if not np.isfinite(v) else f"{v:.6g}"
+
+
+def write_table(path, columns: dict):
+    """Write equal-length columns (name → sequence) as CSV, atomically."""
+    names = list(columns)
+    n = len(next(iter(columns.values()))) if columns else 0
+
+    def write(fh):
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(names)
+        for i in range(n):     # text formatting, after all numeric work is done
+            w.writerow([format_cell(columns[k][i]) for k in names])
+    return atomic_write(path, write)
 
 
 def _structure(model: Model):

@@ -20,7 +20,7 @@ from . import __version__
 from . import backend as _be
 from .errors import InputError
 from .mapio import read_map, write_map
-from .models import Model, atomic_write, json_safe, write_json, write_structure
+from .models import Model, json_safe, write_json, write_structure, write_table
 
 __all__ = ["run_detect", "run_analyze", "default_out_dir", "Progress"]
 
@@ -71,23 +71,6 @@ def _commit_folder(tmp: Path, out: Path):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_csv(path, columns: dict):
-    names = list(columns)
-    n = len(next(iter(columns.values()))) if columns else 0
-
-    def fmt(v):
-        if isinstance(v, (float, np.floating)):
-            return "" if not np.isfinite(v) else f"{v:.6g}"
-        return str(v)
-
-    def write(fh):
-        fh.write(",".join(names) + "\n")
-        cols = [np.asarray(columns[k]) for k in names]
-        for i in range(n):
-            fh.write(",".join(fmt(c[i]) for c in cols) + "\n")
-    atomic_write(path, write)
-
-
 def _detection_columns(det) -> dict:
     xyz = det.xyz_A
     return {
@@ -99,7 +82,7 @@ def _detection_columns(det) -> dict:
 
 def _write_curve(folder: Path, det, figure: bool = True):
     curve = det.curve
-    _write_csv(folder / "threshold_curve.csv", {"threshold": curve[:, 0], "correlation": curve[:, 1]})
+    write_table(folder / "threshold_curve.csv", {"threshold": curve[:, 0], "correlation": curve[:, 1]})
     if not figure:
         return
     try:
@@ -163,7 +146,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
                              "penetration": getattr(st, "penetration", None),
                              "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None}
         else:
-            _write_csv(tmp / "atoms.csv", cols)
+            write_table(tmp / "atoms.csv", cols)
             write_structure(tmp, Model(det.xyz_A, [el.symbol] * len(det.xyz_A)))
         times = {"read": t_read, **det.times, "write": time.perf_counter() - t}
         times["total"] = time.perf_counter() - t_start

@@ -14,7 +14,6 @@ neighbours, strain) runs on the host, where N atoms is small.
 """
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from .displacement import (displacements_from_fits, fit_radius_A, gather_windows
 from .elements import Element, get_element
 from .errors import InputError
 from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
-from .models import atomic_write, write_json
+from .models import atomic_write, format_cell, write_json, write_table
 from .penetration import fit_penetration
 from .strain import radial_displacement_A, radial_strain, strain_tensor
 
@@ -382,29 +381,6 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
 
 # ----------------------------------------------------------------------------- writing
 
-def _fmt(v):
-    if isinstance(v, (str, np.str_)):
-        return str(v)
-    if isinstance(v, (bool, np.bool_)):
-        return "1" if v else "0"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    v = float(v)
-    return "nan" if not np.isfinite(v) else f"{v:.6g}"
-
-
-def _write_table(path, columns: dict):
-    names = list(columns)
-    n = len(next(iter(columns.values()))) if columns else 0
-
-    def write(fh):
-        w = csv.writer(fh, lineterminator="\n")
-        w.writerow(names)
-        for i in range(n):     # text formatting, after all numeric work is done
-            w.writerow([_fmt(columns[k][i]) for k in names])
-    return atomic_write(path, write)
-
-
 def _write_defattr(path, name, values, elements):
     unit, desc = SCHEMA.get(name, ("", name))
 
@@ -415,7 +391,7 @@ def _write_defattr(path, name, values, elements):
         fh.write(f"attribute: {name}\nmatch mode: any\nrecipient: atoms\n")
         for i, v in enumerate(values):
             if np.isfinite(v):
-                fh.write(f"\t/A:{i + 1}@{str(elements[i]).upper()}\t{_fmt(v)}\n")
+                fh.write(f"\t/A:{i + 1}@{str(elements[i]).upper()}\t{format_cell(v)}\n")
     return atomic_write(path, write)
 
 
@@ -493,7 +469,7 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
         schema[k] = {"unit": "", "description": "column kept from the input model / detection"}
     for k in cols:
         ordered.setdefault(k, cols[k])
-    files = {"atoms_csv": _write_table(out / "atoms.csv", ordered)}
+    files = {"atoms_csv": write_table(out / "atoms.csv", ordered)}
     files["atoms_schema"] = write_json(out / "atoms_schema.json",
                                         {k: schema[k] for k in ordered if k in schema})
     u6 = np.stack([cols[k] for k in ("u11_A2", "u22_A2", "u33_A2", "u12_A2", "u13_A2", "u23_A2")], axis=1)
@@ -510,11 +486,11 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
     flat = {k: [v] for k, v in part.items() if not isinstance(v, (list, tuple))}
     row = {k: flat[k] for k in TABLE1_COLUMNS}
     row.update({k: v for k, v in flat.items() if k not in row})
-    files["particle_csv"] = _write_table(out / "particle.csv", row)
-    files["cn_stats"] = _write_table(out / "cn_stats.csv", stats.cn_bins)
+    files["particle_csv"] = write_table(out / "particle.csv", row)
+    files["cn_stats"] = write_table(out / "cn_stats.csv", stats.cn_bins)
     keys = ("statistic", "delta_A", "delta_err_A", "m", "m_err", "c", "c_err", "n_points", "rmse", "ok", "message")
     pen_cols = {k: [stats.penetration[s][k] for s in stats.penetration] for k in keys}
-    files["penetration"] = _write_table(out / "penetration.csv", pen_cols)
+    files["penetration"] = write_table(out / "penetration.csv", pen_cols)
     if figures:
         from . import figures as _fig
         files.update(_fig.save_all(out, dmap, stats))
