@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .neighbors import pairs_within
+
 __all__ = ["neighbour_pairs", "coordination_numbers", "generalized_cn", "nn_bond_lengths_A",
            "particle_diameter_A"]
 
@@ -23,7 +25,8 @@ def neighbour_pairs(xyz_A, cutoff_A: float) -> np.ndarray:
     xyz = np.asarray(xyz_A, float).reshape(-1, 3)
     if len(xyz) < 2:
         return np.zeros((0, 2), dtype=np.int64)
-    return cKDTree(xyz).query_pairs(float(cutoff_A), output_type="ndarray").astype(np.int64)
+    i, j, _ = pairs_within(xyz, float(cutoff_A))
+    return np.stack([i, j], axis=1).astype(np.int64)
 
 
 def coordination_numbers(xyz_A, cutoff_A: float, pairs=None) -> np.ndarray:

@@ -16,7 +16,7 @@ Both are vectorised over neighbour pairs (``np.bincount`` sums and one batched
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
+from .neighbors import pairs_within
 
 __all__ = ["radial_displacement_A", "radial_strain", "strain_tensor"]
 
@@ -44,11 +44,10 @@ def _weighted_pairs(xyz, h_A, valid):
     if len(idx) == 0:
         e = np.zeros(0, np.int64)
         return e, e, np.zeros(0)
-    sub = cKDTree(xyz[idx])
-    sdm = sub.sparse_distance_matrix(sub, 3.0 * h_A, output_type="coo_matrix")
-    i = np.concatenate([idx[sdm.row], idx])
-    j = np.concatenate([idx[sdm.col], idx])
-    d = np.concatenate([sdm.data, np.zeros(len(idx))])
+    a, b, d2 = pairs_within(xyz[idx], 3.0 * h_A)          # i < j; both directions and self below
+    i = np.concatenate([idx[a], idx[b], idx])
+    j = np.concatenate([idx[b], idx[a], idx])
+    d = np.sqrt(np.concatenate([d2, d2, np.zeros(len(idx))]))
     return i, j, np.exp(-0.5 * (d / h_A) ** 2)
 
 
