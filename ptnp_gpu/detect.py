@@ -200,10 +200,7 @@ def _split(lab, n, C_box, r_split_vox, vs):
     pidx = xp.nonzero(peaks.ravel())[0]
     if pidx.size == 0:
         return lab, n, 0
-    nz, ny, nx = lab.shape
-    pz, rem = xp.divmod(pidx, ny * nx)
-    py, px = xp.divmod(rem, nx)
-    pxyz = xp.stack([px, py, pz], 1).astype(xp.float64) * xp.asarray(vs)
+    pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
     plab = lab.ravel()[pidx]
     pval = C_box.ravel()[pidx].astype(xp.float64)
     kept = _thin_peaks(pxyz, pval, r_split_vox, group=plab)
@@ -224,9 +221,7 @@ def _split(lab, n, C_box, r_split_vox, vs):
     flat = lab.ravel()
     vidx = xp.nonzero(multi[flat])[0]
     vl = flat[vidx]
-    vz, rem = xp.divmod(vidx, ny * nx)
-    vy, vx = xp.divmod(rem, nx)
-    vxyz = xp.stack([vx, vy, vz], 1).astype(xp.float64) * xp.asarray(vs)
+    vxyz = _flat_to_xyz_A(vidx, lab.shape, vs)
     best = xp.full(vidx.shape[0], np.inf)
     arg = xp.zeros(vidx.shape[0], dtype=xp.int64)
     for k in range(kmax):
@@ -343,6 +338,20 @@ def _noise_spectrum(raw, solvent, voxel_size_A, resolution_A, step: int = _STEP)
     return (s_c, power), float(power[sel].max() / power[sel].min())
 
 
+def _flat_to_zyx(flat, shape):
+    """(N, 3) integer z, y, x indices of flat (C-order) indices into ``shape``."""
+    xp = _be.namespace(flat).xp
+    z, rem = xp.divmod(flat, shape[1] * shape[2])
+    y, x = xp.divmod(rem, shape[2])
+    return xp.stack([z, y, x], 1)
+
+
+def _flat_to_xyz_A(flat, shape, voxel_size_A):
+    """(N, 3) positions in Å (x, y, z, relative to voxel 0) of flat indices into ``shape``."""
+    xp = _be.namespace(flat).xp
+    return _flat_to_zyx(flat, shape)[:, ::-1].astype(xp.float64) * xp.asarray(voxel_size_A)
+
+
 def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``."""
     xp = _be.namespace(pxyz_A).xp
@@ -381,15 +390,9 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2)
     pidx = xp.nonzero(peaks.ravel())[0]
     if pidx.size == 0:
         return lab, n, 0
-    nz, ny, nx = lab.shape
+    _, ny, nx = lab.shape
     vsx = xp.asarray(vs)
-
-    def to_xyz(flat):
-        z, rem = xp.divmod(flat, ny * nx)
-        y, x = xp.divmod(rem, nx)
-        return xp.stack([x, y, z], 1).astype(xp.float64) * vsx
-
-    pxyz = to_xyz(pidx)
+    pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
     pval = C_box.ravel()[pidx].astype(xp.float64)
     kept = _thin_peaks(pxyz, pval, min_sep_A)
     pidx, pxyz = pidx[kept], pxyz[kept]
@@ -417,9 +420,7 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2)
     off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
     off = off[((off * vs[::-1]) ** 2).sum(1) <= r_claim_A ** 2]
     off = off[np.argsort((off ** 2).sum(1))[::-1]]   # far voxels first, so centres win
-    pz, rem = xp.divmod(pidx, ny * nx)
-    py, px = xp.divmod(rem, nx)
-    idx = xp.stack([pz, py, px], 1)[:, None, :] + xp.asarray(off)[None]
+    idx = _flat_to_zyx(pidx, lab.shape)[:, None, :] + xp.asarray(off)[None]
     shape = xp.asarray(lab.shape)
     ok = xp.all((idx >= 0) & (idx < shape), axis=2)
     idx = xp.clip(idx, 0, shape - 1)
