@@ -42,7 +42,7 @@ from .mapio import DensityMap
 from .neighbors import count_neighbors, pairs_within
 from .simulate import render_atoms
 
-__all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score"]
+__all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score", "sweep_scores"]
 
 
 # Blur of the simulated atom used for denoising and the sweep: the reference's (8·voxel)² at
@@ -76,6 +76,7 @@ class DetectOptions:
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
     min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
+    sweep_batch: int = 0              # thresholds labelled and scored together (0: auto, see _auto_sweep_batch)
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -115,6 +116,19 @@ class Detection:
     counts: dict = field(default_factory=dict)
 
 
+# GPU sweep: stack thresholds until the stacked volume holds this many voxels (~9 bytes each:
+# mask, labels, weights), i.e. ~1.2 GB at most; a 256³ map's crop takes all 16 coarse thresholds.
+_GPU_SWEEP_VOXELS = 2 ** 27
+
+
+def _auto_sweep_batch(be, box_voxels: int, n_thresholds: int) -> int:
+    """Thresholds per sweep batch: all that fit the budget on a GPU (fewer launches and
+    syncs), one at a time on the CPU (no gain there, and it keeps the peak memory low)."""
+    if not be.is_gpu:
+        return 1
+    return int(max(1, min(n_thresholds, _GPU_SWEEP_VOXELS // max(int(box_voxels), 1))))
+
+
 def _crop_box(mask, margin_vox):
     """Bounding box (slices) of ``mask`` grown by ``margin_vox`` voxels."""
     be = _be.namespace(mask)
@@ -143,6 +157,7 @@ class _Scorer:
         self.kernel = kernel
         self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
         self.n = float(C_box.size)
+        self.extent_A = float(np.max(np.asarray(C_box.shape) * self.vs[::-1]))
         sc = scc = 0.0
         for z in range(0, C_box.shape[0], 32):         # slabs: no full-size float64 copies
             blk = C_box[z:z + 32]
@@ -157,21 +172,42 @@ class _Scorer:
         self.d2_grid = self.xp.linspace(0.0, self.reach ** 2, 8192)
         self.a_table = kernel.autocorr(self.d2_grid, self.xp)
 
-    def __call__(self, centre_vox_xyz):
+    def scores(self, centre_vox_xyz, group, n_groups: int):
+        """Scores of ``n_groups`` models at once (one model per threshold), on the backend.
+
+        ``centre_vox_xyz`` (N, 3) holds the atoms of every model; ``group`` (N,)
+        says which model each atom belongs to. Pairs never cross models: each
+        model is shifted along z by more than the pair reach. Returns two
+        backend arrays (n_groups,): the correlations (−1 for an empty model)
+        and the atom counts. No host round trip.
+        """
         xp = self.xp
-        n_at = centre_vox_xyz.shape[0]
-        if n_at == 0:
-            return -1.0
+        group = group.astype(xp.int64)
+        n_at = xp.bincount(group, minlength=n_groups)[:n_groups].astype(xp.float64)
         coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
-        ssc = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False).sum()
+        g = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False)
+        ssc = xp.bincount(group, weights=g.astype(xp.float64), minlength=n_groups)[:n_groups]
         xyz = centre_vox_xyz * xp.asarray(self.vs)
-        _, _, d2 = pairs_within(xyz, self.reach)
-        sss = n_at * self.a0 + 2.0 * xp.interp(d2, self.d2_grid, self.a_table).sum()
+        if n_groups > 1:
+            # models side by side along z, further apart than the reach: no cross pairs
+            span = float(self.extent_A) + 2.0 * self.reach
+            xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
+        i, _, d2 = pairs_within(xyz, self.reach)
+        cross = xp.bincount(group[i], weights=xp.interp(d2, self.d2_grid, self.a_table),
+                            minlength=n_groups)[:n_groups]
+        sss = n_at * self.a0 + 2.0 * cross
         ss = n_at * self.ksum
         cov = ssc - ss * self.sc / self.n
         var_s = sss - ss * ss / self.n
         var_c = self.scc - self.sc * self.sc / self.n
-        return float(cov / xp.sqrt(xp.maximum(var_s * var_c, 1e-300)))  # sync: one scalar
+        r = cov / xp.sqrt(xp.maximum(var_s * var_c, 1e-300))
+        return xp.where(n_at > 0, r, -1.0), n_at
+
+    def __call__(self, centre_vox_xyz):
+        """Score of one model (host float; one sync)."""
+        xp = self.xp
+        r, _ = self.scores(centre_vox_xyz, xp.zeros(centre_vox_xyz.shape[0], dtype=xp.int64), 1)
+        return float(r[0])
 
 
 def _centres(C_box, weights_box, threshold, min_voxels):
@@ -185,10 +221,63 @@ def _centres(C_box, weights_box, threshold, min_voxels):
     return lab, n, mom["centre_vox"][1:][keep], mom["count"][1:][keep]
 
 
+def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
+    """Centres of the components of ``C > T`` for several thresholds in one pass.
+
+    The binary volumes are stacked along z with one empty plane between them,
+    so one 26-connected labelling and one fused moments pass serve them all
+    (no host round trip per threshold). Returns the kept centres (voxel xyz
+    in the box) and the threshold index of each, on the backend.
+    """
+    xp = _be.namespace(C_box).xp
+    nz = C_box.shape[0]
+    b = len(thresholds)
+    if b == 1:
+        _, _, cen, _ = _centres(C_box, weights_box, float(thresholds[0]), min_voxels)
+        return cen, xp.zeros(cen.shape[0], dtype=xp.int64)
+    t = xp.asarray(np.asarray(thresholds, dtype=np.float32))[:, None, None, None]
+    mask = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=bool)
+    mask[:, :nz] = C_box[None] > t
+    lab, n = label26(mask.reshape((b * (nz + 1),) + C_box.shape[1:]))
+    del mask
+    if n == 0:
+        return xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
+    w = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=weights_box.dtype)
+    w[:, :nz] = weights_box[None]
+    mom = label_moments(lab, n, w.reshape(lab.shape))
+    del w, lab
+    keep = mom["count"][1:] >= min_voxels
+    cen = mom["centre_vox"][1:][keep]
+    k = xp.floor(cen[:, 2] / (nz + 1)).astype(xp.int64)   # components never straddle the gaps
+    cen = cen - xp.stack([xp.zeros_like(k), xp.zeros_like(k), k * (nz + 1)], 1)
+    return cen, k
+
+
+def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int = 1):
+    """Correlations and atom counts of the models built at ``thresholds`` (host arrays).
+
+    ``batch`` thresholds are binarised, labelled and scored together
+    (:func:`_stacked_centres`, :meth:`_Scorer.scores`); one host transfer per batch.
+    """
+    xp = _be.namespace(C_box).xp
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    out_r, out_n = [], []
+    batch = max(1, int(batch))
+    for s in range(0, len(thresholds), batch):
+        ts = thresholds[s:s + batch]
+        cen, k = _stacked_centres(C_box, weights_box, ts, min_voxels)
+        r, n_at = scorer.scores(cen, k, len(ts))
+        out_r.append(r)
+        out_n.append(n_at)
+    r = _be.to_host(xp.concatenate(out_r)) if out_r else np.zeros(0)
+    n_at = _be.to_host(xp.concatenate(out_n)) if out_n else np.zeros(0)
+    return np.asarray(r, float), np.asarray(n_at, float)
+
+
 def sweep_score(C_box, weights_box, scorer, threshold, min_voxels):
     """Correlation of the model built at ``threshold`` (one sweep evaluation)."""
-    _, _, cen, _ = _centres(C_box, weights_box, threshold, min_voxels)
-    return scorer(cen), int(cen.shape[0])
+    r, n_at = sweep_scores(C_box, weights_box, scorer, [threshold], min_voxels)
+    return float(r[0]), int(n_at[0])
 
 
 def _split(lab, n, C_box, r_split_vox, vs):
@@ -496,17 +585,16 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     scorer = _Scorer(C_box, G_box, kernel, vs)
     del G, G_box                                          # only the scorer's spline coefficients are needed
     coarse = np.linspace(t_otsu, cmax, o.n_thresholds + 1)[:-1]
-    curve = []
-    for t in coarse:
-        sc, na = sweep_score(C_box, weights, scorer, t, o.min_voxels)
-        curve.append((t, sc, na))
-    k = int(np.argmax([c[1] for c in curve]))
+    batch = o.sweep_batch or _auto_sweep_batch(be, C_box.size, len(coarse))
+    r, na = sweep_scores(C_box, weights, scorer, coarse, o.min_voxels, batch)
+    curve = list(zip(coarse, r, na))
+    k = int(np.argmax(r))
     step = coarse[1] - coarse[0]
     fine = coarse[k] + step * np.arange(-o.refine_steps, o.refine_steps + 1) / o.refine_steps
     fine = fine[(fine > t_otsu - step) & (fine < cmax) & ~np.isin(fine, coarse)]
-    for t in fine:
-        sc, na = sweep_score(C_box, weights, scorer, t, o.min_voxels)
-        curve.append((t, sc, na))
+    if len(fine):
+        r, na = sweep_scores(C_box, weights, scorer, fine, o.min_voxels, batch)
+        curve += list(zip(fine, r, na))
     del scorer                                            # frees the spline coefficients
     curve = np.array(sorted(curve))
     best = int(np.argmax(curve[:, 1]))
