@@ -124,10 +124,11 @@ def markdown(results) -> str:
             lines += [""] + extra
     if results.get("stream"):
         lines += ["", "## Stream of 160³ maps (detection + statistics per map)", "",
-                  "| backend | maps | seconds | maps/s |", "| --- | --- | --- | --- |"]
+                  "| backend | workers | maps | seconds | maps/s |", "| --- | --- | --- | --- | --- |"]
         for b, s in results["stream"].items():
-            if s:
-                lines.append(f"| {b} | {s['n_maps']} | {s['seconds']:.2f} | {s['maps_per_s']:.2f} |")
+            for r in (s or {}).get("by_workers", [s] if s else []):
+                lines.append(f"| {b} | {r.get('workers', 1)} | {s['n_maps']} | {r['seconds']:.2f} "
+                             f"| {r['maps_per_s']:.2f} |")
     if results.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(
             f"{s['case']}{' (' + s['backend'] + ')' if 'backend' in s else ''}: {s['why']}"

@@ -114,6 +114,15 @@ class Detection:
     params: dict = field(default_factory=dict)
     times: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
+    raw: object = None                 # the map as float32 on the backend (device-resident on CuPy)
+
+    @property
+    def backend_map(self) -> DensityMap:
+        """The input map with its data on the detection's backend: statistics on a GPU
+        reuse it instead of copying the host map to the device again."""
+        if self.raw is None:
+            return self.map
+        return DensityMap(self.raw, self.map.voxel_size_A, self.map.origin_A)
 
 
 # GPU sweep: stack thresholds until the stacked volume holds this many voxels (~9 bytes each:
@@ -158,12 +167,12 @@ class _Scorer:
         self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
         self.n = float(C_box.size)
         self.extent_A = float(np.max(np.asarray(C_box.shape) * self.vs[::-1]))
-        sc = scc = 0.0
+        sums = []
         for z in range(0, C_box.shape[0], 32):         # slabs: no full-size float64 copies
             blk = C_box[z:z + 32]
-            sc += float(blk.sum(dtype=self.xp.float64))          # sync: a few per map
-            scc += float((blk * blk).sum(dtype=self.xp.float64))
-        self.sc, self.scc = sc, scc
+            sums.append(self.xp.stack([blk.sum(dtype=self.xp.float64),
+                                       (blk * blk).sum(dtype=self.xp.float64)]))
+        self.sc, self.scc = (float(v) for v in _be.to_host(self.xp.stack(sums).sum(0)))  # one sync
         self.a0 = float(kernel.autocorr(np.zeros(1))[0])
         self.ksum = kernel.grid_sum()
         self.reach = kernel.reach_A(1e-5)
@@ -566,6 +575,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     solvent, live = _solvent_mask(raw, vs, o.solvent_margin_A)
     psd, colour = (None, 1.0) if o.whiten == "never" else _noise_spectrum(raw, solvent, vs, o.resolution_A)
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
+    lap("solvent_noise")
     C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
                        noise_psd=psd if whitened else None)
     lap("denoise")
@@ -584,6 +594,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     weights = xp.clip(raw_box - base, 0.0, None)
     scorer = _Scorer(C_box, G_box, kernel, vs)
     del G, G_box                                          # only the scorer's spline coefficients are needed
+    lap("sweep_setup")
     coarse = np.linspace(t_otsu, cmax, o.n_thresholds + 1)[:-1]
     batch = o.sweep_batch or _auto_sweep_batch(be, C_box.size, len(coarse))
     r, na = sweep_scores(C_box, weights, scorer, coarse, o.min_voxels, batch)
@@ -693,5 +704,5 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu,
                 "noise_colour": colour, "whitened": bool(whitened),
                 "element": el.symbol, "backend": be.name},
-        times=times, counts={k: int(v) for k, v in counts.items()},
+        times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
     )

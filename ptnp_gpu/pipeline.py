@@ -136,7 +136,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             from .statistics import compute_statistics, write_statistics
             say("per-atom statistics")
             ts = time.perf_counter()
-            st = compute_statistics(dmap, det.xyz_A, el, labels=det.labels, backend=backend)
+            st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}
