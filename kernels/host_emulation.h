@@ -20,10 +20,14 @@
 
 using std::exp;
 using std::floor;
+using std::fmax;
+using std::fmin;
+using std::isfinite;
 using std::isinf;
 using std::log;
 using std::max;
 using std::min;
+using std::rint;
 
 #define __global__
 #define __device__

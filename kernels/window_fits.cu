@@ -13,6 +13,9 @@
 // the voxels within r (voxel units) of the centre, for the validation
 // correlation.
 //
+// ptnp_mean_shift: sub-voxel refinement of the atom centres, n_iter rounds of
+// a Gaussian-weighted mean shift, all inside one launch (see the kernel).
+//
 // Each thread accumulates its share of the cube window in registers (float64),
 // then the block reduces with warp shuffles and one shared-memory pass. No
 // atomics: the result is deterministic.
@@ -138,4 +141,61 @@ extern "C" __global__ void ptnp_window_pearson(
     }
     ptnp_block_reduce<PTNP_PC_SUMS>(acc, shared);
     if (threadIdx.x < PTNP_PC_SUMS) sums[(long long)atom * PTNP_PC_SUMS + threadIdx.x] = acc[0];
+}
+
+
+// Mean shift of every atom centre (one block per atom, all rounds in the
+// kernel). Each round, with rc = rint(c) (round half to even, the default
+// rounding mode, as NumPy's rint):
+//     p  = rc + o for each offset o of the window (the caller's (W, 3) list)
+//     d  = p - c
+//     v  = map at p, each index clamped into the map ('nearest', order 0)
+//     w  = max(v - base, 0) * exp(-0.5 |d|^2 / sigma2)
+//     c += clip(sum w d / (sum w if sum w > 0 else 1), -1, 1)   (per component)
+// v - base is taken in the map's type (PTNP_MAP_T), as `raw - base` with a
+// Python float base is in NumPy and CuPy; the rest in float64. NaN voxels get
+// weight 0; a non-finite centre is left as it is. The block reduces the four
+// sums (deterministic, no atomics) and every thread reads the new centre
+// from shared memory.
+extern "C" __global__ void ptnp_mean_shift(
+    const PTNP_MAP_T* __restrict__ map, const int nx, const int ny, const int nz,
+    const double* __restrict__ centres,   // (N, 3) voxel x y z
+    const int n_atoms,
+    const int* __restrict__ offsets,      // (W, 3) integer offsets x y z
+    const int n_off, const PTNP_MAP_T base, const double sigma2, const int n_iter,
+    double* __restrict__ out)              // (N, 3) refined centres
+{
+    __shared__ double shared[PTNP_MAX_WARPS * 4];
+    __shared__ double total[4];
+    const int atom = blockIdx.x;
+    if (atom >= n_atoms) return;           // the whole block: no barrier is skipped
+    double cx = centres[3 * atom], cy = centres[3 * atom + 1], cz = centres[3 * atom + 2];
+    const double hx = nx - 1, hy = ny - 1, hz = nz - 1;
+    for (int it = 0; it < n_iter; ++it) {
+        if (!(isfinite(cx) && isfinite(cy) && isfinite(cz))) break;   // same in every thread
+        const double rx = rint(cx), ry = rint(cy), rz = rint(cz);
+        double acc[4] = {0.0, 0.0, 0.0, 0.0};
+        for (int w = threadIdx.x; w < n_off; w += blockDim.x) {
+            const double px = rx + offsets[3 * w], py = ry + offsets[3 * w + 1],
+                         pz = rz + offsets[3 * w + 2];
+            const double dx = px - cx, dy = py - cy, dz = pz - cz;
+            const int ix = (int)fmin(fmax(px, 0.0), hx);
+            const int iy = (int)fmin(fmax(py, 0.0), hy);
+            const int iz = (int)fmin(fmax(pz, 0.0), hz);
+            const PTNP_MAP_T v = map[((long long)iz * ny + iy) * nx + ix] - base;
+            if (!(v > (PTNP_MAP_T)0)) continue;
+            const double g = (double)v * exp(-0.5 * (dx * dx + dy * dy + dz * dz) / sigma2);
+            acc[0] += g; acc[1] += g * dx; acc[2] += g * dy; acc[3] += g * dz;
+        }
+        ptnp_block_reduce<4>(acc, shared);   // thread k < 4 holds total k
+        if (threadIdx.x < 4) total[threadIdx.x] = acc[0];
+        __syncthreads();   // the next write to total follows the next reduce's barrier
+        const double s = total[0] > 0.0 ? total[0] : 1.0;
+        double sh[3] = {total[1] / s, total[2] / s, total[3] / s};
+        for (int k = 0; k < 3; ++k) sh[k] = sh[k] < -1.0 ? -1.0 : (sh[k] > 1.0 ? 1.0 : sh[k]);
+        cx += sh[0]; cy += sh[1]; cz += sh[2];
+    }
+    if (threadIdx.x == 0) {
+        out[3 * atom] = cx; out[3 * atom + 1] = cy; out[3 * atom + 2] = cz;
+    }
 }

@@ -1,6 +1,7 @@
 """CPU twin of ``window_fits.cu``: per-atom window reductions in Numba.
 
-``prange`` over atoms; each atom's sums are private, so there are no races.
+``prange`` over atoms; each atom's sums (and, in :func:`mean_shift`, its
+centre) are private, so there are no races.
 The window, the voxel selection and the sums are the kernel's (see the
 ``.cu`` file), accumulated in float64.
 """
@@ -11,7 +12,7 @@ import math
 import numba as nb
 import numpy as np
 
-__all__ = ["normal_equations", "pearson_sums"]
+__all__ = ["normal_equations", "pearson_sums", "mean_shift"]
 
 
 @nb.njit(inline="always")
@@ -112,3 +113,72 @@ def pearson_sums(vol_a, vol_b, centres, half, r2, sums):
         sums[a, 3] = s3
         sums[a, 4] = s4
         sums[a, 5] = s5
+
+
+@nb.njit(inline="always")
+def _clip1(x):
+    """x clipped to [-1, 1] (NaN stays NaN, as ``np.clip``)."""
+    if x < -1.0:
+        return -1.0
+    if x > 1.0:
+        return 1.0
+    return x
+
+
+@nb.njit(parallel=True, cache=True)
+def mean_shift(vol, centres, offsets, base, sigma2, n_iter, out):
+    """Fill ``out`` (N, 3) with the centres after ``n_iter`` mean-shift rounds.
+
+    The rounds of ``ptnp_mean_shift`` (see ``window_fits.cu``): windows at
+    ``rint(c) + offsets`` ((W, 3) integers x y z), map indices clamped,
+    weights ``max(v - base, 0) * exp(-0.5 |d|² / sigma2)`` with ``v - base``
+    in the map's type (pass ``base`` as a scalar of ``vol.dtype``), shift
+    clipped to ±1 voxel per component. NaN voxels weigh 0; a non-finite
+    centre is left as it is.
+    """
+    nz, ny, nx = vol.shape
+    hx = nx - 1.0
+    hy = ny - 1.0
+    hz = nz - 1.0
+    zero = vol.dtype.type(0)
+    for a in nb.prange(centres.shape[0]):
+        cx = centres[a, 0]
+        cy = centres[a, 1]
+        cz = centres[a, 2]
+        for _ in range(n_iter):
+            if not (math.isfinite(cx) and math.isfinite(cy) and math.isfinite(cz)):
+                break
+            rx = np.rint(cx)
+            ry = np.rint(cy)
+            rz = np.rint(cz)
+            s = 0.0
+            sx = 0.0
+            sy = 0.0
+            sz = 0.0
+            for w in range(offsets.shape[0]):
+                px = rx + offsets[w, 0]
+                py = ry + offsets[w, 1]
+                pz = rz + offsets[w, 2]
+                dx = px - cx
+                dy = py - cy
+                dz = pz - cz
+                ix = int(min(max(px, 0.0), hx))
+                iy = int(min(max(py, 0.0), hy))
+                iz = int(min(max(pz, 0.0), hz))
+                v = vol[iz, iy, ix] - base
+                if not (v > zero):
+                    continue
+                g = np.float64(v) * math.exp(-0.5 * (dx * dx + dy * dy + dz * dz) / sigma2)
+                s += g
+                sx += g * dx
+                sy += g * dy
+                sz += g * dz
+            if not (s > 0.0):
+                s = 1.0
+            cx += _clip1(sx / s)
+            cy += _clip1(sy / s)
+            cz += _clip1(sz / s)
+        out[a, 0] = cx
+        out[a, 1] = cy
+        out[a, 2] = cz
+

@@ -108,6 +108,28 @@ def test_window_pearson_parity(cp, seed):
     np.testing.assert_allclose(_host(rg), r, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [12, FRESH_SEED])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_mean_shift_centres_parity(cp, dtype, seed):
+    rng = np.random.default_rng(seed)
+    shape = (40, 44, 36)
+    vol = rng.normal(0.3, 1.0, shape)
+    vol[:12, :12, :12] = -1.0                                  # windows without weight: no shift
+    vol = vol.astype(dtype)
+    hi = np.array([shape[2], shape[1], shape[0]], float)
+    c = np.vstack([rng.uniform(-2.0, hi + 1.0, (900, 3)),                   # faces and beyond
+                   rng.integers(0, hi.astype(int), (50, 3)) + 0.5,           # rint ties
+                   rng.uniform(3.0, 5.0, (10, 3))])                          # empty corner
+    base = float(rng.uniform(0.0, 0.2))
+    for radius, sigma, n_iter in ((3.8, 1.45, 3), (2.3, 1.0, 6)):
+        host = gk.mean_shift_centres(vol, c, base, radius, sigma, n_iter=n_iter)
+        dev = gk.mean_shift_centres(cp.asarray(vol), cp.asarray(c), base, radius, sigma, n_iter=n_iter)
+        assert isinstance(dev, cp.ndarray) and dev.dtype == cp.float64 and dev.shape == c.shape
+        np.testing.assert_allclose(_host(dev), host, rtol=0, atol=1e-9)
+        np.testing.assert_array_equal(_host(dev)[-10:], c[-10:])
+        assert np.abs(host - c).max() > 0.5
+
+
 @pytest.mark.parametrize("seed", [20, FRESH_SEED])
 def test_label_moments_parity(cp, seed):
     import scipy.ndimage as ndi

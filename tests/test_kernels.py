@@ -278,6 +278,106 @@ def test_window_pearson_matches_reference():
     assert np.isnan(const).all()
 
 
+# ---------------------------------------------------------------------- mean shift
+
+def _ref_mean_shift(raw_box, centre_vox, base, radius_vox, sigma_vox, n_iter=3):
+    """The array code of ``ptnp_gpu.detect._refine_centres`` (NumPy, SciPy)."""
+    r = int(np.ceil(radius_vox))
+    g = np.arange(-r, r + 1)
+    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
+    off = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], 1).astype(np.float64)
+    off = off[(off ** 2).sum(1) <= (radius_vox + 0.5) ** 2]
+    c = np.asarray(centre_vox, dtype=np.float64)
+    for _ in range(n_iter):
+        rc = np.rint(c)
+        pts = rc[:, None, :] + off[None]                        # (N, W, 3) xyz voxels
+        d = pts - c[:, None, :]
+        coords = pts.reshape(-1, 3)[:, ::-1].T
+        v = ndi.map_coordinates(raw_box, coords, order=0, mode="nearest").reshape(pts.shape[:2])
+        wgt = np.clip(v - base, 0.0, None) * np.exp(-0.5 * (d ** 2).sum(-1) / sigma_vox ** 2)
+        s = wgt.sum(1)
+        shift = (wgt[..., None] * d).sum(1) / np.where(s > 0, s, 1.0)[:, None]
+        c = c + np.clip(shift, -1.0, 1.0)
+    return c
+
+
+def _mean_shift_case(rng, dtype, shape=(20, 22, 26), n=300):
+    """Random map with an empty corner, and centres: random, near and beyond the faces,
+    half-integer (rint ties), and inside the empty corner (no weight: no shift)."""
+    vol = rng.normal(0.3, 1.0, shape)
+    vol[:10, :10, :10] = -rng.uniform(0.0, 2.0, (10, 10, 10))        # all below base
+    vol = vol.astype(dtype)
+    hi = np.array([shape[2], shape[1], shape[0]], float)
+    empty = rng.uniform(2.0, 3.5, (6, 3))        # windows of radius <= 4.3 stay in the corner
+    c = np.vstack([rng.uniform(-2.0, hi + 1.0, (n, 3)),
+                   rng.uniform(-0.6, 0.6, (20, 3)) + rng.choice([0.0, 1.0], (20, 3)) * (hi - 1),
+                   rng.integers(0, hi.astype(int), (20, 3)) + 0.5,
+                   [[0.0, 0.0, 0.0], hi - 1, [-5.0, 3.2, 40.0], [2.5, -0.5, 1.5]],
+                   empty])
+    return vol, c, len(empty)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("radius,sigma,n_iter", [(3.8, 1.45, 3), (2.0, 0.9, 1), (4.6, 2.2, 5)])
+def test_mean_shift_twin_matches_reference(dtype, radius, sigma, n_iter):
+    rng = np.random.default_rng(int(10 * radius) + n_iter)
+    vol, c, n_empty = _mean_shift_case(rng, dtype)
+    base = 0.0123456789123       # not a float32: the subtraction is in the map's type
+    out = gk.mean_shift_centres(vol, c, base, radius, sigma, n_iter=n_iter)
+    ref = _ref_mean_shift(vol, c, base, radius, sigma, n_iter)
+    assert out.dtype == np.float64 and out.shape == c.shape
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-9)
+    moved = np.abs(ref - c).max(1)
+    assert np.median(moved) > 0.05 and moved.max() > 0.5
+    np.testing.assert_array_equal(out[-n_empty:], c[-n_empty:])   # zero weights: no shift
+    np.testing.assert_array_equal(ref[-n_empty:], c[-n_empty:])
+
+
+def test_mean_shift_edge_cases():
+    rng = np.random.default_rng(14)
+    vol = rng.normal(size=(12, 13, 14)).astype(np.float32)
+    c = rng.uniform(0, 12, (15, 3))
+    # no rounds, no atoms: the centres (a float64 copy)
+    out = gk.mean_shift_centres(vol, c.astype(np.float32), 0.0, 3.0, 1.2, n_iter=0)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out, c.astype(np.float32))
+    assert gk.mean_shift_centres(vol, np.zeros((0, 3)), 0.0, 3.0, 1.2).shape == (0, 3)
+    # base above the whole map: nothing moves
+    np.testing.assert_array_equal(gk.mean_shift_centres(vol, c, 10.0, 3.0, 1.2), c)
+    # integer maps are read as float32
+    iv = rng.integers(0, 5, vol.shape).astype(np.int16)
+    np.testing.assert_allclose(gk.mean_shift_centres(iv, c, 1.5, 3.0, 1.2),
+                               _ref_mean_shift(iv.astype(np.float32), c, 1.5, 3.0, 1.2), atol=1e-9)
+    # NaN voxels weigh nothing; non-finite centres stay as they are
+    nan_vol = vol.copy()
+    nan_vol[6, 6, 6] = np.nan
+    low = vol.copy()
+    low[6, 6, 6] = -np.inf
+    cn = np.vstack([c, [[np.nan, 2.0, 3.0], [np.inf, 1.0, 1.0]]])
+    a = gk.mean_shift_centres(nan_vol, cn, 0.0, 3.0, 1.2)
+    np.testing.assert_array_equal(a, gk.mean_shift_centres(low, cn, 0.0, 3.0, 1.2))
+    np.testing.assert_array_equal(a[-2:], cn[-2:])
+    assert np.isfinite(a[:-2]).all()
+    for bad in (dict(radius_vox=0.0), dict(sigma_vox=-1.0), dict(sigma_vox=np.nan),
+                dict(n_iter=-1), dict(n_iter=1.5)):
+        kw = dict(radius_vox=3.0, sigma_vox=1.2, n_iter=3) | bad
+        with pytest.raises(ValueError):
+            gk.mean_shift_centres(vol, c, 0.0, **kw)
+    with pytest.raises(ValueError):
+        gk.mean_shift_centres(vol, c[:, :2], 0.0, 3.0, 1.2)
+
+
+def test_mean_shift_offsets_are_the_sphere():
+    for radius in (0.4, 1.0, 2.5, 3.8):
+        off = gk.mean_shift_offsets(radius)
+        r = int(np.ceil(radius))
+        cube = np.array([(x, y, z) for z in range(-r, r + 1) for y in range(-r, r + 1)
+                         for x in range(-r, r + 1)])
+        expect = cube[(cube ** 2).sum(1) <= (radius + 0.5) ** 2]
+        assert off.dtype == np.int32
+        np.testing.assert_array_equal(off, expect)
+
+
 # ---------------------------------------------------------------------- label moments
 
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64, np.uint8])
@@ -373,6 +473,11 @@ extern "C" void emu_pearson(const float* a, const float* b, int nx, int ny, int 
     const double* c, int n, int half, double r2, double* sums, int block) {
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_window_pearson,
       a, b, nx, ny, nz, c, n, half, r2, sums);
+}
+extern "C" void emu_mean_shift(const float* map, int nx, int ny, int nz, const double* c, int n,
+    const int* off, int n_off, float base, double sigma2, int n_iter, double* out, int block) {
+  ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_mean_shift,
+      map, nx, ny, nz, c, n, off, n_off, base, sigma2, n_iter, out);
 }"""),
     "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
 extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
@@ -467,6 +572,28 @@ def test_window_kernels_on_host(emulated):
                     _ptr(sums), 96)
     _, st = gk.window_pearson(vol, b, c, r, return_sums=True)
     np.testing.assert_allclose(sums, st, rtol=1e-12, atol=1e-12)
+
+
+def test_mean_shift_kernel_on_host(emulated):
+    rng = np.random.default_rng(33)
+    vol = rng.normal(0.2, 1.0, (11, 12, 13)).astype(np.float32)
+    vol[:8, :8, :8] = -1.0             # zero weights in the window around (2.5, 2.5, 2.5)
+    vol[5, 8, 9] = np.nan
+    c = np.vstack([rng.uniform(-1.5, [14, 13, 12], (7, 3)), [[2.5, 2.5, 2.5], [6.5, 3.0, 0.5],
+                                                             [np.nan, 1.0, 1.0]]])
+    base, radius, sigma = 0.0123456789123, 3.8, 1.45
+    off = gk.mean_shift_offsets(radius)
+    out = np.zeros_like(c)
+    for block in (64, 32):
+        emulated["window_fits.cu"].emu_mean_shift(
+            _ptr(vol), 13, 12, 11, _ptr(c), len(c), _ptr(off), len(off), ctypes.c_float(base),
+            ctypes.c_double(sigma * sigma), 3, _ptr(out), block)
+        twin = gk.mean_shift_centres(vol, c, base, radius, sigma)
+        np.testing.assert_allclose(out, twin, rtol=0, atol=1e-12)
+        np.testing.assert_array_equal(out[-3], c[-3])
+        assert np.isnan(out[-1, 0]) and np.abs(out[:-3] - c[:-3]).max() > 0.3
+    ref = _ref_mean_shift(np.nan_to_num(vol, nan=-1.0), c[:-1], base, radius, sigma)
+    np.testing.assert_allclose(out[:-1], ref, rtol=0, atol=1e-9)
 
 
 def test_label_kernel_on_host(emulated):
@@ -623,3 +750,20 @@ def test_cupy_branches_on_emulated_device(emulated_device):
     np.testing.assert_allclose(m.sum_w_xyz, s[:, 1:], rtol=1e-12)
     np.testing.assert_array_equal(m.peak_value, pv)
     np.testing.assert_array_equal(m.peak_index, pi)
+
+
+def test_mean_shift_cupy_branch_on_emulated_device(emulated_device):
+    """Float64 map (the other specialisation than the host test), launch arguments checked."""
+    rng = np.random.default_rng(41)
+    vol, c, n_empty = _mean_shift_case(rng, np.float64, shape=(14, 12, 13), n=12)
+    out = gk.mean_shift_centres(vol, c, 0.05, 2.6, 1.1, n_iter=4)
+    assert [x[0] for x in emulated_device.launches] == ["ptnp_mean_shift"]
+    from ptnp_gpu.kernels.window_fits_cpu import mean_shift
+    twin = np.zeros_like(c)
+    mean_shift(vol, c, gk.mean_shift_offsets(2.6), np.float64(0.05), 1.1 ** 2, 4, twin)
+    np.testing.assert_allclose(out, twin, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out, _ref_mean_shift(vol, c, 0.05, 2.6, 1.1, 4), rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(out[-n_empty:], c[-n_empty:])
+    f32 = gk.mean_shift_centres(vol.astype(np.float32), c, 0.05, 2.6, 1.1, n_iter=4)
+    np.testing.assert_allclose(f32, _ref_mean_shift(vol.astype(np.float32), c, 0.05, 2.6, 1.1, 4),
+                               rtol=0, atol=1e-9)
