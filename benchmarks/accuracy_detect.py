@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_detect import _plain_gaussian_map  # noqa: E402  (the test's independent renderer)
+from test_detect import _plain_gaussian_map, _weak_atom_case  # noqa: E402  (the tests' independent renderer)
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.mapio import DensityMap  # noqa: E402
@@ -69,6 +69,13 @@ def main(argv=None):
         label = ", ".join(f"{k}={v}" for k, v in spec.items()) or "default map"
         _row(f"{label} [ptnp defaults]", detect_atoms(p.map, "Pt"), p.xyz_A, rows)
         _row(f"{label} [paper settings]", detect_atoms(p.map, "Pt", **PAPER), p.xyz_A, rows)
+    # weak atoms from the independent renderer: mobile surface (σ 0.8 Å, mass kept), partial
+    # occupancy, 0.8 Å voxels; the paper-like settings of the significance test for comparison
+    for kind in ("mobile", "occupancy", "coarse"):
+        m, xyz = _weak_atom_case(kind)
+        _row(f"weak atoms: {kind} [ptnp defaults]", detect_atoms(m, "Pt"), xyz, rows)
+        _row(f"weak atoms: {kind} [Otsu floor, one rescue round]",
+             detect_atoms(m, "Pt", otsu_floor=1.0, rescue_rounds=1), xyz, rows)
     # measured-map traits: coloured noise (correlated over ~1 voxel), a soft solvent mask, both
     from scipy.ndimage import gaussian_filter
 

@@ -4,7 +4,8 @@
 CUDA source         kernels (``ptnp_`` prefix)                  CPU twin (Numba)
 ==================  ==========================================  ======================
 render_atoms.cu     ptnp_render_atoms                           render_atoms_cpu.py
-window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson  window_fits_cpu.py
+window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.py
+                    ptnp_mean_shift
 label_sums.cu       ptnp_label_moments                          label_sums_cpu.py
 ==================  ==========================================  ======================
 
