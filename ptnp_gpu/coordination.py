@@ -1,35 +1,43 @@
 """Coordination statistics from atom positions: CN, GCN and nearest-neighbour bonds.
 
-All functions take (N, 3) positions in Å (x, y, z, map frame) and work on
-neighbour *pairs* (from a k-d tree) with vectorised reductions
-(``np.bincount``), never a loop over atoms.
+All functions take (N, 3) positions in Å (x, y, z, map frame) as NumPy or
+CuPy arrays and compute on that array's backend: neighbour *pairs*
+(:func:`ptnp_gpu.neighbors.pairs_within`: a k-d tree on NumPy, a cell list
+on CuPy) reduced onto the atoms with vectorised segment sums and maxima,
+never a loop over atoms. Results are on the input's backend, except the
+particle diameter (a host convex hull, one scalar).
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy.spatial import cKDTree
 
-from .neighbors import pairs_within
+from . import backend as _be
+from .neighbors import pairs_within, segment_max, segment_sum
 
 __all__ = ["neighbour_pairs", "coordination_numbers", "generalized_cn", "nn_bond_lengths_A",
            "particle_diameter_A"]
 
 
-def neighbour_pairs(xyz_A, cutoff_A: float) -> np.ndarray:
+def _positions(xyz_A, xp):
+    return xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3)
+
+
+def neighbour_pairs(xyz_A, cutoff_A: float):
     """All unordered pairs (i < j) closer than ``cutoff_A``.
 
     Returns
     -------
-    (P, 2) int array.
+    (P, 2) int64 array on the backend of ``xyz_A``.
     """
-    xyz = np.asarray(xyz_A, float).reshape(-1, 3)
+    xp = _be.namespace(xyz_A).xp
+    xyz = _positions(xyz_A, xp)
     if len(xyz) < 2:
-        return np.zeros((0, 2), dtype=np.int64)
+        return xp.zeros((0, 2), dtype=xp.int64)
     i, j, _ = pairs_within(xyz, float(cutoff_A))
-    return np.stack([i, j], axis=1).astype(np.int64)
+    return xp.stack([i, j], axis=1).astype(xp.int64)
 
 
-def coordination_numbers(xyz_A, cutoff_A: float, pairs=None) -> np.ndarray:
+def coordination_numbers(xyz_A, cutoff_A: float, pairs=None):
     """Number of other atoms within ``cutoff_A`` of each atom (CN).
 
     Parameters
@@ -42,7 +50,7 @@ def coordination_numbers(xyz_A, cutoff_A: float, pairs=None) -> np.ndarray:
 
     Returns
     -------
-    (N,) int array.
+    (N,) int64 array on the backend of ``xyz_A`` (or of ``pairs``).
 
     Examples
     --------
@@ -50,12 +58,21 @@ def coordination_numbers(xyz_A, cutoff_A: float, pairs=None) -> np.ndarray:
     >>> coordination_numbers(np.array([[0, 0, 0], [2.7, 0, 0], [9, 0, 0.]]), 3.3).tolist()
     [1, 1, 0]
     """
-    n = len(np.asarray(xyz_A).reshape(-1, 3))
-    p = neighbour_pairs(xyz_A, cutoff_A) if pairs is None else np.asarray(pairs)
-    return np.bincount(p.ravel(), minlength=n).astype(np.int64)
+    xp = _be.namespace(xyz_A, pairs).xp
+    n = len(_positions(xyz_A, xp))
+    p = neighbour_pairs(xyz_A, cutoff_A) if pairs is None else xp.asarray(pairs)
+    if p.size == 0:                       # cupy.bincount refuses empty input
+        return xp.zeros(n, dtype=xp.int64)
+    return xp.bincount(p.ravel(), minlength=n).astype(xp.int64)
 
 
-def generalized_cn(cn, pairs, cn_bulk: float | None = None) -> np.ndarray:
+def _directed(pairs, xp):
+    """Both directions of unordered pairs: centre atoms i and neighbours k."""
+    p = xp.asarray(pairs).reshape(-1, 2)
+    return xp.concatenate([p[:, 0], p[:, 1]]), xp.concatenate([p[:, 1], p[:, 0]])
+
+
+def generalized_cn(cn, pairs, cn_bulk: float | None = None):
     """Generalized coordination number from CN and neighbour pairs.
 
     ``GCN_i = Σ_k CN_k / CN_max`` over the neighbours k of atom i. With
@@ -71,35 +88,98 @@ def generalized_cn(cn, pairs, cn_bulk: float | None = None) -> np.ndarray:
 
     Returns
     -------
-    (N,) float array (0 for atoms without neighbours).
+    (N,) float64 array on the backend of ``cn`` / ``pairs`` (0 for atoms
+    without neighbours).
     """
-    cn = np.asarray(cn, dtype=np.float64)
+    xp = _be.namespace(cn, pairs).xp
+    cn = xp.asarray(cn, dtype=xp.float64)
     n = len(cn)
-    p = np.asarray(pairs).reshape(-1, 2)
-    i = np.concatenate([p[:, 0], p[:, 1]])
-    k = np.concatenate([p[:, 1], p[:, 0]])
-    total = np.bincount(i, weights=cn[k], minlength=n)
+    i, k = _directed(pairs, xp)
+    total = segment_sum(i, [cn[k]], n)[0]
     if cn_bulk is not None:
         return total / float(cn_bulk)
-    cmax = np.zeros(n)
-    np.maximum.at(cmax, i, cn[k])
+    cmax = segment_max(i, cn[k], n, empty=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(cmax > 0, total / np.where(cmax > 0, cmax, 1.0), 0.0)
+        return xp.where(cmax > 0, total / xp.where(cmax > 0, cmax, 1.0), 0.0)
 
 
-def nn_bond_lengths_A(xyz_A) -> np.ndarray:
-    """Distance from each atom to its nearest other atom (Å); NaN for a lone atom."""
-    xyz = np.asarray(xyz_A, float).reshape(-1, 3)
-    if len(xyz) < 2:
-        return np.full(len(xyz), np.nan)
-    return cKDTree(xyz).query(xyz, k=2)[0][:, 1]
+def _nearest_brute_force_A(xyz, rows, chunk_elements: int = 1 << 21):
+    """Exact nearest-neighbour distance (Å) of the atoms ``rows`` against all atoms.
+
+    A chunked all-against-all search on the array's backend (the device
+    fallback for atoms without a neighbour inside the pair radius); the
+    Python loop runs over chunks of ``chunk_elements // N`` rows, not atoms.
+    """
+    xp = _be.namespace(xyz).xp
+    n = len(xyz)
+    out = []
+    step = max(1, chunk_elements // max(n, 1))
+    for s in range(0, len(rows), step):
+        r = rows[s:s + step]
+        d = xyz[r][:, None, :] - xyz[None, :, :]
+        d2 = (d * d).sum(-1)
+        d2[xp.arange(len(r)), r] = xp.inf                # not the atom itself
+        out.append(xp.sqrt(d2.min(axis=1)))
+    return xp.concatenate(out) if out else xp.zeros(0)
+
+
+def _nearest_A(xyz, rows):
+    """Exact nearest-neighbour distance (Å) of the atoms ``rows``: k-d tree on NumPy, brute force on CuPy."""
+    if _be.namespace(xyz).is_gpu:
+        return _nearest_brute_force_A(xyz, rows)
+    from scipy.spatial import cKDTree
+    return cKDTree(xyz).query(xyz[rows], k=2)[0][:, 1]
+
+
+def nn_bond_lengths_A(xyz_A, pairs=None, *, search_A: float | None = None):
+    """Distance from each atom to its nearest other atom (Å); NaN when there is no other atom.
+
+    With ``pairs`` (all pairs within some cutoff, e.g. the CN pairs from
+    :func:`neighbour_pairs`), the bond of every atom that has a pair is the
+    shortest of its pair distances (exact: its nearest neighbour is inside
+    the cutoff); atoms without a pair fall back to a k-d tree query on NumPy
+    and to an exact brute-force search on CuPy. ``search_A`` finds such pairs
+    here instead (e.g. 1.5 × the element's bond length). With neither, NumPy
+    queries a k-d tree for every atom and CuPy searches by brute force.
+
+    Parameters
+    ----------
+    xyz_A : (N, 3) array, Å
+    pairs : (P, 2) int array, optional
+    search_A : float, optional
+        Pair-search radius (Å) when ``pairs`` is not given.
+
+    Returns
+    -------
+    (N,) float64 array on the backend of ``xyz_A``.
+    """
+    be = _be.namespace(xyz_A, pairs)
+    xp = be.xp
+    xyz = _positions(xyz_A, xp)
+    n = len(xyz)
+    if n < 2:
+        return xp.full(n, xp.nan)
+    if pairs is None and search_A is not None:
+        pairs = neighbour_pairs(xyz, search_A)
+    if pairs is None:
+        return _nearest_A(xyz, xp.arange(n))
+    i, k = _directed(pairs, xp)
+    d = xyz[i] - xyz[k]
+    bond = xp.sqrt(-segment_max(i, -(d * d).sum(1), n))     # +inf: no pair; d² summed as the k-d tree does
+    lonely = xp.nonzero(~xp.isfinite(bond))[0]
+    if lonely.size:                                          # one sync
+        bond[lonely] = _nearest_A(xyz, lonely)
+    return bond
 
 
 def particle_diameter_A(xyz_A) -> float:
-    """Largest interatomic distance (Å), searched over the convex-hull vertices."""
+    """Largest interatomic distance (Å), searched over the convex-hull vertices.
+
+    Runs on the host (Qhull): a CuPy input is copied once.
+    """
     from scipy.spatial import ConvexHull, QhullError
     from scipy.spatial.distance import pdist
-    xyz = np.asarray(xyz_A, float).reshape(-1, 3)
+    xyz = np.asarray(_be.to_host(xyz_A), float).reshape(-1, 3)
     try:
         hull = xyz[ConvexHull(xyz).vertices] if len(xyz) > 4 else xyz
     except (QhullError, ValueError):   # flat or degenerate sets

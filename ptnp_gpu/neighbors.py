@@ -3,6 +3,10 @@
 NumPy points use SciPy's cKDTree; CuPy points use a cell-list search on the
 device (:func:`pairs_within_grid`, no host copy of the points), whose memory
 grows with the number of atoms, not its square.
+
+:func:`segment_sum` and :func:`segment_max` reduce per-pair values onto the
+atoms (CN, GCN, nearest-neighbour bonds, strain fits) on the same backend,
+without a device sync.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["pairs_within", "count_neighbors"]
+__all__ = ["pairs_within", "count_neighbors", "segment_sum", "segment_max"]
 
 
 def pairs_within(xyz_A, r_A: float):
@@ -88,3 +92,79 @@ def count_neighbors(xyz_A, r_A: float):
     i, j, _ = pairs_within(xyz_A, r_A)
     n = int(xyz_A.shape[0])
     return xp.bincount(i, minlength=n) + xp.bincount(j, minlength=n)
+
+
+# ----------------------------------------------------------------------------- reductions over pairs
+
+def segment_sum(index, columns, n: int, *, flat: bool | None = None):
+    """Per-segment sums of several value columns: ``out[k, s] = Σ columns[k][index == s]``.
+
+    The reduction behind every per-atom sum over neighbour pairs (CN, GCN,
+    strain fits). Two equivalent ways, chosen by ``flat`` (default: by backend):
+
+    * per column (NumPy default): one ``bincount`` per column, contiguous
+      weights: the fastest host path, in the summation order of a plain
+      ``np.bincount``;
+    * flat (CuPy default): one scatter-add over the flattened
+      (column, segment) index ``k·n + s``: a single kernel launch and no
+      device sync (``cupy.bincount`` syncs twice per call).
+
+    Parameters
+    ----------
+    index : (P,) int array
+        Segment (atom) of each entry, ``0 <= index < n``.
+    columns : (K, P) float array or sequence of K (P,) float arrays
+    n : int
+        Number of segments.
+    flat : bool, optional
+
+    Returns
+    -------
+    (len(columns), n) float64 array on the backend of ``index``.
+    """
+    be = _be.namespace(index)
+    xp = be.xp
+    k = len(columns)
+    if index.size == 0:                  # cupy.bincount refuses empty input
+        return xp.zeros((k, n))
+    if not (be.is_gpu if flat is None else flat):
+        return xp.stack([xp.bincount(index, weights=c, minlength=n) for c in columns])
+    if getattr(columns, "ndim", 0) == 2:                       # one (K, P) array: no stacking copy
+        values = xp.ascontiguousarray(columns, dtype=xp.float64)
+    else:
+        values = xp.stack([xp.asarray(c, dtype=xp.float64) for c in columns])
+    out = xp.zeros(k * n, dtype=xp.float64)
+    flat_index = (xp.arange(k, dtype=xp.int64)[:, None] * n + index[None, :]).ravel()
+    _scatter(be, "add", out, flat_index, values.ravel())
+    return out.reshape(k, n)
+
+
+def _scatter(be, op: str, out, index, values):
+    """``out[index] op= values`` with repeated indices, in place, on the backend of ``out``.
+
+    ``np.add.at`` / ``np.maximum.at`` on NumPy, their documented device twins
+    ``cupyx.scatter_add`` / ``cupyx.scatter_max`` (no sync) on CuPy.
+    """
+    if be.is_gpu:
+        import cupyx
+        {"add": cupyx.scatter_add, "max": cupyx.scatter_max}[op](out, index, values)
+    else:
+        {"add": np.add, "max": np.maximum}[op].at(out, index, values)
+
+
+def segment_max(index, values, n: int, empty: float = -np.inf):
+    """Per-segment maximum ``out[s] = max(values[index == s])`` (``empty`` for empty segments).
+
+    ``np.maximum.at`` on NumPy, ``cupyx.scatter_max`` (no sync) on CuPy. A
+    minimum is ``-segment_max(index, -values, n)`` (exact).
+
+    Returns
+    -------
+    (n,) float64 array on the backend of ``values``.
+    """
+    be = _be.namespace(index, values)
+    xp = be.xp
+    out = xp.full(n, empty, dtype=xp.float64)
+    if index.size:
+        _scatter(be, "max", out, index, xp.asarray(values, dtype=xp.float64))
+    return out

@@ -9,8 +9,10 @@ attribute files, particle JSON/CSV, CN bins, penetration fits, figures).
 
 Positions are (x, y, z) Å in the map frame; map arrays are [z, y, x]. The
 window measurements (Gaussian fits, validation correlation, peak intensity)
-run on the backend of the map (NumPy or CuPy); geometry (lattice,
-neighbours, strain) runs on the host, where N atoms is small.
+run on the backend of the map (NumPy or CuPy), and so do the neighbour
+geometry (CN, GCN, bonds, depth) and the strain; only the lattice fit and the
+particle diameter (convex hull) run on the host, and the per-atom columns come
+back to the host in one copy.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from .errors import InputError
 from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
 from .models import atomic_write, format_cell, write_json, write_table
 from .penetration import fit_penetration
-from .strain import radial_displacement_A, radial_strain, strain_tensor
+from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 
 __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
            "PENETRATION_STATISTICS", "summary_table"]
@@ -167,13 +169,57 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
+def _map_mean_sd(data, slab_voxels: int | None = None):
+    """Mean and standard deviation (population, ddof 0) of a map, with float64 accuracy.
+
+    One pass over slabs of whole planes (axis 0): each slab is widened to
+    float64 into one reused buffer, shifted by the mean ``c`` of the first
+    slab (so that Σ(x − c)² does not cancel when the mean is far from 0),
+    and its Σ(x − c) and Σ(x − c)² are accumulated in float64. No full-size
+    float64 temporaries, as ``xp.std(..., dtype=float64)`` makes; equal to
+    it to ~1e-15 relative. Runs on the backend of ``data``; the two results
+    come to the host in one copy.
+
+    Parameters
+    ----------
+    data : array
+        The map (any shape; float32 or float64).
+    slab_voxels : int, optional
+        Voxels per slab: default 2¹⁸ on NumPy (the buffer stays in cache),
+        2²² on CuPy (few kernel launches, 32 MiB buffer).
+
+    Returns
+    -------
+    mean, sd : float
+    """
+    be = _be.namespace(data)
+    xp = be.xp
+    if slab_voxels is None:
+        slab_voxels = 1 << 22 if be.is_gpu else 1 << 18
+    planes = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(-1, 1)
+    step = max(1, slab_voxels // max(planes.shape[1], 1))
+    shift = xp.mean(planes[:step], dtype=xp.float64)            # 0-d on the backend: no sync
+    buf = xp.empty((min(step, planes.shape[0]), planes.shape[1]), dtype=xp.float64)
+    s1 = s2 = 0.0
+    for z in range(0, planes.shape[0], step):                   # slabs bound the float64 buffer
+        blk = planes[z:z + step]
+        x = buf[:len(blk)]
+        x[...] = blk                                            # exact widening to float64
+        x -= shift                                              # float64 arithmetic on both backends
+        s1 = s1 + x.sum()
+        s2 = s2 + (x * x).sum()                                 # no BLAS dot: threads stall when busy
+    m = s1 / planes.size
+    sd = xp.sqrt(xp.maximum(s2 / planes.size - m * m, 0.0))
+    mean, sd = _be.to_host(xp.stack([shift + m, sd]))
+    return float(mean), float(sd)
+
+
 def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None):
     """Displacement fits, validation correlation and peak intensity for every atom."""
     xp = be.xp
     vs = dmap.voxel_size_A
     data_full = _on(be, dmap.data)
-    mean = float(xp.mean(data_full, dtype=xp.float64))  # synchronize
-    sd = float(xp.std(data_full, dtype=xp.float64))     # synchronize
+    mean, sd = _map_mean_sd(data_full)                   # synchronize (once)
     vox = dmap.xyz_A_to_voxel(xyz)
     r_val = 1.5 * el.radius_A
     # crop to the particle: simulation and gathers only touch this box
@@ -220,6 +266,20 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     fits["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
     out = {k: _be.to_host(v) for k, v in fits.items()}
     return out, {"map_mean": mean, "map_sd": sd}
+
+
+def _columns_to_host(columns: dict) -> dict:
+    """Per-atom (N,) backend arrays as host arrays, with one device → host copy.
+
+    On CuPy the columns are stacked as float64 (exact for the integer columns,
+    which get their dtype back) and copied in one transfer; NumPy arrays pass
+    through unchanged.
+    """
+    if not any(_be.namespace(v).is_gpu for v in columns.values()):
+        return {k: np.asarray(v) for k, v in columns.items()}
+    xp = _be.namespace(*columns.values()).xp
+    host = _be.to_host(xp.stack([xp.asarray(v, dtype=xp.float64) for v in columns.values()]))
+    return {k: row.astype(columns[k].dtype, copy=False) for k, row in zip(columns, host)}
 
 
 def _cn_bins(cols, min_atoms=5):
@@ -289,27 +349,47 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     be = _resolve_backend(backend, labels, simulated, dmap.data)
     times = {}
     t0 = time.perf_counter()
-    lat = fit_lattice(xyz, el)
+    lat = fit_lattice(xyz, el)                       # host: N is small, the fit is iterative
     geo = lattice_geometry(lat.lattice)
     cutoff = lat.cn_cutoff_A
-    pairs = neighbour_pairs(xyz, cutoff)
-    cn = coordination_numbers(xyz, cutoff, pairs)
-    gcn = generalized_cn(cn, pairs)
-    gcn_bulk = generalized_cn(cn, pairs, geo["cn_bulk"])
-    bond = nn_bond_lengths_A(xyz)
+    # neighbour geometry and strain run on ``be`` (on CuPy: positions copied once,
+    # per-atom results back in one copy at the end); lattice fit and hull on the host
+    xp = be.xp
+    pos = _on(be, xyz)
+    pairs = neighbour_pairs(pos, cutoff)
+    cn = coordination_numbers(pos, cutoff, pairs)
     centre = xyz.mean(0)
+    centre_b = _on(be, centre)
     diameter = particle_diameter_A(xyz)
-    radius = np.linalg.norm(xyz - centre, axis=1)
-    depth = 0.5 * diameter - radius
+    radius = xp.linalg.norm(pos - centre_b, axis=1)
+    per_atom = {
+        "cn": cn, "gcn": generalized_cn(cn, pairs), "gcn_bulk": generalized_cn(cn, pairs, geo["cn_bulk"]),
+        "bond_nn_A": nn_bond_lengths_A(pos, pairs),     # the nearest neighbour lies within the CN cutoff
+        "radius_A": radius, "depth_A": 0.5 * diameter - radius,
+    }
+    _be.synchronize(be)
     times["geometry"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bulk_param = el.nn_distance_A / geo["d1"]
-    ideal = ideal_sites_A(lat, bulk_param, centre)
-    u, u_r, _ = radial_displacement_A(xyz, ideal, centre)
-    # derivatives with respect to the reference (ideal-site) coordinates
-    r_ref = np.linalg.norm(ideal - centre, axis=1)
-    eps_rr = radial_strain(r_ref, u_r, ideal, h_A=strain_h_A, valid=lat.inlier)
-    eps = strain_tensor(ideal, u, h_A=strain_h_A, valid=lat.inlier)
+    ideal = _on(be, ideal_sites_A(lat, bulk_param, centre))
+    u, u_r, _ = radial_displacement_A(pos, ideal, centre_b)
+    # derivatives with respect to the reference (ideal-site) coordinates; one
+    # neighbourhood (pair search and weights) serves both estimates
+    r_ref = xp.linalg.norm(ideal - centre_b, axis=1)
+    inlier = _on(be, lat.inlier)
+    hood = strain_neighbourhood(ideal, h_A=strain_h_A, valid=inlier)
+    eps_rr = radial_strain(r_ref, u_r, ideal, h_A=strain_h_A, valid=inlier, neighbourhood=hood)
+    eps = strain_tensor(ideal, u, h_A=strain_h_A, valid=inlier, neighbourhood=hood)
+    per_atom.update({
+        "disp_radial_A": u_r, "strain_radial_pct": 100.0 * eps_rr,
+        "strain_xx_pct": 100 * eps[:, 0, 0], "strain_yy_pct": 100 * eps[:, 1, 1],
+        "strain_zz_pct": 100 * eps[:, 2, 2], "strain_xy_pct": 100 * eps[:, 0, 1],
+        "strain_xz_pct": 100 * eps[:, 0, 2], "strain_yz_pct": 100 * eps[:, 1, 2],
+        "strain_vol_pct": 100 * xp.trace(eps, axis1=1, axis2=2),
+        "strain_failed": (~xp.isfinite(eps_rr)).astype(xp.int64),
+    })
+    per_atom = _columns_to_host(per_atom)
+    cn, gcn, bond, depth = (per_atom[k] for k in ("cn", "gcn", "bond_nn_A", "depth_A"))
     times["strain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
@@ -321,15 +401,12 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     cols = {
         "id": np.arange(1, n + 1), "element": np.array([el.symbol] * n),
         "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-        "cn": cn, "gcn": gcn, "gcn_bulk": gcn_bulk, "bond_nn_A": bond,
-        "radius_A": radius, "depth_A": depth,
+        "cn": cn, "gcn": gcn, "gcn_bulk": per_atom["gcn_bulk"], "bond_nn_A": bond,
+        "radius_A": per_atom["radius_A"], "depth_A": depth,
         "lattice_resid_A": lat.residual_A, "lattice_inlier": lat.inlier.astype(int),
-        "disp_radial_A": u_r, "strain_radial_pct": 100.0 * eps_rr,
-        "strain_xx_pct": 100 * eps[:, 0, 0], "strain_yy_pct": 100 * eps[:, 1, 1],
-        "strain_zz_pct": 100 * eps[:, 2, 2], "strain_xy_pct": 100 * eps[:, 0, 1],
-        "strain_xz_pct": 100 * eps[:, 0, 2], "strain_yz_pct": 100 * eps[:, 1, 2],
-        "strain_vol_pct": 100 * np.trace(eps, axis1=1, axis2=2),
-        "strain_failed": (~np.isfinite(eps_rr)).astype(int),
+        **{k: per_atom[k] for k in ("disp_radial_A", "strain_radial_pct", "strain_xx_pct", "strain_yy_pct",
+                                    "strain_zz_pct", "strain_xy_pct", "strain_xz_pct", "strain_yz_pct",
+                                    "strain_vol_pct", "strain_failed")},
         "intensity_peak_z": win["intensity_peak_z"], "valid_corr": win["valid_corr"],
         "u_iso_A2": win["u_iso_A2"], "u_iso_r2": win["u_iso_r2"],
         "u_iso_failed": win["u_iso_failed"].astype(int),

@@ -10,15 +10,26 @@ so a uniform expansion ε appears as a displacement ``u = ε (x − centre)``.
 * Strain tensor per atom: symmetric part of the Gaussian-weighted local affine
   fit ``u_j − u_i ≈ E (x_j − x_i)`` over the same neighbourhood.
 
-Both are vectorised over neighbour pairs (``np.bincount`` sums and one batched
-3×3 solve), not a loop over atoms. Positions (x, y, z) Å, map frame.
+Both take NumPy or CuPy arrays and run on that backend, vectorised over
+neighbour pairs (segment sums, :func:`ptnp_gpu.neighbors.segment_sum`, and
+one batched 3×3 solve), not a loop over atoms. The neighbourhood (pair
+search and weights) can be built once with :func:`strain_neighbourhood` and
+shared by both estimates. Positions (x, y, z) Å, map frame.
 """
 from __future__ import annotations
 
-import numpy as np
-from .neighbors import pairs_within
+from dataclasses import dataclass
 
-__all__ = ["radial_displacement_A", "radial_strain", "strain_tensor"]
+import numpy as np
+
+from . import backend as _be
+from .neighbors import pairs_within, segment_sum
+
+__all__ = ["radial_displacement_A", "radial_strain", "strain_tensor", "strain_neighbourhood",
+           "StrainNeighbourhood"]
+
+# the 9 entries (p, q) of a 3×3 matrix, row-major
+_ALL = tuple((p, q) for p in range(3) for q in range(3))
 
 
 def radial_displacement_A(xyz_A, ideal_xyz_A, centre_A):
@@ -29,29 +40,92 @@ def radial_displacement_A(xyz_A, ideal_xyz_A, centre_A):
     u : (N, 3) array, Å
     u_r : (N,) array, Å (component along the outward radius)
     r : (N,) array, Å (distance from ``centre_A``)
+
+    All on the backend of the inputs (CuPy if any is a CuPy array).
     """
-    xyz = np.asarray(xyz_A, float)
-    u = xyz - np.asarray(ideal_xyz_A, float)
-    rel = xyz - np.asarray(centre_A, float)
-    r = np.linalg.norm(rel, axis=1)
-    rhat = rel / np.where(r > 1e-9, r, 1.0)[:, None]
-    return u, np.einsum("ij,ij->i", u, rhat), r
+    xp = _be.namespace(xyz_A, ideal_xyz_A, centre_A).xp
+    xyz = xp.asarray(xyz_A, dtype=xp.float64)
+    u = xyz - xp.asarray(ideal_xyz_A, dtype=xp.float64)
+    rel = xyz - xp.asarray(centre_A, dtype=xp.float64)
+    r = xp.linalg.norm(rel, axis=1)
+    rhat = rel / xp.where(r > 1e-9, r, 1.0)[:, None]
+    return u, xp.einsum("ij,ij->i", u, rhat), r
 
 
-def _weighted_pairs(xyz, h_A, valid):
-    """Directed pairs (i, j) incl. i == j within 3h, with Gaussian weights."""
-    idx = np.flatnonzero(valid)
+@dataclass(frozen=True)
+class StrainNeighbourhood:
+    """Valid atoms within 3h of each other and their Gaussian weights (one backend).
+
+    Attributes
+    ----------
+    a, b : (P,) int64 arrays
+        Unordered pairs of distinct valid atoms (indices into all N atoms).
+    w_ab : (P,) float64 array
+        Weights ``exp(-d²/(2h²))`` of the pairs (d in Å).
+    atoms : (M,) int64 array
+        The valid atoms; each is also its own neighbour with weight 1.
+    valid : (N,) bool array
+        Atoms taking part (given mask and finite positions).
+    h_A : float
+        Kernel width (Å).
+    """
+    a: object
+    b: object
+    w_ab: object
+    atoms: object
+    valid: object
+    h_A: float
+
+    def directed(self):
+        """Directed pairs ``(i, j, w)``: both directions of every pair, then i == j."""
+        xp = _be.namespace(self.a).xp
+        i = xp.concatenate([self.a, self.b, self.atoms])
+        j = xp.concatenate([self.b, self.a, self.atoms])
+        w = xp.concatenate([self.w_ab, self.w_ab, xp.ones(len(self.atoms))])
+        return i, j, w
+
+
+def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None) -> StrainNeighbourhood:
+    """Pairs of valid atoms within 3·h_A and their Gaussian weights.
+
+    Parameters
+    ----------
+    xyz_A : (N, 3) array
+        Reference positions (Å), normally the ideal lattice sites.
+    h_A : float
+        Kernel width (Å).
+    valid : (N,) bool array, optional
+        Atoms to use; atoms with non-finite positions are always left out.
+
+    Returns
+    -------
+    StrainNeighbourhood on the backend of ``xyz_A``.
+    """
+    xp = _be.namespace(xyz_A, valid).xp
+    xyz = xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3)
+    finite = xp.all(xp.isfinite(xyz), axis=1)
+    valid = finite if valid is None else (xp.asarray(valid, dtype=bool) & finite)
+    idx = xp.flatnonzero(valid)
     if len(idx) == 0:
-        e = np.zeros(0, np.int64)
-        return e, e, np.zeros(0)
-    a, b, d2 = pairs_within(xyz[idx], 3.0 * h_A)          # i < j; both directions and self below
-    i = np.concatenate([idx[a], idx[b], idx])
-    j = np.concatenate([idx[b], idx[a], idx])
-    d = np.sqrt(np.concatenate([d2, d2, np.zeros(len(idx))]))
-    return i, j, np.exp(-0.5 * (d / h_A) ** 2)
+        e = xp.zeros(0, dtype=xp.int64)
+        return StrainNeighbourhood(e, e, xp.zeros(0), idx, valid, float(h_A))
+    a, b, d2 = pairs_within(xyz[idx], 3.0 * h_A)
+    w = xp.exp(-0.5 * (xp.sqrt(d2) / h_A) ** 2)
+    return StrainNeighbourhood(idx[a], idx[b], w, idx, valid, float(h_A))
 
 
-def radial_strain(r_A, u_r_A, xyz_A, *, h_A: float = 2.0, valid=None, min_weight: float = 2.0):
+def _matching(neighbourhood, xyz, h_A, valid) -> StrainNeighbourhood:
+    """``neighbourhood`` if it was built for ``valid`` and ``h_A``, else a new one."""
+    be = _be.namespace(valid)
+    if neighbourhood is not None and neighbourhood.h_A == float(h_A) \
+            and _be.namespace(neighbourhood.valid) is be and neighbourhood.valid.shape == valid.shape:
+        if bool(be.xp.all(neighbourhood.valid == valid)):                # one sync
+            return neighbourhood
+    return strain_neighbourhood(xyz, h_A=h_A, valid=valid)
+
+
+def radial_strain(r_A, u_r_A, xyz_A, *, h_A: float = 2.0, valid=None, min_weight: float = 2.0,
+                  neighbourhood: StrainNeighbourhood | None = None):
     """Radial strain ε_RR = ∂u_R/∂R by local weighted linear regression.
 
     Parameters
@@ -72,65 +146,77 @@ def radial_strain(r_A, u_r_A, xyz_A, *, h_A: float = 2.0, valid=None, min_weight
     min_weight : float
         Atoms whose neighbourhood spread Σw(R−R̄)² (Å²) is below
         ``min_weight · 0.01`` get NaN (no radial lever arm).
+    neighbourhood : StrainNeighbourhood, optional
+        From :func:`strain_neighbourhood` on the same ``xyz_A``; used when
+        its atoms and ``h_A`` match (else rebuilt), to share one pair search
+        with :func:`strain_tensor`.
 
     Returns
     -------
-    (N,) array: dimensionless strain (multiply by 100 for %).
+    (N,) float64 array on the inputs' backend: dimensionless strain
+    (multiply by 100 for %).
     """
-    r = np.asarray(r_A, float)
-    ur = np.asarray(u_r_A, float)
-    xyz = np.asarray(xyz_A, float).reshape(-1, 3)
+    xp = _be.namespace(r_A, u_r_A, xyz_A, valid).xp
+    r = xp.asarray(r_A, dtype=xp.float64)
+    ur = xp.asarray(u_r_A, dtype=xp.float64)
+    xyz = xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3)
     n = len(r)
-    finite = np.isfinite(ur) & np.isfinite(r) & np.all(np.isfinite(xyz), axis=1)
-    valid = finite if valid is None else (np.asarray(valid, bool) & finite)
-    i, j, w = _weighted_pairs(xyz, h_A, valid)
-    sw = np.bincount(i, w, n)
+    finite = xp.isfinite(ur) & xp.isfinite(r) & xp.all(xp.isfinite(xyz), axis=1)
+    valid = finite if valid is None else (xp.asarray(valid, dtype=bool) & finite)
+    i, j, w = _matching(neighbourhood, xyz, h_A, valid).directed()
     with np.errstate(invalid="ignore", divide="ignore"):
-        rbar = np.bincount(i, w * r[j], n) / sw
-        ubar = np.bincount(i, w * ur[j], n) / sw
+        s = segment_sum(i, [w, w * r[j], w * ur[j]], n)       # Σw, Σw·R, Σw·u_R per atom
+        rbar = s[1] / s[0]
+        ubar = s[2] / s[0]
         dr = r[j] - rbar[i]
-        sxx = np.bincount(i, w * dr * dr, n)
-        sxy = np.bincount(i, w * dr * (ur[j] - ubar[i]), n)
-        out = sxy / sxx
-    out[~valid | ~(sxx > 0.01 * min_weight)] = np.nan
-    return out
+        s = segment_sum(i, [w * dr * dr, w * dr * (ur[j] - ubar[i])], n)
+        sxx = s[0]
+        out = s[1] / sxx
+    return xp.where(valid & (sxx > 0.01 * min_weight), out, xp.nan)
 
 
-def strain_tensor(xyz_A, u_A, *, h_A: float = 2.0, valid=None):
+def strain_tensor(xyz_A, u_A, *, h_A: float = 2.0, valid=None,
+                  neighbourhood: StrainNeighbourhood | None = None):
     """Local strain tensor from a Gaussian-weighted affine fit of displacements.
 
     Solves ``u_j − u_i ≈ E (x_j − x_i)`` (x: reference positions, normally
     the ideal sites) for every atom i over its neighbours
     within 3·h_A (weights ``exp(-d²/(2h²))``) and returns ε = (E + Eᵀ)/2.
+    ``neighbourhood`` as in :func:`radial_strain`.
 
     Returns
     -------
-    (N, 3, 3) array (map x, y, z axes, dimensionless); NaN where the
-    neighbourhood is degenerate or the atom is not valid.
+    (N, 3, 3) float64 array on the inputs' backend (map x, y, z axes,
+    dimensionless); NaN where the neighbourhood is degenerate or the atom
+    is not valid.
     """
-    xyz = np.asarray(xyz_A, float).reshape(-1, 3)
-    u = np.asarray(u_A, float).reshape(-1, 3)
+    xp = _be.namespace(xyz_A, u_A, valid).xp
+    xyz = xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3)
+    u = xp.asarray(u_A, dtype=xp.float64).reshape(-1, 3)
     n = len(xyz)
-    finite = np.all(np.isfinite(u), 1) & np.all(np.isfinite(xyz), 1)
-    valid = finite if valid is None else (np.asarray(valid, bool) & finite)
-    i, j, w = _weighted_pairs(xyz, h_A, valid)
-    dx = xyz[j] - xyz[i]
-    du = u[j] - u[i]
-    a = np.zeros((n, 3, 3))
-    b = np.zeros((n, 3, 3))
-    outer_xx = w[:, None, None] * dx[:, :, None] * dx[:, None, :]
-    outer_ux = w[:, None, None] * du[:, :, None] * dx[:, None, :]
-    for p in range(3):          # 9 bincounts per matrix: vectorised over pairs
-        for q in range(3):
-            a[:, p, q] = np.bincount(i, outer_xx[:, p, q], n)
-            b[:, p, q] = np.bincount(i, outer_ux[:, p, q], n)
-    det = np.linalg.det(a)
-    scale = np.trace(a, axis1=1, axis2=2) ** 3 / 27.0
-    good = valid & (det > 1e-3 * np.maximum(scale, 1e-30))
-    e = np.full((n, 3, 3), np.nan)
-    if good.any():
-        # E A = B  →  E = B A⁻¹  →  Aᵀ Eᵀ = Bᵀ (A symmetric)
-        et = np.linalg.solve(a[good], np.transpose(b[good], (0, 2, 1)))
-        eg = np.transpose(et, (0, 2, 1))
-        e[good] = 0.5 * (eg + np.transpose(eg, (0, 2, 1)))
-    return e
+    finite = xp.all(xp.isfinite(u), axis=1) & xp.all(xp.isfinite(xyz), axis=1)
+    valid = finite if valid is None else (xp.asarray(valid, dtype=bool) & finite)
+    nb = _matching(neighbourhood, xyz, h_A, valid)
+    # a pair adds the same w·dx dxᵀ and w·du dxᵀ to both its atoms (dx and du change
+    # sign together, exactly); the atom itself adds nothing. Both directions in
+    # one index keep the summation order of a plain directed-pair bincount.
+    dx = xp.ascontiguousarray((xyz[nb.b] - xyz[nb.a]).T)                    # (3, P), Å
+    wdx = nb.w_ab * dx
+    wdu = nb.w_ab * xp.ascontiguousarray((u[nb.b] - u[nb.a]).T)
+    terms = [(wd[p], dx[q]) for wd in (wdx, wdu) for p, q in _ALL]        # (w·dx_p)·dx_q, (w·du_p)·dx_q
+    n_pairs = len(nb.a)
+    cols = xp.empty((len(terms), 2 * n_pairs))                              # one buffer, no temporaries
+    for k, (left, right) in enumerate(terms):                               # 18 products, each vectorised
+        xp.multiply(left, right, out=cols[k, :n_pairs])
+    cols[:, n_pairs:] = cols[:, :n_pairs]                                   # the second direction
+    i = xp.concatenate([nb.a, nb.b])
+    sums = segment_sum(i, cols, n)                                           # (18, N)
+    a = sums[:9].T.reshape(n, 3, 3)                                          # Σ w dx dxᵀ
+    b = sums[9:].T.reshape(n, 3, 3)                                          # Σ w du dxᵀ
+    det = xp.linalg.det(a)
+    scale = xp.trace(a, axis1=1, axis2=2) ** 3 / 27.0
+    good = valid & (det > 1e-3 * xp.maximum(scale, 1e-30))
+    # E A = B  →  Aᵀ Eᵀ = Bᵀ (A symmetric); degenerate atoms solve I x = Bᵀ and are masked
+    a = xp.where(good[:, None, None], a, xp.eye(3))
+    eg = xp.swapaxes(xp.linalg.solve(a, xp.swapaxes(b, 1, 2)), 1, 2)
+    return xp.where(good[:, None, None], 0.5 * (eg + xp.swapaxes(eg, 1, 2)), xp.nan)
