@@ -64,7 +64,8 @@ def main(argv=None):
         m, xyz = gaussian_map(sc, ss, vs, noise)
         _row(f"plain Gaussians {sc}->{ss} A, {vs} A/voxel, noise {noise}", detect_atoms(m, "Pt"), xyz, rows)
     for spec in [dict(), dict(u_surface_A2=0.3, surface_min_doi=0.3), dict(noise=0.25, background=0.5),
-                 dict(u_surface_A2=0.25, noise=0.2, background=0.3, surface_min_doi=0.4)]:
+                 dict(u_surface_A2=0.25, noise=0.2, background=0.3, surface_min_doi=0.4),
+                 dict(u_surface_A2=0.6, noise=0.15, background=0.3), dict(u_surface_A2=0.8, noise=0.1, background=0.3)]:
         p = make_particle(n_atoms=500, seed=5, **spec)
         label = ", ".join(f"{k}={v}" for k, v in spec.items()) or "default map"
         _row(f"{label} [ptnp defaults]", detect_atoms(p.map, "Pt"), p.xyz_A, rows)
