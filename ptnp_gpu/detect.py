@@ -50,6 +50,8 @@ __all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score", "sweep_s
 # which merges neighbours (measured recall 0.85 vs 1.00 with 8.2 Å² on such maps).
 DEFAULT_KERNEL_BLUR_A2 = 8.2
 
+_STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
+
 
 @dataclass
 class DetectOptions:
@@ -156,6 +158,35 @@ def _crop_box(mask, margin_vox):
         hi = min(mask.shape[ax], int(nzi[-1]) + margin_vox + 1)
         sl.append(slice(lo, hi))
     return tuple(sl)
+
+
+def _dense_region(crop, C, t_otsu, voxel_size_A, margin_A, window_A: float = 6.0,
+                  min_fraction: float = 0.015, step: int = _STEP):
+    """Shrink ``crop`` to where ``C > t_otsu`` is dense: the particle, not scattered noise.
+
+    Solvent noise exceeds the Otsu threshold here and there, which stretches
+    the box of ``C > t_otsu`` to the whole map (measured: the sweep of a 160³
+    map ran on all its voxels for a 100³ particle). Atoms fill several % of the
+    particle's volume above the threshold, noise a fraction of a %: the box
+    keeps the voxels where more than ``min_fraction`` of a ``window_A`` cube
+    (on the ``step``-subsampled grid) is above the threshold, plus ``margin_A``
+    and the window's half-width.
+    """
+    be = _be.namespace(C)
+    xp, ndi = be.xp, be.ndi
+    vox = step * float(np.min(voxel_size_A))
+    above = (C[::step, ::step, ::step] > t_otsu).astype(xp.float32)
+    dense = ndi.uniform_filter(above, max(3, int(round(window_A / vox))), mode="constant") > min_fraction
+    box = _crop_box(dense, int(np.ceil((margin_A + 0.5 * window_A) / vox)) + 1)
+    if box is None:
+        return crop
+    out = []
+    for ax, (a, b) in enumerate(zip(crop, box)):
+        lo, hi = max(a.start, b.start * step), min(a.stop, b.stop * step)
+        if hi - lo < 3:
+            return crop
+        out.append(slice(lo, hi))
+    return tuple(out)
 
 
 class _Scorer:
@@ -343,9 +374,6 @@ def _split(lab, n, C_box, r_split_vox, vs):
     out[vidx] = newid.astype(out.dtype)
     n_new = n + int(xp.where(multi, per - 1, 0).sum())  # sync
     return out.reshape(lab.shape), n_new, n_multi
-
-
-_STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
 
 
 def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
@@ -563,6 +591,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     crop = _crop_box(C > t_otsu, int(np.ceil(o.crop_margin_A / vs.min())))
     if crop is None:
         raise InputError("no particle found in the map")
+    crop = _dense_region(crop, C, t_otsu, vs, o.crop_margin_A)
     C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
     base = float(xp.median(raw[::2, ::2, ::2]))          # solvent level (a subsample is enough)
     weights = xp.clip(raw_box - base, 0.0, None)
