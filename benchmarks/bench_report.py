@@ -40,10 +40,11 @@ def _targets(results):
     sp = c / g if (g and c) else None
     add("GPU speed-up 256³ (same machine)", "–" if sp is None else f"{sp:.1f}×",
         f"≥ {t.get('gpu_speedup_256', 30):.0f}×", None if sp is None else sp >= t.get("gpu_speedup_256", 30))
-    s = results.get("stream", {}).get("cupy")
-    add("GPU stream 160³", "–" if not s else f"{s['maps_per_s']:.1f} maps/s",
+    streams = [v["maps_per_s"] for k, v in results.get("stream", {}).items() if k.startswith("cupy") and v]
+    s = max(streams) if streams else None
+    add("GPU stream 160³", "–" if s is None else f"{s:.1f} maps/s (best of threads / processes)",
         f"≥ {t.get('stream_160_maps_per_s', 20):.0f} maps/s",
-        None if not s else s["maps_per_s"] >= t.get("stream_160_maps_per_s", 20))
+        None if s is None else s >= t.get("stream_160_maps_per_s", 20))
     f = _median(cases.get("FePt_23196", {}).get("cupy"), "analyze")
     add("GPU FePt 23,196 atoms", _ms(f), f"< {t.get('gpu_fept_s', 2):.0f} s",
         None if f is None else f < t.get("gpu_fept_s", 2))
@@ -124,11 +125,14 @@ def markdown(results) -> str:
             lines += [""] + extra
     if results.get("stream"):
         lines += ["", "## Stream of 160³ maps (detection + statistics per map)", "",
-                  "| backend | workers | maps | seconds | maps/s |", "| --- | --- | --- | --- | --- |"]
+                  "| backend | threads | processes | maps | seconds | maps/s |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for b, s in results["stream"].items():
-            for r in (s or {}).get("by_workers", [s] if s else []):
-                lines.append(f"| {b} | {r.get('workers', 1)} | {s['n_maps']} | {r['seconds']:.2f} "
-                             f"| {r['maps_per_s']:.2f} |")
+            if not s:
+                continue
+            for r in s.get("by_workers", []) or s.get("by_processes", []) or [s]:
+                lines.append(f"| {b.split('_')[0]} | {r.get('workers', 1)} | {r.get('processes', 1)} "
+                             f"| {s['n_maps']} | {r['seconds']:.2f} | {r['maps_per_s']:.2f} |")
     if results.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(
             f"{s['case']}{' (' + s['backend'] + ')' if 'backend' in s else ''}: {s['why']}"

@@ -28,6 +28,6 @@ echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
 python3 benchmarks/run_suite.py --out "$OUT/suite" --sizes 128 192 256 384 --numpy-sizes 256 \
-    --repeats 3 --stream-maps 20 --max-seconds $(( left * 7 / 10 )) > "$OUT/suite.log" 2>&1
+    --repeats 3 --stream-maps 40 --stream-processes 4 8 --max-seconds $(( left * 7 / 10 )) > "$OUT/suite.log" 2>&1
 echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/suite.log"
 tail -n 60 "$OUT/suite/results.md" 2>/dev/null
