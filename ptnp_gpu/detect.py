@@ -41,6 +41,7 @@ from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors, pairs_within
 from .simulate import render_atoms
+from .threshold_components import threshold_components
 
 __all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score", "sweep_scores"]
 
@@ -260,7 +261,7 @@ def _centres(C_box, weights_box, threshold, min_voxels):
     if n == 0:
         return lab, n, xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
     mom = label_moments(lab, n, weights_box)
-    keep = mom["count"][1:] >= min_voxels
+    keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)   # no weight: no centre
     return lab, n, mom["centre_vox"][1:][keep], mom["count"][1:][keep]
 
 
@@ -289,7 +290,7 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
     w[:, :nz] = weights_box[None]
     mom = label_moments(lab, n, w.reshape(lab.shape))
     del w, lab
-    keep = mom["count"][1:] >= min_voxels
+    keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)
     cen = mom["centre_vox"][1:][keep]
     k = xp.floor(cen[:, 2] / (nz + 1)).astype(xp.int64)   # components never straddle the gaps
     cen = cen - xp.stack([xp.zeros_like(k), xp.zeros_like(k), k * (nz + 1)], 1)
@@ -299,11 +300,20 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
 def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int = 1):
     """Correlations and atom counts of the models built at ``thresholds`` (host arrays).
 
-    ``batch`` thresholds are binarised, labelled and scored together
+    On a GPU, ``batch`` thresholds are binarised, labelled and scored together
     (:func:`_stacked_centres`, :meth:`_Scorer.scores`); one host transfer per batch.
+    On the host with ``batch == 1`` (its default) one union-find pass finds the
+    components of all thresholds (:func:`ptnp_gpu.threshold_components.threshold_components`);
+    a larger ``batch`` takes the stacked labelling there too (the tests compare the two).
     """
-    xp = _be.namespace(C_box).xp
+    be = _be.namespace(C_box)
+    xp = be.xp
     thresholds = np.asarray(thresholds, dtype=np.float64)
+    if not be.is_gpu and batch == 1:
+        # host: one union-find pass over the voxels gives the components of every threshold
+        cen, k = threshold_components(C_box, weights_box, thresholds, min_voxels)
+        r, n_at = scorer.scores(cen, k, len(thresholds))
+        return np.asarray(r, float), np.asarray(n_at, float)
     out_r, out_n = [], []
     batch = max(1, int(batch))
     for s in range(0, len(thresholds), batch):
