@@ -151,7 +151,8 @@ def fit_displacements(values, d_A, inside, radius_A: float, *, max_factor: float
     return displacements_from_fits(iso, aniso, xp.sum(use, axis=1), radius_A, max_factor=max_factor)
 
 
-def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_factor: float = 1.25) -> dict:
+def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_factor: float = 1.25,
+                            deconvolve_A2: float = 0.0) -> dict:
     """U_iso, anisotropic U, eigenvalues, direction and DOI from solved log-Gaussian fits.
 
     Parameters
@@ -160,6 +161,11 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
     aniso : (beta (N, 7), r2 (N,), ok (N,)) of ln I = β0 + β1x² + β2y² + β3z² + β4xy + β5xz + β6yz
     n_fit_voxels : (N,) voxels used per atom
     radius_A, max_factor : as in :func:`fit_displacements`
+    deconvolve_A2 : float
+        Isotropic variance (Å²) of a Gaussian the map was smoothed with before
+        the fits: subtracted from U_iso and from every eigenvalue of U (exact for
+        Gaussian atoms: smoothing adds it to their covariance). Fits left with a
+        non-positive variance are failed.
 
     Returns
     -------
@@ -169,7 +175,9 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
     b_iso, r2_iso, ok_iso = iso
     b, r2_an, ok_an = aniso
     ok_iso = ok_iso & (b_iso[:, 1] < 0)
-    u_iso = xp.where(ok_iso, -0.5 / xp.where(ok_iso, b_iso[:, 1], -1.0), xp.nan)
+    u_iso = -0.5 / xp.where(ok_iso, b_iso[:, 1], -1.0) - deconvolve_A2
+    ok_iso = ok_iso & (u_iso > 0)
+    u_iso = xp.where(ok_iso, u_iso, xp.nan)
     prec = xp.stack([
         xp.stack([-2 * b[:, 1], -b[:, 4], -b[:, 5]], axis=-1),
         xp.stack([-b[:, 4], -2 * b[:, 2], -b[:, 6]], axis=-1),
@@ -178,8 +186,8 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
     lam, vec = xp.linalg.eigh(prec)                      # ascending precision
     ok_an = ok_an & xp.all(lam > 0, axis=1)
     lam_safe = xp.where(lam > 0, lam, 1.0)
-    ev = 1.0 / lam_safe                                  # descending variances: U_maj, U_med, U_min
-    ok_an = ok_an & (ev[:, 0] <= (max_factor * float(radius_A)) ** 2)
+    ev = 1.0 / lam_safe - deconvolve_A2                  # descending variances: U_maj, U_med, U_min
+    ok_an = ok_an & (ev[:, 0] <= (max_factor * float(radius_A)) ** 2) & (ev[:, 2] > 0)
     u = xp.einsum("nij,nj,nkj->nik", vec, ev, vec)
     nan = xp.nan
     u = xp.where(ok_an[:, None, None], u, nan)

