@@ -63,11 +63,20 @@ _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "resc
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten")
 
 
+def add_presmooth_option(p):
+    from .statistics import DEFAULT_PRESMOOTH_A
+    p.add_argument("--presmooth", dest="presmooth_A", type=float, default=None, metavar="A",
+                   help=f"σ (Å) of the Gaussian smoothing before the displacement fits, subtracted from U "
+                        f"afterwards (default {DEFAULT_PRESMOOTH_A}; 0 fits the raw map like the paper)")
+
+
 def pipeline_kwargs(args) -> dict:
     """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
     if getattr(args, "figures", None) is not None:
         kw["figures"] = args.figures
+    if getattr(args, "presmooth_A", None) is not None:
+        kw["presmooth_A"] = args.presmooth_A
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
                 force=args.force, quiet=args.quiet, backend=args.backend, **kw)
 
@@ -177,6 +186,7 @@ def register(sub):
     p = sub.add_parser("analyze", help="detect atoms and compute per-atom statistics (the main job)")
     p.add_argument("map", type=Path, help="MRC map")
     add_map_options(p)
+    add_presmooth_option(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("simulate", help="write a synthetic particle map and its ground truth")

@@ -67,7 +67,7 @@ def _register_to_map(dmap, xyz_A, element):
 
 
 def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=None, force=False,
-              center=False, figures=True, backend=None) -> dict:
+              center=False, figures=True, backend=None, presmooth_A=None) -> dict:
     """Compute and write the statistics of ``model_path`` on ``map_path``.
 
     Returns
@@ -121,7 +121,8 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
             f"{model_path}: only {int(inside.sum())} of {len(xyz)} atoms lie inside the map "
             f"(x {lo[0]:.1f}–{hi[0]:.1f}, y {lo[1]:.1f}–{hi[1]:.1f}, z {lo[2]:.1f}–{hi[2]:.1f} Å); "
             "the model is not in the map's frame (try --center)")
-    st = compute_statistics(dmap, xyz, el, backend=backend)
+    st = compute_statistics(dmap, xyz, el, backend=backend,
+                            **({} if presmooth_A is None else {"presmooth_A": presmooth_A}))
     extra = {k: v for k, v in model.columns.items() if len(np.asarray(v)) == len(xyz)}
     extra["element"] = np.array([str(e).capitalize() for e in model.elements])
     out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +164,8 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
 def _cmd_stats(args) -> int:
     from .statistics import summary_table
     s = run_stats(args.map, args.model, element=args.element, out_dir=args.out, voxel_size_A=args.voxel_size,
-                  force=args.force, center=args.center, figures=not args.no_figures)
+                  force=args.force, center=args.center, figures=not args.no_figures,
+                  presmooth_A=args.presmooth_A)
     st = s.pop("_stats")
     if not args.quiet:
         print(summary_table(st))
@@ -187,5 +189,7 @@ def register(subparsers) -> None:
                    help="translate the model onto the particle in the map (density centroid, then cross-correlation)")
     p.add_argument("--force", action="store_true", help="replace existing statistics in the result folder")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    from .cli_detect import add_presmooth_option
+    add_presmooth_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_stats)

@@ -108,6 +108,9 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     t_start = time.perf_counter()
     say = progress or Progress(quiet)
     map_path = Path(map_path)
+    opts = dict(opts)
+    stats_kw = {"presmooth_A": opts.pop("presmooth_A")} if opts.get("presmooth_A") is not None else {}
+    opts.pop("presmooth_A", None)
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms
     from .elements import get_element
@@ -136,7 +139,8 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             from .statistics import compute_statistics, write_statistics
             say("per-atom statistics")
             ts = time.perf_counter()
-            st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend)
+            st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend,
+                                    **stats_kw)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}
@@ -198,5 +202,6 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
 
 def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
                 progress=None, backend=None, figures=True, **opts) -> dict:
-    """Detection followed by per-atom statistics (same arguments as :func:`run_detect`)."""
+    """Detection followed by per-atom statistics (same arguments as :func:`run_detect`, plus
+    ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits)."""
     return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures, opts)
