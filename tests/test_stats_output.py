@@ -111,6 +111,13 @@ def test_cli_stats(tmp_path, capsys):
     assert main(["stats", paths["map"], paths["truth_pdb"], "--out", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err
     assert main(["stats", paths["map"], str(out), "--force", "--quiet", "--no-figures"]) == 0
+    # --presmooth 0 fits the raw map: U_iso close to the default's (the smoothing is deconvolved)
+    raw_fit = tmp_path / "raw_fit"
+    assert main(["stats", paths["map"], paths["truth_pdb"], "--out", str(raw_fit), "--quiet", "--no-figures",
+                 "--presmooth", "0"]) == 0
+    u_default = json.loads((out / "summary.json").read_text())["particle"]["u_iso_median_A2"]
+    u_raw = json.loads((raw_fit / "summary.json").read_text())["particle"]["u_iso_median_A2"]
+    assert u_raw != u_default and u_raw == pytest.approx(u_default, abs=0.01)
     # a model centred on 0 is outside the map frame unless --center is given
     xyz0 = p.xyz_A - p.xyz_A.mean(0)
     xyz_file = tmp_path / "centred.xyz"
