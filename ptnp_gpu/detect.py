@@ -141,7 +141,14 @@ def _auto_sweep_batch(be, box_voxels: int, n_thresholds: int) -> int:
     syncs), one at a time on the CPU (no gain there, and it keeps the peak memory low)."""
     if not be.is_gpu:
         return 1
-    return int(max(1, min(n_thresholds, _GPU_SWEEP_VOXELS // max(int(box_voxels), 1))))
+    budget = _GPU_SWEEP_VOXELS
+    try:   # smaller cards: at most a quarter of the free memory (~14 bytes per stacked voxel)
+        pool = be.xp.get_default_memory_pool()
+        free = be.xp.cuda.Device().mem_info[0] + pool.free_bytes()
+        budget = min(budget, free // (4 * 14))
+    except Exception:  # noqa: BLE001 - no memory query: keep the fixed budget
+        pass
+    return int(max(1, min(n_thresholds, budget // max(int(box_voxels), 1))))
 
 
 def _crop_box(mask, margin_vox):
