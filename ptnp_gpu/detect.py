@@ -12,12 +12,23 @@ listed in the method notes. The stages:
    simulated from those centres and ``C`` over the box. The score is computed
    exactly without rendering the map: ``Σ S·C = Σ_a (K⋆C)(r_a)``,
    ``Σ S = N·ΣK`` and ``Σ S² = Σ_ab (K⋆K)(r_a − r_b)`` (pairs within reach).
+   All thresholds of a pass are evaluated together: on the host one union-find
+   pass over the voxels in decreasing C gives every threshold's components
+   (:mod:`ptnp_gpu.threshold_components`); on a GPU the thresholded volumes are
+   stacked along z and labelled at once. The box is the region where ``C > T0``
+   is dense (the particle), not the whole map.
 3. Split merged atoms: seeds are local maxima of ``C`` inside a component,
    thinned so that no two seeds of one component are closer than 2·r_th
    (higher seed wins); components with several seeds are divided among them
-   (each voxel to its nearest seed).
+   (each voxel to its nearest seed). Components whose peak in ``C`` is not
+   significant (median + ``rescue_sigma`` noise SDs of ``C`` in the solvent) go.
+   Rescue: significant local maxima of ``C`` outside every component, away
+   from the atoms and bonded to at least 2 of them become atoms; a second
+   round seats further maxima on at least 3 atoms (weak surface atoms, partly
+   occupied sites).
 4. Centres: grey-value centres of mass of the raw map (minus the solvent
-   level) over the final components; optional sub-voxel refinement.
+   level) over the final components; sub-voxel mean-shift refinement (custom
+   kernel, :func:`ptnp_gpu.gpu_kernels.mean_shift_centres`).
 5. Reject outliers: validation correlation below ``min_correlation`` (and, on
    request, below mean − k·SD as in the paper, or a robust median/MAD form),
    then CN < 3. The paper's statistical rule removes ~2% of true atoms by
