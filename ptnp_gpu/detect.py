@@ -61,6 +61,17 @@ __all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score", "sweep_s
 # its 0.358 Å sampling. Not tied to the voxel size: (8·voxel)² grows to 23 Å² at 0.6 Å/voxel,
 # which merges neighbours (measured recall 0.85 vs 1.00 with 8.2 Å² on such maps).
 DEFAULT_KERNEL_BLUR_A2 = 8.2
+_COARSE_FROM_A = 0.5          # grids coarser than this get a narrower kernel
+
+
+def default_kernel_blur_A2(voxel_size_A) -> float:
+    """Blur (Å²) of the simulated atom used to denoise: 8.2 Å² up to 0.5 Å/voxel, then
+    narrower as (0.5 / voxel)², down to half at 0.71 Å and beyond. Coarse grids come with
+    wide, overlapping atoms; a narrower kernel keeps neighbours apart (measured on random
+    particles at 0.6–0.75 Å not used to choose it: mean recall 0.761 → 0.771, precision
+    0.963 → 0.967; on those it was chosen with, 0.725 → 0.758)."""
+    v = float(np.max(voxel_size_A))
+    return DEFAULT_KERNEL_BLUR_A2 * float(np.clip((_COARSE_FROM_A / v) ** 2, 0.5, 1.0))
 
 _STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
 
@@ -87,7 +98,7 @@ class DetectOptions:
     rescue_rounds: int = 2            # rescue passes: each may bond to atoms the previous one added
     resolution_A: float = 1.0
     highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
-    b_extra_A2: float | None = None   # blur of the simulated atom (Å²); default DEFAULT_KERNEL_BLUR_A2
+    b_extra_A2: float | None = None   # blur of the simulated atom (Å²); default default_kernel_blur_A2(voxel)
     crop_margin_A: float = 4.0
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
@@ -611,7 +622,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     mean, sd = float(raw.mean()), float(raw.std())
     if not sd > 0:
         raise InputError("the map is constant: nothing to detect")
-    b_extra = DEFAULT_KERNEL_BLUR_A2 if o.b_extra_A2 is None else float(o.b_extra_A2)
+    b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
     solvent, live = _solvent_mask(raw, vs, o.solvent_margin_A)
