@@ -72,11 +72,11 @@ def main(argv=None):
         _row(f"{label} [paper settings]", detect_atoms(p.map, "Pt", **PAPER), p.xyz_A, rows)
     # weak atoms from the independent renderer: mobile surface (σ 0.8 Å, mass kept), partial
     # occupancy, 0.8 Å voxels; the paper-like settings of the significance test for comparison
-    for kind in ("mobile", "occupancy", "coarse"):
+    for kind in ("mobile", "very_mobile", "occupancy", "coarse"):
         m, xyz = _weak_atom_case(kind)
         _row(f"weak atoms: {kind} [ptnp defaults]", detect_atoms(m, "Pt"), xyz, rows)
-        _row(f"weak atoms: {kind} [Otsu floor, one rescue round]",
-             detect_atoms(m, "Pt", otsu_floor=1.0, rescue_rounds=1), xyz, rows)
+        _row(f"weak atoms: {kind} [Otsu floor, one rescue round, no residual rescue]",
+             detect_atoms(m, "Pt", otsu_floor=1.0, rescue_rounds=1, residual_rescue=False), xyz, rows)
     # measured-map traits: coloured noise (correlated over ~1 voxel), a soft solvent mask, both
     from scipy.ndimage import gaussian_filter
 

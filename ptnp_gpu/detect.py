@@ -74,6 +74,7 @@ def default_kernel_blur_A2(voxel_size_A) -> float:
     return DEFAULT_KERNEL_BLUR_A2 * float(np.clip((_COARSE_FROM_A / v) ** 2, 0.5, 1.0))
 
 _STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
+_MIN_SOLVENT = 500   # solvent voxels (subsampled grid) for a noise level measured in the solvent
 
 
 @dataclass
@@ -97,6 +98,8 @@ class DetectOptions:
                                       # at very low noise the filter's ripples next to atoms pass a pure noise
                                       # test (Pt, noise 0.02: precision 0.94 with 0, 1.00 with 0.3); 1.0 (before
                                       # 2026-11-26) dropped weak surface atoms (recall 0.90 / 0.89 / 0.80)
+    residual_rescue: bool = True      # repeat the rescue on the map minus the atoms found so far
+    residual_sigma: float = 4.0       # its significance (noise SDs of the residual's denoised map)
     rescue_rounds: int = 2            # rescue passes: each may bond to atoms the previous one added
     resolution_A: float = 1.0
     highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
@@ -470,7 +473,7 @@ def _noise_level(C, solvent, live, step: int = _STEP):
     """
     xp = _be.namespace(C).xp
     sub = C[::step, ::step, ::step]
-    if int(solvent.sum()) >= 500:                          # sync
+    if int(solvent.sum()) >= _MIN_SOLVENT:                 # sync
         sample = sub[solvent]
         med = float(xp.median(sample))
         return med, 1.4826 * float(xp.median(xp.abs(sample - med)))
@@ -488,7 +491,7 @@ def _noise_spectrum(raw, solvent, voxel_size_A, resolution_A, step: int = _STEP)
     """
     be = _be.namespace(raw)
     xp, ndi = be.xp, be.ndi
-    if int(solvent.sum()) < 500:                           # sync
+    if int(solvent.sum()) < _MIN_SOLVENT:                  # sync
         return None, 1.0
     soft = ndi.gaussian_filter(solvent.astype(xp.float32), 1.0)
     for ax in range(3):
@@ -535,7 +538,27 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     return kept
 
 
-def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2):
+def _residual_map(lab, n, raw, crop, weights_box, base, el, b_extra_A2, vs, origin_A):
+    """The raw map minus the solvent level and the atoms found so far (simulated with
+    amplitudes from their raw heights): weak atoms beside bright ones become peaks of their
+    own instead of shoulders on a neighbour's flank."""
+    from .simulate import atom_peak_value
+    be = _be.namespace(raw)
+    xp = be.xp
+    mom = label_moments(lab, n, weights_box)
+    ok = (mom["count"][1:] > 0) & (mom["wsum"][1:] > 0)
+    offset = xp.asarray([crop[2].start, crop[1].start, crop[0].start], dtype=xp.float64)
+    full = mom["centre_vox"][1:][ok] + offset                         # voxel x, y, z in the map
+    idx = xp.clip(xp.rint(full).astype(xp.int64), 0, xp.asarray(raw.shape[::-1]) - 1)
+    height = raw[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
+    amp = xp.clip(height / atom_peak_value(el, b_extra_A2), 0.0, None)
+    xyz = xp.asarray(origin_A) + full * xp.asarray(vs)
+    sim = render_atoms(xyz, raw.shape, vs, origin_A, el, b_extra_A2=b_extra_A2, weights=amp, backend=be)
+    sim += xp.float32(base)
+    return raw - sim
+
+
+def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None):
     """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
 
     A local maximum of ``C`` above ``t_low`` that lies outside every labelled
@@ -560,7 +583,7 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2)
     kept = _thin_peaks(pxyz, pval, min_sep_A)
     pidx, pxyz = pidx[kept], pxyz[kept]
     # distance to existing atoms: voxels of labelled components near the peak
-    mom = label_moments(lab, n, C_box)
+    mom = label_moments(lab, n, C_box if centre_map is None else centre_map)
     ex = mom["centre_vox"][1:][mom["count"][1:] > 0] * vsx
     allp = xp.concatenate([ex, pxyz])
     i, j, _ = pairs_within(allp, min_sep_A)
@@ -708,6 +731,26 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             if n_new == 0:
                 break
         counts["rescued"] = n_res
+    if o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT:   # sync
+        # the same search on the map with the found atoms subtracted (its own noise level,
+        # which needs solvent; the Otsu floor carried over in noise units: both maps share it)
+        res = _residual_map(lab, n, raw, crop, weights, base, el, b_extra, vs, dmap.origin_A)
+        Cr, _ = denoise_map(res, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+                            noise_psd=psd if whitened else None, want_second=False)
+        del res
+        med_r, noise_r = _noise_level(Cr, solvent, live)
+        t_r = max(med_r + o.residual_sigma * noise_r, o.otsu_floor * t_otsu * noise_r / max(noise, 1e-30))
+        Cr_box = Cr[crop]
+        del Cr
+        n_rr = 0
+        for rnd in range(max(1, o.rescue_rounds)):
+            lab, n, n_new = _rescue(lab, n, Cr_box, t_r, vs, 0.7 * el.nn_distance_A, el.radius_A,
+                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, centre_map=C_box)
+            n_rr += n_new
+            if n_new == 0:
+                break
+        counts["rescued_residual"] = n_rr
+        del Cr_box
     lap("label_split")
 
     # compact ids 1..N
