@@ -116,7 +116,7 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
 
 def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float = 1.0,
                 highpass_A: float = 0.0, noise_psd=None, pad_vox: int | None = None,
-                want_second: bool = True):
+                want_second: bool = True, output_scale: float | None = None, return_scale: bool = False):
     """Correlate a map with one atom: the denoised map ``C`` (and ``G = K ⋆ C``).
 
     Parameters
@@ -140,11 +140,17 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         the atom's reach.
     want_second : bool
         Also return ``G``, the correlation of ``C`` with the atom kernel.
+    output_scale : float, optional
+        Use this normalisation instead of the map's own, e.g. another map's
+        ``scale`` so that two outputs share units (and noise levels).
+    return_scale : bool
+        Also return the normalisation used (``C = scale · (map ⋆ atom)``).
 
     Returns
     -------
-    C : array like ``data``, float32, in [-1, 1]
+    C : array like ``data``, float32, in [-1, 1] (with the map's own normalisation)
     G : array or None
+    scale : float, only with ``return_scale``
     """
     be = _be.namespace(data)
     xp, fft = be.xp, be.fft
@@ -211,10 +217,13 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         if even:
             tot -= float(xp.vdot(a[..., -1], a[..., -1]).real)
         return tot
-    norm_m = np.sqrt(herm_norm2(F))
-    norm_k = np.sqrt(herm_norm2(K))
-    nvox = float(np.prod(padded))
-    scale = nvox / max(norm_m * norm_k, 1e-300)     # Parseval: Σ|x|² = Σ|X|² / n
+    if output_scale is None:
+        norm_m = np.sqrt(herm_norm2(F))
+        norm_k = np.sqrt(herm_norm2(K))
+        nvox = float(np.prod(padded))
+        scale = nvox / max(norm_m * norm_k, 1e-300)     # Parseval: Σ|x|² = Σ|X|² / n
+    else:
+        scale = float(output_scale)
     F *= K
     C = fft.irfftn(F, s=padded, **fkw)[sl].copy()
     C *= xp.float32(scale)
@@ -224,4 +233,4 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
         # discrete correlation with the sampled atom: K_grid^ = K^ / voxel volume
         G = fft.irfftn(F, s=padded, overwrite_x=True, **fkw)[sl].copy()
         G *= xp.float32(scale / kernel.voxel_volume_A3)
-    return C, G
+    return (C, G, scale) if return_scale else (C, G)

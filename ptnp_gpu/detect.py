@@ -538,24 +538,23 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     return kept
 
 
-def _residual_map(lab, n, raw, crop, weights_box, base, el, b_extra_A2, vs, origin_A):
-    """The raw map minus the solvent level and the atoms found so far (simulated with
-    amplitudes from their raw heights): weak atoms beside bright ones become peaks of their
-    own instead of shoulders on a neighbour's flank."""
+def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs, box_origin_A):
+    """The box of the raw map minus the solvent level and the atoms found so far (simulated
+    with amplitudes from their raw heights): weak atoms beside bright ones become peaks of
+    their own instead of shoulders on a neighbour's flank."""
     from .simulate import atom_peak_value
-    be = _be.namespace(raw)
+    be = _be.namespace(raw_box)
     xp = be.xp
     mom = label_moments(lab, n, weights_box)
     ok = (mom["count"][1:] > 0) & (mom["wsum"][1:] > 0)
-    offset = xp.asarray([crop[2].start, crop[1].start, crop[0].start], dtype=xp.float64)
-    full = mom["centre_vox"][1:][ok] + offset                         # voxel x, y, z in the map
-    idx = xp.clip(xp.rint(full).astype(xp.int64), 0, xp.asarray(raw.shape[::-1]) - 1)
-    height = raw[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
+    cen = mom["centre_vox"][1:][ok]                                    # voxel x, y, z in the box
+    idx = xp.clip(xp.rint(cen).astype(xp.int64), 0, xp.asarray(raw_box.shape[::-1]) - 1)
+    height = raw_box[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
     amp = xp.clip(height / atom_peak_value(el, b_extra_A2), 0.0, None)
-    xyz = xp.asarray(origin_A) + full * xp.asarray(vs)
-    sim = render_atoms(xyz, raw.shape, vs, origin_A, el, b_extra_A2=b_extra_A2, weights=amp, backend=be)
+    xyz = xp.asarray(box_origin_A) + cen * xp.asarray(vs)
+    sim = render_atoms(xyz, raw_box.shape, vs, box_origin_A, el, b_extra_A2=b_extra_A2, weights=amp, backend=be)
     sim += xp.float32(base)
-    return raw - sim
+    return raw_box - sim
 
 
 def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None):
@@ -664,8 +663,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     psd, colour = (None, 1.0) if o.whiten == "never" else _noise_spectrum(raw, solvent, vs, o.resolution_A)
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
     lap("solvent_noise")
-    C, G = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
-                       noise_psd=psd if whitened else None)
+    C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+                                noise_psd=psd if whitened else None, return_scale=True)
     lap("denoise")
 
     say("choosing the threshold")
@@ -732,16 +731,14 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
                 break
         counts["rescued"] = n_res
     if o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT:   # sync
-        # the same search on the map with the found atoms subtracted (its own noise level,
-        # which needs solvent; the Otsu floor carried over in noise units: both maps share it)
-        res = _residual_map(lab, n, raw, crop, weights, base, el, b_extra, vs, dmap.origin_A)
-        Cr, _ = denoise_map(res, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
-                            noise_psd=psd if whitened else None, want_second=False)
+        # the same search on the box of the map minus the atoms found so far, filtered with C's
+        # own normalisation: the same linear filter, so C's solvent noise level holds for it
+        res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, vs,
+                            np.asarray(dmap.origin_A) + np.array([crop[2].start, crop[1].start, crop[0].start]) * vs)
+        Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+                                noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale)
         del res
-        med_r, noise_r = _noise_level(Cr, solvent, live)
-        t_r = max(med_r + o.residual_sigma * noise_r, o.otsu_floor * t_otsu * noise_r / max(noise, 1e-30))
-        Cr_box = Cr[crop]
-        del Cr
+        t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
         n_rr = 0
         for rnd in range(max(1, o.rescue_rounds)):
             lab, n, n_new = _rescue(lab, n, Cr_box, t_r, vs, 0.7 * el.nn_distance_A, el.radius_A,
