@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from ptnp_gpu.denoise import AtomKernel, denoise_map
-from ptnp_gpu.detect import _centres, _Scorer, detect_atoms, sweep_scores
+from ptnp_gpu.detect import detect_atoms
+from ptnp_gpu.sweep import _centres, _Scorer, sweep_scores
 from ptnp_gpu.mapio import DensityMap
 from ptnp_gpu.pairing import match_accuracy
 from ptnp_gpu.simulate import reference_blur_A2, render_atoms

@@ -1,0 +1,185 @@
+"""Atoms from components and peaks: split merged components, rescue weak atoms.
+
+* :func:`_split` divides components holding several atoms among the local
+  maxima of the denoised map inside them.
+* :func:`_rescue` turns significant local maxima outside every component,
+  away from the atoms and bonded to them, into atoms.
+* :func:`_residual_map` is the map minus the atoms found so far, on which the
+  rescue runs again (weak atoms beside bright ones).
+
+All work on label volumes and maps of one backend (NumPy or CuPy).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend as _be
+from .components import label_moments
+from .neighbors import pairs_within
+from .simulate import render_atoms
+
+
+def _split(lab, n, C_box, r_split_vox, vs):
+    """Divide components holding several atoms among their seeds (see module doc)."""
+    be = _be.namespace(lab)
+    xp, ndi = be.xp, be.ndi
+    mask = lab > 0
+    peaks = mask & (C_box == ndi.maximum_filter(C_box, size=3, mode="constant", cval=-np.inf))
+    pidx = xp.nonzero(peaks.ravel())[0]
+    if pidx.size == 0:
+        return lab, n, 0
+    pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
+    plab = lab.ravel()[pidx]
+    pval = C_box.ravel()[pidx].astype(xp.float64)
+    kept = _thin_peaks(pxyz, pval, r_split_vox, group=plab)
+    seeds = xp.nonzero(kept)[0]
+    slab = plab[seeds]
+    per = xp.bincount(slab, minlength=n + 1)
+    multi = per > 1
+    n_multi = int(multi.sum())                       # sync
+    if n_multi == 0:
+        return lab, n, 0
+    # voxels of multi-seed components go to their nearest seed of the same component
+    ms = seeds[multi[slab]]
+    ms_lab = plab[ms]
+    order = xp.argsort(ms_lab)
+    ms, ms_lab = ms[order], ms_lab[order]
+    kmax = int(per[multi].max())                     # sync
+    start = xp.searchsorted(ms_lab, xp.arange(n + 1))
+    flat = lab.ravel()
+    vidx = xp.nonzero(multi[flat])[0]
+    vl = flat[vidx]
+    vxyz = _flat_to_xyz_A(vidx, lab.shape, vs)
+    best = xp.full(vidx.shape[0], np.inf)
+    arg = xp.zeros(vidx.shape[0], dtype=xp.int64)
+    for k in range(kmax):
+        pos = start[vl] + k
+        valid = (pos < ms_lab.shape[0]) & (ms_lab[xp.minimum(pos, ms_lab.shape[0] - 1)] == vl)
+        sidx = ms[xp.minimum(pos, ms.shape[0] - 1)]
+        d = vxyz - pxyz[sidx]
+        d2 = xp.where(valid, (d * d).sum(1), np.inf)
+        better = d2 < best
+        best = xp.where(better, d2, best)
+        arg = xp.where(better, k, arg)
+    # new ids: the first seed keeps the old id, others get fresh ids
+    # fresh ids numbered per (component, seed rank) from an offset table
+    offs = xp.zeros(n + 1, dtype=xp.int64)
+    offs[1:] = xp.cumsum(xp.where(multi, per - 1, 0))[:-1]
+    newid = xp.where(arg > 0, n + offs[vl] + arg, vl)
+    out = flat.copy()
+    out[vidx] = newid.astype(out.dtype)
+    n_new = n + int(xp.where(multi, per - 1, 0).sum())  # sync
+    return out.reshape(lab.shape), n_new, n_multi
+
+
+def _flat_to_zyx(flat, shape):
+    """(N, 3) integer z, y, x indices of flat (C-order) indices into ``shape``."""
+    xp = _be.namespace(flat).xp
+    z, rem = xp.divmod(flat, shape[1] * shape[2])
+    y, x = xp.divmod(rem, shape[2])
+    return xp.stack([z, y, x], 1)
+
+
+def _flat_to_xyz_A(flat, shape, voxel_size_A):
+    """(N, 3) positions in Å (x, y, z, relative to voxel 0) of flat indices into ``shape``."""
+    xp = _be.namespace(flat).xp
+    return _flat_to_zyx(flat, shape)[:, ::-1].astype(xp.float64) * xp.asarray(voxel_size_A)
+
+
+def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
+    """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``."""
+    xp = _be.namespace(pxyz_A).xp
+    i, j, _ = pairs_within(pxyz_A, min_sep_A)
+    if group is not None:
+        same = group[i] == group[j]
+        i, j = i[same], j[same]
+    i_lower = (pval[i] < pval[j]) | ((pval[i] == pval[j]) & (i > j))   # ties: lower index wins
+    lo = xp.where(i_lower, i, j)
+    hi = xp.where(i_lower, j, i)
+    kept = xp.ones(pxyz_A.shape[0], dtype=bool)
+    for _ in range(100):   # converges in a few rounds; each round is vectorised
+        sup = xp.zeros_like(kept)
+        sup[lo[kept[hi]]] = True
+        if bool((~sup == kept).all()):  # sync: one flag per round
+            break
+        kept = ~sup
+    return kept
+
+
+def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs, box_origin_A):
+    """The box of the raw map minus the solvent level and the atoms found so far (simulated
+    with amplitudes from their raw heights): weak atoms beside bright ones become peaks of
+    their own instead of shoulders on a neighbour's flank."""
+    from .simulate import atom_peak_value
+    be = _be.namespace(raw_box)
+    xp = be.xp
+    mom = label_moments(lab, n, weights_box)
+    ok = (mom["count"][1:] > 0) & (mom["wsum"][1:] > 0)
+    cen = mom["centre_vox"][1:][ok]                                    # voxel x, y, z in the box
+    idx = xp.clip(xp.rint(cen).astype(xp.int64), 0, xp.asarray(raw_box.shape[::-1]) - 1)
+    height = raw_box[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
+    amp = xp.clip(height / atom_peak_value(el, b_extra_A2), 0.0, None)
+    xyz = xp.asarray(box_origin_A) + cen * xp.asarray(vs)
+    sim = render_atoms(xyz, raw_box.shape, vs, box_origin_A, el, b_extra_A2=b_extra_A2, weights=amp, backend=be)
+    sim += xp.float32(base)
+    return raw_box - sim
+
+
+def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None):
+    """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
+
+    A local maximum of ``C`` above ``t_low`` that lies outside every labelled
+    component, at least ``min_sep_A`` from every existing atom centre and within
+    ``bond_A`` of at least ``min_bonds`` of them (bonded to the particle: noise
+    far from it is never rescued) becomes a new atom; it claims the unlabelled
+    voxels above ``t_low`` within ``r_claim_A``.
+    """
+    be = _be.namespace(lab)
+    xp, ndi = be.xp, be.ndi
+    peaks = (lab == 0) & (C_box > t_low) & (C_box == ndi.maximum_filter(C_box, size=3, mode="nearest"))
+    interior = xp.zeros(peaks.shape, dtype=bool)      # no rescue on the box faces (edge artefacts)
+    interior[1:-1, 1:-1, 1:-1] = True
+    peaks &= interior
+    pidx = xp.nonzero(peaks.ravel())[0]
+    if pidx.size == 0:
+        return lab, n, 0
+    _, ny, nx = lab.shape
+    vsx = xp.asarray(vs)
+    pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
+    pval = C_box.ravel()[pidx].astype(xp.float64)
+    kept = _thin_peaks(pxyz, pval, min_sep_A)
+    pidx, pxyz = pidx[kept], pxyz[kept]
+    # distance to existing atoms: voxels of labelled components near the peak
+    mom = label_moments(lab, n, C_box if centre_map is None else centre_map)
+    ex = mom["centre_vox"][1:][mom["count"][1:] > 0] * vsx
+    allp = xp.concatenate([ex, pxyz])
+    i, j, _ = pairs_within(allp, min_sep_A)
+    ne = ex.shape[0]
+    clash = xp.zeros(allp.shape[0], dtype=bool)
+    cross = (i < ne) & (j >= ne)
+    clash[j[cross]] = True
+    # bonded to the particle: at least `min_bonds` existing atoms within bonding range
+    i, j, _ = pairs_within(allp, bond_A)
+    cross = (i < ne) & (j >= ne)
+    bonds = xp.bincount(j[cross] - ne, minlength=pxyz.shape[0])
+    new = xp.nonzero(~clash[ne:] & (bonds >= min_bonds))[0]
+    n_new = int(new.shape[0])                      # sync
+    if n_new == 0:
+        return lab, n, 0
+    pidx = pidx[new]
+    r = int(np.ceil(r_claim_A / vs.min()))
+    g = np.arange(-r, r + 1)
+    oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
+    off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
+    off = off[((off * vs[::-1]) ** 2).sum(1) <= r_claim_A ** 2]
+    off = off[np.argsort((off ** 2).sum(1))[::-1]]   # far voxels first, so centres win
+    idx = _flat_to_zyx(pidx, lab.shape)[:, None, :] + xp.asarray(off)[None]
+    shape = xp.asarray(lab.shape)
+    ok = xp.all((idx >= 0) & (idx < shape), axis=2)
+    idx = xp.clip(idx, 0, shape - 1)
+    flat = ((idx[..., 0] * ny + idx[..., 1]) * nx + idx[..., 2])
+    ids = (n + 1 + xp.arange(n_new))[:, None] * xp.ones(flat.shape[1], dtype=xp.int64)[None]
+    ok &= (lab.ravel()[flat] == 0) & (C_box.ravel()[flat] > t_low)
+    out = lab.ravel().copy()
+    out[flat[ok]] = ids[ok].astype(out.dtype)
+    return out.reshape(lab.shape), n + n_new, n_new

@@ -1,0 +1,230 @@
+"""The threshold sweep: which binarisation threshold of the denoised map C explains it best.
+
+Each candidate threshold T gives a model (the centres of the components of
+``C > T``); its score is the Pearson correlation between the map simulated
+from the model and C over the particle's box, computed exactly without
+rendering (:class:`_Scorer`). Many thresholds are evaluated at once: on the
+host one union-find pass (:mod:`ptnp_gpu.threshold_components`), on a GPU one
+labelling of the thresholded volumes stacked along z (:func:`_stacked_centres`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend as _be
+from .components import label26, label_moments
+from .denoise import AtomKernel
+from .neighbors import pairs_within
+from .solvent import _STEP
+from .threshold_components import threshold_components
+
+__all__ = ["sweep_scores", "sweep_score"]
+
+
+# GPU sweep: stack thresholds until the stacked volume holds this many voxels (~9 bytes each:
+# mask, labels, weights), i.e. ~1.2 GB at most; a 256³ map's crop takes all 16 coarse thresholds.
+_GPU_SWEEP_VOXELS = 2 ** 27
+
+
+def _auto_sweep_batch(be, box_voxels: int, n_thresholds: int) -> int:
+    """Thresholds per sweep batch: all that fit the budget on a GPU (fewer launches and
+    syncs), one at a time on the CPU (no gain there, and it keeps the peak memory low)."""
+    if not be.is_gpu:
+        return 1
+    budget = _GPU_SWEEP_VOXELS
+    try:   # smaller cards: at most a quarter of the free memory (~14 bytes per stacked voxel)
+        pool = be.xp.get_default_memory_pool()
+        free = be.xp.cuda.Device().mem_info[0] + pool.free_bytes()
+        budget = min(budget, free // (4 * 14))
+    except Exception:  # noqa: BLE001 - no memory query: keep the fixed budget
+        pass
+    return int(max(1, min(n_thresholds, budget // max(int(box_voxels), 1))))
+
+
+def _crop_box(mask, margin_vox):
+    """Bounding box (slices) of ``mask`` grown by ``margin_vox`` voxels."""
+    be = _be.namespace(mask)
+    xp = be.xp
+    sl = []
+    for ax in range(3):
+        other = tuple(a for a in range(3) if a != ax)
+        prof = _be.to_host(xp.any(mask, axis=other))  # small 1-D arrays
+        nzi = np.flatnonzero(prof)
+        if len(nzi) == 0:
+            return None
+        lo = max(0, int(nzi[0]) - margin_vox)
+        hi = min(mask.shape[ax], int(nzi[-1]) + margin_vox + 1)
+        sl.append(slice(lo, hi))
+    return tuple(sl)
+
+
+def _dense_region(crop, C, t_otsu, voxel_size_A, margin_A, window_A: float = 6.0,
+                  min_fraction: float = 0.015, step: int = _STEP):
+    """Shrink ``crop`` to where ``C > t_otsu`` is dense: the particle, not scattered noise.
+
+    Solvent noise exceeds the Otsu threshold here and there, which stretches
+    the box of ``C > t_otsu`` to the whole map (measured: the sweep of a 160³
+    map ran on all its voxels for a 100³ particle). Atoms fill several % of the
+    particle's volume above the threshold, noise a fraction of a %: the box
+    keeps the voxels where more than ``min_fraction`` of a ``window_A`` cube
+    (on the ``step``-subsampled grid) is above the threshold, plus ``margin_A``
+    and the window's half-width.
+    """
+    be = _be.namespace(C)
+    xp, ndi = be.xp, be.ndi
+    vox = step * float(np.min(voxel_size_A))
+    above = (C[::step, ::step, ::step] > t_otsu).astype(xp.float32)
+    dense = ndi.uniform_filter(above, max(3, int(round(window_A / vox))), mode="constant") > min_fraction
+    box = _crop_box(dense, int(np.ceil((margin_A + 0.5 * window_A) / vox)) + 1)
+    if box is None:
+        return crop
+    out = []
+    for ax, (a, b) in enumerate(zip(crop, box)):
+        lo, hi = max(a.start, b.start * step), min(a.stop, b.stop * step)
+        if hi - lo < 3:
+            return crop
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+class _Scorer:
+    """Exact Pearson(simulated map, C) over the box from atom centres alone."""
+
+    def __init__(self, C_box, G_box, kernel: AtomKernel, voxel_size_A):
+        be = _be.namespace(C_box)
+        self.xp, self.ndi = be.xp, be.ndi
+        # cubic B-spline coefficients: exact enough at the peaks (trilinear is ~4% low)
+        self.G = self.ndi.spline_filter(G_box, order=3, output=self.xp.float32, mode="nearest")
+        self.kernel = kernel
+        self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+        self.n = float(C_box.size)
+        self.extent_A = float(np.max(np.asarray(C_box.shape) * self.vs[::-1]))
+        sums = []
+        for z in range(0, C_box.shape[0], 32):         # slabs: no full-size float64 copies
+            blk = C_box[z:z + 32]
+            sums.append(self.xp.stack([blk.sum(dtype=self.xp.float64),
+                                       (blk * blk).sum(dtype=self.xp.float64)]))
+        self.sc, self.scc = (float(v) for v in _be.to_host(self.xp.stack(sums).sum(0)))  # one sync
+        self.a0 = float(kernel.autocorr(np.zeros(1))[0])
+        self.ksum = kernel.grid_sum()
+        self.reach = kernel.reach_A(1e-5)
+        # K⋆K tabulated against squared separation: one interpolation per call
+        # instead of 25 Gaussian terms (relative error ~1e-5)
+        self.d2_grid = self.xp.linspace(0.0, self.reach ** 2, 8192)
+        self.a_table = kernel.autocorr(self.d2_grid, self.xp)
+
+    def scores(self, centre_vox_xyz, group, n_groups: int):
+        """Scores of ``n_groups`` models at once (one model per threshold), on the backend.
+
+        ``centre_vox_xyz`` (N, 3) holds the atoms of every model; ``group`` (N,)
+        says which model each atom belongs to. Pairs never cross models: each
+        model is shifted along z by more than the pair reach. Returns two
+        backend arrays (n_groups,): the correlations (−1 for an empty model)
+        and the atom counts. No host round trip.
+        """
+        xp = self.xp
+        group = group.astype(xp.int64)
+        n_at = xp.bincount(group, minlength=n_groups)[:n_groups].astype(xp.float64)
+        coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
+        g = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False)
+        ssc = xp.bincount(group, weights=g.astype(xp.float64), minlength=n_groups)[:n_groups]
+        xyz = centre_vox_xyz * xp.asarray(self.vs)
+        if n_groups > 1:
+            # models side by side along z, further apart than the reach: no cross pairs
+            span = float(self.extent_A) + 2.0 * self.reach
+            xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
+        i, _, d2 = pairs_within(xyz, self.reach)
+        cross = xp.bincount(group[i], weights=xp.interp(d2, self.d2_grid, self.a_table),
+                            minlength=n_groups)[:n_groups]
+        sss = n_at * self.a0 + 2.0 * cross
+        ss = n_at * self.ksum
+        cov = ssc - ss * self.sc / self.n
+        var_s = sss - ss * ss / self.n
+        var_c = self.scc - self.sc * self.sc / self.n
+        r = cov / xp.sqrt(xp.maximum(var_s * var_c, 1e-300))
+        return xp.where(n_at > 0, r, -1.0), n_at
+
+    def __call__(self, centre_vox_xyz):
+        """Score of one model (host float; one sync)."""
+        xp = self.xp
+        r, _ = self.scores(centre_vox_xyz, xp.zeros(centre_vox_xyz.shape[0], dtype=xp.int64), 1)
+        return float(r[0])
+
+
+def _centres(C_box, weights_box, threshold, min_voxels):
+    """Components of ``C > T`` → (labels, kept ids, centres voxel xyz, counts)."""
+    xp = _be.namespace(C_box).xp
+    lab, n = label26(C_box > threshold)
+    if n == 0:
+        return lab, n, xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
+    mom = label_moments(lab, n, weights_box)
+    keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)   # no weight: no centre
+    return lab, n, mom["centre_vox"][1:][keep], mom["count"][1:][keep]
+
+
+def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
+    """Centres of the components of ``C > T`` for several thresholds in one pass.
+
+    The binary volumes are stacked along z with one empty plane between them,
+    so one 26-connected labelling and one fused moments pass serve them all
+    (no host round trip per threshold). Returns the kept centres (voxel xyz
+    in the box) and the threshold index of each, on the backend.
+    """
+    xp = _be.namespace(C_box).xp
+    nz = C_box.shape[0]
+    b = len(thresholds)
+    if b == 1:
+        _, _, cen, _ = _centres(C_box, weights_box, float(thresholds[0]), min_voxels)
+        return cen, xp.zeros(cen.shape[0], dtype=xp.int64)
+    t = xp.asarray(np.asarray(thresholds, dtype=np.float32))[:, None, None, None]
+    mask = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=bool)
+    mask[:, :nz] = C_box[None] > t
+    lab, n = label26(mask.reshape((b * (nz + 1),) + C_box.shape[1:]))
+    del mask
+    if n == 0:
+        return xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
+    w = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=weights_box.dtype)
+    w[:, :nz] = weights_box[None]
+    mom = label_moments(lab, n, w.reshape(lab.shape))
+    del w, lab
+    keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)
+    cen = mom["centre_vox"][1:][keep]
+    k = xp.floor(cen[:, 2] / (nz + 1)).astype(xp.int64)   # components never straddle the gaps
+    cen = cen - xp.stack([xp.zeros_like(k), xp.zeros_like(k), k * (nz + 1)], 1)
+    return cen, k
+
+
+def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int = 1):
+    """Correlations and atom counts of the models built at ``thresholds`` (host arrays).
+
+    On a GPU, ``batch`` thresholds are binarised, labelled and scored together
+    (:func:`_stacked_centres`, :meth:`_Scorer.scores`); one host transfer per batch.
+    On the host with ``batch == 1`` (its default) one union-find pass finds the
+    components of all thresholds (:func:`ptnp_gpu.threshold_components.threshold_components`);
+    a larger ``batch`` takes the stacked labelling there too (the tests compare the two).
+    """
+    be = _be.namespace(C_box)
+    xp = be.xp
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if not be.is_gpu and batch == 1:
+        # host: one union-find pass over the voxels gives the components of every threshold
+        cen, k = threshold_components(C_box, weights_box, thresholds, min_voxels)
+        r, n_at = scorer.scores(cen, k, len(thresholds))
+        return np.asarray(r, float), np.asarray(n_at, float)
+    out_r, out_n = [], []
+    batch = max(1, int(batch))
+    for s in range(0, len(thresholds), batch):
+        ts = thresholds[s:s + batch]
+        cen, k = _stacked_centres(C_box, weights_box, ts, min_voxels)
+        r, n_at = scorer.scores(cen, k, len(ts))
+        out_r.append(r)
+        out_n.append(n_at)
+    r = _be.to_host(xp.concatenate(out_r)) if out_r else np.zeros(0)
+    n_at = _be.to_host(xp.concatenate(out_n)) if out_n else np.zeros(0)
+    return np.asarray(r, float), np.asarray(n_at, float)
+
+
+def sweep_score(C_box, weights_box, scorer, threshold, min_voxels):
+    """Correlation of the model built at ``threshold`` (one sweep evaluation)."""
+    r, n_at = sweep_scores(C_box, weights_box, scorer, [threshold], min_voxels)
+    return float(r[0]), int(n_at[0])
