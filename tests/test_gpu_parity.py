@@ -201,3 +201,23 @@ def test_compute_statistics_parity(cp, particle):
     assert checked > 20
     for key in ("u_iso_A2", "doi", "valid_corr", "intensity_peak_z"):
         assert np.isfinite(sc.columns[key]).mean() > 0.9, key
+
+
+@pytest.mark.parametrize("seed", [3, FRESH_SEED])
+def test_sweep_scores_parity(cp, seed):
+    """GPU sweep (thresholds stacked along z, one labelling) vs host sweep (one union-find pass)."""
+    from ptnp_gpu.denoise import AtomKernel, denoise_map
+    from ptnp_gpu.sweep import _Scorer, sweep_scores
+    xyz, shape, vs, kw = _random_atoms(seed, n=250, shape=(40, 44, 42))
+    rng = np.random.default_rng(seed)
+    vol = simulate.render_atoms(xyz, shape, vs, (0, 0, 0), "Pt", b_extra_A2=8.2, backend="numpy", **kw)
+    vol = (vol + rng.normal(scale=0.1 * float(vol.max()), size=shape)).astype(np.float32)
+    k = AtomKernel.for_element("Pt", 8.2, vs)
+    C, G = denoise_map(vol, vs, k)
+    w = np.clip(vol - np.median(vol), 0, None).astype(np.float32)
+    ts = np.linspace(0.1, 0.8, 12) * float(C.max())
+    r_host, n_host = sweep_scores(C, w, _Scorer(C, G, k, vs), ts, 3)
+    Cg, Gg, wg = cp.asarray(C), cp.asarray(G), cp.asarray(w)
+    r_dev, n_dev = sweep_scores(Cg, wg, _Scorer(Cg, Gg, k, vs), ts, 3, batch=12)
+    np.testing.assert_array_equal(n_dev, n_host)
+    np.testing.assert_allclose(r_dev, r_host, rtol=0, atol=1e-6)
