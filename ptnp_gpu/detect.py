@@ -51,7 +51,7 @@ from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors
-from .peaks import _rescue, _residual_map, _split
+from .peaks import _rescue, _residual_map, _split, local_maxima
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_spectrum, _solvent_mask
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_score, sweep_scores
@@ -284,10 +284,11 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     counts["split_components"] = n_split
     if o.rescue:
         n_res = 0
+        maxima = local_maxima(C_box)
         for rnd in range(max(1, o.rescue_rounds)):
             # later rounds bond to rescued atoms only: ask for a seat on 3 atoms (a facet's hollow)
             lab, n, n_new = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A,
-                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3)
+                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, maxima=maxima)
             n_res += n_new
             if n_new == 0:
                 break
@@ -302,9 +303,11 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         del res
         t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
         n_rr = 0
+        maxima = local_maxima(Cr_box)
         for rnd in range(max(1, o.rescue_rounds)):
             lab, n, n_new = _rescue(lab, n, Cr_box, t_r, vs, 0.7 * el.nn_distance_A, el.radius_A,
-                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, centre_map=C_box)
+                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, centre_map=C_box,
+                                    maxima=maxima)
             n_rr += n_new
             if n_new == 0:
                 break

@@ -125,18 +125,27 @@ def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs, box_or
     return raw_box - sim
 
 
-def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None):
+def local_maxima(C_box):
+    """Voxels equal to the maximum of their 3×3×3 neighbourhood (edges: nearest)."""
+    ndi = _be.namespace(C_box).ndi
+    return C_box == ndi.maximum_filter(C_box, size=3, mode="nearest")
+
+
+def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None,
+            maxima=None):
     """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
 
     A local maximum of ``C`` above ``t_low`` that lies outside every labelled
     component, at least ``min_sep_A`` from every existing atom centre and within
     ``bond_A`` of at least ``min_bonds`` of them (bonded to the particle: noise
     far from it is never rescued) becomes a new atom; it claims the unlabelled
-    voxels above ``t_low`` within ``r_claim_A``.
+    voxels above ``t_low`` within ``r_claim_A``. ``maxima``: :func:`local_maxima` of
+    ``C_box``, when already computed.
     """
-    be = _be.namespace(lab)
-    xp, ndi = be.xp, be.ndi
-    peaks = (lab == 0) & (C_box > t_low) & (C_box == ndi.maximum_filter(C_box, size=3, mode="nearest"))
+    xp = _be.namespace(lab).xp
+    if maxima is None:                                # rounds on the same map pass it in
+        maxima = local_maxima(C_box)
+    peaks = (lab == 0) & (C_box > t_low) & maxima
     interior = xp.zeros(peaks.shape, dtype=bool)      # no rescue on the box faces (edge artefacts)
     interior[1:-1, 1:-1, 1:-1] = True
     peaks &= interior
