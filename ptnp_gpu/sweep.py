@@ -178,7 +178,7 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
         return cen, xp.zeros(cen.shape[0], dtype=xp.int64)
     t = xp.asarray(np.asarray(thresholds, dtype=np.float32))[:, None, None, None]
     mask = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=bool)
-    mask[:, :nz] = C_box[None] > t
+    xp.greater(C_box[None], t, out=mask[:, :nz])             # no full-size temporary
     lab, n = label26(mask.reshape((b * (nz + 1),) + C_box.shape[1:]))
     del mask
     if n == 0:
