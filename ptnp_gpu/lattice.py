@@ -322,6 +322,10 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
                 break
             inlier = new
         origin, basis = sol[0], sol[1:]
+        if not np.all(np.isfinite(basis)) or abs(np.linalg.det(basis)) < 1e-3 * a0 ** 3:
+            # the atoms left on the lattice do not span three dimensions (e.g. a noisy, sparse model)
+            return _fallback(xyz, el, geo["type"], nn, "degenerate lattice fit: the atoms on the lattice "
+                                                       "do not span three dimensions")
     params = np.linalg.norm(basis, axis=1)
     unit = basis / params[:, None]
     ang = np.degrees(np.arccos(np.clip([unit[1] @ unit[2], unit[0] @ unit[2], unit[0] @ unit[1]], -1, 1)))

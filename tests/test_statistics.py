@@ -189,3 +189,19 @@ def test_presmoothing_is_deconvolved_and_lowers_doi_noise():
         ok = np.isfinite(c["doi"])
         rho[smooth] = spearmanr(c["doi"][ok], noisy.doi[ok])[0]
     assert rho[0.2] >= 0.52 and rho[0.2] > rho[0.0] + 0.03, rho
+
+
+def test_sparse_noisy_model_flags_the_lattice_instead_of_crashing():
+    """A noisy 0.75 Å Fe map gives a sparse model (43 of 164 atoms) whose lattice inliers are
+    coplanar: the fit is flagged (ok False) rather than raising a singular-matrix error."""
+    from ptnp_gpu.detect import detect_atoms
+    p = make_particle(element="Fe", n_atoms=164, noise=0.21608532325361426, background=0.3640938527829223,
+                      voxel_size_A=0.75, u_surface_A2=0.1, seed=569705, shape="sphere",
+                      margin_A=8.869424385321935, origin_A=(-28.75793971544196, -44.98503717362612,
+                                                            26.498717253997214))
+    det = detect_atoms(p.map, "Fe", backend="numpy")
+    s = compute_statistics(det.backend_map, det.xyz_A, "Fe", labels=det.labels, backend="numpy")
+    assert s.particle["n_atoms"] == len(det.xyz_A)
+    if not s.lattice.ok:
+        assert s.lattice.message
+        assert not s.particle["lattice_fit_ok"]
