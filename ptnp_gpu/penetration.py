@@ -33,46 +33,34 @@ def eq1(depth_A, delta_A, m, c):
     return np.where(x < delta_A, c + m * (x - delta_A), c)
 
 
-# (depths, their stable argsort) of the last call: the statistics of one particle
-# share one depth column, so the sort is done once per particle, not once per fit
-_LAST_ORDER = [None]
+def _sorted_finite(depth_A, values, depth_order=None):
+    """Finite (depth, value) pairs in increasing depth order (ties in input order).
 
-
-def _depth_order(d):
-    """Stable argsort of ``d`` (NaN last), reused while the same depths come back."""
-    last = _LAST_ORDER[0]
-    if last is not None and last[0].shape == d.shape and np.array_equal(last[0], d, equal_nan=True):
-        return last[1]
-    order = np.argsort(d, kind="stable")
-    order.flags.writeable = False
-    _LAST_ORDER[0] = (d.copy(), order)
-    return order
-
-
-def _sorted_finite(depth_A, values):
-    """Finite (depth, value) pairs in increasing depth order (ties in input order)."""
+    ``depth_order``: ``np.argsort(depth_A, kind="stable")`` when the caller already
+    has it (one sort for all the statistics of a particle).
+    """
     d = np.asarray(depth_A, float)
     v = np.asarray(values, float)
     ok = np.isfinite(d) & np.isfinite(v)
     if d.ndim != 1 or ok.shape != d.shape:
         order = np.argsort(d[ok], kind="stable")
         return d[ok][order], v[ok][order]
-    order = _depth_order(d)
+    order = np.argsort(d, kind="stable") if depth_order is None else depth_order
     idx = order[ok[order]]              # the stable sort of the finite subset
     return d[idx], v[idx]
 
 
-def block_means(depth_A, values, n: int = 5):
+def block_means(depth_A, values, n: int = 5, depth_order=None):
     """Mean depth and value of every ``n`` consecutive atoms in depth order.
 
     Non-finite values are dropped first; a last incomplete block is merged
-    into its predecessor.
+    into its predecessor. ``depth_order``: the stable argsort of the depths, if known.
 
     Returns
     -------
     x, y : (B,) arrays
     """
-    d, v = _sorted_finite(depth_A, values)
+    d, v = _sorted_finite(depth_A, values, depth_order)
     nb = len(d) // n
     if nb == 0:
         return np.zeros(0), np.zeros(0)
@@ -302,7 +290,8 @@ def _curve_fit(x, y, lo_c, hi_c, start):
     return p, cov, float(np.sum((eq1(x, *p) - y) ** 2))
 
 
-def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str = "") -> dict:
+def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str = "",
+                    depth_order=None) -> dict:
     """Fit Eq. 1 to a per-atom statistic against radial depth.
 
     Parameters
@@ -317,6 +306,9 @@ def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str
         Atoms per averaged point (5 in the paper).
     name : str
         Statistic name, copied into the result.
+    depth_order : (N,) int array, optional
+        ``np.argsort(depth_A, kind="stable")``: pass it when fitting several
+        statistics of one particle, so the depths are sorted once.
 
     Returns
     -------
@@ -334,7 +326,7 @@ def fit_penetration(depth_A, values, *, c_bounds=None, block: int = 5, name: str
     """
     out = {"statistic": name, "delta_A": np.nan, "delta_err_A": np.nan, "m": np.nan, "m_err": np.nan,
            "c": np.nan, "c_err": np.nan, "n_points": 0, "rmse": np.nan, "ok": False, "message": ""}
-    x, y = block_means(depth_A, values, block)
+    x, y = block_means(depth_A, values, block, depth_order)
     out["n_points"] = int(len(x))
     if len(x) < 4:
         out["message"] = f"too few points ({len(x)} blocks of {block} atoms) for a 3-parameter fit"

@@ -432,7 +432,9 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     }
     t0 = time.perf_counter()
     cn_bounds = (geo["cn_bulk"] - 2.0, float(geo["cn_bulk"]))
-    pen = {name: fit_penetration(depth, cols[name], c_bounds=cn_bounds if cb == "bulk" else cb, name=name)
+    order = np.argsort(depth, kind="stable")            # one sort for all the fits
+    pen = {name: fit_penetration(depth, cols[name], c_bounds=cn_bounds if cb == "bulk" else cb, name=name,
+                                 depth_order=order)
            for name, cb in PENETRATION_STATISTICS.items()}
     times["penetration"] = time.perf_counter() - t0
     particle = {
