@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backend as _be
-from .components import label26, label_moments, otsu_threshold
+from .components import label26, label_moments, map_mean_sd, otsu_threshold
 from .denoise import AtomKernel, denoise_map
 from .elements import Element, get_element
 from .errors import InputError
@@ -215,7 +215,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
 
     vs = np.asarray(dmap.voxel_size_A, float)
     raw = xp.asarray(dmap.data, dtype=xp.float32)
-    mean, sd = float(raw.mean()), float(raw.std())
+    mean, sd = map_mean_sd(raw)
     if not sd > 0:
         raise InputError("the map is constant: nothing to detect")
     b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)

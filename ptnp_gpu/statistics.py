@@ -25,6 +25,7 @@ import numpy as np
 
 from . import backend as _be
 from . import gpu_kernels as gk
+from .components import map_mean_sd
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
                            nn_bond_lengths_A, particle_diameter_A)
 from .displacement import (displacements_from_fits, fit_radius_A, gather_windows, window_offsets,
@@ -171,57 +172,12 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
-def _map_mean_sd(data, slab_voxels: int | None = None):
-    """Mean and standard deviation (population, ddof 0) of a map, with float64 accuracy.
-
-    One pass over slabs of whole planes (axis 0): each slab is widened to
-    float64 into one reused buffer, shifted by the mean ``c`` of the first
-    slab (so that Σ(x − c)² does not cancel when the mean is far from 0),
-    and its Σ(x − c) and Σ(x − c)² are accumulated in float64. No full-size
-    float64 temporaries, as ``xp.std(..., dtype=float64)`` makes; equal to
-    it to ~1e-15 relative. Runs on the backend of ``data``; the two results
-    come to the host in one copy.
-
-    Parameters
-    ----------
-    data : array
-        The map (any shape; float32 or float64).
-    slab_voxels : int, optional
-        Voxels per slab: default 2¹⁸ on NumPy (the buffer stays in cache),
-        2²² on CuPy (few kernel launches, 32 MiB buffer).
-
-    Returns
-    -------
-    mean, sd : float
-    """
-    be = _be.namespace(data)
-    xp = be.xp
-    if slab_voxels is None:
-        slab_voxels = 1 << 22 if be.is_gpu else 1 << 18
-    planes = data.reshape(data.shape[0], -1) if data.ndim > 1 else data.reshape(-1, 1)
-    step = max(1, slab_voxels // max(planes.shape[1], 1))
-    shift = xp.mean(planes[:step], dtype=xp.float64)            # 0-d on the backend: no sync
-    buf = xp.empty((min(step, planes.shape[0]), planes.shape[1]), dtype=xp.float64)
-    s1 = s2 = 0.0
-    for z in range(0, planes.shape[0], step):                   # slabs bound the float64 buffer
-        blk = planes[z:z + step]
-        x = buf[:len(blk)]
-        x[...] = blk                                            # exact widening to float64
-        x -= shift                                              # float64 arithmetic on both backends
-        s1 = s1 + x.sum()
-        s2 = s2 + (x * x).sum()                                 # no BLAS dot: threads stall when busy
-    m = s1 / planes.size
-    sd = xp.sqrt(xp.maximum(s2 / planes.size - m * m, 0.0))
-    mean, sd = _be.to_host(xp.stack([shift + m, sd]))
-    return float(mean), float(sd)
-
-
 def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0):
     """Displacement fits, validation correlation and peak intensity for every atom."""
     xp = be.xp
     vs = dmap.voxel_size_A
     data_full = _on(be, dmap.data)
-    mean, sd = _map_mean_sd(data_full)                   # synchronize (once)
+    mean, sd = map_mean_sd(data_full)                    # synchronize (once)
     vox = dmap.xyz_A_to_voxel(xyz)
     r_val = 1.5 * el.radius_A
     # crop to the particle: simulation and gathers only touch this box

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
-from .components import label26, label_moments
+from .components import label26, label_moments, map_mean_sd
 from .denoise import AtomKernel
 from .neighbors import pairs_within
 from .solvent import _STEP
@@ -99,12 +99,8 @@ class _Scorer:
         self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
         self.n = float(C_box.size)
         self.extent_A = float(np.max(np.asarray(C_box.shape) * self.vs[::-1]))
-        sums = []
-        for z in range(0, C_box.shape[0], 32):         # slabs: no full-size float64 copies
-            blk = C_box[z:z + 32]
-            sums.append(self.xp.stack([blk.sum(dtype=self.xp.float64),
-                                       (blk * blk).sum(dtype=self.xp.float64)]))
-        self.sc, self.scc = (float(v) for v in _be.to_host(self.xp.stack(sums).sum(0)))  # one sync
+        mean, sd = map_mean_sd(C_box)                  # Σ C and Σ C² over the box, one sync
+        self.sc, self.scc = self.n * mean, self.n * (sd * sd + mean * mean)
         self.a0 = float(kernel.autocorr(np.zeros(1))[0])
         self.ksum = kernel.grid_sum()
         self.reach = kernel.reach_A(1e-5)

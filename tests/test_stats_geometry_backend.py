@@ -18,7 +18,7 @@ from scipy.spatial import cKDTree
 from ptnp_gpu.coordination import (_nearest_brute_force_A, coordination_numbers, generalized_cn,
                                    nn_bond_lengths_A, neighbour_pairs)
 from ptnp_gpu.neighbors import segment_max, segment_sum
-from ptnp_gpu.statistics import _map_mean_sd
+from ptnp_gpu.components import map_mean_sd as _map_mean_sd
 from ptnp_gpu.strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 from ptnp_gpu.synth import fcc_particle, random_rotation
 
