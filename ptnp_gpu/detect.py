@@ -54,9 +54,9 @@ from .neighbors import count_neighbors
 from .peaks import _rescue, _residual_map, _split, local_maxima
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_spectrum, _solvent_mask
-from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_score, sweep_scores
+from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
-__all__ = ["DetectOptions", "Detection", "detect_atoms", "sweep_score", "sweep_scores"]
+__all__ = ["DetectOptions", "Detection", "detect_atoms", "default_kernel_blur_A2"]
 
 
 # Blur of the simulated atom used for denoising and the sweep: the reference's (8·voxel)² at

@@ -18,7 +18,7 @@ from .neighbors import pairs_within
 from .solvent import _STEP
 from .threshold_components import threshold_components
 
-__all__ = ["sweep_scores", "sweep_score"]
+__all__ = ["sweep_scores"]
 
 
 # GPU sweep: stack thresholds until the stacked volume holds this many voxels (~9 bytes each:
@@ -43,17 +43,17 @@ def _auto_sweep_batch(be, box_voxels: int, n_thresholds: int) -> int:
 
 def _crop_box(mask, margin_vox):
     """Bounding box (slices) of ``mask`` grown by ``margin_vox`` voxels."""
-    be = _be.namespace(mask)
-    xp = be.xp
+    xp = _be.namespace(mask).xp
+    # the three 1-D occupancy profiles, brought to the host in one transfer
+    profs = _be.to_host(xp.concatenate([xp.any(mask, axis=tuple(a for a in range(3) if a != ax))
+                                        for ax in range(3)]))
     sl = []
-    for ax in range(3):
-        other = tuple(a for a in range(3) if a != ax)
-        prof = _be.to_host(xp.any(mask, axis=other))  # small 1-D arrays
+    for prof in np.split(profs, np.cumsum(mask.shape)[:2]):
         nzi = np.flatnonzero(prof)
         if len(nzi) == 0:
             return None
         lo = max(0, int(nzi[0]) - margin_vox)
-        hi = min(mask.shape[ax], int(nzi[-1]) + margin_vox + 1)
+        hi = min(len(prof), int(nzi[-1]) + margin_vox + 1)
         sl.append(slice(lo, hi))
     return tuple(sl)
 
@@ -124,11 +124,10 @@ class _Scorer:
         coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
         g = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False)
         ssc = xp.bincount(group, weights=g.astype(xp.float64), minlength=n_groups)[:n_groups]
+        # models side by side along z, further apart than the reach: no cross pairs
+        span = float(self.extent_A) + 2.0 * self.reach
         xyz = centre_vox_xyz * xp.asarray(self.vs)
-        if n_groups > 1:
-            # models side by side along z, further apart than the reach: no cross pairs
-            span = float(self.extent_A) + 2.0 * self.reach
-            xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
+        xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
         i, _, d2 = pairs_within(xyz, self.reach)
         cross = xp.bincount(group[i], weights=xp.interp(d2, self.d2_grid, self.a_table),
                             minlength=n_groups)[:n_groups]
@@ -148,7 +147,8 @@ class _Scorer:
 
 
 def _centres(C_box, weights_box, threshold, min_voxels):
-    """Components of ``C > T`` → (labels, kept ids, centres voxel xyz, counts)."""
+    """Components of ``C > T`` → (labels, n, centres voxel xyz, counts): one threshold, one
+    labelling; the reference the tests hold both sweeps to."""
     xp = _be.namespace(C_box).xp
     lab, n = label26(C_box > threshold)
     if n == 0:
@@ -169,9 +169,6 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
     xp = _be.namespace(C_box).xp
     nz = C_box.shape[0]
     b = len(thresholds)
-    if b == 1:
-        _, _, cen, _ = _centres(C_box, weights_box, float(thresholds[0]), min_voxels)
-        return cen, xp.zeros(cen.shape[0], dtype=xp.int64)
     t = xp.asarray(np.asarray(thresholds, dtype=np.float32))[:, None, None, None]
     mask = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=bool)
     xp.greater(C_box[None], t, out=mask[:, :nz])             # no full-size temporary
@@ -215,12 +212,5 @@ def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int 
         r, n_at = scorer.scores(cen, k, len(ts))
         out_r.append(r)
         out_n.append(n_at)
-    r = _be.to_host(xp.concatenate(out_r)) if out_r else np.zeros(0)
-    n_at = _be.to_host(xp.concatenate(out_n)) if out_n else np.zeros(0)
+    r, n_at = _be.to_host(xp.stack([xp.concatenate(out_r), xp.concatenate(out_n)]))   # one transfer
     return np.asarray(r, float), np.asarray(n_at, float)
-
-
-def sweep_score(C_box, weights_box, scorer, threshold, min_voxels):
-    """Correlation of the model built at ``threshold`` (one sweep evaluation)."""
-    r, n_at = sweep_scores(C_box, weights_box, scorer, [threshold], min_voxels)
-    return float(r[0]), int(n_at[0])
