@@ -51,7 +51,7 @@ from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors
-from .peaks import _rescue, _residual_map, _split, local_maxima
+from .peaks import _residual_map, _split, rescue_rounds
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_spectrum, _solvent_mask
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
@@ -239,6 +239,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     if crop is None:
         raise InputError("no particle found in the map")
     crop = _dense_region(crop, C, t_otsu, vs, o.crop_margin_A)
+    box_start = np.array([crop[2].start, crop[1].start, crop[0].start], dtype=np.float64)   # voxel x, y, z
     C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
     base = float(xp.median(raw[::2, ::2, ::2]))          # solvent level (a subsample is enough)
     weights = xp.clip(raw_box - base, 0.0, None)
@@ -283,35 +284,17 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         lab, n, n_split = _split(lab, n, C_box, min(2.0 * el.radius_A, 0.8 * el.nn_distance_A), vs)
     counts["split_components"] = n_split
     if o.rescue:
-        n_res = 0
-        maxima = local_maxima(C_box)
-        for rnd in range(max(1, o.rescue_rounds)):
-            # later rounds bond to rescued atoms only: ask for a seat on 3 atoms (a facet's hollow)
-            lab, n, n_new = _rescue(lab, n, C_box, t_sig, vs, 0.7 * el.nn_distance_A, el.radius_A,
-                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, maxima=maxima)
-            n_res += n_new
-            if n_new == 0:
-                break
-        counts["rescued"] = n_res
+        lab, n, counts["rescued"] = rescue_rounds(lab, n, C_box, t_sig, vs, el, o.rescue_rounds)
     if o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT:   # sync
         # the same search on the box of the map minus the atoms found so far, filtered with C's
         # own normalisation: the same linear filter, so C's solvent noise level holds for it
-        res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, vs,
-                            np.asarray(dmap.origin_A) + np.array([crop[2].start, crop[1].start, crop[0].start]) * vs)
+        res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, vs, dmap.origin_A + box_start * vs)
         Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale)
         del res
         t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
-        n_rr = 0
-        maxima = local_maxima(Cr_box)
-        for rnd in range(max(1, o.rescue_rounds)):
-            lab, n, n_new = _rescue(lab, n, Cr_box, t_r, vs, 0.7 * el.nn_distance_A, el.radius_A,
-                                    1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3, centre_map=C_box,
-                                    maxima=maxima)
-            n_rr += n_new
-            if n_new == 0:
-                break
-        counts["rescued_residual"] = n_rr
+        lab, n, counts["rescued_residual"] = rescue_rounds(lab, n, Cr_box, t_r, vs, el, o.rescue_rounds,
+                                                           centre_map=C_box)
         del Cr_box
     lap("label_split")
 
@@ -326,8 +309,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     remap[ids] = xp.arange(1, ids.shape[0] + 1, dtype=xp.int32)
     lab = remap[lab]
     if o.refine_centres:
-        # window from the bond length (Pt: 1.44 Å radius, σ 0.55 Å), so neighbours stay out
-        # sub-voxel mean shift of the solvent-subtracted raw map (custom kernel; three rounds):
+        # sub-voxel mean shift of the solvent-subtracted raw map (custom kernel; three rounds;
+        # window from the bond length, Pt: 1.44 Å radius, σ 0.55 Å, so neighbours stay out):
         # each centre moves to the centre of mass of max(raw − base, 0) × a Gaussian around it.
         # Against ground truth it lowers the position RMSD by ~10% (tests/test_detect.py).
         centre = mean_shift_centres(raw_box, centre, base, 0.52 * el.nn_distance_A / vs.min(),
@@ -335,8 +318,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("centres")
 
     say("validating atoms")
-    offset = xp.asarray([crop[2].start, crop[1].start, crop[0].start], dtype=xp.float64)
-    centre_full = centre + offset
+    centre_full = centre + xp.asarray(box_start)
     xyz = xp.asarray(dmap.origin_A) + centre_full * xp.asarray(vs)
     # per-atom scale (mixed elements, partial occupancy): smoothed height at the centre
     height = ndi.map_coordinates(C, centre_full[:, ::-1].T, order=1, mode="nearest")
@@ -372,8 +354,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         raise InputError("no particle found in the map (every candidate atom was rejected)")
     labels = xp.zeros(raw.shape, dtype=xp.int32)
     labels[crop] = lab
-    # peak intensity: maximum raw value in the atom's component
-    pk = label_moments(labels, int(xyz.shape[0]), raw)["peak_value"][1:]
+    # peak intensity: maximum raw value in the atom's component (components lie in the box)
+    pk = label_moments(lab, int(xyz.shape[0]), raw_box)["peak_value"][1:]
     peak = (pk.astype(xp.float64) - mean) / sd
     lap("validate")
 

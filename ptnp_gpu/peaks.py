@@ -162,15 +162,14 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     mom = label_moments(lab, n, C_box if centre_map is None else centre_map)
     ex = mom["centre_vox"][1:][mom["count"][1:] > 0] * vsx
     allp = xp.concatenate([ex, pxyz])
-    i, j, _ = pairs_within(allp, min_sep_A)
+    # one pair search (bond_A > min_sep_A): clashes with existing atoms, and bonds to them
+    # (bonded to the particle: at least `min_bonds` existing atoms within bonding range)
+    i, j, d2 = pairs_within(allp, max(bond_A, min_sep_A))
     ne = ex.shape[0]
+    cross = (i < ne) & (j >= ne)
     clash = xp.zeros(allp.shape[0], dtype=bool)
-    cross = (i < ne) & (j >= ne)
-    clash[j[cross]] = True
-    # bonded to the particle: at least `min_bonds` existing atoms within bonding range
-    i, j, _ = pairs_within(allp, bond_A)
-    cross = (i < ne) & (j >= ne)
-    bonds = xp.bincount(j[cross] - ne, minlength=pxyz.shape[0])
+    clash[j[cross & (d2 <= min_sep_A ** 2)]] = True
+    bonds = xp.bincount(j[cross & (d2 <= bond_A ** 2)] - ne, minlength=pxyz.shape[0])
     new = xp.nonzero(~clash[ne:] & (bonds >= min_bonds))[0]
     n_new = int(new.shape[0])                      # sync
     if n_new == 0:
@@ -192,3 +191,21 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     out = lab.ravel().copy()
     out[flat[ok]] = ids[ok].astype(out.dtype)
     return out.reshape(lab.shape), n + n_new, n_new
+
+
+def rescue_rounds(lab, n, C_box, t_low, vs, el, rounds: int, centre_map=None):
+    """:func:`_rescue` in rounds on one map: the first seats peaks bonded to 2 atoms, later
+    rounds (bonded to rescued atoms only) ask for a seat on 3 (a facet's hollow).
+
+    Returns (labels, n, atoms added).
+    """
+    maxima = local_maxima(C_box)                      # the same map every round
+    added = 0
+    for rnd in range(max(1, rounds)):
+        lab, n, n_new = _rescue(lab, n, C_box, t_low, vs, 0.7 * el.nn_distance_A, el.radius_A,
+                                1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3,
+                                centre_map=centre_map, maxima=maxima)
+        added += n_new
+        if n_new == 0:
+            break
+    return lab, n, added
