@@ -296,6 +296,16 @@ def _peak(be, analyze):
     return peak_memory(be, analyze)
 
 
+def _analyze_case(case, be):
+    """Detection + statistics of one stream map (what each stream measures); atoms found."""
+    detect = _optional("ptnp_gpu.detect")
+    statistics = _optional("ptnp_gpu.statistics")
+    det = detect.detect_atoms(case.dmap, case.element, backend=be)
+    if statistics is not None:
+        statistics.compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels, backend=be)
+    return len(det.xyz_A)
+
+
 def bench_stream(be, n_maps, size=160, n_distinct=4, workers=(1,), log=print):
     """Throughput of detection + statistics over a stream of ``size``³ maps (host maps in).
 
@@ -314,11 +324,7 @@ def bench_stream(be, n_maps, size=160, n_distinct=4, workers=(1,), log=print):
     maps = [synthetic_case(size, seed=100 + i) for i in range(min(n_distinct, n_maps))]
 
     def one(case):
-        det = detect.detect_atoms(case.dmap, case.element, backend=be)
-        if statistics is not None:
-            statistics.compute_statistics(det.backend_map, det.xyz_A, case.element,
-                                          labels=det.labels, backend=be)
-        return len(det.xyz_A)
+        return _analyze_case(case, be)
 
     def on_own_stream(case):
         if not be.is_gpu:
@@ -355,15 +361,11 @@ def _stream_process(backend_name, size, seeds, n_own, barrier):
     sys.path.insert(0, str(HERE))
     from bench_maps import synthetic_case
     from ptnp_gpu import backend as _be
-    from ptnp_gpu.detect import detect_atoms
-    from ptnp_gpu.statistics import compute_statistics
     be = _be.get(backend_name)
     maps = [synthetic_case(size, seed=s) for s in seeds]
 
     def one(case):
-        det = detect_atoms(case.dmap, case.element, backend=be)
-        compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels, backend=be)
-        return len(det.xyz_A)
+        return _analyze_case(case, be)
     one(maps[0])                                  # warm-up: kernels, FFT plans, Numba caches
     _be.synchronize(be)
     barrier.wait()
