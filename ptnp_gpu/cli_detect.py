@@ -75,7 +75,7 @@ def pipeline_kwargs(args) -> dict:
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
     if getattr(args, "figures", None) is not None:
         kw["figures"] = args.figures
-    if getattr(args, "presmooth_A", None) is not None:
+    if getattr(args, "presmooth_A", None) is not None:   # analyze only; None keeps the default
         kw["presmooth_A"] = args.presmooth_A
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
                 force=args.force, quiet=args.quiet, backend=args.backend, **kw)

@@ -122,7 +122,7 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
             f"(x {lo[0]:.1f}–{hi[0]:.1f}, y {lo[1]:.1f}–{hi[1]:.1f}, z {lo[2]:.1f}–{hi[2]:.1f} Å); "
             "the model is not in the map's frame (try --center)")
     st = compute_statistics(dmap, xyz, el, backend=backend,
-                            **({} if presmooth_A is None else {"presmooth_A": presmooth_A}))
+                            presmooth_A=presmooth_A)
     extra = {k: v for k, v in model.columns.items() if len(np.asarray(v)) == len(xyz)}
     extra["element"] = np.array([str(e).capitalize() for e in model.elements])
     out.mkdir(parents=True, exist_ok=True)

@@ -109,8 +109,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     say = progress or Progress(quiet)
     map_path = Path(map_path)
     opts = dict(opts)
-    stats_kw = {"presmooth_A": opts.pop("presmooth_A")} if opts.get("presmooth_A") is not None else {}
-    opts.pop("presmooth_A", None)
+    presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms
     from .elements import get_element
@@ -140,7 +139,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             say("per-atom statistics")
             ts = time.perf_counter()
             st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend,
-                                    **stats_kw)
+                                    presmooth_A=presmooth_A)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}

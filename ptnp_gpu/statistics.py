@@ -271,7 +271,7 @@ def _median(v):
 
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
                        simulated=None, strain_h_A: float = 2.0,
-                       presmooth_A: float = DEFAULT_PRESMOOTH_A) -> AtomStatistics:
+                       presmooth_A: float | None = None) -> AtomStatistics:
     """Per-atom statistics, particle summary, lattice fit and penetration depths.
 
     Parameters
@@ -293,9 +293,10 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         Simulated map of the model (detection output); rendered when absent.
     strain_h_A : float
         Kernel width of the strain estimates (Å).
-    presmooth_A : float
+    presmooth_A : float, optional
         σ (Å) of a Gaussian applied to the map before the displacement fits; its
-        variance is subtracted from U_iso and U afterwards (0: fit the raw map).
+        variance is subtracted from U_iso and U afterwards (0: fit the raw map;
+        None: ``DEFAULT_PRESMOOTH_A``).
 
     Returns
     -------
@@ -362,7 +363,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     t0 = time.perf_counter()
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
     win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
-                                          presmooth_A=float(presmooth_A))
+                                          presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
+                                                            else presmooth_A))
     times["windows"] = time.perf_counter() - t0
 
     U = win["u_A2"]
