@@ -169,16 +169,6 @@ def _min_voxels(min_voxels: int, voxel_size_A) -> int:
     return int(max(1, min(min_voxels, round(scaled))))
 
 
-def _rejection_cn_cutoff_A(el: Element) -> float:
-    """Neighbour radius of the CN < 3 rejection: the CN cutoff, but for bcc up to midway
-    between the second (a) and third (a√2) shells. bcc's second shell is only 15% beyond
-    the first, and the vertices of faceted bcc particles have two first-shell neighbours:
-    with the first shell alone the rule removed 24 true atoms of an 89-atom W particle."""
-    if el.lattice == "bcc":
-        return 0.5 * (1.0 + np.sqrt(2.0)) * el.lattice_param_A
-    return el.cn_cutoff_A
-
-
 def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None, **opts) -> Detection:
     """Build an atomic model from a density map (see module docstring).
 
@@ -337,7 +327,9 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         keep &= vcorr >= thr
     counts["rejected_correlation"] = int((~keep).sum())
     if o.reject_low_cn:
-        cn = count_neighbors(xyz[keep], _rejection_cn_cutoff_A(el))
+        # bcc counts its second shell: with the first alone the rule removed 24 true atoms of an
+        # 89-atom W particle
+        cn = count_neighbors(xyz[keep], el.near_neighbour_cutoff_A)
         k2 = xp.ones_like(keep)
         k2[xp.nonzero(keep)[0][cn < o.min_cn]] = False
         counts["rejected_low_cn"] = int((~k2).sum())

@@ -70,6 +70,16 @@ class Element:
         return nn * (1.0 / np.sqrt(2.0) + 0.5)
 
     @property
+    def near_neighbour_cutoff_A(self) -> float:
+        """Radius holding an atom's near neighbours (Å): the CN cutoff, but for bcc up to
+        midway between the second (a) and third (a√2) shells, as bcc's second shell is only
+        15% beyond the first (vertices of faceted bcc particles have two first-shell
+        neighbours). Used by the CN < 3 rejection of detected atoms."""
+        if self.lattice == "bcc":
+            return 0.5 * (1.0 + np.sqrt(2.0)) * self.lattice_param_A
+        return self.cn_cutoff_A
+
+    @property
     def nn_distance_A(self) -> float:
         """Ideal nearest-neighbour distance in Å for the bulk lattice."""
         a = self.lattice_param_A
