@@ -211,7 +211,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
-    solvent, live = _solvent_mask(raw, vs, o.solvent_margin_A)
+    solvent, live, masked = _solvent_mask(raw, vs, o.solvent_margin_A)
     psd, colour = (None, 1.0) if o.whiten == "never" else _noise_spectrum(raw, solvent, vs, o.resolution_A)
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
     lap("solvent_noise")
@@ -260,7 +260,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")
-    med, noise = _noise_level(C, solvent, live)
+    med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
+                              margin_A=o.solvent_margin_A)
     t_sig = max(med + o.rescue_sigma * noise, o.otsu_floor * t_otsu)
     lab, n = label26(C_box > threshold)
     mom = label_moments(lab, n, weights, C_box)

@@ -3,10 +3,21 @@
 The particle is found from the raw map smoothed over 2.5 Å (which averages the
 noise away whatever its colour); the solvent lies beyond a margin from it.
 Estimates run on a ``_STEP``-subsampled grid (every 8th voxel is plenty).
+
+Masked maps (measured reconstructions are often multiplied by a soft solvent
+mask) need more care: the mask may leave no solvent beyond the margin, its soft
+edge scales the noise down towards it, and the smooth background inside it often
+passes the smoothed map's Otsu threshold, so that the "particle" fills the mask.
+There the spectrum comes from every live voxel 2 Å beyond that particle (its
+shape survives a taper), and the noise level from bands of distance to the atoms
+of the denoised map, keeping the bands whose noise is near the largest: the
+noise before the mask (:func:`_noise_level`).
 Used by :mod:`ptnp_gpu.detect` for the significance of atoms and for
 prewhitening; every function works on NumPy and CuPy arrays.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -16,6 +27,30 @@ from .denoise import noise_power_spectrum
 
 _STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
 _MIN_SOLVENT = 500   # solvent voxels (subsampled grid) for a noise level measured in the solvent
+_MASKED_FRACTION = 0.01   # a map with more constant (masked) voxels than this is a masked map
+_BAND_FROM_A = 2.0        # masked maps: the first noise band starts this far from the particle (Å)
+_BAND_A = 1.5             # ... the bands' width (Å)
+_N_BANDS = 6
+_MIN_BAND = 200           # voxels (subsampled grid) for a band's noise level
+_BAND_KEEP = 0.8          # bands whose noise is at least this fraction of the largest are solvent
+
+
+def _phi(x: float) -> float:
+    """Standard normal distribution function."""
+    return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+def _distance_bands(near, live, sigma_A):
+    """Bands of distance from a particle: 0 inside, k = 1.._N_BANDS from ``_BAND_FROM_A`` in ``_BAND_A`` steps.
+
+    ``near`` is the particle mask blurred with σ = ``sigma_A``; at distance d from
+    a flat boundary it is Φ(−d/σ). Voxels that are not ``live`` are 0.
+    """
+    xp = _be.namespace(near).xp
+    bands = xp.zeros(near.shape, dtype=xp.int32)
+    for k in range(_N_BANDS):
+        bands += near < _phi(-(_BAND_FROM_A + k * _BAND_A) / sigma_A)
+    return bands * live
 
 
 def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
@@ -25,9 +60,14 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     noise away whatever its colour), is above its Otsu threshold; the solvent is
     farther than ``margin_A`` from it. Constant regions (masked maps) are never solvent.
 
+    In a masked map (more than ``_MASKED_FRACTION`` of constant voxels) the
+    solvent is every live voxel at least ``_BAND_FROM_A`` from the particle: for
+    the noise spectrum, whose shape a soft mask edge hardly changes.
+
     Returns
     -------
     solvent, live : bool arrays on the subsampled grid
+    masked : bool
     """
     be = _be.namespace(raw)
     xp, ndi = be.xp, be.ndi
@@ -37,18 +77,40 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     live = local_var > 1e-6 * float(sub.var())
     sm = ndi.gaussian_filter(sub, 2.5 / vox)
     part = (sm > otsu_threshold(sm[live])).astype(xp.float32)
-    solvent = (ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant") < 1e-3) & live
-    return solvent, live
+    near = ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
+    if float(live.mean()) >= 1.0 - _MASKED_FRACTION:         # sync
+        return (near < 1e-3) & live, live, False
+    return _distance_bands(near, live, 0.5 * margin_A) > 0, live, True
 
 
-def _noise_level(C, solvent, live, step: int = _STEP):
+def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,
+                 margin_A: float = 6.0):
     """Median and robust SD of the denoised map in the solvent (subsampled masks).
 
-    Without enough solvent, the SD comes from the lower half of the map's live
-    voxels, which the particle (positive density) hardly touches.
+    With ``particle_threshold`` (masked maps) the solvent is rebuilt around the
+    atoms, ``C`` above that threshold: bands of distance (see :func:`_distance_bands`)
+    each give a robust SD, and the bands within ``_BAND_KEEP`` of the largest are
+    pooled; a mask's soft edge only lowers the noise. Without enough solvent, the
+    SD comes from the lower half of the map's live voxels, which the particle
+    (positive density) hardly touches.
     """
-    xp = _be.namespace(C).xp
+    be = _be.namespace(C)
+    xp, ndi = be.xp, be.ndi
     sub = C[::step, ::step, ::step]
+    if particle_threshold is not None:
+        vox = step * float(np.min(voxel_size_A))
+        near = ndi.gaussian_filter((sub > particle_threshold).astype(xp.float32), 0.5 * margin_A / vox,
+                                   mode="constant")
+        bands = _distance_bands(near, live, 0.5 * margin_A)
+        counts = _be.to_host(xp.bincount(bands.ravel(), minlength=_N_BANDS + 1))      # sync
+        sds = {}
+        for k in np.nonzero(counts[1:] >= _MIN_BAND)[0] + 1:
+            sample = sub[bands == int(k)]
+            sds[int(k)] = 1.4826 * float(xp.median(xp.abs(sample - xp.median(sample))))
+        if sds:
+            top = max(sds.values())
+            keep = xp.asarray([False] + [sds.get(k, 0.0) >= _BAND_KEEP * top for k in range(1, _N_BANDS + 1)])
+            solvent = keep[bands]
     if int(solvent.sum()) >= _MIN_SOLVENT:                 # sync
         sample = sub[solvent]
         med = float(xp.median(sample))

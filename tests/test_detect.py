@@ -280,13 +280,27 @@ def test_detect_coarse_sampling(voxel_A):
     assert a["recall"] >= 0.98 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.2, a
 
 
-def test_detect_masked_map():
-    """A soft spherical solvent mask (zero outside): a constant solvent must not fool the noise level."""
-    p = make_particle(n_atoms=500, seed=12, margin_A=12)
+@pytest.mark.parametrize("pad_A, coloured, min_recall, min_precision", [
+    (4.0, False, 0.99, 0.99),     # tight mask: no solvent 9 Å out, the soft edge within reach
+    (10.0, False, 0.99, 0.99),    # usual padding: the smooth background fills the mask
+    (4.0, True, 0.75, 0.95),      # measured-map noise (correlated over a voxel) under both masks:
+    (10.0, True, 0.75, 0.95),     # before the band noise level, precision was 0.71 and 0.12
+])
+def test_detect_masked_map(pad_A, coloured, min_recall, min_precision):
+    """A soft spherical solvent mask (zero outside, 3 Å edge): neither the constant solvent nor the
+    tapered noise at the mask's edge may fool the noise level."""
+    from scipy.ndimage import gaussian_filter
+
+    from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2
+    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0 if coloured else 0.15)
     d = p.map.data.astype(float)
+    if coloured:
+        nz = gaussian_filter(np.random.default_rng(3).normal(size=d.shape), 1.0)
+        d += nz * (0.15 * atom_peak_value("Pt", reference_blur_A2(0.358), 0.02) / nz.std())
     idx = np.stack(np.indices(d.shape), -1)
     r = np.sqrt(((idx - np.array(d.shape) / 2) ** 2).sum(-1)) * 0.358
-    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + 4.0
+    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + pad_A
     data = (d * np.clip((radius + 3.0 - r) / 3.0, 0, 1)).astype(np.float32)
     a = _acc(detect_atoms(DensityMap(data, 0.358), "Pt", backend="numpy"), p.xyz_A)
-    assert a["recall"] >= 0.99 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.08, a
+    assert a["recall"] >= min_recall and a["precision"] >= min_precision, a
+    assert a["rmsd_A"] <= (0.3 if coloured else 0.08), a

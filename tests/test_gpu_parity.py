@@ -221,3 +221,23 @@ def test_sweep_scores_parity(cp, seed):
     r_dev, n_dev = sweep_scores(Cg, wg, _Scorer(Cg, Gg, k, vs), ts, 3, batch=12)
     np.testing.assert_array_equal(n_dev, n_host)
     np.testing.assert_allclose(r_dev, r_host, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("pad_A", [4.0, 10.0])
+def test_masked_solvent_and_noise_level_parity(cp, particle, pad_A):
+    """The masked-map path of the solvent (distance bands) on both backends."""
+    from ptnp_gpu.solvent import _noise_level, _solvent_mask
+    d = particle.map.data.astype(np.float32)
+    idx = np.stack(np.indices(d.shape), -1)
+    r = np.sqrt(((idx - np.array(d.shape) / 2) ** 2).sum(-1)) * 0.358
+    radius = np.linalg.norm(particle.xyz_A - particle.center_A, axis=1).max() + pad_A
+    d = (d * np.clip((radius + 3.0 - r) / 3.0, 0, 1)).astype(np.float32)
+    vs = np.array([0.358] * 3)
+    sc, lc, mc = _solvent_mask(d, vs, 6.0)
+    sg, lg, mg = _solvent_mask(cp.asarray(d), vs, 6.0)
+    assert mc and mg
+    assert (_host(sc) != sc).mean() < 1e-3 and (_host(lg) != lc).mean() < 1e-3
+    t = float(np.quantile(d, 0.99))
+    nc = _noise_level(d, sc, lc, particle_threshold=t, voxel_size_A=vs)
+    ng = _noise_level(cp.asarray(d), sg, lg, particle_threshold=t, voxel_size_A=vs)
+    np.testing.assert_allclose(ng, nc, rtol=1e-3, atol=1e-9)
