@@ -54,13 +54,15 @@ def add_map_options(p):
                         "(auto: when the noise is coloured; default)")
     g.add_argument("--min-sweep-correlation", type=float, default=None,
                    help="refuse maps whose best atomic model correlates below this (default 0.2: no particle)")
+    g.add_argument("--invert", action="store_true", default=None,
+                   help="the atoms are dark (negative density): negate the map before anything else")
     g.add_argument("--b-extra", dest="b_extra_A2", type=float, default=None,
                    help="blur of the simulated atom in Å² (default 8.2, the reference value at 0.358 Å/voxel)")
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_low_cn", "min_cn",
-          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten")
+          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert")
 
 
 def add_presmooth_option(p):

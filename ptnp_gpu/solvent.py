@@ -28,6 +28,7 @@ from .denoise import noise_power_spectrum
 _STEP = 2   # subsampling of the solvent estimates (every 8th voxel is plenty)
 _MIN_SOLVENT = 500   # solvent voxels (subsampled grid) for a noise level measured in the solvent
 _MASKED_FRACTION = 0.01   # a map with more constant (masked) voxels than this is a masked map
+_SOLVENT_PLATEAU = 0.05   # less solvent than this fraction of the map: look for a solvent plateau
 _BAND_FROM_A = 2.0        # masked maps: the first noise band starts this far from the particle (Å)
 _BAND_A = 1.5             # ... the bands' width (Å)
 _N_BANDS = 6
@@ -60,6 +61,11 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     noise away whatever its colour), is above its Otsu threshold; the solvent is
     farther than ``margin_A`` from it. Constant regions (masked maps) are never solvent.
 
+    When that leaves less than ``_SOLVENT_PLATEAU`` of the map as solvent (a
+    liquid's density level around the particle passes the threshold), the
+    particle is instead where the energy of the map's detail finer than 1 Å,
+    averaged over 2.5 Å, is above its Otsu threshold, if that gives more solvent.
+
     In a masked map (more than ``_MASKED_FRACTION`` of constant voxels) the
     solvent is every live voxel at least ``_BAND_FROM_A`` from the particle: for
     the noise spectrum, whose shape a soft mask edge hardly changes.
@@ -78,9 +84,20 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     sm = ndi.gaussian_filter(sub, 2.5 / vox)
     part = (sm > otsu_threshold(sm[live])).astype(xp.float32)
     near = ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
-    if float(live.mean()) >= 1.0 - _MASKED_FRACTION:         # sync
-        return (near < 1e-3) & live, live, False
-    return _distance_bands(near, live, 0.5 * margin_A) > 0, live, True
+    if float(live.mean()) < 1.0 - _MASKED_FRACTION:          # sync
+        return _distance_bands(near, live, 0.5 * margin_A) > 0, live, True
+    solvent = (near < 1e-3) & live
+    if int(solvent.sum()) < _SOLVENT_PLATEAU * int(live.sum()):   # sync
+        # hardly any solvent: a solvent plateau (liquid around the particle) passed the
+        # smoothed map's threshold. The particle is then where the map has atomic detail.
+        detail = sub - ndi.gaussian_filter(sub, 1.0 / vox)
+        energy = ndi.gaussian_filter(detail * detail, 2.5 / vox)
+        part = (energy > otsu_threshold(energy[live])).astype(xp.float32)
+        near = ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
+        by_detail = (near < 1e-3) & live
+        if int(by_detail.sum()) > int(solvent.sum()):         # sync
+            solvent = by_detail
+    return solvent, live, False
 
 
 def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,

@@ -8,6 +8,7 @@ import pytest
 
 from ptnp_gpu.denoise import AtomKernel, denoise_map
 from ptnp_gpu.detect import detect_atoms
+from ptnp_gpu.errors import InputError
 from ptnp_gpu.sweep import _centres, _Scorer, sweep_scores
 from ptnp_gpu.mapio import DensityMap
 from ptnp_gpu.pairing import match_accuracy
@@ -304,3 +305,36 @@ def test_detect_masked_map(pad_A, coloured, min_recall, min_precision):
     a = _acc(detect_atoms(DensityMap(data, 0.358), "Pt", backend="numpy"), p.xyz_A)
     assert a["recall"] >= min_recall and a["precision"] >= min_precision, a
     assert a["rmsd_A"] <= (0.3 if coloured else 0.08), a
+
+
+@pytest.mark.parametrize("level, min_recall", [(0.25, 0.99), (0.5, 0.95)])
+def test_detect_particle_in_a_liquid_plateau(level, min_recall):
+    """A liquid cell: solvent density (``level`` × an atom's peak) everywhere but in the particle's
+    own volume (from 2 Å beyond the atoms), plus noise. The plateau passes the smoothed map's
+    threshold, which left no solvent: whitening by a few odd voxels' spectrum erased the atoms
+    (before: 'no particle found' from a level of 0.15)."""
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2
+    peak = atom_peak_value("Pt", reference_blur_A2(0.358), 0.02)
+    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0, background=0.0)
+    outside = np.ones(p.map.shape, bool)
+    ijk = np.round((p.xyz_A - p.map.origin_A) / 0.358).astype(int)[:, ::-1]
+    outside[tuple(ijk.T)] = False
+    liquid = np.clip((distance_transform_edt(outside) * 0.358 - 2.0) / 1.0, 0, 1)
+    rng = np.random.default_rng(5)
+    data = p.map.data + gaussian_filter(level * peak * liquid, 1.0) + rng.normal(scale=0.15 * peak, size=p.map.shape)
+    a = _acc(detect_atoms(DensityMap(data.astype(np.float32), 0.358), "Pt", backend="numpy"), p.xyz_A)
+    assert a["recall"] >= min_recall and a["precision"] >= 0.95 and a["rmsd_A"] <= 0.15, a
+
+
+def test_inverted_map_is_refused_and_invert_recovers_it():
+    p = make_particle(n_atoms=300, seed=2)
+    neg = DensityMap(-p.map.data, p.map.voxel_size_A, p.map.origin_A)
+    with pytest.raises(InputError, match="inverted"):
+        detect_atoms(neg, "Pt", backend="numpy")
+    det = detect_atoms(neg, "Pt", backend="numpy", invert=True)
+    a = _acc(det, p.xyz_A)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.99, a
+    assert float(np.asarray(det.backend_map.data).max()) > 0       # statistics see the corrected map
+    assert float(neg.data.max()) == float((-p.map.data).max())      # the caller's map is untouched
