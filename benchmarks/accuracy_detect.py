@@ -19,7 +19,7 @@ import numpy as np
 from scipy.ndimage import distance_transform_edt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_detect import _plain_gaussian_map, _weak_atom_case  # noqa: E402  (the tests' independent renderer)
+from test_detect import _filtered_map, _plain_gaussian_map, _weak_atom_case  # noqa: E402  (the tests' independent renderer)
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.mapio import DensityMap  # noqa: E402
@@ -128,6 +128,11 @@ def main(argv=None):
         d += np.random.default_rng(5).normal(scale=0.15 * peak, size=d.shape)
         _row(f"liquid plateau {level} x peak, noise 0.15 [ptnp defaults]",
              detect_atoms(DensityMap(d.astype(np.float32), 0.358), "Pt"), p.xyz_A, rows)
+    # reconstructions: noise, then a low-pass at the map's resolution and B-factor sharpening
+    for res_A, b in [(1.3, 0.0), (1.6, 0.0), (2.0, 0.0), (1.3, 30.0), (1.6, 30.0), (1.6, 50.0)]:
+        m, xyz = _filtered_map(res_A, b, 0.1)
+        _row(f"low-passed at {res_A} A, sharpened B={b:.0f} A^2, noise 0.1 [ptnp defaults]",
+             detect_atoms(m, "Pt"), xyz, rows)
     p = make_particle(n_atoms=500, seed=12)
     _row("inverted contrast [invert=True]",
          detect_atoms(DensityMap(-p.map.data, 0.358), "Pt", invert=True), p.xyz_A, rows)

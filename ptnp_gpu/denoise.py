@@ -21,6 +21,8 @@ from .simulate import gaussian_terms
 
 __all__ = ["AtomKernel", "denoise_map", "noise_power_spectrum"]
 
+_MAX_WHITEN_GAIN = 1e3   # largest power ratio a prewhitened filter may boost
+
 
 @dataclass(frozen=True)
 class AtomKernel:
@@ -184,7 +186,8 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     white = None
     if noise_psd is not None:
         s_c, power = (np.asarray(v, dtype=np.float64) for v in noise_psd)
-        inv = (power.max() / np.maximum(power, 1e-12 * power.max())).astype(np.float32)
+        # gain capped at _MAX_WHITEN_GAIN: no band where the map holds (nearly) nothing is blown up
+        inv = (power.max() / np.maximum(power, power.max() / _MAX_WHITEN_GAIN)).astype(np.float32)
         white = xp.interp(band.ravel(), xp.asarray(s_c, dtype=xp.float32),   # 1-D x for CuPy
                           xp.asarray(inv)).reshape(band.shape)
     if highpass_A and highpass_A > 0:

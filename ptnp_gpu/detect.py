@@ -220,10 +220,11 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
     solvent, live, masked = _solvent_mask(raw, vs, o.solvent_margin_A)
-    psd, colour = (None, 1.0) if o.whiten == "never" else _noise_spectrum(raw, solvent, vs, o.resolution_A)
+    psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
+                          else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
     lap("solvent_noise")
-    C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+    C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, return_scale=True)
     lap("denoise")
 
@@ -296,7 +297,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         # the same search on the box of the map minus the atoms found so far, filtered with C's
         # own normalisation: the same linear filter, so C's solvent noise level holds for it
         res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, vs, dmap.origin_A + box_start * vs)
-        Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=o.resolution_A, highpass_A=o.highpass_A,
+        Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale)
         del res
         t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
