@@ -67,7 +67,7 @@ def _register_to_map(dmap, xyz_A, element):
 
 
 def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=None, force=False,
-              center=False, figures=True, backend=None, presmooth_A=None) -> dict:
+              center=False, figures=True, backend=None, presmooth_A=None, invert=False) -> dict:
     """Compute and write the statistics of ``model_path`` on ``map_path``.
 
     Returns
@@ -95,6 +95,8 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
         raise InputError(str(exc)) from None
     map_path, model_path = Path(map_path), Path(model_path)
     dmap = read_map(map_path, voxel_size_A)
+    if invert:                                   # atoms dark: the statistics read bright atoms
+        dmap.data = np.negative(dmap.data)
     model = read_model(model_path)
     if len(model) == 0:
         raise InputError(f"{model_path}: model holds no atoms")
@@ -165,7 +167,7 @@ def _cmd_stats(args) -> int:
     from .statistics import summary_table
     s = run_stats(args.map, args.model, element=args.element, out_dir=args.out, voxel_size_A=args.voxel_size,
                   force=args.force, center=args.center, figures=not args.no_figures,
-                  presmooth_A=args.presmooth_A)
+                  presmooth_A=args.presmooth_A, invert=args.invert)
     st = s.pop("_stats")
     if not args.quiet:
         print(summary_table(st))
@@ -189,6 +191,8 @@ def register(subparsers) -> None:
                    help="translate the model onto the particle in the map (density centroid, then cross-correlation)")
     p.add_argument("--force", action="store_true", help="replace existing statistics in the result folder")
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    p.add_argument("--invert", action="store_true",
+                   help="the atoms are dark (negative density): negate the map first")
     from .cli_detect import add_presmooth_option
     add_presmooth_option(p)
     p.add_argument("--quiet", action="store_true")
