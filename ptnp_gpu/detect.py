@@ -223,6 +223,12 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
                           else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
+    if masked:
+        say("masked map: the noise is measured in bands of distance around the atoms")
+    if res_A > o.resolution_A:
+        say(f"the map carries detail to {res_A:.2f} Å only (low-passed): band limit set there")
+    if whitened:
+        say(f"coloured noise (power varies {colour:.3g}x within the band): prewhitened filter")
     lap("solvent_noise")
     C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, return_scale=True)
@@ -375,7 +381,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
         simulated=sim, map=dmap, element=el,
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu,
-                "noise_colour": colour, "whitened": bool(whitened),
+                "noise_colour": colour, "whitened": bool(whitened), "masked_map": bool(masked),
+                "band_limit_A": float(res_A), "noise_sd": float(noise),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
     )
