@@ -241,3 +241,17 @@ def test_masked_solvent_and_noise_level_parity(cp, particle, pad_A):
     nc = _noise_level(d, sc, lc, particle_threshold=t, voxel_size_A=vs)
     ng = _noise_level(cp.asarray(d), sg, lg, particle_threshold=t, voxel_size_A=vs)
     np.testing.assert_allclose(ng, nc, rtol=1e-3, atol=1e-9)
+
+
+def test_map_transfer_parity(cp):
+    """The residual rescue's transfer fit (peaks._map_transfer) on both backends."""
+    from ptnp_gpu.peaks import _map_transfer
+    rng = np.random.default_rng(FRESH_SEED)
+    data = rng.normal(size=(40, 44, 36)).astype(np.float32)
+    model = (0.5 * data + rng.normal(size=data.shape)).astype(np.float32)
+    vs = (0.36, 0.35, 0.4)
+    _, tc, shc, sc = _map_transfer(data, model, vs)
+    _, tg, shg, sg = _map_transfer(cp.asarray(data), cp.asarray(model), vs)
+    np.testing.assert_array_equal(_host(shg), shc)
+    np.testing.assert_allclose(_host(sg), sc, rtol=1e-12)
+    np.testing.assert_allclose(_host(tg), tc, rtol=1e-4, atol=1e-6)
