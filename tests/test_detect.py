@@ -364,3 +364,20 @@ def test_detect_low_passed_and_sharpened_maps(res_A, b_sharpen_A2, min_precision
     m, xyz = _filtered_map(res_A, b_sharpen_A2, 0.1)
     a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
     assert a["recall"] >= 0.99 and a["precision"] >= min_precision and a["rmsd_A"] <= 0.12, a
+
+
+def test_map_transfer_recovers_a_known_radial_filter():
+    """peaks._map_transfer: a model passed through exp(B s²/4) (sharpening) comes back as T(s)."""
+    from ptnp_gpu.peaks import _map_transfer
+    rng = np.random.default_rng(4)
+    model = rng.normal(size=(48, 48, 48)).astype(np.float32)
+    vs = 0.358
+    F = np.fft.rfftn(model)
+    f = np.fft.fftfreq(48, vs), np.fft.rfftfreq(48, vs)
+    s2 = f[0][:, None, None] ** 2 + f[0][None, :, None] ** 2 + f[1][None, None, :] ** 2
+    sharpen = np.exp(30.0 / 4 * s2) * (s2 < 1.1 ** 2)      # sharpened and low-passed at 0.9 Å
+    data = np.fft.irfftn(F * sharpen, s=model.shape, axes=(0, 1, 2)).astype(np.float32)
+    _, T, _, s = _map_transfer(data, model, vs)
+    band = (s > 0.3) & (s < 1.0)
+    expect = np.exp(30.0 / 4 * s[band] ** 2)
+    assert np.all(np.abs(np.asarray(T)[band] / expect - 1) < 0.08)
