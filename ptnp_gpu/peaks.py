@@ -106,7 +106,27 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     return kept
 
 
-def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs, box_origin_A):
+def _model_box(cen_vox, raw_box, base, el, b_extra_A2, vs):
+    """The atoms at ``cen_vox`` (box voxels x, y, z) simulated on the box (box frame), each
+    with the amplitude of its raw height above ``base``."""
+    from .simulate import atom_peak_value
+    be = _be.namespace(raw_box)
+    xp = be.xp
+    idx = xp.clip(xp.rint(cen_vox).astype(xp.int64), 0, xp.asarray(raw_box.shape[::-1]) - 1)
+    height = raw_box[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
+    amp = xp.clip(height / atom_peak_value(el, b_extra_A2), 0.0, None)
+    return render_atoms(cen_vox * xp.asarray(vs), raw_box.shape, vs, (0.0, 0.0, 0.0), el,
+                        b_extra_A2=b_extra_A2, weights=amp, backend=be)
+
+
+def _sharpened(T, s_shell) -> bool:
+    """A map's transfer (see :func:`_map_transfer`) rising ``_SHARPENED``× from 4-2.2 Å to 2-1 Å."""
+    lo = _be.to_host(T[(s_shell >= _T_REF_A[0]) & (s_shell <= _T_REF_A[1])])
+    hi = _be.to_host(T[(s_shell >= _T_HIGH_A[0]) & (s_shell <= _T_HIGH_A[1])])
+    return bool(len(lo) and len(hi) and float(np.max(hi)) > _SHARPENED * float(np.median(lo)))
+
+
+def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs):
     """The box of the raw map minus the solvent level and the atoms found so far (simulated
     with amplitudes from their raw heights): weak atoms beside bright ones become peaks of
     their own instead of shoulders on a neighbour's flank.
@@ -115,25 +135,34 @@ def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs, box_or
     :func:`_map_transfer`) rings around every atom; there the simulated atoms first pass
     through that transfer, so the ringing is explained instead of rescued as atoms. Other
     maps keep the plain model: fitted there, the transfer lets the model absorb part of the
-    weak, mobile atoms it does not hold (recall of very mobile surface atoms 0.88 -> 0.81)."""
-    from .simulate import atom_peak_value
+    weak, mobile atoms it does not hold (recall of very mobile surface atoms 0.88 -> 0.81).
+    """
     be = _be.namespace(raw_box)
     xp = be.xp
     mom = label_moments(lab, n, weights_box)
     ok = (mom["count"][1:] > 0) & (mom["wsum"][1:] > 0)
-    cen = mom["centre_vox"][1:][ok]                                    # voxel x, y, z in the box
-    idx = xp.clip(xp.rint(cen).astype(xp.int64), 0, xp.asarray(raw_box.shape[::-1]) - 1)
-    height = raw_box[idx[:, 2], idx[:, 1], idx[:, 0]].astype(xp.float64) - base
-    amp = xp.clip(height / atom_peak_value(el, b_extra_A2), 0.0, None)
-    xyz = xp.asarray(box_origin_A) + cen * xp.asarray(vs)
-    sim = render_atoms(xyz, raw_box.shape, vs, box_origin_A, el, b_extra_A2=b_extra_A2, weights=amp, backend=be)
+    sim = _model_box(mom["centre_vox"][1:][ok], raw_box, base, el, b_extra_A2, vs)
     data = raw_box - xp.float32(base)
     M, T, shell, s_shell = _map_transfer(data, sim, vs)
-    lo = _be.to_host(T[(s_shell >= _T_REF_A[0]) & (s_shell <= _T_REF_A[1])])
-    hi = _be.to_host(T[(s_shell >= _T_HIGH_A[0]) & (s_shell <= _T_HIGH_A[1])])
-    if len(lo) and len(hi) and float(np.max(hi)) > _SHARPENED * float(np.median(lo)):     # sharpened
+    if _sharpened(T, s_shell):
         sim = be.fft.irfftn(M * T[shell], s=data.shape).astype(xp.float32)
     return data - sim
+
+
+def transfer_corrected_map(raw_box, cen_vox, base, el, b_extra_A2, vs):
+    """The box with the map's transfer taken off its atoms, for centring on a filtered map.
+
+    A low-passed or sharpened map carries every atom's tail and ringing onto its
+    neighbours, which pulls centres found on it (measured on a 500-atom particle of true
+    strain 0: median radial strain +1.4% when low-passed at 2 Å, −1.4% when also
+    sharpened). With ``S`` the atoms at ``cen_vox`` simulated plainly and ``T`` the map's
+    transfer against them, ``raw − T⊗S + S`` holds the same atoms without it.
+    """
+    be = _be.namespace(raw_box)
+    xp = be.xp
+    sim = _model_box(cen_vox, raw_box, base, el, b_extra_A2, vs)
+    M, T, shell, _ = _map_transfer(raw_box - xp.float32(base), sim, vs)
+    return raw_box - be.fft.irfftn(M * T[shell], s=raw_box.shape).astype(xp.float32) + sim
 
 
 _T_REF_A = (0.25, 0.45)    # 1/Å: the transfer's reference band (4-2.2 Å)
