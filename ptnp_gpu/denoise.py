@@ -19,7 +19,7 @@ import numpy as np
 from . import backend as _be
 from .simulate import gaussian_terms
 
-__all__ = ["AtomKernel", "denoise_map", "noise_power_spectrum"]
+__all__ = ["AtomKernel", "denoise_map", "noise_power_spectrum", "rfft_shells"]
 
 _MAX_WHITEN_GAIN = 1e3   # largest power ratio a prewhitened filter may boost
 
@@ -68,6 +68,20 @@ def _band_inplace(s, xp, res_A=1.0, shells=3, ds=None):
     return s
 
 
+def rfft_shells(shape, voxel_size_A, xp):
+    """Radial Fourier shells of an ``rfftn`` of ``shape`` (z, y, x): the shell index of every
+    coefficient (int64, the rfft's shape), the number of shells and their width (1/Å; one
+    step of the longest box side)."""
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    fz = xp.fft.fftfreq(shape[0], d=vs[2]).astype(xp.float32)
+    fy = xp.fft.fftfreq(shape[1], d=vs[1]).astype(xp.float32)
+    fx = xp.fft.rfftfreq(shape[2], d=vs[0]).astype(xp.float32)
+    s = xp.sqrt((fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :])
+    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
+    shell = xp.minimum((s / ds).astype(xp.int64), int(np.ceil(float(s.max()) / ds)))
+    return shell, int(shell.max()) + 1, ds
+
+
 def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3):
     """Radially averaged power spectrum of the map's solvent (the noise), against |s| (1/Å).
 
@@ -97,13 +111,7 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
     pw = (F.real ** 2 + F.imag ** 2).astype(xp.float32)
     del F
     shape = data.shape
-    fz = xp.fft.fftfreq(shape[0], d=vs[2]).astype(xp.float32)
-    fy = xp.fft.fftfreq(shape[1], d=vs[1]).astype(xp.float32)
-    fx = xp.fft.rfftfreq(shape[2], d=vs[0]).astype(xp.float32)
-    s = xp.sqrt((fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :])
-    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
-    shell = xp.minimum((s / ds).astype(xp.int64), int(np.ceil(float(s.max()) / ds)))
-    nb = int(shell.max()) + 1
+    shell, nb, ds = rfft_shells(shape, vs, xp)
     tot = _be.to_host(xp.bincount(shell.ravel(), weights=pw.ravel().astype(xp.float64), minlength=nb))
     cnt = _be.to_host(xp.bincount(shell.ravel(), minlength=nb)).astype(np.float64)
     ok = cnt > 0

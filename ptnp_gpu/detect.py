@@ -51,7 +51,7 @@ from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors
-from .peaks import _residual_map, _split, rescue_rounds, transfer_corrected_map
+from .peaks import MapTransfer, _residual_map, _split, rescue_rounds, transfer_corrected_map
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_spectrum, _solvent_mask
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
@@ -299,10 +299,14 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     counts["split_components"] = n_split
     if o.rescue:
         lab, n, counts["rescued"] = rescue_rounds(lab, n, C_box, t_sig, vs, el, o.rescue_rounds)
-    if o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT:   # sync
+    residual = o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT   # sync
+    recentre = o.refine_centres and res_A > o.resolution_A        # a low-passed map's centres
+    # the box's own transfer, for the residual's model and the centres of a low-passed map
+    transfer = MapTransfer(raw_box - xp.float32(base), vs) if residual or recentre else None
+    if residual:
         # the same search on the box of the map minus the atoms found so far, filtered with C's
         # own normalisation: the same linear filter, so C's solvent noise level holds for it
-        res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, vs)
+        res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, transfer)
         Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale)
         del res
@@ -310,6 +314,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         lab, n, counts["rescued_residual"] = rescue_rounds(lab, n, Cr_box, t_r, vs, el, o.rescue_rounds,
                                                            centre_map=C_box)
         del Cr_box
+    if not recentre:
+        transfer = None                                  # frees the box's spectrum
     lap("label_split")
 
     # compact ids 1..N
@@ -329,16 +335,17 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         # Against ground truth it lowers the position RMSD by ~10% (tests/test_detect.py).
         ms = (0.52 * el.nn_distance_A / vs.min(), 0.2 * el.nn_distance_A / vs.min())
         centre = mean_shift_centres(raw_box, centre, base, *ms)
-        if res_A > o.resolution_A:
+        if recentre:
             # a low-passed map (sharpened or not): two more rounds on the map with its transfer
             # taken off the atoms (2 Å low-pass: mean radial shift +0.031 -> +0.018 Å, RMSD
             # 0.071 -> 0.063 Å; also sharpened: -0.052 -> -0.012 Å, RMSD 0.093 -> 0.066 Å). Not
             # on a rising transfer alone: maps sampled at 0.25-0.3 Å with atoms sharper than the
             # kernel rise too, and there it cost RMSD (0.16 -> 0.19 Å)
             for _ in range(2):
-                corrected = transfer_corrected_map(raw_box, centre, base, el, b_extra, vs)
+                corrected = transfer_corrected_map(raw_box, centre, base, el, b_extra, transfer)
                 centre = mean_shift_centres(corrected, centre, base, *ms)
             del corrected
+    del transfer
     lap("centres")
 
     say("validating atoms")

@@ -15,6 +15,7 @@ import numpy as np
 
 from . import backend as _be
 from .components import label_moments
+from .denoise import rfft_shells
 from .neighbors import pairs_within
 from .simulate import render_atoms
 
@@ -119,50 +120,39 @@ def _model_box(cen_vox, raw_box, base, el, b_extra_A2, vs):
                         b_extra_A2=b_extra_A2, weights=amp, backend=be)
 
 
-def _sharpened(T, s_shell) -> bool:
-    """A map's transfer (see :func:`_map_transfer`) rising ``_SHARPENED``× from 4-2.2 Å to 2-1 Å."""
-    lo = _be.to_host(T[(s_shell >= _T_REF_A[0]) & (s_shell <= _T_REF_A[1])])
-    hi = _be.to_host(T[(s_shell >= _T_HIGH_A[0]) & (s_shell <= _T_HIGH_A[1])])
-    return bool(len(lo) and len(hi) and float(np.max(hi)) > _SHARPENED * float(np.median(lo)))
-
-
-def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, vs):
+def _residual_map(lab, n, raw_box, weights_box, base, el, b_extra_A2, transfer):
     """The box of the raw map minus the solvent level and the atoms found so far (simulated
     with amplitudes from their raw heights): weak atoms beside bright ones become peaks of
     their own instead of shoulders on a neighbour's flank.
 
-    A sharpened map (its transfer against the model rises with frequency, see
-    :func:`_map_transfer`) rings around every atom; there the simulated atoms first pass
+    ``transfer`` is the box's :class:`MapTransfer`. A sharpened map (its transfer against the
+    model rises with frequency) rings around every atom; there the simulated atoms first pass
     through that transfer, so the ringing is explained instead of rescued as atoms. Other
     maps keep the plain model: fitted there, the transfer lets the model absorb part of the
     weak, mobile atoms it does not hold (recall of very mobile surface atoms 0.88 -> 0.81).
     """
-    be = _be.namespace(raw_box)
-    xp = be.xp
+    xp = _be.namespace(raw_box).xp
     mom = label_moments(lab, n, weights_box)
     ok = (mom["count"][1:] > 0) & (mom["wsum"][1:] > 0)
-    sim = _model_box(mom["centre_vox"][1:][ok], raw_box, base, el, b_extra_A2, vs)
-    data = raw_box - xp.float32(base)
-    M, T, shell, s_shell = _map_transfer(data, sim, vs)
-    if _sharpened(T, s_shell):
-        sim = be.fft.irfftn(M * T[shell], s=data.shape).astype(xp.float32)
-    return data - sim
+    sim = _model_box(mom["centre_vox"][1:][ok], raw_box, base, el, b_extra_A2, transfer.vs)
+    M, T = transfer.fit(sim)
+    if transfer.sharpened(T):
+        sim = transfer.apply(M, T)
+    return raw_box - xp.float32(base) - sim
 
 
-def transfer_corrected_map(raw_box, cen_vox, base, el, b_extra_A2, vs):
+def transfer_corrected_map(raw_box, cen_vox, base, el, b_extra_A2, transfer):
     """The box with the map's transfer taken off its atoms, for centring on a filtered map.
 
     A low-passed or sharpened map carries every atom's tail and ringing onto its
     neighbours, which pulls centres found on it (measured on a 500-atom particle of true
     strain 0: median radial strain +1.4% when low-passed at 2 Å, −1.4% when also
     sharpened). With ``S`` the atoms at ``cen_vox`` simulated plainly and ``T`` the map's
-    transfer against them, ``raw − T⊗S + S`` holds the same atoms without it.
+    transfer against them (``transfer``, the box's :class:`MapTransfer`),
+    ``raw − T⊗S + S`` holds the same atoms without it.
     """
-    be = _be.namespace(raw_box)
-    xp = be.xp
-    sim = _model_box(cen_vox, raw_box, base, el, b_extra_A2, vs)
-    M, T, shell, _ = _map_transfer(raw_box - xp.float32(base), sim, vs)
-    return raw_box - be.fft.irfftn(M * T[shell], s=raw_box.shape).astype(xp.float32) + sim
+    sim = _model_box(cen_vox, raw_box, base, el, b_extra_A2, transfer.vs)
+    return raw_box - transfer.apply(*transfer.fit(sim)) + sim
 
 
 _T_REF_A = (0.25, 0.45)    # 1/Å: the transfer's reference band (4-2.2 Å)
@@ -171,30 +161,41 @@ _SHARPENED = 3.0           # rise (max over the high band / median over the refe
                            # 1.0-2.2 unfiltered (mobile surfaces the highest), 3.5-20 sharpened by 30 Å²
 
 
-def _map_transfer(data, model, vs):
-    """The map's own transfer against a model: the radial T(s) that best maps the model's
-    spectrum onto the data's (least squares per Fourier shell of width 1/box).
+class MapTransfer:
+    """A map box's own transfer against models of its atoms: the radial T(s) that best maps a
+    model's spectrum onto the data's (least squares per Fourier shell of width 1/box).
 
-    Returns ``(M, T, shell, s_shell)``: the model's rfft, T per shell, the shell index of every
-    Fourier voxel (shaped like M) and each shell's frequency (1/Å)."""
-    be = _be.namespace(data)
-    xp, fft = be.xp, be.fft
-    vs = np.broadcast_to(np.asarray(vs, float), (3,))
-    shape = data.shape
-    D = fft.rfftn(data)
-    M = fft.rfftn(model)
-    fz = xp.fft.fftfreq(shape[0], d=vs[2])
-    fy = xp.fft.fftfreq(shape[1], d=vs[1])
-    fx = xp.fft.rfftfreq(shape[2], d=vs[0])
-    s = xp.sqrt((fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :])
-    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
-    shell = (s / ds).astype(xp.int64)
-    nb = int(shell.max()) + 1
-    num = xp.bincount(shell.ravel(), weights=(D * xp.conj(M)).real.ravel(), minlength=nb)
-    den = xp.bincount(shell.ravel(), weights=(M.real ** 2 + M.imag ** 2).ravel(), minlength=nb)
-    del D
-    T = num / (den + 1e-3 * float(den.max()))
-    return M, T, shell, (xp.arange(nb) + 0.5) * ds
+    The data's spectrum and the shells are computed once, for every model fitted.
+    """
+
+    def __init__(self, data, voxel_size_A):
+        be = _be.namespace(data)
+        self.xp, self.fft = be.xp, be.fft
+        self.vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+        self.shape = data.shape
+        self.D = self.fft.rfftn(data)
+        self.shell, self.nb, ds = rfft_shells(self.shape, self.vs, self.xp)
+        self.s_shell = (np.arange(self.nb) + 0.5) * ds             # host, 1/Å
+
+    def fit(self, model):
+        """``(M, T)``: the model's rfft and T per shell."""
+        xp = self.xp
+        M = self.fft.rfftn(model)
+        flat = self.shell.ravel()
+        num = xp.bincount(flat, weights=(self.D * xp.conj(M)).real.ravel(), minlength=self.nb)
+        den = xp.bincount(flat, weights=(M.real ** 2 + M.imag ** 2).ravel(), minlength=self.nb)
+        return M, num / (den + 1e-3 * float(den.max()))
+
+    def apply(self, M, T):
+        """The model of spectrum ``M`` passed through ``T`` (float32, the box's shape)."""
+        return self.fft.irfftn(M * T[self.shell], s=self.shape).astype(self.xp.float32)
+
+    def sharpened(self, T) -> bool:
+        """T rising ``_SHARPENED``× from 4-2.2 Å to 2-1 Å (one host transfer)."""
+        t = _be.to_host(T)
+        lo = t[(self.s_shell >= _T_REF_A[0]) & (self.s_shell <= _T_REF_A[1])]
+        hi = t[(self.s_shell >= _T_HIGH_A[0]) & (self.s_shell <= _T_HIGH_A[1])]
+        return bool(len(lo) and len(hi) and float(np.max(hi)) > _SHARPENED * float(np.median(lo)))
 
 
 def local_maxima(C_box):

@@ -82,9 +82,13 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     sub = raw[::step, ::step, ::step].astype(xp.float32)
     local_var = ndi.uniform_filter(sub * sub, 3) - ndi.uniform_filter(sub, 3) ** 2
     live = local_var > 1e-6 * float(sub.var())
-    sm = ndi.gaussian_filter(sub, 2.5 / vox)
-    part = (sm > otsu_threshold(sm[live])).astype(xp.float32)
-    near = ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
+
+    def near_particle(feature):
+        """The particle (``feature`` above its Otsu threshold over the live voxels), blurred."""
+        part = (feature > otsu_threshold(feature[live])).astype(xp.float32)
+        return ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
+
+    near = near_particle(ndi.gaussian_filter(sub, 2.5 / vox))
     if float(live.mean()) < 1.0 - _MASKED_FRACTION:          # sync
         return _distance_bands(near, live, 0.5 * margin_A) > 0, live, True
     solvent = (near < 1e-3) & live
@@ -92,10 +96,7 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
         # hardly any solvent: a solvent plateau (liquid around the particle) passed the
         # smoothed map's threshold. The particle is then where the map has atomic detail.
         detail = sub - ndi.gaussian_filter(sub, 1.0 / vox)
-        energy = ndi.gaussian_filter(detail * detail, 2.5 / vox)
-        part = (energy > otsu_threshold(energy[live])).astype(xp.float32)
-        near = ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
-        by_detail = (near < 1e-3) & live
+        by_detail = (near_particle(ndi.gaussian_filter(detail * detail, 2.5 / vox)) < 1e-3) & live
         if int(by_detail.sum()) > int(solvent.sum()):         # sync
             solvent = by_detail
     return solvent, live, False

@@ -367,8 +367,8 @@ def test_detect_low_passed_and_sharpened_maps(res_A, b_sharpen_A2, min_precision
 
 
 def test_map_transfer_recovers_a_known_radial_filter():
-    """peaks._map_transfer: a model passed through exp(B s²/4) (sharpening) comes back as T(s)."""
-    from ptnp_gpu.peaks import _map_transfer
+    """peaks.MapTransfer: a model passed through exp(B s²/4) (sharpening) comes back as T(s)."""
+    from ptnp_gpu.peaks import MapTransfer
     rng = np.random.default_rng(4)
     model = rng.normal(size=(48, 48, 48)).astype(np.float32)
     vs = 0.358
@@ -377,7 +377,9 @@ def test_map_transfer_recovers_a_known_radial_filter():
     s2 = f[0][:, None, None] ** 2 + f[0][None, :, None] ** 2 + f[1][None, None, :] ** 2
     sharpen = np.exp(30.0 / 4 * s2) * (s2 < 1.1 ** 2)      # sharpened and low-passed at 0.9 Å
     data = np.fft.irfftn(F * sharpen, s=model.shape, axes=(0, 1, 2)).astype(np.float32)
-    _, T, _, s = _map_transfer(data, model, vs)
+    transfer = MapTransfer(data, vs)
+    _, T = transfer.fit(model)
+    s = transfer.s_shell
     band = (s > 0.3) & (s < 1.0)
     expect = np.exp(30.0 / 4 * s[band] ** 2)
     assert np.all(np.abs(np.asarray(T)[band] / expect - 1) < 0.08)

@@ -244,28 +244,31 @@ def test_masked_solvent_and_noise_level_parity(cp, particle, pad_A):
 
 
 def test_map_transfer_parity(cp):
-    """The residual rescue's transfer fit (peaks._map_transfer) on both backends."""
-    from ptnp_gpu.peaks import _map_transfer
+    """The residual rescue's transfer fit (peaks.MapTransfer) on both backends."""
+    from ptnp_gpu.peaks import MapTransfer
     rng = np.random.default_rng(FRESH_SEED)
     data = rng.normal(size=(40, 44, 36)).astype(np.float32)
     model = (0.5 * data + rng.normal(size=data.shape)).astype(np.float32)
     vs = (0.36, 0.35, 0.4)
-    _, tc, shc, sc = _map_transfer(data, model, vs)
-    _, tg, shg, sg = _map_transfer(cp.asarray(data), cp.asarray(model), vs)
-    np.testing.assert_array_equal(_host(shg), shc)
-    np.testing.assert_allclose(_host(sg), sc, rtol=1e-12)
+    c, g = MapTransfer(data, vs), MapTransfer(cp.asarray(data), vs)
+    _, tc = c.fit(model)
+    _, tg = g.fit(cp.asarray(model))
+    np.testing.assert_array_equal(_host(g.shell), c.shell)
+    np.testing.assert_allclose(g.s_shell, c.s_shell, rtol=1e-12)
     np.testing.assert_allclose(_host(tg), tc, rtol=1e-4, atol=1e-6)
+    assert g.sharpened(tg) == c.sharpened(tc)
 
 
 def test_transfer_corrected_map_parity(cp, particle):
     """The centring map of low-passed maps (peaks.transfer_corrected_map) on both backends."""
-    from ptnp_gpu.peaks import transfer_corrected_map
+    from ptnp_gpu.peaks import MapTransfer, transfer_corrected_map
     raw = particle.map.data[10:60, 12:64, 8:56].astype(np.float32)
     rng = np.random.default_rng(FRESH_SEED)
     cen = rng.uniform(5, 40, (60, 3))
     base = float(np.median(raw))
     vs = np.broadcast_to(np.asarray(particle.map.voxel_size_A, float), (3,))
-    c = transfer_corrected_map(raw, cen, base, "Pt", 8.2, vs)
-    g = transfer_corrected_map(cp.asarray(raw), cp.asarray(cen), base, "Pt", 8.2, vs)
+    c = transfer_corrected_map(raw, cen, base, "Pt", 8.2, MapTransfer(raw - np.float32(base), vs))
+    rg = cp.asarray(raw)
+    g = transfer_corrected_map(rg, cp.asarray(cen), base, "Pt", 8.2, MapTransfer(rg - np.float32(base), vs))
     scale = float(np.abs(c).max())
     np.testing.assert_allclose(_host(g), c, rtol=1e-4, atol=1e-5 * scale)
