@@ -16,10 +16,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import distance_transform_edt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from test_detect import _filtered_map, _plain_gaussian_map, _weak_atom_case  # noqa: E402  (the tests' independent renderer)
+from test_detect import (_filtered_map, _liquid_plateau_map, _masked_map,  # noqa: E402
+                         _plain_gaussian_map, _weak_atom_case)   # the tests' map makers
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.mapio import DensityMap  # noqa: E402
@@ -49,25 +49,6 @@ def gaussian_map(sigma_core, sigma_surface, vs, noise, seed=5):
     shape = tuple(int(np.ceil((xyz.max() + 6.0) / vs)) for _ in range(3))
     data = _plain_gaussian_map(xyz, shape, vs, sigma, (sigma_core / sigma) ** 3, rng, noise, 0.2)
     return DensityMap(data, vs), xyz
-
-
-def _distance_to_atoms_A(p):
-    """Distance (Å) of every voxel from the nearest atom's voxel."""
-    outside = np.ones(p.map.shape, bool)
-    ijk = np.round((p.xyz_A - p.map.origin_A) / 0.358).astype(int)[:, ::-1]
-    outside[tuple(ijk.T)] = False
-    return distance_transform_edt(outside) * 0.358
-
-
-def _mask(p, kind, pad_A):
-    """A solvent mask: soft sphere (3 Å edge from ``pad_A`` beyond the atoms), hard sphere, or the
-    atoms' envelope dilated by ``pad_A`` with a 4 Å soft edge."""
-    if kind == "envelope":
-        return np.clip((pad_A + 4.0 - _distance_to_atoms_A(p)) / 4.0, 0, 1)
-    idx = np.stack(np.indices(p.map.shape), -1)
-    r = np.sqrt(((idx - np.array(p.map.shape) / 2) ** 2).sum(-1)) * 0.358
-    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + pad_A
-    return (r < radius).astype(float) if kind == "hard" else np.clip((radius + 3.0 - r) / 3.0, 0, 1)
 
 
 def main(argv=None):
@@ -100,10 +81,6 @@ def main(argv=None):
     # measured-map traits: coloured noise (correlated over ~1 voxel), soft solvent masks (3 Å edge,
     # 4 or 10 Å beyond the atoms), a hard mask, a mask that follows the particle's envelope
     # (atoms dilated by 3 Å, 4 Å soft edge), a liquid's density plateau, inverted contrast
-    from scipy.ndimage import gaussian_filter
-
-    from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2
-    peak = atom_peak_value("Pt", reference_blur_A2(0.358), 0.02)
     masks = {"masked": ("sphere", 4.0), "masked, 10 A padding": ("sphere", 10.0), "hard mask": ("hard", 5.0),
              "envelope mask": ("envelope", 3.0), "": None}
     for name, mask in masks.items():
@@ -111,23 +88,12 @@ def main(argv=None):
             if not name and not coloured:
                 continue
             kind = " + ".join(k for k in (name, "coloured noise" if coloured else "") if k)
-            p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0 if coloured else 0.15)
-            d = p.map.data.astype(float)
-            if coloured:
-                nz = gaussian_filter(np.random.default_rng(3).normal(size=d.shape), 1.0)
-                d += nz * (0.15 * peak / nz.std())
-            if mask is not None:
-                d *= _mask(p, mask[0], mask[1])
-            m = DensityMap(d.astype(np.float32), 0.358)
-            _row(f"{kind} [ptnp defaults]", detect_atoms(m, "Pt"), p.xyz_A, rows)
-            _row(f"{kind} [no whitening]", detect_atoms(m, "Pt", whiten="never"), p.xyz_A, rows)
+            m, xyz = _masked_map(*(mask or (None, 0.0)), coloured)
+            _row(f"{kind} [ptnp defaults]", detect_atoms(m, "Pt"), xyz, rows)
+            _row(f"{kind} [no whitening]", detect_atoms(m, "Pt", whiten="never"), xyz, rows)
     for level in (0.1, 0.15, 0.25, 0.5):
-        p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0, background=0.0)
-        liquid = np.clip((_distance_to_atoms_A(p) - 2.0) / 1.0, 0, 1)
-        d = p.map.data + gaussian_filter(level * peak * liquid, 1.0)
-        d += np.random.default_rng(5).normal(scale=0.15 * peak, size=d.shape)
-        _row(f"liquid plateau {level} x peak, noise 0.15 [ptnp defaults]",
-             detect_atoms(DensityMap(d.astype(np.float32), 0.358), "Pt"), p.xyz_A, rows)
+        m, xyz = _liquid_plateau_map(level)
+        _row(f"liquid plateau {level} x peak, noise 0.15 [ptnp defaults]", detect_atoms(m, "Pt"), xyz, rows)
     # reconstructions: noise, then a low-pass at the map's resolution and B-factor sharpening
     for res_A, b in [(1.3, 0.0), (1.6, 0.0), (2.0, 0.0), (1.3, 30.0), (1.6, 30.0), (1.6, 50.0)]:
         m, xyz = _filtered_map(res_A, b, 0.1)

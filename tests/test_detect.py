@@ -281,6 +281,42 @@ def test_detect_coarse_sampling(voxel_A):
     assert a["recall"] >= 0.98 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.2, a
 
 
+def _distance_to_atoms_A(p):
+    """Distance (Å) of every voxel of ``p``'s map from the nearest atom's voxel."""
+    from scipy.ndimage import distance_transform_edt
+    outside = np.ones(p.map.shape, bool)
+    ijk = np.round((p.xyz_A - p.map.origin_A) / 0.358).astype(int)[:, ::-1]
+    outside[tuple(ijk.T)] = False
+    return distance_transform_edt(outside) * 0.358
+
+
+def _solvent_mask_of(p, kind, pad_A):
+    """A solvent mask for ``p``'s map: soft sphere (3 Å edge from ``pad_A`` beyond the atoms),
+    hard sphere, or the atoms' envelope dilated by ``pad_A`` with a 4 Å soft edge."""
+    if kind == "envelope":
+        return np.clip((pad_A + 4.0 - _distance_to_atoms_A(p)) / 4.0, 0, 1)
+    idx = np.stack(np.indices(p.map.shape), -1)
+    r = np.sqrt(((idx - np.array(p.map.shape) / 2) ** 2).sum(-1)) * 0.358
+    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + pad_A
+    return (r < radius).astype(float) if kind == "hard" else np.clip((radius + 3.0 - r) / 3.0, 0, 1)
+
+
+def _masked_map(kind, pad_A, coloured):
+    """A 500-atom particle, noise 0.15 × peak (white, or correlated over a voxel), under a
+    solvent mask (:func:`_solvent_mask_of`; ``kind`` None: no mask). Returns (map, truth)."""
+    from scipy.ndimage import gaussian_filter
+
+    from ptnp_gpu.simulate import atom_peak_value
+    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0 if coloured else 0.15)
+    d = p.map.data.astype(float)
+    if coloured:
+        nz = gaussian_filter(np.random.default_rng(3).normal(size=d.shape), 1.0)
+        d += nz * (0.15 * atom_peak_value("Pt", reference_blur_A2(0.358), 0.02) / nz.std())
+    if kind is not None:
+        d *= _solvent_mask_of(p, kind, pad_A)
+    return DensityMap(d.astype(np.float32), 0.358), p.xyz_A
+
+
 @pytest.mark.parametrize("pad_A, coloured, min_recall, min_precision", [
     (4.0, False, 0.99, 0.99),     # tight mask: no solvent 9 Å out, the soft edge within reach
     (10.0, False, 0.99, 0.99),    # usual padding: the smooth background fills the mask
@@ -290,21 +326,24 @@ def test_detect_coarse_sampling(voxel_A):
 def test_detect_masked_map(pad_A, coloured, min_recall, min_precision):
     """A soft spherical solvent mask (zero outside, 3 Å edge): neither the constant solvent nor the
     tapered noise at the mask's edge may fool the noise level."""
-    from scipy.ndimage import gaussian_filter
-
-    from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2
-    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0 if coloured else 0.15)
-    d = p.map.data.astype(float)
-    if coloured:
-        nz = gaussian_filter(np.random.default_rng(3).normal(size=d.shape), 1.0)
-        d += nz * (0.15 * atom_peak_value("Pt", reference_blur_A2(0.358), 0.02) / nz.std())
-    idx = np.stack(np.indices(d.shape), -1)
-    r = np.sqrt(((idx - np.array(d.shape) / 2) ** 2).sum(-1)) * 0.358
-    radius = np.linalg.norm(p.xyz_A - p.center_A, axis=1).max() + pad_A
-    data = (d * np.clip((radius + 3.0 - r) / 3.0, 0, 1)).astype(np.float32)
-    a = _acc(detect_atoms(DensityMap(data, 0.358), "Pt", backend="numpy"), p.xyz_A)
+    m, xyz = _masked_map("sphere", pad_A, coloured)
+    a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
     assert a["recall"] >= min_recall and a["precision"] >= min_precision, a
     assert a["rmsd_A"] <= (0.3 if coloured else 0.08), a
+
+
+def _liquid_plateau_map(level, noise=0.15, seed=5):
+    """A 500-atom particle in a liquid: ``level`` × an atom's peak everywhere from 2 Å beyond the
+    atoms (1 Å ramp, smoothed over a voxel), plus white ``noise`` × peak. Returns (map, truth)."""
+    from scipy.ndimage import gaussian_filter
+
+    from ptnp_gpu.simulate import atom_peak_value
+    peak = atom_peak_value("Pt", reference_blur_A2(0.358), 0.02)
+    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0, background=0.0)
+    liquid = np.clip((_distance_to_atoms_A(p) - 2.0) / 1.0, 0, 1)
+    data = p.map.data + gaussian_filter(level * peak * liquid, 1.0)
+    data += np.random.default_rng(seed).normal(scale=noise * peak, size=p.map.shape)
+    return DensityMap(data.astype(np.float32), 0.358), p.xyz_A
 
 
 @pytest.mark.parametrize("level, min_recall", [(0.25, 0.99), (0.5, 0.95)])
@@ -313,18 +352,8 @@ def test_detect_particle_in_a_liquid_plateau(level, min_recall):
     own volume (from 2 Å beyond the atoms), plus noise. The plateau passes the smoothed map's
     threshold, which left no solvent: whitening by a few odd voxels' spectrum erased the atoms
     (before: 'no particle found' from a level of 0.15)."""
-    from scipy.ndimage import distance_transform_edt, gaussian_filter
-
-    from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2
-    peak = atom_peak_value("Pt", reference_blur_A2(0.358), 0.02)
-    p = make_particle(n_atoms=500, seed=12, margin_A=12, noise=0.0, background=0.0)
-    outside = np.ones(p.map.shape, bool)
-    ijk = np.round((p.xyz_A - p.map.origin_A) / 0.358).astype(int)[:, ::-1]
-    outside[tuple(ijk.T)] = False
-    liquid = np.clip((distance_transform_edt(outside) * 0.358 - 2.0) / 1.0, 0, 1)
-    rng = np.random.default_rng(5)
-    data = p.map.data + gaussian_filter(level * peak * liquid, 1.0) + rng.normal(scale=0.15 * peak, size=p.map.shape)
-    a = _acc(detect_atoms(DensityMap(data.astype(np.float32), 0.358), "Pt", backend="numpy"), p.xyz_A)
+    m, xyz = _liquid_plateau_map(level)
+    a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
     assert a["recall"] >= min_recall and a["precision"] >= 0.95 and a["rmsd_A"] <= 0.15, a
 
 
