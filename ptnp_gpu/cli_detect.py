@@ -66,7 +66,7 @@ _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "resc
 
 
 def add_presmooth_option(p):
-    from .statistics import DEFAULT_PRESMOOTH_A
+    from .displacement import DEFAULT_PRESMOOTH_A
     p.add_argument("--presmooth", dest="presmooth_A", type=float, default=None, metavar="A",
                    help=f"σ (Å) of the Gaussian smoothing before the displacement fits, subtracted from U "
                         f"afterwards (default {DEFAULT_PRESMOOTH_A}; 0 fits the raw map like the paper)")

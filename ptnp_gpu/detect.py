@@ -4,8 +4,9 @@ Follows the reference method (Wietfeldt et al. 2024, Methods) with the fixes
 listed in the method notes. The stages:
 
 1. Denoise: correlation with one simulated atom (:mod:`ptnp_gpu.denoise`).
-2. Threshold: Otsu start ``T0``; ``n_thresholds`` uniform thresholds from
-   ``T0`` to the maximum, every one evaluated; then a finer sweep (step/6 over
+2. Threshold: Otsu start ``T0`` (at least ``sweep_floor_sigma`` noise SDs above
+   the solvent: in a box that is mostly solvent Otsu falls into the noise);
+   ``n_thresholds`` uniform thresholds from ``T0`` to the maximum, every one evaluated; then a finer sweep (step/6 over
    ±1 step) around the best. Each evaluation binarises ``C > T``, labels
    26-connected components, drops those under ``min_voxels``, takes raw-map
    centres of mass and scores the Pearson correlation between the map
@@ -15,8 +16,9 @@ listed in the method notes. The stages:
    All thresholds of a pass are evaluated together: on the host one union-find
    pass over the voxels in decreasing C gives every threshold's components
    (:mod:`ptnp_gpu.threshold_components`); on a GPU the thresholded volumes are
-   stacked along z and labelled at once. The box is the region where ``C > T0``
-   is dense (the particle), not the whole map.
+   stacked along z and labelled at once. The box is the region where ``C`` is
+   dense above ``T0`` or ``crop_sigma`` noise SDs, whichever is higher (the
+   particle), not the whole map.
 3. Split merged atoms: seeds are local maxima of ``C`` inside a component,
    thinned so that no two seeds of one component are closer than 2·r_th
    (higher seed wins); components with several seeds are divided among them
@@ -31,7 +33,7 @@ listed in the method notes. The stages:
    kernel, :func:`ptnp_gpu.gpu_kernels.mean_shift_centres`).
 5. Reject outliers: validation correlation below ``min_correlation`` (and, on
    request, below mean − k·SD as in the paper, or a robust median/MAD form),
-   then CN < 3. The paper's statistical rule removes ~2% of true atoms by
+   then CN < 3, repeated until no atom is left with fewer than 3 kept neighbours. The paper's statistical rule removes ~2% of true atoms by
    construction and whole populations in mixed-element particles (Pd in Pd@Pt:
    recall 0.93), so the default rejects only densities that do not look like
    an atom.
@@ -93,6 +95,10 @@ class DetectOptions:
     refine_centres: bool = True       # sub-voxel refinement (measured, see tests)
     rescue: bool = True               # add weak atoms the global threshold missed
     rescue_sigma: float = 3.5         # significance of an atom's peak in C (noise SDs)
+    sweep_floor_sigma: float = 3.0    # the sweep and its box start at least this many noise SDs above the
+                                      # solvent median: in a box that is mostly solvent Otsu falls into the
+                                      # noise (300 atoms in 256³: Otsu 1 SD, the sweep chose 2 SDs, 31,875
+                                      # components, 5 false atoms 26-57 Å from the particle)
     otsu_floor: float = 0.3           # the significance threshold is at least this × the Otsu threshold:
                                       # at very low noise the filter's ripples next to atoms pass a pure noise
                                       # test (Pt, noise 0.02: precision 0.94 with 0, 1.00 with 0.3); 1.0 (before
@@ -104,6 +110,8 @@ class DetectOptions:
     highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
     b_extra_A2: float | None = None   # blur of the simulated atom (Å²); default default_kernel_blur_A2(voxel)
     crop_margin_A: float = 4.0
+    crop_sigma: float = 4.5           # the sweep's box is where C is dense above this many noise SDs (or the
+                                      # sweep's start, if higher): noise blobs rarely clump there
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
@@ -214,6 +222,10 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     if o.invert:
         raw = -raw                                    # a new array: the caller's map is untouched
     mean, sd = map_mean_sd(raw)
+    if not (np.isfinite(mean) and np.isfinite(sd)):
+        n_bad = int((~xp.isfinite(raw)).sum())       # sync
+        raise InputError(f"the map holds {n_bad} NaN or infinite voxels: replace them (with the solvent "
+                         f"level, say) first")
     if not sd > 0:
         raise InputError("the map is constant: nothing to detect")
     b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)
@@ -248,10 +260,24 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             # reach about half of them): here the strongest features are dark
             raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative "
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
-    crop = _crop_box(C > t_otsu, int(np.ceil(o.crop_margin_A / vs.min())))
+    med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
+                              margin_A=o.solvent_margin_A)
+    t_start = max(t_otsu, med + o.sweep_floor_sigma * noise)
+    if t_start >= cmax:
+        raise InputError(f"no particle found in the map (nothing rises {o.sweep_floor_sigma:g} noise SDs above "
+                         f"the solvent)")
+    if t_start > t_otsu:
+        say(f"Otsu's threshold lies within the solvent noise: the sweep starts {o.sweep_floor_sigma:g} noise SDs "
+            f"above the solvent instead")
+    # the box: where C is dense above a threshold that noise blobs rarely pass (in a box that is
+    # mostly solvent, clumps of 3-SD noise blobs are dense too: 300 atoms in 256³ kept the whole map)
+    t_crop = max(t_start, med + o.crop_sigma * noise)
+    if t_crop >= cmax:
+        t_crop = t_start
+    crop = _crop_box(C > t_crop, int(np.ceil(o.crop_margin_A / vs.min())))
     if crop is None:
         raise InputError("no particle found in the map")
-    crop = _dense_region(crop, C, t_otsu, vs, o.crop_margin_A)
+    crop = _dense_region(crop, C, t_crop, vs, o.crop_margin_A)
     box_start = np.array([crop[2].start, crop[1].start, crop[0].start], dtype=np.float64)   # voxel x, y, z
     C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
     base = float(xp.median(raw[::2, ::2, ::2]))          # solvent level (a subsample is enough)
@@ -259,7 +285,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     scorer = _Scorer(C_box, G_box, kernel, vs)
     del G, G_box                                          # only the scorer's spline coefficients are needed
     lap("sweep_setup")
-    coarse = np.linspace(t_otsu, cmax, o.n_thresholds + 1)[:-1]
+    coarse = np.linspace(t_start, cmax, o.n_thresholds + 1)[:-1]
     batch = o.sweep_batch or _auto_sweep_batch(be, C_box.size, len(coarse))
     min_vox = _min_voxels(o.min_voxels, vs)
     r, na = sweep_scores(C_box, weights, scorer, coarse, min_vox, batch)
@@ -267,7 +293,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     k = int(np.argmax(r))
     step = coarse[1] - coarse[0]
     fine = coarse[k] + step * np.arange(-o.refine_steps, o.refine_steps + 1) / o.refine_steps
-    fine = fine[(fine > t_otsu - step) & (fine < cmax) & ~np.isin(fine, coarse)]
+    fine = fine[(fine > (t_otsu - step if t_start == t_otsu else t_start)) & (fine < cmax) & ~np.isin(fine, coarse)]
     if len(fine):
         r, na = sweep_scores(C_box, weights, scorer, fine, min_vox, batch)
         curve += list(zip(fine, r, na))
@@ -283,8 +309,6 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")
-    med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
-                              margin_A=o.solvent_margin_A)
     t_sig = max(med + o.rescue_sigma * noise, o.otsu_floor * t_otsu)
     lab, n = label26(C_box > threshold)
     mom = label_moments(lab, n, weights, C_box)
@@ -370,11 +394,18 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     if o.reject_low_cn:
         # bcc counts its second shell: with the first alone the rule removed 24 true atoms of an
         # 89-atom W particle
-        cn = count_neighbors(xyz[keep], el.near_neighbour_cutoff_A)
-        k2 = xp.ones_like(keep)
-        k2[xp.nonzero(keep)[0][cn < o.min_cn]] = False
-        counts["rejected_low_cn"] = int((~k2).sum())
-        keep &= k2
+        # repeated until stable: an atom bonded only to rejected atoms is not held by the particle
+        # (a pure-noise map kept one "atom" whose three neighbours had gone)
+        n_low = 0
+        for _ in range(10):
+            kid = xp.nonzero(keep)[0]
+            low = count_neighbors(xyz[kid], el.near_neighbour_cutoff_A) < o.min_cn
+            n_new = int(low.sum())                      # sync
+            if n_new == 0:
+                break
+            keep[kid[low]] = False
+            n_low += n_new
+        counts["rejected_low_cn"] = n_low
     if not bool(keep.all()):
         kid = xp.nonzero(keep)[0]
         remap = xp.zeros(xyz.shape[0] + 1, dtype=xp.int32)
@@ -397,7 +428,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         validation_corr=_be.to_host(vcorr), peak_intensity=_be.to_host(peak),
         threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
         simulated=sim, map=dmap, element=el,
-        params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu,
+        params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu, "sweep_start": t_start,
                 "noise_colour": colour, "whitened": bool(whitened), "masked_map": bool(masked),
                 "band_limit_A": float(res_A), "noise_sd": float(noise),
                 "element": el.symbol, "backend": be.name},

@@ -22,6 +22,10 @@ import numpy as np
 
 from . import backend as _be
 
+# Gaussian pre-smoothing of the map before the displacement fits (Å); its variance is then
+# subtracted from U exactly (compute_statistics' default)
+DEFAULT_PRESMOOTH_A = 0.2
+
 __all__ = ["window_offsets", "gather_windows", "fit_displacements", "displacements_from_fits", "window_pearson",
            "window_peak", "fit_radius_A"]
 

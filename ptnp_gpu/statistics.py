@@ -28,8 +28,8 @@ from . import gpu_kernels as gk
 from .components import map_mean_sd
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
                            nn_bond_lengths_A, particle_diameter_A)
-from .displacement import (displacements_from_fits, fit_radius_A, gather_windows, window_offsets,
-                           window_peak)
+from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_radius_A, gather_windows,
+                           window_offsets, window_peak)
 from .elements import Element, get_element
 from .errors import InputError
 from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
@@ -43,8 +43,6 @@ __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA",
 log = logging.getLogger(__name__)
 
 EIGHT_PI2 = 8.0 * np.pi ** 2
-# Gaussian pre-smoothing of the displacement fits (Å); its variance is deconvolved exactly
-DEFAULT_PRESMOOTH_A = 0.2
 
 # column → (unit, description); the order is the atoms.csv order
 SCHEMA: dict[str, tuple[str, str]] = {
