@@ -86,6 +86,7 @@ def pipeline_kwargs(args) -> dict:
 _TABLE_KEYS = (("diameter_A", "diameter (Å)"), ("cn_median", "median CN"),
                ("bond_nn_median_A", "median NN bond (Å)"), ("strain_radial_median_pct", "median radial strain (%)"),
                ("core_ratio", "core ratio (CN = 12)"), ("lattice_mean_A", "lattice parameter (Å)"),
+               ("lattice_domains", "crystal domains (twins)"), ("lattice_inlier_fraction", "atoms on a lattice"),
                ("u_iso_median_A2", "median U_iso (Å²)"), ("doi_median", "median DOI"))
 
 
@@ -133,7 +134,7 @@ def _cmd_simulate(args):
                         origin_A=tuple(args.origin), expansion=args.expansion, rotate=not args.no_rotate,
                         u_core_A2=args.u_core, u_surface_A2=args.u_surface, shell_depth_A=args.shell_depth,
                         surface_min_doi=args.surface_min_doi, noise=args.noise, background=args.background,
-                        seed=args.seed)
+                        twin=args.twin, seed=args.seed)
     try:
         p = make_particle(spec)
     except ValueError as exc:
@@ -201,6 +202,7 @@ def register(sub):
     p.add_argument("--origin", type=float, nargs=3, metavar=("X", "Y", "Z"), default=(0.0, 0.0, 0.0))
     p.add_argument("--expansion", type=float, default=0.0, help="uniform relative expansion (0.02 = 2%%)")
     p.add_argument("--no-rotate", action="store_true")
+    p.add_argument("--twin", action="store_true", help="fcc twinned on a (111) plane through the centre")
     p.add_argument("--u-core", type=float, default=0.02, help="core U_iso in Å²")
     p.add_argument("--u-surface", type=float, default=0.10, help="outermost U_iso in Å²")
     p.add_argument("--shell-depth", type=float, default=4.0, help="depth (Å) over which U grows")

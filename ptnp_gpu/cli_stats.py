@@ -143,6 +143,7 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
         "out_dir": str(out.resolve()), "element": el.symbol, "n_atoms": int(len(xyz)),
         "n_atoms_outside_map": int((~inside).sum()),
         "particle": st.particle, "penetration": st.penetration, "lattice": st.lattice.as_dict(),
+        "lattice_domains": st.domains.as_list() if st.domains is not None else None,
         "backend": st.backend,
     })
     warnings = []

@@ -15,17 +15,19 @@ as the rows of a 3×3 matrix in the same frame.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
 
 from .elements import Element, get_element
 
-__all__ = ["LatticeFit", "fit_lattice", "lattice_geometry", "kabsch_rotation", "ideal_sites_A"]
+__all__ = ["LatticeFit", "LatticeDomains", "fit_lattice", "fit_lattice_domains", "lattice_geometry",
+           "kabsch_rotation", "ideal_sites_A"]
 
 log = logging.getLogger(__name__)
 
+_MIN_ON_LATTICE = 0.25   # fewer atoms on the lattice: the fit failed (amorphous, many grains)
 _S2 = 1.0 / np.sqrt(2.0)
 _S3 = 1.0 / np.sqrt(3.0)
 
@@ -251,7 +253,7 @@ def _fallback(xyz, el, lattice, nn, message):
 
 
 def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None = None,
-                n_iter: int = 4, min_inlier_fraction: float = 0.25) -> LatticeFit:
+                n_iter: int = 4, min_inlier_fraction: float = _MIN_ON_LATTICE) -> LatticeFit:
     """Fit a cubic lattice (origin + three basis vectors) to atom positions.
 
     Parameters
@@ -339,17 +341,22 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
         warnings.simplefilter("ignore", UserWarning)
         euler = Rotation.from_matrix(r_fit).as_euler("ZYZ", degrees=True)
     rms = float(np.sqrt(np.mean(resid[inlier] ** 2))) if inlier.any() else float("nan")
-    ok, message = True, "" if lattice != "hcp" else "hcp element fitted as fcc"
-    if inlier.mean() < min_inlier_fraction:
-        # no dominant lattice (amorphous or many small grains): parameters from the bonds
-        ok = False
-        message = (f"only {inlier.mean():.0%} of atoms sit on one lattice (< {min_inlier_fraction:.0%}); "
-                   "lattice parameters taken from the median nearest-neighbour distance")
-        params = np.full(3, a0)
-        basis = r_fit.T * a0
-        ang = np.full(3, 90.0)
-    return LatticeFit(geo["type"], basis, params, float(params.mean()), ang, r_fit, euler, origin,
-                      sites, resid, inlier, rms, nn, ok=ok, message=message)
+    note = "" if lattice != "hcp" else "hcp element fitted as fcc"
+    fit = LatticeFit(geo["type"], basis, params, float(params.mean()), ang, r_fit, euler, origin,
+                     sites, resid, inlier, rms, nn, ok=True, message=note)
+    return _demoted(fit, float(inlier.mean()), min_inlier_fraction)
+
+
+def _demoted(fit: LatticeFit, on_fraction: float, min_fraction: float) -> LatticeFit:
+    """``fit``, or, when only ``on_fraction`` < ``min_fraction`` of the atoms sit on a lattice (an
+    amorphous particle, many small grains), a failed fit whose parameters come from the bonds."""
+    if on_fraction >= min_fraction:
+        return fit
+    a0 = fit.nn_distance_A / lattice_geometry(fit.lattice)["d1"]
+    message = (f"only {on_fraction:.0%} of atoms sit on a lattice (< {min_fraction:.0%}); "
+               "lattice parameters taken from the median nearest-neighbour distance")
+    return replace(fit, basis_A=fit.rotation.T * a0, params_A=np.full(3, a0), mean_param_A=float(a0),
+                   angles_deg=np.full(3, 90.0), ok=False, message=message)
 
 
 def ideal_sites_A(fit: LatticeFit, param_A: float, centre_A=None) -> np.ndarray:
@@ -375,3 +382,108 @@ def ideal_sites_A(fit: LatticeFit, param_A: float, centre_A=None) -> np.ndarray:
     # the centre in lattice (cell) coordinates of the fitted lattice
     s_c = np.linalg.solve(fit.basis_A.T, centre_A - fit.origin_A)
     return centre_A + (sites - s_c) @ (fit.rotation.T * float(param_A))
+
+
+@dataclass
+class LatticeDomains:
+    """Crystal domains of one particle (twins, the five domains of a decahedron).
+
+    Attributes
+    ----------
+    fits : list of LatticeFit
+        One fit per domain, largest first; ``fits[k].site_cells`` etc. refer to
+        the atoms ``atoms[k]`` only. ``fits[0]`` is the particle's main lattice.
+    atoms : list of (M_k,) int arrays
+        The atoms each fit was made on (indices into the model).
+    domain : (N,) int array
+        Domain of each atom: k + 1 for ``fits[k]``, 0 for atoms on no domain.
+    residual_A : (N,) array
+        Distance of each atom from its site in its own domain (in the main
+        domain for atoms on none).
+    """
+    fits: list
+    atoms: list
+    domain: np.ndarray
+    residual_A: np.ndarray
+
+    @property
+    def main(self) -> LatticeFit:
+        return self.fits[0]
+
+    @property
+    def on_lattice(self) -> np.ndarray:
+        """(N,) bool: the atom sits on the lattice of some domain."""
+        return self.domain > 0
+
+    def ideal_sites_A(self, param_A: float, centre_A) -> np.ndarray:
+        """Every atom's site in its own domain (:func:`ideal_sites_A`, each domain scaled about
+        ``centre_A``); NaN rows for atoms on no domain."""
+        out = np.full((len(self.domain), 3), np.nan)
+        for k, (fit, idx) in enumerate(zip(self.fits, self.atoms)):
+            mine = self.domain[idx] == k + 1
+            out[idx[mine]] = ideal_sites_A(fit, param_A, centre_A)[mine]
+        return out
+
+    def as_list(self) -> list:
+        """JSON-ready summaries of the domains, each with its atom count."""
+        return [{**fit.as_dict(), "n_atoms": int(np.sum(self.domain == k + 1))} for k, fit in enumerate(self.fits)]
+
+
+def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: int = 6,
+                        min_domain_atoms: int | None = None) -> LatticeDomains:
+    """Fit a particle's crystal domains one after another.
+
+    The first domain is :func:`fit_lattice` on every atom; each further domain is
+    the same fit on the atoms no earlier domain holds. Twinned particles (a twin
+    plane, the five domains of a decahedron or pentagonal bipyramid) thus get a
+    lattice for every part, not only for the largest, so that their strain is
+    measured everywhere. A domain is kept while its fit holds at least
+    ``min_domain_atoms`` atoms on one bonded cluster (default: 5% of the atoms,
+    at least 20).
+
+    Returns
+    -------
+    LatticeDomains
+        ``fits[0]`` is :func:`fit_lattice`'s result on the whole model (with its
+        ``ok`` and fallback rules). When several domains are found and together
+        hold at least a quarter of the atoms, ``fits[0].ok`` is True even if the
+        main domain alone holds fewer.
+
+    Examples
+    --------
+    >>> from ptnp_gpu.synth import fcc_particle
+    >>> doms = fit_lattice_domains(fcc_particle(200, 3.924), "Pt")
+    >>> len(doms.fits), int(doms.domain.min())
+    (1, 1)
+    """
+    el = get_element(element) if isinstance(element, str) else element
+    xyz = np.asarray(xyz_A, dtype=np.float64).reshape(-1, 3)
+    n = len(xyz)
+    need = max(20, int(np.ceil(0.05 * n))) if min_domain_atoms is None else int(min_domain_atoms)
+    main = fit_lattice(xyz, el, min_inlier_fraction=0.0)
+    domain = np.zeros(n, dtype=np.int64)
+    residual = main.residual_A.copy()
+    fits, atoms = [main], [np.arange(n)]
+    if main.inlier.any():
+        domain[main.inlier] = 1
+    while len(fits) < max_domains and main.inlier.sum() >= need:
+        rest = np.flatnonzero(domain == 0)
+        if len(rest) < need:
+            break
+        fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0)
+        if fit.inlier.sum() < need or not np.isfinite(fit.rms_A):
+            break
+        fits.append(fit)
+        atoms.append(rest)
+        domain[rest[fit.inlier]] = len(fits)
+        residual[rest[fit.inlier]] = fit.residual_A[fit.inlier]
+    # fit_lattice's rule for a failed fit, over all domains together
+    on_fraction = float(np.mean(domain > 0)) if n else 0.0
+    if on_fraction < _MIN_ON_LATTICE and len(fits) > 1:
+        fits, atoms = fits[:1], atoms[:1]
+        domain = main.inlier.astype(np.int64)
+        residual = main.residual_A.copy()
+        on_fraction = float(main.inlier.mean())
+    if main.ok:
+        fits[0] = _demoted(main, on_fraction, _MIN_ON_LATTICE)
+    return LatticeDomains(fits, atoms, domain, residual)

@@ -147,7 +147,8 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
                              "penetration": getattr(st, "penetration", None),
-                             "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None}
+                             "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None,
+                             "lattice_domains": st.domains.as_list() if st.domains is not None else None}
         else:
             write_table(tmp / "atoms.csv", cols)
             write_structure(tmp, Model(det.xyz_A, [el.symbol] * len(det.xyz_A)))

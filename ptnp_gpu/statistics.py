@@ -32,7 +32,7 @@ from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_rad
                            window_offsets, window_peak)
 from .elements import Element, get_element
 from .errors import InputError
-from .lattice import LatticeFit, fit_lattice, ideal_sites_A, lattice_geometry
+from .lattice import LatticeDomains, LatticeFit, fit_lattice_domains, lattice_geometry
 from .models import atomic_write, format_cell, write_json, write_table
 from .penetration import fit_penetration
 from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
@@ -57,8 +57,9 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "bond_nn_A": ("Å", "distance to the nearest other atom"),
     "radius_A": ("Å", "distance R from the particle centre (atom centroid)"),
     "depth_A": ("Å", "radial depth R_NP − R, R_NP = half the largest interatomic distance"),
-    "lattice_resid_A": ("Å", "distance from the atom's site in the fitted lattice"),
-    "lattice_inlier": ("0/1", "1 if the atom was used in the lattice fit (near its site)"),
+    "lattice_resid_A": ("Å", "distance from the atom's site in its domain's fitted lattice"),
+    "lattice_inlier": ("0/1", "1 if the atom sits on the lattice of a crystal domain (near its site)"),
+    "lattice_domain": ("id", "crystal domain (twin) whose lattice holds the atom, 1 = the largest; 0: none"),
     "disp_radial_A": ("Å", "radial displacement u_R from the ideal lattice with the bulk parameter"),
     "strain_radial_pct": ("%", "radial strain ε_RR = ∂u_R/∂R (local regression, h = 2 Å)"),
     "strain_xx_pct": ("%", "local strain tensor ε_xx (map axes)"),
@@ -117,6 +118,7 @@ class AtomStatistics:
         Particle summary: the paper's Table 1 columns, lattice parameters,
         medians and CN / GCN penetration depths.
     lattice : LatticeFit
+        The main (largest) crystal domain's lattice.
     penetration : dict of str → dict
         Eq. 1 fit per statistic (:func:`ptnp_gpu.penetration.fit_penetration`).
     cn_bins : dict of str → array
@@ -127,6 +129,8 @@ class AtomStatistics:
     fit_radius_A : float
     times_s : dict
     backend : str
+    domains : LatticeDomains or None
+        Every crystal domain (twins): :func:`ptnp_gpu.lattice.fit_lattice_domains`.
     """
     columns: dict
     particle: dict
@@ -138,6 +142,7 @@ class AtomStatistics:
     fit_radius_A: float
     times_s: dict = field(default_factory=dict)
     backend: str = "numpy"
+    domains: LatticeDomains | None = None
 
     @property
     def n_atoms(self) -> int:
@@ -316,7 +321,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     be = _resolve_backend(backend, labels, simulated, dmap.data)
     times = {}
     t0 = time.perf_counter()
-    lat = fit_lattice(xyz, el)                       # host: N is small, the fit is iterative
+    doms = fit_lattice_domains(xyz, el)              # host: N is small, the fit is iterative
+    lat = doms.main
     geo = lattice_geometry(lat.lattice)
     cutoff = lat.cn_cutoff_A
     # neighbour geometry and strain run on ``be`` (on CuPy: positions copied once,
@@ -338,13 +344,13 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     times["geometry"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bulk_param = el.nn_distance_A / geo["d1"]
-    ideal = _on(be, ideal_sites_A(lat, bulk_param, centre))
+    ideal = _on(be, doms.ideal_sites_A(bulk_param, centre) if lat.ok else np.full((n, 3), np.nan))
     u, u_r, _ = radial_displacement_A(pos, ideal, centre_b)
     # derivatives with respect to the reference (ideal-site) coordinates; one
     # neighbourhood (pair search and weights) serves both estimates
     r_ref = xp.linalg.norm(ideal - centre_b, axis=1)
-    inlier = _on(be, lat.inlier)
-    hood = strain_neighbourhood(ideal, h_A=strain_h_A, valid=inlier)
+    inlier = _on(be, doms.on_lattice)
+    hood = strain_neighbourhood(ideal, h_A=strain_h_A, valid=inlier, domain=_on(be, doms.domain))
     eps_rr = radial_strain(r_ref, u_r, ideal, h_A=strain_h_A, valid=inlier, neighbourhood=hood)
     eps = strain_tensor(ideal, u, h_A=strain_h_A, valid=inlier, neighbourhood=hood)
     per_atom.update({
@@ -372,7 +378,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
         "cn": cn, "gcn": gcn, "gcn_bulk": per_atom["gcn_bulk"], "bond_nn_A": bond,
         "radius_A": per_atom["radius_A"], "depth_A": depth,
-        "lattice_resid_A": lat.residual_A, "lattice_inlier": lat.inlier.astype(int),
+        "lattice_resid_A": doms.residual_A, "lattice_inlier": doms.on_lattice.astype(int),
+        "lattice_domain": doms.domain,
         **{k: per_atom[k] for k in ("disp_radial_A", "strain_radial_pct", "strain_xx_pct", "strain_yy_pct",
                                     "strain_zz_pct", "strain_xy_pct", "strain_xz_pct", "strain_yz_pct",
                                     "strain_vol_pct", "strain_failed")},
@@ -406,7 +413,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "lattice_c_A": float(lat.params_A[2]), "lattice_mean_A": float(lat.mean_param_A),
         "lattice_bulk_A": float(bulk_param),
         "lattice_expansion_pct": float(100.0 * (lat.mean_param_A / bulk_param - 1.0)),
-        "lattice_rms_A": float(lat.rms_A), "lattice_inlier_fraction": float(lat.inlier.mean()),
+        "lattice_rms_A": float(lat.rms_A), "lattice_inlier_fraction": float(doms.on_lattice.mean()),
+        "lattice_domains": len(doms.fits),
         "lattice_fit_ok": bool(lat.ok),
         "orientation_euler_zyz_deg": [float(v) for v in lat.euler_zyz_deg],
         "cn_cutoff_A": float(cutoff),
@@ -424,7 +432,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     }
     times["total"] = time.perf_counter() - t_all
     return AtomStatistics(cols, particle, lat, pen, _cn_bins(cols), el.symbol, centre, float(fit_r),
-                          times, be.name)
+                          times, be.name, doms)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -452,7 +460,8 @@ def summary_table(stats: AtomStatistics) -> str:
         f"{p['strain_radial_median_pct']:.2f} %   core ratio {p['core_ratio']:.3f}",
         f"lattice ({p['lattice']}) a b c = {p['lattice_a_A']:.4f} {p['lattice_b_A']:.4f} "
         f"{p['lattice_c_A']:.4f} Å (mean {p['lattice_mean_A']:.4f}, bulk {p['lattice_bulk_A']:.4f}, "
-        f"rms {p['lattice_rms_A']:.3f} Å, {p['lattice_inlier_fraction']:.0%} of atoms on the lattice)"
+        f"rms {p['lattice_rms_A']:.3f} Å, {p['lattice_inlier_fraction']:.0%} of atoms on the lattice"
+        + (f" of {p['lattice_domains']} twin domains)" if p.get("lattice_domains", 1) > 1 else ")")
         + ("" if stats.lattice.ok else f"\n  note: {stats.lattice.message}"),
         f"median U_iso {p['u_iso_median_A2']:.4f} Å²   median DOI {p['doi_median']:.3f}   "
         f"median validation corr {p['valid_corr_median']:.3f}   failed fits: U_iso {p['n_u_iso_failed']}, "
@@ -530,6 +539,7 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
     part = dict(stats.particle)
     files["particle_json"] = write_json(out / "particle.json", {
         "particle": part, "table1_columns": list(TABLE1_COLUMNS), "lattice": stats.lattice.as_dict(),
+        "lattice_domains": stats.domains.as_list() if stats.domains is not None else None,
         "penetration": stats.penetration, "times_s": stats.times_s, "backend": stats.backend})
     flat = {k: [v] for k, v in part.items() if not isinstance(v, (list, tuple))}
     row = {k: flat[k] for k in TABLE1_COLUMNS}

@@ -85,7 +85,7 @@ class StrainNeighbourhood:
         return i, j, w
 
 
-def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None) -> StrainNeighbourhood:
+def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None, domain=None) -> StrainNeighbourhood:
     """Pairs of valid atoms within 3·h_A and their Gaussian weights.
 
     Parameters
@@ -96,6 +96,10 @@ def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None) -> StrainNeighb
         Kernel width (Å).
     valid : (N,) bool array, optional
         Atoms to use; atoms with non-finite positions are always left out.
+    domain : (N,) int array, optional
+        Crystal domain of each atom (:class:`ptnp_gpu.lattice.LatticeDomains`): only atoms
+        of one domain are neighbours, so no fit reaches across a twin boundary, where the
+        displacements from two lattices jump.
 
     Returns
     -------
@@ -110,6 +114,10 @@ def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None) -> StrainNeighb
         e = xp.zeros(0, dtype=xp.int64)
         return StrainNeighbourhood(e, e, xp.zeros(0), idx, valid, float(h_A))
     a, b, d2 = pairs_within(xyz[idx], 3.0 * h_A)
+    if domain is not None:
+        dom = xp.asarray(domain)[idx]
+        same = dom[a] == dom[b]
+        a, b, d2 = a[same], b[same], d2[same]
     w = xp.exp(-0.5 * (xp.sqrt(d2) / h_A) ** 2)
     return StrainNeighbourhood(idx[a], idx[b], w, idx, valid, float(h_A))
 

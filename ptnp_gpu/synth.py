@@ -56,8 +56,14 @@ def _inside(pts, shape, s):
 
 
 def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", shift=(0, 0, 0),
-                 lattice: str = "fcc"):
-    """Ideal fcc (or bcc) particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes)."""
+                 lattice: str = "fcc", twin: bool = False):
+    """Ideal fcc (or bcc) particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes).
+
+    ``twin``: an fcc particle twinned on the (111) plane through the origin: the half
+    below it is the mirror image of the half above (two domains, stacking ABCBA).
+    """
+    if twin and lattice != "fcc":
+        raise ValueError("twin=True needs an fcc lattice")
     a = float(lattice_param_A)
     shift = np.asarray(shift, float)
     basis = _BCC_BASIS if lattice == "bcc" else _FCC_BASIS
@@ -71,6 +77,12 @@ def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", sh
         else:
             hi = mid
     sel = pts[_inside(pts, shape, hi)]
+    if twin:
+        nrm = np.ones(3) / np.sqrt(3.0)
+        h = sel @ nrm
+        upper = sel[h > 1e-9]
+        mirror = upper - 2.0 * np.outer(upper @ nrm, nrm)
+        sel = np.vstack([sel[np.abs(h) <= 1e-9], upper, mirror])
     return sel - sel.mean(0) * 0  # keep the lattice origin at 0
 
 
@@ -90,6 +102,7 @@ class ParticleSpec:
     u_surface_A2: float = 0.10          # isotropic U of the outermost atoms
     shell_depth_A: float = 4.0          # depth over which U grows to u_surface
     surface_min_doi: float = 1.0        # DOI of outermost atoms drawn in [min_doi, 1]
+    twin: bool = False                  # fcc twinned on a (111) plane through the centre (two domains)
     jitter_A: float = 0.0               # static random displacement (true positions include it)
     noise: float = 0.15                 # white noise SD / peak of one core atom
     background: float = 0.15            # smooth background amplitude / peak
@@ -145,7 +158,8 @@ def make_particle(spec: ParticleSpec | None = None, **kw) -> Particle:
     # hcp metals are built as fcc with the same bond length (an ABC instead of ABAB stacking)
     cubic = el.nn_distance_A * np.sqrt(2.0) if el.lattice == "hcp" else el.lattice_param_A
     a = cubic * (1.0 + spec.expansion)
-    ideal = fcc_particle(spec.n_atoms, a, spec.shape, lattice="bcc" if el.lattice == "bcc" else "fcc")
+    ideal = fcc_particle(spec.n_atoms, a, spec.shape, lattice="bcc" if el.lattice == "bcc" else "fcc",
+                         twin=spec.twin)
     R = random_rotation(rng) if spec.rotate else np.eye(3)
     rel = ideal @ R.T
     radius = np.linalg.norm(rel, axis=1)
