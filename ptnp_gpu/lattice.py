@@ -429,6 +429,19 @@ class LatticeDomains:
         return [{**fit.as_dict(), "n_atoms": int(np.sum(self.domain == k + 1))} for k, fit in enumerate(self.fits)]
 
 
+_MAX_ANISOTROPY = 1.08   # a domain's largest / smallest lattice parameter (L1_0 FePt: 1.04)
+_MAX_SHEAR_DEG = 6.0     # and its angles' largest departure from 90°
+
+
+def _credible(fit: LatticeFit) -> bool:
+    """A fit that looks like a (strained) crystal: nearly cubic. A distorted one has indexed
+    atoms of several grains or of none (measured: a 16% anisotropic fit on a mostly
+    disordered high-entropy-alloy particle)."""
+    p = np.asarray(fit.params_A, float)
+    return bool(np.all(np.isfinite(p)) and p.min() > 0 and p.max() <= _MAX_ANISOTROPY * p.min()
+                and np.all(np.abs(np.asarray(fit.angles_deg) - 90.0) <= _MAX_SHEAR_DEG))
+
+
 def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: int = 6,
                         min_domain_atoms: int | None = None) -> LatticeDomains:
     """Fit a particle's crystal domains one after another.
@@ -439,7 +452,8 @@ def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: in
     lattice for every part, not only for the largest, so that their strain is
     measured everywhere. A domain is kept while its fit holds at least
     ``min_domain_atoms`` atoms on one bonded cluster (default: 5% of the atoms,
-    at least 20).
+    at least 20) and is nearly cubic (parameters within 8% of each other, angles
+    within 6° of 90°); further domains are sought only when the first is.
 
     Returns
     -------
@@ -466,12 +480,12 @@ def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: in
     fits, atoms = [main], [np.arange(n)]
     if main.inlier.any():
         domain[main.inlier] = 1
-    while len(fits) < max_domains and main.inlier.sum() >= need:
+    while len(fits) < max_domains and main.inlier.sum() >= need and _credible(main):
         rest = np.flatnonzero(domain == 0)
         if len(rest) < need:
             break
         fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0)
-        if fit.inlier.sum() < need or not np.isfinite(fit.rms_A):
+        if fit.inlier.sum() < need or not np.isfinite(fit.rms_A) or not _credible(fit):
             break
         fits.append(fit)
         atoms.append(rest)
