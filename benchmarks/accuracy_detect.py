@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_detect import (_filtered_map, _liquid_plateau_map, _masked_map,  # noqa: E402
-                         _plain_gaussian_map, _weak_atom_case)   # the tests' map makers
+                         _plain_gaussian_map, _solvent_mask_of, _weak_atom_case)   # the tests' map makers
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.errors import InputError  # noqa: E402
@@ -107,6 +107,14 @@ def main(argv=None):
     for res_A, b in [(1.3, 0.0), (1.6, 0.0), (2.0, 0.0), (1.3, 30.0), (1.6, 30.0), (1.6, 50.0)]:
         m, xyz = _filtered_map(res_A, b, 0.1)
         _row(f"low-passed at {res_A} A, sharpened B={b:.0f} A^2, noise 0.1 [ptnp defaults]", m, xyz, rows)
+    # ... and masked after the low-pass (soft sphere 4 or 10 Å beyond the atoms, or a hard one)
+    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15)   # _filtered_map's
+    for res_A, b, kind, pad in [(2.0, 0.0, "sphere", 4.0), (2.0, 0.0, "sphere", 10.0), (1.6, 30.0, "sphere", 4.0),
+                                (2.0, 0.0, "hard", 5.0)]:
+        m, xyz = _filtered_map(res_A, b, 0.1)
+        m = DensityMap((m.data * _solvent_mask_of(p, kind, pad)).astype(np.float32), 0.358)
+        _row(f"low-passed at {res_A} A, sharpened B={b:.0f} A^2, {kind} mask {pad:.0f} A out [ptnp defaults]",
+             m, xyz, rows)
     p = make_particle(n_atoms=500, seed=12)
     _row("inverted contrast [invert=True]", DensityMap(-p.map.data, 0.358), p.xyz_A, rows, invert=True)
     # a small particle in a box that is mostly solvent (Otsu falls into the noise)

@@ -110,8 +110,10 @@ class DetectOptions:
     highpass_A: float = 8.0           # remove background coarser than this (0: paper's DC-only)
     b_extra_A2: float | None = None   # blur of the simulated atom (Å²); default default_kernel_blur_A2(voxel)
     crop_margin_A: float = 4.0
-    crop_sigma: float = 4.5           # the sweep's box is where C is dense above this many noise SDs (or the
-                                      # sweep's start, if higher): noise blobs rarely clump there
+    crop_sigma: float = 3.5           # the sweep's box is where C is dense above this many noise SDs (or the
+                                      # sweep's start, if higher): noise blobs rarely clump there. Never above
+                                      # rescue_sigma: at 4.5 a masked, sharpened map whose noise level was high
+                                      # lost the atoms outside the box (recall 1.00 -> 0.82)
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
@@ -261,7 +263,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative "
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
     med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
-                              margin_A=o.solvent_margin_A)
+                              margin_A=o.solvent_margin_A, resolution_A=res_A)
     t_start = max(t_otsu, med + o.sweep_floor_sigma * noise)
     if t_start >= cmax:
         raise InputError(f"no particle found in the map (nothing rises {o.sweep_floor_sigma:g} noise SDs above "
@@ -271,7 +273,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             f"above the solvent instead")
     # the box: where C is dense above a threshold that noise blobs rarely pass (in a box that is
     # mostly solvent, clumps of 3-SD noise blobs are dense too: 300 atoms in 256³ kept the whole map)
-    t_crop = max(t_start, med + o.crop_sigma * noise)
+    t_crop = max(t_start, med + min(o.crop_sigma, o.rescue_sigma) * noise)
     if t_crop >= cmax:
         t_crop = t_start
     crop = _crop_box(C > t_crop, int(np.ceil(o.crop_margin_A / vs.min())))
