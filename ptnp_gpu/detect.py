@@ -92,6 +92,7 @@ class DetectOptions:
     min_correlation: float = 0.15     # also reject atoms whose density does not look like an atom
     reject_low_cn: bool = True
     min_cn: int = 3
+    cn_passes: int = 10               # CN < min_cn rejection passes (each after the previous one's removals)
     refine_centres: bool = True       # sub-voxel refinement (measured, see tests)
     rescue: bool = True               # add weak atoms the global threshold missed
     rescue_sigma: float = 3.5         # significance of an atom's peak in C (noise SDs)
@@ -399,7 +400,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         # repeated until stable: an atom bonded only to rejected atoms is not held by the particle
         # (a pure-noise map kept one "atom" whose three neighbours had gone)
         n_low = 0
-        for _ in range(10):
+        for _ in range(max(1, o.cn_passes)):
             kid = xp.nonzero(keep)[0]
             low = count_neighbors(xyz[kid], el.near_neighbour_cutoff_A) < o.min_cn
             n_new = int(low.sum())                      # sync

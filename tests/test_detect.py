@@ -407,12 +407,14 @@ def test_inverted_map_is_refused_and_invert_recovers_it():
     assert float(neg.data.max()) == float((-p.map.data).max())      # the caller's map is untouched
 
 
-def _filtered_map(res_A, b_sharpen_A2, noise, seed=2):
-    """A reconstruction's traits: noise first, then a raised-cosine low-pass at ``res_A`` (±0.05 1/Å)
-    and B-factor sharpening (``b_sharpen_A2`` > 0 sharpens), applied to signal and noise alike."""
+def _filtered_map(res_A, b_sharpen_A2, noise, seed=2, blur_A2=0.0):
+    """A reconstruction's traits: atoms blurred by ``blur_A2`` more than our simulator's default,
+    noise (× the blurred atom's peak), then a raised-cosine low-pass at ``res_A`` (±0.05 1/Å) and
+    B-factor sharpening (``b_sharpen_A2`` > 0 sharpens), applied to signal and noise alike."""
     from ptnp_gpu.simulate import atom_peak_value
-    peak = atom_peak_value("Pt", reference_blur_A2(0.358), 0.02)
-    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15)
+    b_extra = reference_blur_A2(0.358) + blur_A2
+    peak = atom_peak_value("Pt", b_extra, 0.02)
+    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15, b_extra_A2=b_extra)
     d = p.map.data + np.random.default_rng(seed).normal(scale=noise * peak, size=p.map.shape)
     F = np.fft.rfftn(d)
     f = [np.fft.fftfreq(n, 0.358) for n in d.shape[:2]] + [np.fft.rfftfreq(d.shape[2], 0.358)]
