@@ -196,7 +196,8 @@ def register(sub):
     p.add_argument("out_stem", help="output path without extension (writes STEM.mrc, STEM_truth.pdb/json)")
     p.add_argument("--atoms", type=int, default=500)
     p.add_argument("--element", default="Pt")
-    p.add_argument("--shape", default="sphere", choices=("sphere", "cuboctahedron", "truncated_octahedron"))
+    p.add_argument("--shape", default="sphere", choices=("sphere", "cuboctahedron", "truncated_octahedron",
+                                                         "decahedron"))
     p.add_argument("--voxel-size", type=_positive, default=0.358, metavar="A")
     p.add_argument("--box", type=int, nargs=3, metavar=("NZ", "NY", "NX"), default=None)
     p.add_argument("--origin", type=float, nargs=3, metavar=("X", "Y", "Z"), default=(0.0, 0.0, 0.0))

@@ -431,6 +431,7 @@ class LatticeDomains:
 
 _MAX_ANISOTROPY = 1.08   # a domain's largest / smallest lattice parameter (L1_0 FePt: 1.04)
 _MAX_SHEAR_DEG = 6.0     # and its angles' largest departure from 90°
+_TIGHT_OUTLIER = 0.2     # × NN distance: the retry's site tolerance when a domain's fit is distorted
 
 
 def _credible(fit: LatticeFit) -> bool:
@@ -485,6 +486,10 @@ def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: in
         if len(rest) < need:
             break
         fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0)
+        if not _credible(fit) and np.isfinite(fit.nn_distance_A):
+            # a compromise between two neighbouring domains (the wedges of a decahedron):
+            # a tighter tolerance holds one of them
+            fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0, outlier_A=_TIGHT_OUTLIER * fit.nn_distance_A)
         if fit.inlier.sum() < need or not np.isfinite(fit.rms_A) or not _credible(fit):
             break
         fits.append(fit)

@@ -21,7 +21,7 @@ from .simulate import atom_peak_value, reference_blur_A2, render_atoms
 __all__ = ["ParticleSpec", "Particle", "fcc_particle", "make_particle", "write_particle",
            "random_rotation", "SHAPES"]
 
-SHAPES = ("sphere", "cuboctahedron", "truncated_octahedron")
+SHAPES = ("sphere", "cuboctahedron", "truncated_octahedron", "decahedron")
 _FCC_BASIS = np.array([[0, 0, 0], [0, .5, .5], [.5, 0, .5], [.5, .5, 0]])
 _BCC_BASIS = np.array([[0, 0, 0], [.5, .5, .5]])
 
@@ -55,6 +55,43 @@ def _inside(pts, shape, s):
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
 
 
+def _decahedron(n_atoms: int, lattice_param_A: float) -> np.ndarray:
+    """A five-fold twinned (decahedral) fcc particle of about ``n_atoms`` atoms, round in outline,
+    centred at 0 with its five-fold axis along z: five fcc wedges of 72° around a common [110]
+    axis, each rotated 72° from the last (a real decahedron's twin wedges span 70.5°; where two
+    wedges meet, atoms closer than 0.8 NN to an atom nearer the centre are left out)."""
+    from scipy.spatial import cKDTree
+    a = float(lattice_param_A)
+    nn = a / np.sqrt(2.0)
+    # the cubic frame turned so that [110] is z and the (1-11) plane, which holds it, is at azimuth 0
+    frame = np.array([[1, -1, 0], [0, 0, 1], [1, 1, 0]], float)
+    frame[0] /= np.sqrt(2.0)
+    frame[2] /= np.sqrt(2.0)
+    hc = int(np.ceil((3 * n_atoms / (16 * np.pi)) ** (1 / 3))) + 3
+    pts = _lattice_points(a, hc, np.zeros(3)) @ frame.T
+    normal = (np.array([1, -1, 1]) / np.sqrt(3.0)) @ frame.T
+    phi0 = np.arctan2(normal[1], normal[0]) - np.pi / 2
+    wedge = 2 * np.pi / 5
+    parts = []
+    for k in range(5):
+        ang = k * wedge - phi0
+        rot = np.array([[np.cos(ang), -np.sin(ang), 0], [np.sin(ang), np.cos(ang), 0], [0, 0, 1]])
+        q = pts @ rot.T
+        az = np.mod(np.arctan2(q[:, 1], q[:, 0]) - k * wedge, 2 * np.pi)
+        parts.append(q[az < wedge])
+    q = np.vstack(parts)
+    q = q[np.argsort(np.linalg.norm(q, axis=1), kind="stable")]
+    q = q[: int(1.3 * n_atoms) + 20]
+    clash = cKDTree(q).query_pairs(0.8 * nn, output_type="ndarray")
+    partners = [[] for _ in range(len(q))]
+    for i, j in clash:
+        partners[max(i, j)].append(min(i, j))      # the one farther out yields
+    kept = np.zeros(len(q), bool)
+    for i in range(len(q)):
+        kept[i] = not any(kept[j] for j in partners[i])
+    return q[kept][:n_atoms]
+
+
 def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", shift=(0, 0, 0),
                  lattice: str = "fcc", twin: bool = False):
     """Ideal fcc (or bcc) particle with about ``n_atoms`` atoms, centred at 0 (Å, lattice axes).
@@ -64,6 +101,10 @@ def fcc_particle(n_atoms: int, lattice_param_A: float, shape: str = "sphere", sh
     """
     if twin and lattice != "fcc":
         raise ValueError("twin=True needs an fcc lattice")
+    if shape == "decahedron":
+        if lattice != "fcc" or twin:
+            raise ValueError("a decahedron is five fcc domains: lattice='fcc', twin=False")
+        return _decahedron(n_atoms, lattice_param_A)
     a = float(lattice_param_A)
     shift = np.asarray(shift, float)
     basis = _BCC_BASIS if lattice == "bcc" else _FCC_BASIS
