@@ -118,7 +118,8 @@ def main(argv=None):
     # ... with atoms blurred by 30-50 Å² more (measured maps are blurrer than our simulator's),
     # sharpened back or not, unmasked or under a soft mask (known limit: the masked ones)
     for res_A, blur, b, pad in [(1.6, 50.0, 0.0, None), (1.6, 50.0, 0.0, 4.0), (1.6, 30.0, 30.0, None),
-                                (1.6, 30.0, 30.0, 4.0)]:
+                                (1.6, 30.0, 30.0, 4.0), (1.6, 50.0, 50.0, None), (1.6, 50.0, 50.0, 4.0),
+                                (1.6, 0.0, 100.0, None), (2.0, 50.0, 50.0, None)]:
         m, xyz = _filtered_map(res_A, b, 0.1, blur_A2=blur)
         if pad:
             m = DensityMap((m.data * _solvent_mask_of(p, "sphere", pad)).astype(np.float32), 0.358)

@@ -3,7 +3,9 @@
 Follows the reference method (Wietfeldt et al. 2024, Methods) with the fixes
 listed in the method notes. The stages:
 
-1. Denoise: correlation with one simulated atom (:mod:`ptnp_gpu.denoise`).
+1. Denoise: correlation with one simulated atom (:mod:`ptnp_gpu.denoise`),
+   prewhitened by the solvent's noise spectrum when it is coloured (divided
+   by its amplitude only when it rises with frequency: a sharpened map).
 2. Threshold: Otsu start ``T0`` (at least ``sweep_floor_sigma`` noise SDs above
    the solvent: in a box that is mostly solvent Otsu falls into the noise);
    ``n_thresholds`` uniform thresholds from ``T0`` to the maximum, every one evaluated; then a finer sweep (step/6 over
@@ -33,7 +35,8 @@ listed in the method notes. The stages:
    kernel, :func:`ptnp_gpu.gpu_kernels.mean_shift_centres`).
 5. Reject outliers: validation correlation below ``min_correlation`` (and, on
    request, below mean − k·SD as in the paper, or a robust median/MAD form),
-   then CN < 3, repeated until no atom is left with fewer than 3 kept neighbours. The paper's statistical rule removes ~2% of true atoms by
+   then CN < 3, repeated until no atom is left with fewer than 3 kept
+   neighbours. The paper's statistical rule removes ~2% of true atoms by
    construction and whole populations in mixed-element particles (Pd in Pd@Pt:
    recall 0.93), so the default rejects only densities that do not look like
    an atom.
@@ -177,6 +180,17 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
 
 
+def _rising(psd, res_A) -> bool:
+    """The noise power rises with frequency over the band (from 4 Å to ``res_A``): its median
+    over the upper third of the band is above that over the lower third."""
+    s_c, power = psd
+    hi_s = 1.0 / res_A
+    third = (hi_s - 0.25) / 3.0
+    lo = power[(s_c >= 0.25) & (s_c < 0.25 + third)]
+    hi = power[(s_c > hi_s - third) & (s_c <= hi_s)]
+    return bool(len(lo) and len(hi) and np.median(hi) > np.median(lo))
+
+
 def _min_voxels(min_voxels: int, voxel_size_A) -> int:
     """Smallest component kept, in voxels: ``min_voxels`` at the paper's 0.358 Å sampling,
     the same volume on coarser grids (never more voxels on finer ones). At 0.75 Å an atom
@@ -238,6 +252,10 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
                           else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
+    # noise power rising with frequency: a sharpened map, atoms and noise alike. Dividing by the
+    # noise amplitude (not its power) undoes the sharpening and keeps the atoms apart; full
+    # prewhitening would make them as wide as the map's blur before sharpening
+    w_exp = 0.5 if whitened and _rising(psd, res_A) else 1.0
     if masked:
         say("masked map: the noise is measured in bands of distance around the atoms")
     if res_A > o.resolution_A:
@@ -246,7 +264,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         say(f"coloured noise (power varies {colour:.3g}x within the band): prewhitened filter")
     lap("solvent_noise")
     C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
-                                noise_psd=psd if whitened else None, return_scale=True)
+                                noise_psd=psd if whitened else None, return_scale=True, whiten_exponent=w_exp)
     lap("denoise")
 
     say("choosing the threshold")
@@ -335,7 +353,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         # own normalisation: the same linear filter, so C's solvent noise level holds for it
         res = _residual_map(lab, n, raw_box, weights, base, el, b_extra, transfer)
         Cr_box, _ = denoise_map(res, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
-                                noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale)
+                                noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale,
+                                whiten_exponent=w_exp)
         del res
         t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
         lab, n, counts["rescued_residual"] = rescue_rounds(lab, n, Cr_box, t_r, vs, el, o.rescue_rounds,
@@ -432,7 +451,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
         simulated=sim, map=dmap, element=el,
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu, "sweep_start": t_start,
-                "noise_colour": colour, "whitened": bool(whitened), "masked_map": bool(masked),
+                "noise_colour": colour, "whitened": bool(whitened), "whiten_exponent": w_exp,
+                "masked_map": bool(masked),
                 "band_limit_A": float(res_A), "noise_sd": float(noise),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
