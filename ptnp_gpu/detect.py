@@ -58,7 +58,7 @@ from .mapio import DensityMap
 from .neighbors import count_neighbors
 from .peaks import MapTransfer, _residual_map, _split, rescue_rounds, transfer_corrected_map
 from .simulate import render_atoms
-from .solvent import _MIN_SOLVENT, _noise_level, _noise_spectrum, _solvent_mask
+from .solvent import _MIN_SOLVENT, _noise_level, _noise_rises, _noise_spectrum, _solvent_mask
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
 __all__ = ["DetectOptions", "Detection", "detect_atoms", "default_kernel_blur_A2"]
@@ -180,17 +180,6 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
 
 
-def _rising(psd, res_A) -> bool:
-    """The noise power rises with frequency over the band (from 4 Å to ``res_A``): its median
-    over the upper third of the band is above that over the lower third."""
-    s_c, power = psd
-    hi_s = 1.0 / res_A
-    third = (hi_s - 0.25) / 3.0
-    lo = power[(s_c >= 0.25) & (s_c < 0.25 + third)]
-    hi = power[(s_c > hi_s - third) & (s_c <= hi_s)]
-    return bool(len(lo) and len(hi) and np.median(hi) > np.median(lo))
-
-
 def _min_voxels(min_voxels: int, voxel_size_A) -> int:
     """Smallest component kept, in voxels: ``min_voxels`` at the paper's 0.358 Å sampling,
     the same volume on coarser grids (never more voxels on finer ones). At 0.75 Å an atom
@@ -255,7 +244,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     # noise power rising with frequency: a sharpened map, atoms and noise alike. Dividing by the
     # noise amplitude (not its power) undoes the sharpening and keeps the atoms apart; full
     # prewhitening would make them as wide as the map's blur before sharpening
-    w_exp = 0.5 if whitened and _rising(psd, res_A) else 1.0
+    w_exp = 0.5 if whitened and _noise_rises(psd, res_A) else 1.0
     if masked:
         say("masked map: the noise is measured in bands of distance around the atoms")
     if res_A > o.resolution_A:
@@ -314,7 +303,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     k = int(np.argmax(r))
     step = coarse[1] - coarse[0]
     fine = coarse[k] + step * np.arange(-o.refine_steps, o.refine_steps + 1) / o.refine_steps
-    fine = fine[(fine > (t_otsu - step if t_start == t_otsu else t_start)) & (fine < cmax) & ~np.isin(fine, coarse)]
+    lowest = t_start if t_start > t_otsu else t_otsu - step      # a raised start is a floor
+    fine = fine[(fine > lowest) & (fine < cmax) & ~np.isin(fine, coarse)]
     if len(fine):
         r, na = sweep_scores(C_box, weights, scorer, fine, min_vox, batch)
         curve += list(zip(fine, r, na))

@@ -130,27 +130,39 @@ def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None
         # Wide atoms contaminate the near bands either way (a low-pass's tails, or blurred weak
         # surface atoms): low-passed at 2 Å the later start is right, blurred by 40-60 Å² the
         # earlier one (benchmarks/robustness_maps.py)
-        best = None
+        levels = []
         for start in sorted({_BAND_FROM_A, max(_BAND_FROM_A, _BAND_FROM_RES * resolution_A)}):
             cand = _band_solvent(sub, _distance_bands(near, live, 0.5 * margin_A, start), xp)
-            if cand is not None:
-                solvent = cand                             # too few voxels: the fallback below
-            if cand is not None and int(cand.sum()) >= _MIN_SOLVENT:                  # sync
-                sample = sub[cand]
-                med = float(xp.median(sample))
-                sd = 1.4826 * float(xp.median(xp.abs(sample - med)))
-                if best is None or sd < best[1]:
-                    best = (med, sd)
-        if best is not None:
-            return best
+            if cand is None:
+                continue
+            solvent = cand                                 # too few voxels: the fallback below
+            if int(cand.sum()) >= _MIN_SOLVENT:            # sync
+                levels.append(_robust_level(sub[cand], xp))
+        if levels:
+            return min(levels, key=lambda level: level[1])
     if int(solvent.sum()) >= _MIN_SOLVENT:                 # sync
-        sample = sub[solvent]
-        med = float(xp.median(sample))
-        return med, 1.4826 * float(xp.median(xp.abs(sample - med)))
+        return _robust_level(sub[solvent], xp)
     flat = sub[live] if int(live.sum()) >= 500 else sub.ravel()
     med = float(xp.median(flat))
     low = flat[flat <= med]
     return med, 1.4826 * float(xp.median(med - low))
+
+
+def _robust_level(sample, xp):
+    """Median and robust SD (1.4826 × median absolute deviation) of ``sample``."""
+    med = float(xp.median(sample))
+    return med, 1.4826 * float(xp.median(xp.abs(sample - med)))
+
+
+def _noise_rises(psd, resolution_A) -> bool:
+    """The noise power rises with frequency over the band (from 4 Å to ``resolution_A``): its
+    median over the band's upper third is above that over its lower third (a sharpened map)."""
+    s_c, power = psd
+    hi_s = 1.0 / resolution_A
+    third = (hi_s - 0.25) / 3.0
+    lo = power[(s_c >= 0.25) & (s_c < 0.25 + third)]
+    hi = power[(s_c > hi_s - third) & (s_c <= hi_s)]
+    return bool(len(lo) and len(hi) and np.median(hi) > np.median(lo))
 
 
 def _band_solvent(sub, bands, xp):
@@ -159,8 +171,7 @@ def _band_solvent(sub, bands, xp):
     counts = _be.to_host(xp.bincount(bands.ravel(), minlength=_N_BANDS + 1))      # sync
     sds = {}
     for k in np.nonzero(counts[1:] >= _MIN_BAND)[0] + 1:
-        sample = sub[bands == int(k)]
-        sds[int(k)] = 1.4826 * float(xp.median(xp.abs(sample - xp.median(sample))))
+        sds[int(k)] = _robust_level(sub[bands == int(k)], xp)[1]
     if not sds:
         return None
     top = max(sds.values())

@@ -344,7 +344,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     times["geometry"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     bulk_param = el.nn_distance_A / geo["d1"]
-    ideal = _on(be, doms.ideal_sites_A(bulk_param, centre) if lat.ok else np.full((n, 3), np.nan))
+    ideal = _on(be, doms.ideal_sites_A(bulk_param, centre))     # NaN where no lattice holds the atom
     u, u_r, _ = radial_displacement_A(pos, ideal, centre_b)
     # derivatives with respect to the reference (ideal-site) coordinates; one
     # neighbourhood (pair search and weights) serves both estimates

@@ -58,12 +58,12 @@ def _crop_box(mask, margin_vox):
     return tuple(sl)
 
 
-def _dense_region(crop, C, t_otsu, voxel_size_A, margin_A, window_A: float = 6.0,
+def _dense_region(crop, C, threshold, voxel_size_A, margin_A, window_A: float = 6.0,
                   min_fraction: float = 0.015, step: int = _STEP):
-    """Shrink ``crop`` to where ``C > t_otsu`` is dense: the particle, not scattered noise.
+    """Shrink ``crop`` to where ``C > threshold`` is dense: the particle, not scattered noise.
 
     Solvent noise exceeds the Otsu threshold here and there, which stretches
-    the box of ``C > t_otsu`` to the whole map (measured: the sweep of a 160³
+    the box of ``C > threshold`` to the whole map (measured: the sweep of a 160³
     map ran on all its voxels for a 100³ particle). Atoms fill several % of the
     particle's volume above the threshold, noise a fraction of a %: the box
     keeps the voxels where more than ``min_fraction`` of a ``window_A`` cube
@@ -73,7 +73,7 @@ def _dense_region(crop, C, t_otsu, voxel_size_A, margin_A, window_A: float = 6.0
     be = _be.namespace(C)
     xp, ndi = be.xp, be.ndi
     vox = step * float(np.min(voxel_size_A))
-    above = (C[::step, ::step, ::step] > t_otsu).astype(xp.float32)
+    above = (C[::step, ::step, ::step] > threshold).astype(xp.float32)
     dense = ndi.uniform_filter(above, max(3, int(round(window_A / vox))), mode="constant") > min_fraction
     box = _crop_box(dense, int(np.ceil((margin_A + 0.5 * window_A) / vox)) + 1)
     if box is None:
