@@ -19,7 +19,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_detect import (_filtered_map, _liquid_plateau_map, _masked_map,  # noqa: E402
-                         _plain_gaussian_map, _solvent_mask_of, _weak_atom_case)   # the tests' map makers
+                         _missing_wedge_map, _plain_gaussian_map, _solvent_mask_of,
+                         _weak_atom_case)   # the tests' map makers
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.errors import InputError  # noqa: E402
@@ -132,6 +133,17 @@ def main(argv=None):
     _row("300 atoms in a 256^3 box [ptnp defaults]", p.map, p.xyz_A, rows)
     _row("300 atoms in a 256^3 box [Otsu start, box from Otsu]", p.map, p.xyz_A, rows, sweep_floor_sigma=-1000.0,
          crop_sigma=-1000.0)
+    # tomograms: a missing wedge (single-axis tilt over ±70° / ±60°)
+    for tilt, noise in [(70.0, 0.1), (60.0, 0.1), (70.0, 0.2)]:
+        m, xyz = _missing_wedge_map(tilt, noise)
+        _row(f"missing wedge, tilt +-{tilt:.0f} deg, noise {noise} [ptnp defaults]", m, xyz, rows)
+    # a Pd@Pt decahedron as a Z-contrast tomogram shows it (Pd core at ~0.41 of Pt)
+    for noise in (0.05, 0.15):
+        p = make_particle(n_atoms=3000, shape="decahedron", core_element="Pd", core_radius_A=14.0,
+                          core_scale=0.56, noise=noise, seed=4)
+        _row(f"Pd@Pt decahedron, dim core (0.41 x Pt), noise {noise} [ptnp defaults]", p.map, p.xyz_A, rows)
+        _row(f"Pd@Pt decahedron, dim core (0.41 x Pt), noise {noise} [two rescue rounds]", p.map, p.xyz_A, rows,
+             rescue_rounds=2)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -134,7 +134,9 @@ def _cmd_simulate(args):
                         origin_A=tuple(args.origin), expansion=args.expansion, rotate=not args.no_rotate,
                         u_core_A2=args.u_core, u_surface_A2=args.u_surface, shell_depth_A=args.shell_depth,
                         surface_min_doi=args.surface_min_doi, noise=args.noise, background=args.background,
-                        twin=args.twin, seed=args.seed)
+                        twin=args.twin, core_element=args.core_element, core_radius_A=args.core_radius,
+                        core_scale=args.core_scale,
+                        seed=args.seed)
     try:
         p = make_particle(spec)
     except ValueError as exc:
@@ -204,6 +206,11 @@ def register(sub):
     p.add_argument("--expansion", type=float, default=0.0, help="uniform relative expansion (0.02 = 2%%)")
     p.add_argument("--no-rotate", action="store_true")
     p.add_argument("--twin", action="store_true", help="fcc twinned on a (111) plane through the centre")
+    p.add_argument("--core-element", default=None, metavar="EL",
+                   help="core-shell particle: atoms within --core-radius of the centre are EL")
+    p.add_argument("--core-radius", type=float, default=0.0, metavar="A", help="core radius in Å")
+    p.add_argument("--core-scale", type=float, default=1.0,
+                   help="core atoms' density × this (Z-contrast tomograms: Pd in Pt ~0.41)")
     p.add_argument("--u-core", type=float, default=0.02, help="core U_iso in Å²")
     p.add_argument("--u-surface", type=float, default=0.10, help="outermost U_iso in Å²")
     p.add_argument("--shell-depth", type=float, default=4.0, help="depth (Å) over which U grows")

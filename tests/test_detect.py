@@ -493,3 +493,44 @@ def test_filtered_map_centres_keep_the_lattice(res_A, b_sharpen_A2):
     assert abs(st.particle["strain_radial_median_pct"]) < 0.5, st.particle["strain_radial_median_pct"]
     assert abs(st.lattice.params_A.mean() / 3.924 - 1) < 0.003, st.lattice.params_A
     assert _acc(det, xyz)["rmsd_A"] < 0.075
+
+
+def test_detect_weak_core_of_a_core_shell_particle():
+    """A Pd@Pt decahedron as a Z-contrast tomogram shows it (Pd at 0.73 × 0.56 ≈ 0.41 of Pt):
+    the bright shell sets the threshold and the dim core is found by the rescue, shell by
+    shell inwards. Two rescue rounds (before 2026-11-27) stopped short of the centre (core
+    recall 0.925)."""
+    p = make_particle(n_atoms=3000, shape="decahedron", core_element="Pd", core_radius_A=14.0, core_scale=0.56,
+                      noise=0.05, seed=4)
+    core = p.elements == "Pd"
+    assert core.sum() > 600 and (~core).sum() > 2000
+    det = detect_atoms(p.map, "Pt", backend="numpy")
+    from scipy.spatial import cKDTree
+    d, _ = cKDTree(det.xyz_A).query(p.xyz_A)
+    assert np.mean(d[core] < 1.0) >= 0.99 and np.mean(d[~core] < 1.0) >= 0.99
+    assert _acc(det, p.xyz_A)["precision"] >= 0.99
+
+
+def _missing_wedge_map(tilt_deg, noise, seed=3, n_atoms=500):
+    """A tomogram's missing wedge: a single-axis tilt series (about y) over ±``tilt_deg``
+    samples only Fourier components with |k_z| ≤ tan(tilt)·|k_x|; the rest is zero, which
+    stretches every atom along z and rings. White noise (× the peak) goes in first."""
+    p = make_particle(n_atoms=n_atoms, seed=12, margin_A=10, noise=0.0, background=0.15)
+    d = p.map.data.astype(np.float64)
+    d = d + np.random.default_rng(seed).normal(scale=noise * d.max(), size=d.shape)
+    F = np.fft.rfftn(d)
+    kz = np.fft.fftfreq(d.shape[0])[:, None, None]
+    kx = np.fft.rfftfreq(d.shape[2])[None, None, :]
+    F *= np.abs(kz) <= np.tan(np.radians(tilt_deg)) * np.abs(kx)
+    out = np.fft.irfftn(F, d.shape, axes=(0, 1, 2))
+    return DensityMap((out / out.max()).astype(np.float32), 0.358), p.xyz_A
+
+
+@pytest.mark.parametrize("tilt_deg", [70.0, 60.0])
+def test_detect_missing_wedge(tilt_deg):
+    """Atomic electron tomograms miss a wedge of Fourier space (tilt range ±60-75°): atoms are
+    elongated along z. Measured: recall 1.00, precision ≥ 0.994, RMSD ≤ 0.10 Å (0.055 Å
+    without the wedge)."""
+    m, xyz = _missing_wedge_map(tilt_deg, 0.1)
+    a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.13, a
