@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_detect import (_filtered_map, _liquid_plateau_map, _masked_map,  # noqa: E402
-                         _missing_wedge_map, _plain_gaussian_map, _solvent_mask_of,
+                         _ligand_shell_map, _missing_wedge_map, _plain_gaussian_map, _solvent_mask_of,
                          _weak_atom_case)   # the tests' map makers
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
@@ -144,6 +144,11 @@ def main(argv=None):
         _row(f"Pd@Pt decahedron, dim core (0.41 x Pt), noise {noise} [ptnp defaults]", p.map, p.xyz_A, rows)
         _row(f"Pd@Pt decahedron, dim core (0.41 x Pt), noise {noise} [two rescue rounds]", p.map, p.xyz_A, rows,
              rescue_rounds=2)
+    # a shell of light (ligand) atoms ~2 Å off the surface, with and without the close-pair rule
+    for ratio in (0.18, 0.37):
+        m, xyz, _ = _ligand_shell_map(peak_ratio=ratio)
+        _row(f"ligand shell at {ratio} x Pt peak, noise 0.15 [ptnp defaults]", m, xyz, rows)
+        _row(f"ligand shell at {ratio} x Pt peak, noise 0.15 [reject_close=True]", m, xyz, rows, reject_close=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

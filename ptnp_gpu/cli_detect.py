@@ -43,6 +43,13 @@ def add_map_options(p):
     g.add_argument("--min-correlation", type=float, default=None,
                    help="reject atoms whose validation correlation is below this (default 0.15)")
     g.add_argument("--correlation-sd", type=float, default=None, help="k of the robust/paper outlier rule (default 3; the paper used 2)")
+    g.add_argument("--rescue-rounds", type=int, default=None,
+                   help="rescue rounds at most, each bonding to the atoms the previous added (default 12)")
+    g.add_argument("--reject-close", dest="reject_close", action="store_true", default=None,
+                   help="of two atoms closer than --close-fraction × the bond length drop the weaker "
+                        "(ligand or solvent atoms on the surface; off by default)")
+    g.add_argument("--close-fraction", type=float, default=None,
+                   help="closer than this × the bond length, the weaker atom of a pair goes (default 0.85)")
     g.add_argument("--no-reject-cn", dest="reject_low_cn", action="store_false", default=None,
                    help="keep atoms with fewer than --min-cn neighbours")
     g.add_argument("--min-cn", type=int, default=None, help="minimum coordination number (default 3)")
@@ -60,8 +67,9 @@ def add_map_options(p):
                    help="blur of the simulated atom in Å² (default 8.2, the reference value at 0.358 Å/voxel)")
 
 
-_KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma",
-          "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_low_cn", "min_cn",
+_KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
+          "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
+          "close_fraction", "reject_low_cn", "min_cn",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert")
 
 

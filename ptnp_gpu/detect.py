@@ -56,7 +56,7 @@ from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import count_neighbors
-from .peaks import MapTransfer, _residual_map, _split, rescue_rounds, transfer_corrected_map
+from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_rises, _noise_spectrum, _solvent_mask
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
@@ -93,6 +93,12 @@ class DetectOptions:
                                       # "paper": mean − k·SD (removes weak true atoms, see README)
     correlation_sd: float = 3.0       # k (the paper uses 2 with mean and SD)
     min_correlation: float = 0.15     # also reject atoms whose density does not look like an atom
+    reject_close: bool = False        # of two atoms closer than close_fraction × the bond, drop the weaker: a
+                                      # ligand or solvent atom on the surface, or a ghost (a PVP-like shell at
+                                      # 0.18 / 0.37 × the Pt peak: precision 0.962 / 0.947 -> 0.994 / 0.994).
+                                      # Off by default: published tomography models hold metal pairs 1.6-2.0 Å
+                                      # apart, and on a map of the Pd@Pt one the rule cost recall 0.999 -> 0.988
+    close_fraction: float = 0.85      # never above the model's own chance closeness (_nn_floor_A)
     reject_low_cn: bool = True
     min_cn: int = 3
     cn_passes: int = 10               # CN < min_cn rejection passes (each after the previous one's removals)
@@ -181,6 +187,18 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
                         # simulated, up to 1.2 on maps with hardly any signal (0.75 Å voxels, noise
                         # 0.27), 1.45-3.8 negated (1.2-1.3 for the near-signal-free ones)
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
+
+
+def _nn_floor_A(xyz_A, n_sd: float = 4.0) -> float:
+    """Median minus ``n_sd`` robust SDs of the atoms' nearest-neighbour distances (Å): how close
+    two atoms of this model come by chance (one host transfer of the positions)."""
+    from scipy.spatial import cKDTree
+    pos = np.asarray(_be.to_host(xyz_A), dtype=np.float64)
+    if len(pos) < 3:
+        return float("inf")
+    nn = cKDTree(pos).query(pos, k=2)[0][:, 1]
+    med = float(np.median(nn))
+    return med - n_sd * 1.4826 * float(np.median(np.abs(nn - med)))
 
 
 def _min_voxels(min_voxels: int, voxel_size_A) -> int:
@@ -406,6 +424,15 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             thr = xp.maximum(med - o.correlation_sd * 1.4826 * xp.median(xp.abs(vcorr - med)), thr)
         keep &= vcorr >= thr
     counts["rejected_correlation"] = int((~keep).sum())
+    if o.reject_close and xyz.shape[0] > 1:
+        # the weaker of two atoms closer than any metal bond goes (height: C at the centre). Where
+        # the map places atoms loosely (coarse grids with noise: nearest-neighbour distances spread
+        # by 0.2-0.3 Å) true pairs come closer too: the cut stays 4 robust SDs below their median
+        kid = xp.nonzero(keep)[0]
+        cut = min(o.close_fraction * el.nn_distance_A, _nn_floor_A(xyz[kid]))
+        close = ~_thin_peaks(xyz[kid], height[kid].astype(xp.float64), cut)
+        counts["rejected_close"] = int(close.sum())                # sync
+        keep[kid[close]] = False
     if o.reject_low_cn:
         # bcc counts its second shell: with the first alone the rule removed 24 true atoms of an
         # 89-atom W particle

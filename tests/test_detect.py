@@ -534,3 +534,43 @@ def test_detect_missing_wedge(tilt_deg):
     m, xyz = _missing_wedge_map(tilt_deg, 0.1)
     a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
     assert a["recall"] >= 0.99 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.13, a
+
+
+def _ligand_shell_map(n_ligand=300, peak_ratio=0.37, u_A2=0.1, seed=0):
+    """A 500-atom Pt particle (noise 0.15) in a shell of light ligand atoms (PVP-like): ``n_ligand``
+    atoms 1.5-5 Å beyond the outermost Pt, at least 1.8 Å from any Pt and 1.3 Å from each other,
+    each with ``peak_ratio`` × the Pt peak. Returns the map, the Pt positions and the ligand's."""
+    from scipy.spatial import cKDTree
+
+    from ptnp_gpu.simulate import atom_peak_value
+    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.15, background=0.15)
+    vs, b = 0.358, reference_blur_A2(0.358)
+    rng = np.random.default_rng(seed)
+    c = p.xyz_A.mean(0)
+    r_max = np.linalg.norm(p.xyz_A - c, axis=1).max()
+    d = rng.normal(size=(3 * n_ligand, 3))
+    pos = c + d / np.linalg.norm(d, axis=1)[:, None] * rng.uniform(r_max + 1.5, r_max + 5.0, (len(d), 1))
+    pos = pos[cKDTree(p.xyz_A).query(pos)[0] >= 1.8]
+    lig = []
+    for q in pos:
+        if not lig or cKDTree(lig).query(q)[0] >= 1.3:
+            lig.append(q)
+        if len(lig) == n_ligand:
+            break
+    lig = np.array(lig)
+    scale = peak_ratio * atom_peak_value("Pt", b, 0.02) / atom_peak_value("Al", b, u_A2)
+    shell = render_atoms(lig, p.map.shape, vs, p.map.origin_A, "Al", b_extra_A2=b, u_iso_A2=u_A2, backend="numpy")
+    data = p.map.data + scale * np.asarray(shell)
+    return DensityMap(data.astype(np.float32), vs, p.map.origin_A), p.xyz_A, lig
+
+
+@pytest.mark.parametrize("peak_ratio", [0.18, 0.37])
+def test_detect_ignores_a_ligand_shell(peak_ratio):
+    """Light atoms bound to the surface (~2 Å out) are no metal atoms: with ``reject_close`` the
+    weaker of two atoms closer than 0.85 bond goes. Without that rule: precision 0.962 / 0.947;
+    with it 0.994 / 0.994; recall 1.000 either way."""
+    m, xyz, lig = _ligand_shell_map(peak_ratio=peak_ratio)
+    det = detect_atoms(m, "Pt", backend="numpy", reject_close=True)
+    a = _acc(det, xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.99, a
+    assert det.counts["rejected_close"] > 0
