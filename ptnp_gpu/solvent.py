@@ -38,12 +38,12 @@ _N_BANDS = 6
 _MIN_BAND = 200           # voxels (subsampled grid) for a band's noise level
 _BAND_KEEP = 0.8          # bands whose noise is at least this fraction of the largest are solvent
 _DETAIL_A = 0.7           # masked maps: σ (Å) of the smoothing whose residual is a band's detail
-_RISE = 1.5               # sharpened: the noise power's peak is this × its 4 Å level (_noise_rises)
 _EDGE_A = 1.5             # ... shares are measured this far from masked-out (constant) voxels
 _DETAIL_KEEP = 0.95       # ... bands whose detail share of the SD is below this × the highest hold
                           # atoms' tails or the mask's edge (measured on maps blurred by 41-54 Å² and
                           # masked: 0.56-0.71 beside the atoms, 0.58-0.63 at the edge, 0.73-0.82
                           # between), and are left out
+_RISE = 1.5               # sharpened: the noise power's peak is this × its 4 Å level (_noise_rises)
 _EDGE_DROP = 1e-2         # noise power below this fraction of its 4-2 Å median: beyond the map's band
 
 
