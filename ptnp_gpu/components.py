@@ -46,7 +46,7 @@ def otsu_threshold(values, nbins: int = 256) -> float:
     """Otsu's threshold of a 1-D array (histogram on the backend, 256 numbers to host)."""
     be = _be.namespace(values)
     xp = be.xp
-    lo, hi = float(values.min()), float(values.max())
+    lo, hi = (float(v) for v in _be.to_host(xp.stack([values.min(), values.max()])))   # one read
     if not hi > lo:
         return lo
     hist = _be.to_host(xp.histogram(values, bins=nbins, range=(lo, hi))[0]).astype(np.float64)

@@ -54,16 +54,17 @@ def pairs_within_grid(xyz_A, r_A: float):
         return e, e, xp.zeros(0)
     xyz = xyz_A.astype(xp.float64)
     cell = xp.floor((xyz - xyz.min(axis=0)) / r_A).astype(xp.int64)
-    dims = _be.to_host(cell.max(axis=0)) + 1                     # 3 integers to the host
-    cid = (cell[:, 0] * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
+    dims_dev = cell.max(axis=0) + 1
+    cid = (cell[:, 0] * dims_dev[1] + cell[:, 1]) * dims_dev[2] + cell[:, 2]
     order = xp.argsort(cid)
     cs = cid[order]
+    rank = xp.arange(n) - xp.searchsorted(cs, cs, side="left")    # place within its cell
+    # the grid's dimensions and the table width (largest occupancy): one transfer
+    dk = _be.to_host(xp.concatenate([dims_dev, rank.max(keepdims=True) + 1]))
+    dims, k = dk[:3], int(dk[3])
     ncell = int(np.prod(dims))
-    counts = xp.bincount(cs, minlength=ncell)
-    k = int(counts.max())                                          # sync: table width
-    start = xp.cumsum(counts) - counts
     table = xp.full((ncell, k), -1, dtype=xp.int64)
-    table[cs, xp.arange(n) - start[cs]] = order
+    table[cs, rank] = order
     r2 = r_A * r_A
     dims_x = xp.asarray(dims)
     g = np.arange(-1, 2)
@@ -91,6 +92,10 @@ def count_neighbors(xyz_A, r_A: float):
     xp = _be.namespace(xyz_A).xp
     i, j, _ = pairs_within(xyz_A, r_A)
     n = int(xyz_A.shape[0])
+    if _be.namespace(xyz_A).is_gpu:      # one scatter-add, no sync (cupy.bincount syncs twice)
+        out = xp.zeros(n, dtype=xp.int64)
+        _scatter(_be.namespace(xyz_A), "add", out, xp.concatenate([i, j]), xp.ones(2 * i.shape[0], xp.int64))
+        return out
     return xp.bincount(i, minlength=n) + xp.bincount(j, minlength=n)
 
 

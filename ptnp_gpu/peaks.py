@@ -16,7 +16,7 @@ import numpy as np
 from . import backend as _be
 from .components import label_moments
 from .denoise import rfft_shells
-from .neighbors import pairs_within
+from .neighbors import pairs_within, segment_sum
 from .simulate import render_atoms
 
 
@@ -97,10 +97,14 @@ def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
     i_lower = (pval[i] < pval[j]) | ((pval[i] == pval[j]) & (i > j))   # ties: lower index wins
     lo = xp.where(i_lower, i, j)
     hi = xp.where(i_lower, j, i)
-    kept = xp.ones(pxyz_A.shape[0], dtype=bool)
+    n = pxyz_A.shape[0]
+    kept = xp.ones(n, dtype=bool)
     for _ in range(100):   # converges in a few rounds; each round is vectorised
-        sup = xp.zeros_like(kept)
-        sup[lo[kept[hi]]] = True
+        # suppressed: the lower of a pair whose higher peak is kept (every write is True, so
+        # repeated indices are harmless; slot n takes the pairs that suppress nothing)
+        sup = xp.zeros(n + 1, dtype=bool)
+        sup[xp.where(kept[hi], lo, n)] = True
+        sup = sup[:n]
         if bool((~sup == kept).all()):  # sync: one flag per round
             break
         kept = ~sup
@@ -242,7 +246,10 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     cross = (i < ne) & (j >= ne)
     clash = xp.zeros(allp.shape[0], dtype=bool)
     clash[j[cross & (d2 <= min_sep_A ** 2)]] = True
-    bonds = xp.bincount(j[cross & (d2 <= bond_A ** 2)] - ne, minlength=pxyz.shape[0])
+    # bonds per peak: pairs that are not bonds count into slot 0 of a spare row (no sync)
+    bonded = cross & (d2 <= bond_A ** 2)
+    bonds = segment_sum(xp.where(bonded, j - ne + 1, 0), [bonded.astype(xp.float64)],
+                        pxyz.shape[0] + 1)[0, 1:]
     new = xp.nonzero(~clash[ne:] & (bonds >= min_bonds))[0]
     n_new = int(new.shape[0])                      # sync
     if n_new == 0:

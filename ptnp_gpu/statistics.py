@@ -231,22 +231,28 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
             core = inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True))
             peak[sel] = window_peak(v2, core | (inside2 & (rr <= el.radius_A ** 2)))
     fits["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
-    out = {k: _be.to_host(v) for k, v in fits.items()}
-    return out, {"map_mean": mean, "map_sd": sd}
+    return _columns_to_host(fits), {"map_mean": mean, "map_sd": sd}
 
 
 def _columns_to_host(columns: dict) -> dict:
-    """Per-atom (N,) backend arrays as host arrays, with one device → host copy.
+    """Per-atom (N, ...) backend arrays as host arrays, with one device → host copy.
 
-    On CuPy the columns are stacked as float64 (exact for the integer columns,
-    which get their dtype back) and copied in one transfer; NumPy arrays pass
-    through unchanged.
+    On CuPy the columns are flattened to (N, k), stacked as float64 (exact for
+    the integer and boolean columns, which get their dtype and shape back) and
+    copied in one transfer; NumPy arrays pass through unchanged.
     """
     if not any(_be.namespace(v).is_gpu for v in columns.values()):
         return {k: np.asarray(v) for k, v in columns.items()}
     xp = _be.namespace(*columns.values()).xp
-    host = _be.to_host(xp.stack([xp.asarray(v, dtype=xp.float64) for v in columns.values()]))
-    return {k: row.astype(columns[k].dtype, copy=False) for k, row in zip(columns, host)}
+    n = len(next(iter(columns.values())))
+    flat = [xp.asarray(v, dtype=xp.float64).reshape(n, -1) for v in columns.values()]
+    host = _be.to_host(xp.concatenate(flat, axis=1))
+    out, at = {}, 0
+    for (k, v), f in zip(columns.items(), flat):
+        w = f.shape[1]
+        out[k] = np.ascontiguousarray(host[:, at:at + w].reshape(v.shape), dtype=v.dtype)
+        at += w
+    return out
 
 
 def _cn_bins(cols, min_atoms=5):

@@ -14,7 +14,7 @@ import numpy as np
 from . import backend as _be
 from .components import label26, label_moments, map_mean_sd
 from .denoise import AtomKernel
-from .neighbors import pairs_within
+from .neighbors import pairs_within, segment_sum
 from .solvent import _STEP
 from .threshold_components import threshold_components
 
@@ -120,17 +120,16 @@ class _Scorer:
         """
         xp = self.xp
         group = group.astype(xp.int64)
-        n_at = xp.bincount(group, minlength=n_groups)[:n_groups].astype(xp.float64)
         coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
         g = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False)
-        ssc = xp.bincount(group, weights=g.astype(xp.float64), minlength=n_groups)[:n_groups]
+        # per-model sums: bincounts on the host, one sync-free scatter-add on a GPU
+        n_at, ssc = segment_sum(group, [xp.ones(g.shape[0]), g.astype(xp.float64)], n_groups)
         # models side by side along z, further apart than the reach: no cross pairs
         span = float(self.extent_A) + 2.0 * self.reach
         xyz = centre_vox_xyz * xp.asarray(self.vs)
         xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
         i, _, d2 = pairs_within(xyz, self.reach)
-        cross = xp.bincount(group[i], weights=xp.interp(d2, self.d2_grid, self.a_table),
-                            minlength=n_groups)[:n_groups]
+        cross = segment_sum(group[i], [xp.interp(d2, self.d2_grid, self.a_table)], n_groups)[0]
         sss = n_at * self.a0 + 2.0 * cross
         ss = n_at * self.ksum
         cov = ssc - ss * self.sc / self.n

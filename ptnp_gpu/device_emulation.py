@@ -1,0 +1,553 @@
+"""The CuPy code path run on the host: CPU-only checks of GPU behaviour.
+
+A GPU is not always at hand, yet the GPU path has its own rules: device data
+must never be turned into NumPy implicitly (CuPy raises ``TypeError``), and
+every host read of device data (``float(x)``, ``int(x)``, ``bool(x)``,
+``x.get()``, and the CuPy functions whose output size depends on the data:
+``nonzero``, ``unique``, ``bincount``, boolean-mask indexing,
+``ndimage.label``, ...) stalls the host until the device has caught up. On a
+GPU such synchronisations, not arithmetic, dominate the time of a small
+map's analysis, and each one inside a loop costs once per pass.
+
+:func:`emulate` makes the library take its CuPy branches on the host. Arrays
+are NumPy arrays behind :class:`EmulatedArray`, which behaves like a CuPy
+array where it matters here:
+
+* ``np.asarray(device_array)`` raises ``TypeError`` as CuPy's does; ``.get()``
+  and :func:`ptnp_gpu.backend.to_host` are the explicit copies;
+* each call through the backend's ``xp`` / ``ndi`` / ``fft``, each ufunc and
+  each gather or scatter counts as one kernel launch (views do not);
+* each host read counts as a synchronisation, with the library line that
+  caused it, so a sync inside a loop shows as one line with many counts;
+* custom kernels (:mod:`ptnp_gpu.gpu_kernels`) run through their CPU twins and
+  count as one launch each;
+* host (NumPy) arrays handed to device functions are recorded: CuPy refuses
+  most of them.
+
+The counts are a model of CuPy, not a measurement: which library calls
+synchronise follows CuPy 14 (its source marks them), launches are counted
+per call, not per CUDA kernel, and time on the device is not modelled.
+
+Examples
+--------
+>>> import numpy as np
+>>> from ptnp_gpu.device_emulation import emulate
+>>> with emulate() as audit:
+...     xp = audit.backend.xp
+...     a = xp.arange(10.0)
+...     n = int((a > 4).sum())        # one host read
+>>> n, audit.syncs
+(5, 1)
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import sys
+import time
+import types
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+from . import backend as _be
+
+__all__ = ["EmulatedArray", "DeviceAudit", "emulate"]
+
+_PKG_DIR = str(Path(__file__).resolve().parent)
+_THIS = str(Path(__file__).resolve())
+_PASS_THROUGH = {_THIS, str(Path(_be.__file__).resolve())}   # sites are named by their callers
+
+# CuPy functions (xp namespace) that synchronise: output size or a check depends on the data
+# (CuPy 14 source: "synchronize" marks; bincount checks x < 0 and reads max(x): two reads)
+_XP_SYNCS = {"nonzero": 1, "flatnonzero": 1, "argwhere": 1, "unique": 1, "bincount": 2,
+             "compress": 1, "extract": 1, "setdiff1d": 1, "intersect1d": 1, "union1d": 1,
+             "trim_zeros": 1, "median": 1, "nanmedian": 1, "asnumpy": 1, "average": 1}
+# ndimage: label returns a host count; the measurements read label ranges
+_NDI_SYNCS = {"label": 1, "find_objects": 1, "sum_labels": 1, "sum": 1, "mean": 1, "variance": 1,
+              "standard_deviation": 1, "minimum": 1, "maximum": 1, "median": 1,
+              "minimum_position": 1, "maximum_position": 1, "extrema": 1, "center_of_mass": 1,
+              "labeled_comprehension": 1, "value_indices": 1}
+# host → device copies, not kernels on device data; host arrays are their normal input
+_H2D = {"asarray", "array", "asanyarray", "ascontiguousarray", "asfortranarray", "frombuffer"}
+# calls that read only metadata (no kernel): shapes, dtypes, views
+_NO_LAUNCH = {"shape", "ndim", "size", "result_type", "can_cast", "dtype", "iscomplexobj",
+              "isrealobj", "broadcast_shapes", "promote_types", "finfo", "iinfo", "isscalar",
+              "reshape", "ravel", "transpose", "swapaxes", "moveaxis", "expand_dims", "squeeze",
+              "broadcast_to", "atleast_1d", "atleast_2d", "atleast_3d", "next_fast_len"}
+_METHOD_NO_LAUNCH = {"reshape", "view", "transpose", "swapaxes", "squeeze", "__array_namespace__"}
+_METHOD_SYNCS = {"item": 1, "tolist": 1, "nonzero": 1, "get": 1, "tobytes": 1}
+
+
+class DeviceAudit:
+    """Counts of one emulation: kernel launches, synchronisations and host copies.
+
+    Attributes
+    ----------
+    launches, syncs, h2d : int
+        Totals.
+    bytes : int
+        Bytes of the arrays read and written by the launches (inputs plus
+        outputs, once each): divided by the device's bandwidth, a lower bound
+        of its time for the memory-bound work. ``byte_sites`` splits it by line.
+    device_s : float
+        Host seconds spent executing what stands for device work (NumPy
+        calls on emulated arrays, kernel twins). The rest of a block's wall
+        time is what stays on the host when a GPU runs the device part.
+    sync_sites : Counter
+        ``"module.py:line function"`` of the library line behind each sync.
+    launch_sites : Counter
+        The same for launches.
+    host_mixing : Counter
+        Library lines that passed a NumPy array to a device function (CuPy
+        raises ``TypeError`` for most of them).
+    """
+
+    def __init__(self):
+        self.launches = 0
+        self.syncs = 0
+        self.h2d = 0
+        self.device_s = 0.0
+        self.bytes = 0
+        self._site_now = ""
+        self.byte_sites: collections.Counter = collections.Counter()
+        self.sync_sites: collections.Counter = collections.Counter()
+        self.launch_sites: collections.Counter = collections.Counter()
+        self.host_mixing: collections.Counter = collections.Counter()
+        self.backend: _be.Backend | None = None
+
+    def reset(self) -> None:
+        """Zero every count (e.g. after a warm-up)."""
+        self.launches = self.syncs = self.h2d = self.bytes = 0
+        self.device_s = 0.0
+        self.byte_sites.clear()
+        self.sync_sites.clear()
+        self.launch_sites.clear()
+        self.host_mixing.clear()
+
+    def _launch(self, n: int = 1) -> None:
+        self.launches += n
+        self._site_now = _site()
+        self.launch_sites[self._site_now] += n
+
+    def _traffic(self, *objs) -> None:
+        """Bytes of the arrays a launch reads and writes (after :meth:`_launch`)."""
+        b = _nbytes(objs)
+        self.bytes += b
+        self.byte_sites[self._site_now] += b
+
+    def _sync(self, n: int = 1) -> None:
+        if n:
+            self.syncs += n
+            self.sync_sites[_site()] += n
+
+    def _host_arg(self, what: str) -> None:
+        self.host_mixing[f"{_site()} ({what})"] += 1
+
+    def summary(self, top: int = 12) -> dict:
+        """Totals and the busiest lines, JSON-able."""
+        return {"launches": self.launches, "syncs": self.syncs, "h2d_copies": self.h2d,
+                "device_work_s": self.device_s, "bytes": self.bytes,
+                "byte_sites": dict(self.byte_sites.most_common(top)),
+                "sync_sites": dict(self.sync_sites.most_common(top)),
+                "launch_sites": dict(self.launch_sites.most_common(top)),
+                "host_mixing": dict(self.host_mixing.most_common(top))}
+
+
+_AUDIT: DeviceAudit | None = None
+
+
+def _site() -> str:
+    """The innermost library frame outside this module and :mod:`ptnp_gpu.backend` (whose
+    ``to_host`` / ``synchronize`` are named by their callers): 'file.py:line function'."""
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if fn not in _PASS_THROUGH and fn.startswith(_PKG_DIR):
+            return f"{Path(fn).name}:{f.f_lineno} {f.f_code.co_name}"
+        f = f.f_back
+    return "<outside ptnp_gpu>"
+
+
+def _nbytes(x) -> int:
+    if isinstance(x, EmulatedArray):
+        return x._a.nbytes
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, (list, tuple)):
+        return sum(_nbytes(v) for v in x)
+    if isinstance(x, dict):
+        return sum(_nbytes(v) for v in x.values())
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return sum(_nbytes(getattr(x, f.name)) for f in dataclasses.fields(x))
+    return 0
+
+
+def _is_host_array(x) -> bool:
+    return isinstance(x, np.ndarray) and x.ndim > 0
+
+
+def _unwrap(x, audit=None, what=""):
+    """EmulatedArray → its NumPy array, through tuples, lists and dicts."""
+    if isinstance(x, EmulatedArray):
+        return x._a
+    if isinstance(x, (list, tuple)) and not hasattr(x, "_fields"):
+        return type(x)(_unwrap(v, audit, what) for v in x)
+    if isinstance(x, dict):
+        return {k: _unwrap(v, audit, what) for k, v in x.items()}
+    if audit is not None and _is_host_array(x):
+        audit._host_arg(what)
+    return x
+
+
+def _wrap(x):
+    """NumPy arrays and scalars → EmulatedArray (CuPy reductions give 0-d device arrays)."""
+    if isinstance(x, EmulatedArray):
+        return x
+    if isinstance(x, np.ndarray):
+        return EmulatedArray(x)
+    if isinstance(x, np.generic):
+        return EmulatedArray(np.asarray(x))
+    if isinstance(x, tuple) and hasattr(x, "_fields"):          # NamedTuple
+        return type(x)(*(_wrap(v) for v in x))
+    if isinstance(x, (list, tuple)):
+        return type(x)(_wrap(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _wrap(v) for k, v in x.items()}
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _wrap(getattr(x, f.name))
+                                         for f in dataclasses.fields(x) if f.init})
+    return x
+
+
+def _audit() -> DeviceAudit:
+    if _AUDIT is None:
+        raise RuntimeError("an EmulatedArray was used outside ptnp_gpu.device_emulation.emulate()")
+    return _AUDIT
+
+
+def _basic_index(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return all(k is None or k is Ellipsis or isinstance(k, (int, np.integer, slice)) for k in keys)
+
+
+def _has_bool_mask(key) -> bool:
+    keys = key if isinstance(key, tuple) else (key,)
+    return any(isinstance(k, np.ndarray) and k.dtype == bool and k.ndim > 0 for k in keys)
+
+
+class EmulatedArray(NDArrayOperatorsMixin):
+    """A NumPy array posing as a CuPy array (see the module docstring)."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+
+    def __init__(self, a: np.ndarray):
+        self._a = a
+
+    # --- the device boundary
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly. "
+                        "(ptnp_gpu device emulation, as CuPy)")
+
+    def get(self, stream=None, order="C", out=None):
+        _audit()._sync()
+        return np.array(self._a, order=order)
+
+    def _host_read(self):
+        _audit()._sync()
+        return self._a
+
+    def __float__(self):
+        return float(self._host_read())
+
+    def __int__(self):
+        return int(self._host_read())
+
+    def __index__(self):
+        return int(self._host_read())
+
+    def __bool__(self):
+        return bool(self._host_read())
+
+    def __complex__(self):
+        return complex(self._host_read())
+
+    def __repr__(self):
+        return f"emulated_device_array({self._host_read()!r})"
+
+    def __str__(self):
+        return str(self._host_read())
+
+    def __format__(self, spec):
+        return format(self._host_read()[()] if self._a.ndim == 0 else self._a, spec)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        # a host loop over device data: each element is a device scalar
+        _audit()._launch(len(self._a))
+        return iter([EmulatedArray(np.asarray(v)) if not isinstance(v, np.ndarray) else EmulatedArray(v)
+                     for v in self._a])
+
+    __hash__ = None
+
+    # --- arithmetic and NumPy dispatch
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        audit = _audit()
+        args = _unwrap(inputs, audit, f"np.{ufunc.__name__}")
+        out = kwargs.get("out")                 # NumPy hands ``out`` over as a tuple
+        if out is not None:
+            kwargs["out"] = tuple(_unwrap(o, audit, f"np.{ufunc.__name__} out") for o in out)
+        audit._launch()
+        t0 = time.perf_counter()
+        res = getattr(ufunc, method)(*args, **kwargs)
+        audit.device_s += time.perf_counter() - t0
+        audit._traffic(args, kwargs.get("out"), res)
+        if method == "at":
+            return None
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(res)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _call(func, func.__name__, _XP_SYNCS, args, kwargs)
+
+    # --- indexing
+    def __getitem__(self, key):
+        audit = _audit()
+        k = _unwrap(key, audit, "index")
+        if _has_bool_mask(k):
+            audit._sync()                      # the mask's count sizes the result
+        if not _basic_index(k):
+            audit._launch()
+        t0 = time.perf_counter()
+        out = self._a[k]
+        audit.device_s += time.perf_counter() - t0
+        if not _basic_index(k):
+            audit._traffic(k, out, out)
+        return _wrap(out)
+
+    def __setitem__(self, key, value):
+        audit = _audit()
+        k = _unwrap(key, audit, "index")
+        audit._launch()
+        v = _unwrap(value, audit, "setitem value")
+        t0 = time.perf_counter()
+        self._a[k] = v
+        audit.device_s += time.perf_counter() - t0
+        audit._traffic(k, v, v if isinstance(v, np.ndarray) else None)
+
+    # --- attributes and methods of the underlying array
+    @property
+    def T(self):
+        return EmulatedArray(self._a.T)
+
+    @property
+    def real(self):
+        return EmulatedArray(self._a.real)
+
+    @property
+    def imag(self):
+        return EmulatedArray(self._a.imag)
+
+    def __getattr__(self, name):
+        if name == "_a" or name.startswith("__array"):
+            # no __array_interface__ / __array_struct__: NumPy would read the data through them
+            raise AttributeError(name)
+        attr = getattr(self._a, name)
+        if not callable(attr):
+            return attr
+        syncs = _METHOD_SYNCS.get(name, 0)
+
+        def method(*args, **kwargs):
+            audit = _audit()
+            if name not in _METHOD_NO_LAUNCH:
+                audit._launch()
+            audit._sync(syncs)
+            a, kw = _unwrap(args, audit, f".{name}"), _unwrap(kwargs, audit, f".{name}")
+            t0 = time.perf_counter()
+            out = attr(*a, **kw)
+            audit.device_s += time.perf_counter() - t0
+            if name not in _METHOD_NO_LAUNCH:
+                audit._traffic(self._a, a, out)
+            return out if name in ("tolist", "item", "tobytes") else _wrap(out)
+        return method
+
+    def __copy__(self):
+        _audit()._launch()
+        return EmulatedArray(self._a.copy())
+
+    def __deepcopy__(self, memo):
+        return self.__copy__()
+
+
+def _call(func, name, syncs_table, args, kwargs):
+    audit = _audit()
+    out_arg = kwargs.get("out")
+    what = "" if name in _H2D else name
+    a = _unwrap(args, None if name in _H2D else audit, what)
+    kw = _unwrap(kwargs, None if name in _H2D else audit, what)
+    if name in _H2D:
+        if any(_is_host_array(v) or isinstance(v, (list, tuple)) for v in args[:1]):
+            audit.h2d += 1
+    elif name not in _NO_LAUNCH:
+        audit._launch()
+    n_sync = syncs_table.get(name, 0)
+    if syncs_table is _XP_SYNCS:
+        if name == "where" and len(args) == 1:
+            n_sync = 1
+        if name == "histogram" and kwargs.get("range") is None:
+            n_sync = 2                           # range read from the data: min, max checks
+        if name == "repeat" and len(args) > 1 and getattr(args[1], "ndim", 0) > 0:
+            n_sync = 1
+    audit._sync(n_sync)
+    t0 = time.perf_counter()
+    res = func(*a, **kw)
+    audit.device_s += time.perf_counter() - t0
+    if name not in _H2D and name not in _NO_LAUNCH:
+        audit._traffic(a, kw, res)
+    if isinstance(out_arg, EmulatedArray):
+        return out_arg
+    if name in ("count_nonzero", "array_equal", "allclose", "array_equiv") and \
+            isinstance(res, (bool, int, float)):
+        res = np.asarray(res)                   # CuPy answers with a 0-d device array
+    return _wrap(res)
+
+
+class _Namespace:
+    """A module seen through the emulated device (xp, xp.linalg, ndi, fft)."""
+
+    def __init__(self, mod, syncs_table, name):
+        self._mod = mod
+        self._syncs = syncs_table
+        self.__name__ = name
+
+    def __getattr__(self, name):
+        obj = getattr(self._mod, name)
+        if isinstance(obj, types.ModuleType):
+            return _Namespace(obj, {}, f"{self.__name__}.{name}")
+        if isinstance(obj, (type, np.ufunc)) or not callable(obj):
+            return obj                   # dtypes, constants; ufuncs dispatch on their inputs
+
+        def f(*args, **kwargs):
+            return _call(obj, name, self._syncs, args, kwargs)
+        f.__name__ = name
+        return f
+
+
+class _Stream:
+    def synchronize(self):
+        _audit()._sync()
+
+
+class _Cuda:
+    """The parts of ``cupy.cuda`` the library touches."""
+
+    @staticmethod
+    def get_current_stream():
+        return _Stream()
+
+    class Device:                       # no memory query: callers fall back to fixed budgets
+        def __init__(self, *a):
+            raise RuntimeError("no memory query on the emulated device")
+
+
+def _scatter(ufunc):
+    def scatter(out, index, values):
+        audit = _audit()
+        audit._launch()
+        args = _unwrap(out), _unwrap(index, audit, "scatter"), _unwrap(values, audit, "scatter")
+        t0 = time.perf_counter()
+        ufunc.at(*args)
+        audit.device_s += time.perf_counter() - t0
+        audit._traffic(args)
+    return scatter
+
+
+def _kernel_twin(fn):
+    """A custom-kernel entry point run through its CPU twin: one launch."""
+    def twin(*args, **kwargs):
+        if not any(isinstance(v, EmulatedArray) for v in (*args, *kwargs.values())):
+            return fn(*args, **kwargs)          # NumPy inputs: the host path, untouched
+        audit = _audit()
+        audit._launch()
+        t0 = time.perf_counter()
+        a, kw = _unwrap(args), _unwrap(kwargs)
+        out = fn(*a, **kw)
+        audit.device_s += time.perf_counter() - t0
+        audit._traffic(a, kw, out)
+        return _wrap(out)
+    twin.__wrapped__ = fn
+    twin.__name__ = fn.__name__
+    twin._ptnp_twin_of = fn
+    return twin
+
+
+_KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pearson",
+                        "mean_shift_centres", "label_moments")
+
+
+@contextlib.contextmanager
+def emulate():
+    """Run the library's CuPy path on the host for the duration of the block.
+
+    Yields a :class:`DeviceAudit` whose ``backend`` is the emulated device; it
+    is also the default backend inside the block, so ``detect_atoms(dmap)``
+    takes it without a ``backend=`` argument. Not thread-safe; not re-entrant.
+    """
+    global _AUDIT
+    import scipy.fft
+    import scipy.ndimage
+
+    from . import gpu_kernels
+    if _AUDIT is not None:
+        raise RuntimeError("device emulation is already active")
+    audit = DeviceAudit()
+    xp = _Namespace(np, _XP_SYNCS, "cupy")
+    xp.cuda = _Cuda()
+    xp.asnumpy = lambda a, *args, **kw: a.get() if isinstance(a, EmulatedArray) else np.asarray(a)
+    backend = _be.Backend("cupy", xp, _Namespace(scipy.ndimage, _NDI_SYNCS, "cupyx.scipy.ndimage"),
+                          _Namespace(scipy.fft, {}, "cupyx.scipy.fft"))
+    audit.backend = backend
+    cupyx = types.ModuleType("cupyx")
+    cupyx.scatter_add = _scatter(np.add)
+    cupyx.scatter_max = _scatter(np.maximum)
+    cupyx.scatter_min = _scatter(np.minimum)
+    # every module attribute bound to a kernel entry point, e.g. detect.window_pearson
+    originals = {name: getattr(gpu_kernels, name) for name in _KERNEL_ENTRY_POINTS}
+    patched = [(mod, attr, fn) for mod_name, mod in list(sys.modules.items())
+               if mod is not None and (mod_name == "ptnp_gpu" or mod_name.startswith("ptnp_gpu."))
+               for attr, fn in list(vars(mod).items())
+               if any(fn is orig for orig in originals.values())]
+    saved = {"backends": dict(_be._BACKENDS), "default": _be._DEFAULT,
+             "cupyx": sys.modules.get("cupyx")}
+    EmulatedArray.__module__ = "cupy._emulated"          # backend.namespace() recognises CuPy by module
+    try:
+        for mod, attr, orig in patched:
+            setattr(mod, attr, _kernel_twin(orig))
+        _be._BACKENDS["cupy"] = backend
+        _be._DEFAULT = backend
+        sys.modules["cupyx"] = cupyx
+        _AUDIT = audit
+        yield audit
+    finally:
+        _AUDIT = None
+        # modules imported inside the block bound the twins too: restore every one
+        for mod_name, mod in list(sys.modules.items()):
+            if mod is not None and (mod_name == "ptnp_gpu" or mod_name.startswith("ptnp_gpu.")):
+                for attr, fn in list(vars(mod).items()):
+                    if hasattr(fn, "_ptnp_twin_of"):
+                        setattr(mod, attr, fn._ptnp_twin_of)
+        _be._BACKENDS.clear()
+        _be._BACKENDS.update(saved["backends"])
+        _be._DEFAULT = saved["default"]
+        if saved["cupyx"] is None:
+            sys.modules.pop("cupyx", None)
+        else:
+            sys.modules["cupyx"] = saved["cupyx"]
+        EmulatedArray.__module__ = __name__
