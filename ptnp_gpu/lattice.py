@@ -181,10 +181,43 @@ def _bonds(xyz, tree, cut):
     return pairs, v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _best_direction(cubic_T, dirs, want_index=True):
+    """Largest cosine of each bond (columns of ``cubic_T``, 3 × N, in cubic axes) with the
+    ideal directions, and which one (or None). ``dirs`` holds each direction and its
+    opposite (first half, then the negated half): |cos| over the first half, row by row
+    (several times faster than one (N, 3) × (3, K) product and a maximum over short rows)."""
+    h = len(dirs) // 2
+    c = dirs[:h] @ cubic_T                          # (h, N)
+    a = np.abs(c)
+    best = a[0].copy()
+    for r in range(1, h):
+        np.maximum(best, a[r], out=best)
+    if not want_index:
+        return best, None
+    idx = np.argmax(a == best, axis=0)              # the first row that reaches it
+    idx += h * (np.take_along_axis(c, idx[None], 0)[0] < 0)    # the opposite direction
+    return best, idx
+
+
 def _score(rot, bonds, dirs, cos_tol):
-    c = (bonds @ rot) @ dirs.T                     # bonds in cubic frame · ideal dirs
-    best = c.max(axis=1)
-    return best, c.argmax(axis=1), int(np.count_nonzero(best > cos_tol))
+    best, idx = _best_direction(rot.T @ bonds.T, dirs)   # bonds in cubic frame · ideal dirs
+    return best, idx, int(np.count_nonzero(best > cos_tol))
+
+
+def _kabsch_batch(src, dst):
+    """:func:`kabsch_rotation` (unit weights) of K problems at once: (K, M, 3) → (K, 3, 3)."""
+    u, _, vt = np.linalg.svd(np.swapaxes(dst, 1, 2) @ src)
+    d = np.sign(np.linalg.det(u @ vt))
+    u[:, :, 2] *= np.where(d == 0, 1.0, d)[:, None]        # u @ diag(1, 1, d)
+    return u @ vt
+
+
+def _n_matched(rots, bonds, dirs, cos_tol):
+    """For each rotation (K, 3, 3): how many bonds lie within ``cos_tol`` of an ideal direction."""
+    k = len(rots)
+    cubic_T = (np.swapaxes(rots, 1, 2) @ bonds.T).transpose(1, 0, 2).reshape(3, k * len(bonds))
+    best, _ = _best_direction(cubic_T, dirs, want_index=False)
+    return np.count_nonzero(best.reshape(k, len(bonds)) > cos_tol, axis=1)
 
 
 def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
@@ -196,9 +229,11 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
     pair_cos = float(dots[j0])
     centre = xyz.mean(0)
     order = np.argsort(np.linalg.norm(xyz - centre, axis=1))[:n_centre]
-    # candidates are scored on an evenly spread subset of bonds; refinement uses all
+    # candidates: two bonds of a central atom at the ideal pair angle, matched to the first
+    # ideal pair; all are scored at once on an evenly spread subset of bonds (the first of
+    # the best wins); refinement uses every bond
     sample = bonds[::max(1, len(bonds) // 4000)]
-    best = (None, -1)
+    targets = []
     for a in order:
         sel = np.flatnonzero((bonds_pairs[:, 0] == a) | (bonds_pairs[:, 1] == a))
         b = bonds[sel]
@@ -206,14 +241,12 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
             continue
         cosm = b @ b.T
         ii, jj = np.nonzero(np.abs(cosm - pair_cos) < 0.15)
-        for i, j in zip(ii[:8], jj[:8]):
-            rot = kabsch_rotation(np.stack([dirs[0], dirs[j0]]), np.stack([b[i], b[j]]))
-            _, _, n_ok = _score(rot, sample, dirs, cos_tol)
-            if n_ok > best[1]:
-                best = (rot, n_ok)
-    rot = best[0]
-    if rot is None:
+        targets.extend(np.stack([b[i], b[j]]) for i, j in zip(ii[:8], jj[:8]))
+    if not targets:
         return None
+    src = np.broadcast_to(np.stack([dirs[0], dirs[j0]]), (len(targets), 2, 3))
+    rots = _kabsch_batch(src, np.stack(targets))
+    rot = rots[int(np.argmax(_n_matched(rots, sample, dirs, cos_tol)))]
     for _ in range(4):   # refine on every bond matched to an ideal direction
         cbest, idx, _ = _score(rot, bonds, dirs, cos_tol)
         ok = cbest > cos_tol
