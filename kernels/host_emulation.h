@@ -73,6 +73,10 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
     const unsigned long long old = *p; if (v > old) *p = v; return old;
 }
 
+// round-to-nearest arithmetic without contraction into fused multiply-adds
+inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
+inline double __dadd_rn(double a, double b) { volatile double r = a + b; return r; }
+
 inline unsigned int __float_as_uint(float f)
 {
     unsigned int u; std::memcpy(&u, &f, sizeof u); return u;

@@ -489,7 +489,8 @@ def _kernel_twin(fn):
 
 
 _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pearson",
-                        "mean_shift_centres", "label_moments")
+                        "mean_shift_centres", "label_moments", "_cell_pairs_count",
+                        "_cell_pairs_write")
 
 
 @contextlib.contextmanager

@@ -68,7 +68,8 @@ _ensure_kernels_package()
 
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
-           "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows", "C_TYPES"]
+           "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
+           "cell_pairs", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -622,3 +623,98 @@ def _decode_peak_keys(key, xp):
     val = xp.where(empty, xp.float32(-np.inf), val).astype(xp.float32)
     idx = xp.where(empty, -1, np.uint32(0xFFFFFFFF) - lo.astype(xp.int64)).astype(xp.int64)
     return val, idx
+
+
+# --------------------------------------------------------------------------- pairs
+
+# cells per point at most (plus a floor): sparse point sets get cells wider than the cutoff
+_CELLS_PER_POINT = 8
+_MIN_CELLS = 4096
+
+
+def _cell_pairs_count(xyz, cell, order, start, dims, r2, counts):
+    """First pass of ``cell_pairs.cu`` (or its Numba twin): pairs per point into ``counts``."""
+    if not _be.namespace(xyz).is_gpu:
+        from .kernels.cell_pairs_cpu import cell_pairs_pass
+        return cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=counts)
+    n = int(xyz.shape[0])
+    k = get_function("cell_pairs.cu", "ptnp_cell_pairs_count")
+    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+      (xyz, cell, order, start, np.int64(n), np.int32(dims[0]), np.int32(dims[1]),
+       np.int32(dims[2]), np.float64(r2), counts))
+
+
+def _cell_pairs_write(xyz, cell, order, start, dims, r2, offsets, out_i, out_j, out_d2):
+    """Second pass of ``cell_pairs.cu`` (or its twin): the pairs, from ``offsets``."""
+    if not _be.namespace(xyz).is_gpu:
+        from .kernels.cell_pairs_cpu import cell_pairs_pass
+        return cell_pairs_pass(xyz, cell, order, start, dims, r2, offsets=offsets,
+                               out=(out_i, out_j, out_d2))
+    n = int(xyz.shape[0])
+    k = get_function("cell_pairs.cu", "ptnp_cell_pairs_write")
+    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+      (xyz, cell, order, start, np.int64(n), np.int32(dims[0]), np.int32(dims[1]),
+       np.int32(dims[2]), np.float64(r2), offsets, out_i, out_j, out_d2))
+
+
+def cell_pairs(xyz_A, r_A: float):
+    """All pairs ``i < j`` of points with ``|x_i - x_j| <= r_A``, from a cell list.
+
+    The points are binned and sorted by cell with array code; one kernel pass
+    counts each point's partners in the 27 cells around it, a prefix sum
+    places them, a second pass writes them (``kernels/cell_pairs.cu``; the
+    Numba twin on the host). Memory is the points, the cells and the pairs.
+    Two host reads: the points' extent (sizes the grid) and the number of
+    pairs (sizes the output).
+
+    Parameters
+    ----------
+    xyz_A : (N, 3) float array, NumPy or CuPy
+    r_A : float
+        Cutoff (Å, or the points' unit), >= 0.
+
+    Returns
+    -------
+    i, j : (P,) int64, d2 : (P,) float64 squared distances, on the points' backend; ordered
+        by ``i``, the same on every backend and launch shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> i, j, d2 = cell_pairs(np.array([[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]]), 1.5)
+    >>> i.tolist(), j.tolist(), d2.tolist()
+    ([0], [1], [1.0])
+    """
+    be = _be.namespace(xyz_A)
+    xp = be.xp
+    xyz = xp.ascontiguousarray(xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3))
+    n = int(xyz.shape[0])
+    r = float(r_A)
+    if not r >= 0:
+        raise ValueError(f"cell_pairs: the cutoff must be >= 0, got {r_A!r}")
+    if n < 2:
+        e = xp.zeros(0, dtype=xp.int64)
+        return e, e.copy(), xp.zeros(0)
+    lo, hi = _be.to_host(xp.stack([xyz.min(axis=0), xyz.max(axis=0)]))       # host read 1
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("cell_pairs: non-finite coordinates")
+    extent = hi - lo
+    edge = max(r, 1e-9 * max(float(extent.max()), 1.0))
+    limit = _CELLS_PER_POINT * n + _MIN_CELLS
+    while np.prod(np.floor(extent / edge) + 1) > limit:      # any edge >= r finds every pair
+        edge *= 1.5
+    dims = np.floor(extent / edge).astype(np.int64) + 1
+    cell = xp.floor((xyz - xp.asarray(lo)) / edge).astype(xp.int32)
+    cid = (cell[:, 0].astype(xp.int64) * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
+    order = xp.argsort(cid)
+    start = xp.searchsorted(cid[order], xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
+    counts = xp.empty(n, dtype=xp.int64)
+    _cell_pairs_count(xyz, cell, order, start, dims, r * r, counts)
+    ends = xp.cumsum(counts)
+    total = int(_be.to_host(ends[-1:])[0])                                      # host read 2
+    out_i = xp.empty(total, dtype=xp.int64)
+    out_j = xp.empty(total, dtype=xp.int64)
+    out_d2 = xp.empty(total, dtype=xp.float64)
+    if total:
+        _cell_pairs_write(xyz, cell, order, start, dims, r * r, ends - counts, out_i, out_j, out_d2)
+    return out_i, out_j, out_d2

@@ -1,8 +1,9 @@
 """Pairs of points within a distance, on the points' own backend.
 
 NumPy points use SciPy's cKDTree; CuPy points use a cell-list search on the
-device (:func:`pairs_within_grid`, no host copy of the points), whose memory
-grows with the number of atoms, not its square.
+device (:func:`ptnp_gpu.gpu_kernels.cell_pairs`, a custom kernel that writes
+only the pairs; no host copy of the points). :func:`pairs_within_grid` is the
+same search in array code, kept as the kernel's cross-check.
 
 :func:`segment_sum` and :func:`segment_max` reduce per-pair values onto the
 atoms (CN, GCN, nearest-neighbour bonds, strain fits) on the same backend,
@@ -34,7 +35,8 @@ def pairs_within(xyz_A, r_A: float):
         i, j = p[:, 0], p[:, 1]
         d = xyz_A[i] - xyz_A[j]
         return i, j, np.einsum("ij,ij->i", d, d)
-    return pairs_within_grid(xyz_A, r_A)
+    from .gpu_kernels import cell_pairs
+    return cell_pairs(xyz_A, r_A)
 
 
 def pairs_within_grid(xyz_A, r_A: float):

@@ -148,6 +148,18 @@ def test_label_moments_parity(cp, seed):
     np.testing.assert_array_equal(_host(mg.peak_index), m.peak_index)
 
 
+@pytest.mark.parametrize("seed,r", [(21, 3.0), (FRESH_SEED, 5.5)])
+def test_cell_pairs_parity(cp, seed, r):
+    """The cell-list pair kernel writes the twin's pairs in the twin's order."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.0, 40.0, (3000, 3))
+    host = gk.cell_pairs(x, r)
+    dev = gk.cell_pairs(cp.asarray(x), r)
+    assert len(host[0]) > 1000
+    for a, b in zip(dev, host):
+        np.testing.assert_array_equal(_host(a), b)
+
+
 # ---------------------------------------------------------------------- pipeline stages
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ CU_FILES = sorted(p.name for p in KERNEL_DIR.iterdir() if p.name.endswith(".cu")
 
 # every specialisation the loader can build (defines prepended by gpu_kernels)
 SPECIALISATIONS = {
+    "cell_pairs.cu": [()],
     "render_atoms.cu": [()],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
@@ -455,6 +456,17 @@ def test_peak_key_packing_orders_and_decodes():
 import ctypes  # noqa: E402
 
 _DRIVERS = {
+    "cell_pairs.cu": ((), """
+extern "C" void emu_cell_pairs(const double* xyz, const int* cell, const long long* order,
+    const long long* start, long long n, int dx, int dy, int dz, double r2, long long* counts,
+    const long long* offsets, long long* oi, long long* oj, double* od, int block, int grid) {
+  if (counts)
+    ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_count,
+        xyz, cell, order, start, n, dx, dy, dz, r2, counts);
+  else
+    ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_write,
+        xyz, cell, order, start, n, dx, dy, dz, r2, offsets, oi, oj, od);
+}"""),
     "render_atoms.cu": ((), """
 extern "C" void emu_render(const int* base, const double* frac, const double* inv6,
     const double* norm, const int* off, int n, int T, int W, int nx, int ny, int nz,
@@ -767,3 +779,73 @@ def test_mean_shift_cupy_branch_on_emulated_device(emulated_device):
     f32 = gk.mean_shift_centres(vol.astype(np.float32), c, 0.05, 2.6, 1.1, n_iter=4)
     np.testing.assert_allclose(f32, _ref_mean_shift(vol.astype(np.float32), c, 0.05, 2.6, 1.1, 4),
                                rtol=0, atol=1e-9)
+
+
+# ---------------------------------------------------------------------- cell-list pairs
+
+def _pair_set(i, j):
+    return set(zip(np.asarray(i).tolist(), np.asarray(j).tolist()))
+
+
+@pytest.mark.parametrize("n,r,spread", [(1500, 3.0, 35.0), (400, 6.0, 20.0), (300, 0.8, 150.0),
+                                        (60, 50.0, 10.0)])
+def test_cell_pairs_twin_matches_kdtree(n, r, spread):
+    """Every pair within the cutoff, once, i < j, with exact squared distances; dense sets,
+    sparse ones (cells wider than the cutoff) and a cutoff larger than the box."""
+    from scipy.spatial import cKDTree
+    rng = np.random.default_rng(int(n + 10 * r))
+    x = rng.uniform(0.0, spread, (n, 3))
+    x[5] = x[3]                                      # coincident points pair up
+    i, j, d2 = gk.cell_pairs(x, r)
+    ref = cKDTree(x).query_pairs(r, output_type="ndarray")
+    assert len(i) == len(ref) > 0 and np.all(i < j)
+    assert _pair_set(i, j) == _pair_set(ref[:, 0], ref[:, 1])
+    d = x[i] - x[j]
+    np.testing.assert_array_equal(d2, (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2])
+    assert np.all(np.diff(i) >= 0)                   # ordered by the first point
+
+
+def test_cell_pairs_edge_cases():
+    for pts in (np.zeros((0, 3)), np.zeros((1, 3))):
+        assert all(len(a) == 0 for a in gk.cell_pairs(pts, 2.0))
+    i, j, d2 = gk.cell_pairs(np.zeros((3, 3)), 0.0)
+    assert _pair_set(i, j) == {(0, 1), (0, 2), (1, 2)} and np.all(d2 == 0)
+    with pytest.raises(ValueError):
+        gk.cell_pairs(np.array([[0.0, 0, 0], [np.nan, 0, 0]]), 1.0)
+    with pytest.raises(ValueError):
+        gk.cell_pairs(np.zeros((3, 3)), -1.0)
+
+
+def test_cell_pairs_kernel_on_host(emulated):
+    """The CUDA source itself (host build) writes the twin's pairs, in the twin's order,
+    for several launch shapes (grid-stride loop)."""
+    from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
+    rng = np.random.default_rng(34)
+    x = np.ascontiguousarray(rng.uniform(0.0, 12.0, (70, 3)))
+    r = 2.5
+    lo = x.min(0)
+    cell = np.ascontiguousarray(np.floor((x - lo) / r).astype(np.int32))
+    dims = cell.max(0).astype(np.int64) + 1
+    cid = (cell[:, 0].astype(np.int64) * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
+    order = np.argsort(cid, kind="stable")
+    start = np.searchsorted(cid[order], np.arange(dims.prod() + 1))
+    counts = np.zeros(len(x), np.int64)
+    cell_pairs_pass(x, cell, order, start, dims, r * r, counts=counts)
+    offsets = np.cumsum(counts) - counts
+    total = int(counts.sum())
+    twin = [np.zeros(total, np.int64), np.zeros(total, np.int64), np.zeros(total)]
+    cell_pairs_pass(x, cell, order, start, dims, r * r, offsets=offsets, out=twin)
+    lib = emulated["cell_pairs.cu"]
+    for block, grid in ((32, 1), (16, 3), (64, 2)):
+        c = np.zeros(len(x), np.int64)
+        lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
+                           int(dims[0]), int(dims[1]), int(dims[2]), ctypes.c_double(r * r), _ptr(c),
+                           None, None, None, None, block, grid)
+        np.testing.assert_array_equal(c, counts)
+        out = [np.full(total, -1, np.int64), np.full(total, -1, np.int64), np.zeros(total)]
+        lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
+                           int(dims[0]), int(dims[1]), int(dims[2]), ctypes.c_double(r * r), None,
+                           _ptr(offsets), _ptr(out[0]), _ptr(out[1]), _ptr(out[2]), block, grid)
+        for a, b in zip(out, twin):
+            np.testing.assert_array_equal(a, b)
+    assert total > 50
