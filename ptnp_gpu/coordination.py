@@ -175,11 +175,19 @@ def nn_bond_lengths_A(xyz_A, pairs=None, *, search_A: float | None = None):
 def particle_diameter_A(xyz_A) -> float:
     """Largest interatomic distance (Å), searched over the convex-hull vertices.
 
+    Only atoms that can end a longest pair are searched: with c the centroid,
+    r the largest |x - c| and L any distance found between two atoms, both ends
+    a, b of the longest pair satisfy |a - c| >= |a - b| - |b - c| >= L - r.
     Runs on the host (Qhull): a CuPy input is copied once.
     """
     from scipy.spatial import ConvexHull, QhullError
     from scipy.spatial.distance import pdist
     xyz = np.asarray(_be.to_host(xyz_A), float).reshape(-1, 3)
+    if len(xyz) > 64:
+        rc = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+        far = xyz[int(np.argmax(rc))]                  # L: the farthest atom's farthest atom
+        lower = float(np.linalg.norm(xyz - far, axis=1).max())
+        xyz = xyz[rc >= lower - rc.max() - 1e-9 * max(lower, 1.0)]
     try:
         hull = xyz[ConvexHull(xyz).vertices] if len(xyz) > 4 else xyz
     except (QhullError, ValueError):   # flat or degenerate sets

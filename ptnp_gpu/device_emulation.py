@@ -44,6 +44,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import functools
 import sys
 import time
 import types
@@ -94,8 +95,12 @@ class DeviceAudit:
         of its time for the memory-bound work. ``byte_sites`` splits it by line.
     device_s : float
         Host seconds spent executing what stands for device work (NumPy
-        calls on emulated arrays, kernel twins). The rest of a block's wall
-        time is what stays on the host when a GPU runs the device part.
+        calls on emulated arrays, kernel twins).
+    inside_s : float
+        Seconds inside emulated device calls: ``device_s`` plus this module's
+        bookkeeping. A block's wall time minus ``inside_s`` is the library's own
+        host work (Python and NumPy outside device arrays), which stays on the
+        host when a GPU runs the device part.
     sync_sites : Counter
         ``"module.py:line function"`` of the library line behind each sync.
     launch_sites : Counter
@@ -103,6 +108,13 @@ class DeviceAudit:
     host_mixing : Counter
         Library lines that passed a NumPy array to a device function (CuPy
         raises ``TypeError`` for most of them).
+    calls : Counter
+        ``(function, keyword names)`` of every call through the backend's
+        namespaces (``cupy.where``, ``cupyx.scipy.ndimage.label``...): what
+        the GPU path asks of CuPy.
+    marks : list of dict
+        Running totals at each stream synchronise (the library's stage ends)
+        and at each :meth:`mark`.
     """
 
     def __init__(self):
@@ -110,22 +122,34 @@ class DeviceAudit:
         self.syncs = 0
         self.h2d = 0
         self.device_s = 0.0
+        self.inside_s = 0.0
         self.bytes = 0
         self._site_now = ""
         self.byte_sites: collections.Counter = collections.Counter()
         self.sync_sites: collections.Counter = collections.Counter()
         self.launch_sites: collections.Counter = collections.Counter()
         self.host_mixing: collections.Counter = collections.Counter()
+        self.calls: collections.Counter = collections.Counter()
         self.backend: _be.Backend | None = None
+        self.marks: list[dict] = []
+
+    def mark(self) -> dict:
+        """The running totals now (also taken at every stream synchronise: stage ends)."""
+        m = {"launches": self.launches, "syncs": self.syncs, "bytes": self.bytes,
+             "device_s": self.device_s, "inside_s": self.inside_s, "t": time.perf_counter()}
+        self.marks.append(m)
+        return m
 
     def reset(self) -> None:
         """Zero every count (e.g. after a warm-up)."""
         self.launches = self.syncs = self.h2d = self.bytes = 0
-        self.device_s = 0.0
+        self.device_s = self.inside_s = 0.0
         self.byte_sites.clear()
+        self.marks.clear()
         self.sync_sites.clear()
         self.launch_sites.clear()
         self.host_mixing.clear()
+        self.calls.clear()
 
     def _launch(self, n: int = 1) -> None:
         self.launches += n
@@ -222,6 +246,21 @@ def _wrap(x):
     return x
 
 
+def _inside(fn):
+    """Time spent in an emulated device call (its NumPy work and this module's bookkeeping),
+    so that the rest of a block's wall time is the library's own host work."""
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        if _AUDIT is None:
+            return fn(*args, **kwargs)
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _AUDIT.inside_s += time.perf_counter() - t0
+    return timed
+
+
 def _audit() -> DeviceAudit:
     if _AUDIT is None:
         raise RuntimeError("an EmulatedArray was used outside ptnp_gpu.device_emulation.emulate()")
@@ -253,6 +292,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
                         "Please use `.get()` to construct a NumPy array explicitly. "
                         "(ptnp_gpu device emulation, as CuPy)")
 
+    @_inside
     def get(self, stream=None, order="C", out=None):
         _audit()._sync()
         return np.array(self._a, order=order)
@@ -297,6 +337,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
     __hash__ = None
 
     # --- arithmetic and NumPy dispatch
+    @_inside
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
         audit = _audit()
         args = _unwrap(inputs, audit, f"np.{ufunc.__name__}")
@@ -318,6 +359,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
         return _call(func, func.__name__, _XP_SYNCS, args, kwargs)
 
     # --- indexing
+    @_inside
     def __getitem__(self, key):
         audit = _audit()
         k = _unwrap(key, audit, "index")
@@ -332,6 +374,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
             audit._traffic(k, out, out)
         return _wrap(out)
 
+    @_inside
     def __setitem__(self, key, value):
         audit = _audit()
         k = _unwrap(key, audit, "index")
@@ -364,6 +407,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
             return attr
         syncs = _METHOD_SYNCS.get(name, 0)
 
+        @_inside
         def method(*args, **kwargs):
             audit = _audit()
             if name not in _METHOD_NO_LAUNCH:
@@ -386,6 +430,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
         return self.__copy__()
 
 
+@_inside
 def _call(func, name, syncs_table, args, kwargs):
     audit = _audit()
     out_arg = kwargs.get("out")
@@ -434,7 +479,10 @@ class _Namespace:
         if isinstance(obj, (type, np.ufunc)) or not callable(obj):
             return obj                   # dtypes, constants; ufuncs dispatch on their inputs
 
+        qualname = f"{self.__name__}.{name}"
+
         def f(*args, **kwargs):
+            _audit().calls[(qualname, tuple(sorted(kwargs)))] += 1
             return _call(obj, name, self._syncs, args, kwargs)
         f.__name__ = name
         return f
@@ -442,7 +490,9 @@ class _Namespace:
 
 class _Stream:
     def synchronize(self):
-        _audit()._sync()
+        audit = _audit()
+        audit._sync()
+        audit.mark()
 
 
 class _Cuda:
@@ -458,6 +508,7 @@ class _Cuda:
 
 
 def _scatter(ufunc):
+    @_inside
     def scatter(out, index, values):
         audit = _audit()
         audit._launch()
@@ -471,6 +522,7 @@ def _scatter(ufunc):
 
 def _kernel_twin(fn):
     """A custom-kernel entry point run through its CPU twin: one launch."""
+    @_inside
     def twin(*args, **kwargs):
         if not any(isinstance(v, EmulatedArray) for v in (*args, *kwargs.values())):
             return fn(*args, **kwargs)          # NumPy inputs: the host path, untouched

@@ -1,0 +1,133 @@
+"""What the GPU path asks of a device, measured on the host (no GPU needed).
+
+Runs ``analyze`` (detection + statistics) on the emulated CuPy backend
+(:mod:`ptnp_gpu.device_emulation`) and reports, per detection stage and for
+the statistics: host reads (synchronisations), launches, bytes the launches
+read and write, and host seconds outside device work. The bytes over the
+device's copy bandwidth give a floor for the memory-bound device time; the
+syncs and launches are the counts that a real GPU pays latency for. Not a GPU
+timing: ``run_suite.py`` on a device measures those.
+
+    python benchmarks/device_audit.py --out benchmarks/results/<date>_cpu-emulated-device \
+        [--sizes 128 192 256] [--no-experimental]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# copy bandwidth measured on the NVIDIA H200 (2 × bytes / time of b[...] = a, 1 GiB buffer),
+# benchmarks/results/2026-11-26_nvidia-h200/run1_128-256/results.md
+H200_COPY_GBPS = 4160.8
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--sizes", type=int, nargs="+", default=[128, 192, 256], help="synthetic box edges")
+    p.add_argument("--no-experimental", action="store_true", help="skip the measured particles' maps")
+    p.add_argument("--top", type=int, default=8, help="busiest library lines listed per case")
+    return p.parse_args(argv)
+
+
+def _delta(a, b):
+    return {"syncs": b["syncs"] - a["syncs"], "launches": b["launches"] - a["launches"],
+            "MB": (b["bytes"] - a["bytes"]) / 1e6,
+            "host_ms": 1e3 * ((b["t"] - a["t"]) - (b["inside_s"] - a["inside_s"]))}
+
+
+def audit_case(case, top=8):
+    """One map: per-stage counts of detection, totals of the statistics."""
+    from ptnp_gpu.detect import detect_atoms
+    from ptnp_gpu.device_emulation import emulate
+    from ptnp_gpu.statistics import compute_statistics
+    with emulate() as audit:
+        warm = detect_atoms(case.dmap, case.element)     # warm-up: Numba twins compile, imports
+        compute_statistics(warm.backend_map, warm.xyz_A, case.element, labels=warm.labels)
+        del warm
+        audit.reset()
+        start = audit.mark()
+        det = detect_atoms(case.dmap, case.element)
+        marks = audit.marks[1:]
+        stages = {name: _delta(a, b) for name, a, b in zip(det.times, [start] + marks[:-1], marks)}
+        detect = _delta(start, marks[-1])
+        sites = dict(audit.sync_sites.most_common(top))
+        st0 = audit.mark()
+        compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
+        stats = _delta(st0, audit.mark())
+    for rec in (detect, stats, *stages.values()):
+        rec["floor_ms"] = rec["MB"] * 1e6 / (H200_COPY_GBPS * 1e9) * 1e3
+    return {"case": case.name, "shape_zyx": list(case.shape), "n_atoms_true": case.n_atoms,
+            "n_atoms_found": int(len(det.xyz_A)), "detect": detect, "detect_stages": stages,
+            "statistics": stats, "busiest_sync_lines_detect": sites}
+
+
+def _table(res):
+    rows = ["| part | syncs | launches | MB moved | floor at copy bandwidth (ms) | host ms |",
+            "| --- | --- | --- | --- | --- | --- |"]
+    parts = [("**detect**", res["detect"])] + [(f"detect.{k}", v) for k, v in res["detect_stages"].items()]
+    parts.append(("**statistics**", res["statistics"]))
+    for name, r in parts:
+        rows.append(f"| {name} | {r['syncs']} | {r['launches']} | {r['MB']:.0f} | {r['floor_ms']:.2f} | "
+                    f"{r['host_ms']:.0f} |")
+    return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    import bench_maps
+    from ptnp_gpu import __version__
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [lambda s=s: bench_maps.synthetic_case(s) for s in args.sizes]
+    if not args.no_experimental:
+        if (bench_maps.DATA_DIR / "PdPt_EPB_5377.xyz").exists():
+            cases.append(bench_maps.pdpt_case)
+        if (bench_maps.DATA_DIR / "FePt_model.npy").exists():
+            cases.append(bench_maps.fept_case)
+    results = []
+    t_all = time.perf_counter()
+    for make in cases:
+        case = make()
+        t = time.perf_counter()
+        res = audit_case(case, args.top)
+        res["audit_wall_s"] = time.perf_counter() - t
+        results.append(res)
+        d, s = res["detect"], res["statistics"]
+        print(f"{case.name}: detect {d['syncs']} syncs, {d['launches']} launches, {d['MB'] / 1e3:.1f} GB "
+              f"(floor {d['floor_ms']:.1f} ms), host {d['host_ms']:.0f} ms; statistics {s['syncs']} syncs, "
+              f"{s['launches']} launches, host {s['host_ms']:.0f} ms", flush=True)
+    meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ptnp_gpu": __version__,
+            "python": platform.python_version(), "numpy": np.__version__,
+            "cpu": f"{platform.machine()}, {__import__('os').cpu_count()} logical cores",
+            "command": "python benchmarks/device_audit.py " + " ".join(sys.argv[1:] if argv is None else argv),
+            "copy_bandwidth_GBps": H200_COPY_GBPS, "wall_s": time.perf_counter() - t_all}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "cases": results}, indent=1))
+    md = [f"# Device audit (emulated CuPy path on the host), {meta['date']}", "",
+          f"Command: `{meta['command']}`; {meta['cpu']}; NumPy {meta['numpy']}.", "",
+          "Counts of the GPU code path run on the host by `ptnp_gpu.device_emulation`: host reads "
+          "(syncs), launches (library calls on device arrays and custom kernels), megabytes the "
+          "launches read and write, the floor that puts on device time at the H200's measured copy "
+          f"bandwidth ({H200_COPY_GBPS:.0f} GB/s), and the library's host milliseconds outside device "
+          "calls (Python and NumPy on host data; CuPy adds its own per-call overhead on a GPU). "
+          "Not GPU timings.", ""]
+    for res in results:
+        md += [f"## {res['case']}: {'×'.join(map(str, res['shape_zyx']))} voxels (z×y×x), "
+               f"{res['n_atoms_true']} true atoms, {res['n_atoms_found']} found", "", _table(res), "",
+               "Busiest host-read lines in detection: " +
+               ", ".join(f"`{k}` {v}" for k, v in res["busiest_sync_lines_detect"].items()), ""]
+    (out / "results.md").write_text("\n".join(md))
+    print(f"wrote {out / 'results.json'} and results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
