@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field, replace
 
+import numba as nb
 import numpy as np
 from scipy.spatial import cKDTree
 
 from .elements import Element, get_element
+from .threshold_components import _find
 
 __all__ = ["LatticeFit", "LatticeDomains", "fit_lattice", "fit_lattice_domains", "lattice_geometry",
            "kabsch_rotation", "ideal_sites_A"]
@@ -263,17 +265,39 @@ def _index_sites(p_cells, basis):
     return cand[np.arange(len(p_cells)), d2.argmin(1)]
 
 
+@nb.njit(cache=True)
+def _largest_cluster_uf(mask, pairs):
+    n = mask.shape[0]
+    parent = np.arange(n)
+    for e in range(pairs.shape[0]):
+        a, b = pairs[e, 0], pairs[e, 1]
+        if mask[a] and mask[b]:
+            ra, rb = _find(parent, a), _find(parent, b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    count = np.zeros(n, np.int64)
+    for i in range(n):
+        if mask[i]:
+            count[_find(parent, i)] += 1
+    best = count.max()
+    root = -1
+    for i in range(n):              # ties: the cluster holding the lowest atom index
+        if mask[i] and count[_find(parent, i)] == best:
+            root = _find(parent, i)
+            break
+    out = np.zeros(n, np.bool_)
+    for i in range(n):
+        out[i] = mask[i] and _find(parent, i) == root
+    return out
+
+
 def _largest_cluster(mask, pairs):
-    """Keep the largest bonded cluster of ``mask`` atoms (one grain, not chance hits in others)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    n = len(mask)
-    both = mask[pairs[:, 0]] & mask[pairs[:, 1]]
-    p = pairs[both]
-    g = coo_matrix((np.ones(len(p)), (p[:, 0], p[:, 1])), shape=(n, n))
-    _, lab = connected_components(g, directed=False)
-    counts = np.bincount(lab[mask], minlength=lab.max() + 1)
-    return mask & (lab == np.argmax(counts)) if mask.any() else mask
+    """Keep the largest bonded cluster of ``mask`` atoms (one grain, not chance hits in others);
+    ties go to the cluster holding the lowest atom index. Union-find over the bonds (Numba)."""
+    mask = np.asarray(mask, dtype=np.bool_)
+    if not mask.any():
+        return mask
+    return _largest_cluster_uf(mask, np.ascontiguousarray(pairs, dtype=np.int64).reshape(-1, 2))
 
 
 def _fallback(xyz, el, lattice, nn, message):
