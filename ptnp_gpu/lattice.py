@@ -249,11 +249,16 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
     src = np.broadcast_to(np.stack([dirs[0], dirs[j0]]), (len(targets), 2, 3))
     rots = _kabsch_batch(src, np.stack(targets))
     rot = rots[int(np.argmax(_n_matched(rots, sample, dirs, cos_tol)))]
+    matched = None
     for _ in range(4):   # refine on every bond matched to an ideal direction
         cbest, idx, _ = _score(rot, bonds, dirs, cos_tol)
         ok = cbest > cos_tol
         if ok.sum() < 3:
             break
+        key = np.where(ok, idx, -1)
+        if matched is not None and np.array_equal(key, matched):
+            break                   # the same matches give the same rotation: converged
+        matched = key
         rot = kabsch_rotation(dirs[idx[ok]], bonds[ok])
     return rot
 
