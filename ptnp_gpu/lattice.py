@@ -175,6 +175,23 @@ class LatticeFit:
         }
 
 
+def _nn_distances(xyz, tree, r0):
+    """Each atom's nearest-neighbour distance: the shortest of its pairs within ``r0`` (one
+    pair search), a k-nearest query only for atoms with none (several times faster than
+    querying every atom)."""
+    d = np.full(len(xyz), np.inf)
+    p = tree.query_pairs(r0, output_type="ndarray")
+    if len(p):
+        v = xyz[p[:, 0]] - xyz[p[:, 1]]
+        dist = np.sqrt((v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) + v[:, 2] * v[:, 2])
+        np.minimum.at(d, p[:, 0], dist)
+        np.minimum.at(d, p[:, 1], dist)
+    lone = ~np.isfinite(d)
+    if lone.any():
+        d[lone] = tree.query(xyz[lone], k=2)[0][:, 1]
+    return d
+
+
 def _bonds(xyz, tree, cut):
     pairs = tree.query_pairs(cut, output_type="ndarray")
     if len(pairs) == 0:
@@ -357,8 +374,7 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     if n < 4:
         return _fallback(xyz, el, geo["type"], float("nan"), f"too few atoms ({n}) for a lattice fit")
     tree = cKDTree(xyz)
-    d_nn = tree.query(xyz, k=2)[0][:, 1]
-    nn = float(np.median(d_nn))
+    nn = float(np.median(_nn_distances(xyz, tree, 1.25 * el.nn_distance_A)))
     ratio = geo["d2"] / geo["d1"]
     pairs, bonds = _bonds(xyz, tree, nn * 0.5 * (1.0 + ratio))
     if len(bonds) < 3:
