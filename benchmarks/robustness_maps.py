@@ -32,6 +32,22 @@ from ptnp_gpu.simulate import atom_peak_value, reference_blur_A2  # noqa: E402
 from ptnp_gpu.synth import make_particle  # noqa: E402
 
 
+def _standard_map(rng, p):
+    """One map of the standard draw: (spec, map, true positions); ``p`` is the particle of
+    ``_filtered_map`` (for its masks)."""
+    blur = float(rng.uniform(0, 60))
+    spec = dict(blur_A2=round(blur, 1), noise=round(float(rng.uniform(0.05, 0.15)), 3),
+                res_A=round(float(rng.uniform(1.3, 2.0)), 2),
+                sharpen_A2=round(float(rng.uniform(0, blur + 20)), 1),
+                mask=str(rng.choice(["none", "soft", "hard"])), pad_A=round(float(rng.uniform(4, 10)), 1))
+    m, xyz = _filtered_map(spec["res_A"], spec["sharpen_A2"], spec["noise"], seed=int(rng.integers(1 << 30)),
+                           blur_A2=spec["blur_A2"])
+    if spec["mask"] != "none":
+        kind = "sphere" if spec["mask"] == "soft" else "hard"
+        m = DensityMap((m.data * _solvent_mask_of(p, kind, spec["pad_A"])).astype(np.float32), 0.358)
+    return spec, m, xyz
+
+
 def _harder_map(rng):
     """One map of the ``--harder`` draw: (spec, map, true positions)."""
     blur = float(rng.uniform(0, 80))
@@ -90,17 +106,7 @@ def main(argv=None):
             spec, m, xyz = _harder_map(rng)
             rows.append(_score(spec, m, xyz))
             continue
-        blur = float(rng.uniform(0, 60))
-        spec = dict(blur_A2=round(blur, 1), noise=round(float(rng.uniform(0.05, 0.15)), 3),
-                    res_A=round(float(rng.uniform(1.3, 2.0)), 2),
-                    sharpen_A2=round(float(rng.uniform(0, blur + 20)), 1),
-                    mask=str(rng.choice(["none", "soft", "hard"])), pad_A=round(float(rng.uniform(4, 10)), 1))
-        m, xyz = _filtered_map(spec["res_A"], spec["sharpen_A2"], spec["noise"], seed=int(rng.integers(1 << 30)),
-                               blur_A2=spec["blur_A2"])
-        if spec["mask"] != "none":
-            kind = "sphere" if spec["mask"] == "soft" else "hard"
-            m = DensityMap((m.data * _solvent_mask_of(p, kind, spec["pad_A"])).astype(np.float32), 0.358)
-        rows.append(_score(spec, m, xyz))
+        rows.append(_score(*_standard_map(rng, p)))
     for kind in ("none", "soft", "hard", "envelope"):
         f = [r["f1"] for r in rows if r["spec"]["mask"] == kind]
         if f:

@@ -229,14 +229,13 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     even = padded[2] % 2 == 0
 
     def herm_norm2(a):
-        """Σ|a|² over the full Hermitian spectrum from its rfft half."""
-        tot = 2.0 * float(xp.vdot(a, a).real) - float(xp.vdot(a[..., 0], a[..., 0]).real)
-        if even:
-            tot -= float(xp.vdot(a[..., -1], a[..., -1]).real)
-        return tot
+        """Σ|a|² over the full Hermitian spectrum from its rfft half (a float64 device scalar)."""
+        def sq(v):
+            return xp.vdot(v, v).real.astype(xp.float64)
+        tot = 2.0 * sq(a) - sq(a[..., 0])
+        return tot - sq(a[..., -1]) if even else tot
     if output_scale is None:
-        norm_m = np.sqrt(herm_norm2(F))
-        norm_k = np.sqrt(herm_norm2(K))
+        norm_m, norm_k = np.sqrt(_be.to_host(xp.stack([herm_norm2(F), herm_norm2(K)])))   # one read
         nvox = float(np.prod(padded))
         scale = nvox / max(norm_m * norm_k, 1e-300)     # Parseval: Σ|x|² = Σ|X|² / n
     else:

@@ -55,7 +55,7 @@ from .elements import Element, get_element
 from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
-from .neighbors import count_neighbors
+from .neighbors import pairs_within, segment_sum
 from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
 from .simulate import render_atoms
 from .solvent import _MIN_SOLVENT, _noise_level, _noise_rises, _noise_spectrum, _solvent_mask
@@ -438,14 +438,18 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         # 89-atom W particle
         # repeated until stable: an atom bonded only to rejected atoms is not held by the particle
         # (a pure-noise map kept one "atom" whose three neighbours had gone)
+        # one pair search; each pass counts the kept neighbours of the kept atoms (one sync)
         n_low = 0
+        pi, pj, _ = pairs_within(xyz, el.near_neighbour_cutoff_A)
+        ends = xp.concatenate([pi, pj])
         for _ in range(max(1, o.cn_passes)):
-            kid = xp.nonzero(keep)[0]
-            low = count_neighbors(xyz[kid], el.near_neighbour_cutoff_A) < o.min_cn
+            kf = keep.astype(xp.float64)
+            cn = segment_sum(ends, [xp.concatenate([kf[pj], kf[pi]])], xyz.shape[0])[0]
+            low = keep & (cn < o.min_cn)
             n_new = int(low.sum())                      # sync
             if n_new == 0:
                 break
-            keep[kid[low]] = False
+            keep &= ~low
             n_low += n_new
         counts["rejected_low_cn"] = n_low
     if not bool(keep.all()):

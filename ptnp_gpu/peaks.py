@@ -233,7 +233,7 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     vsx = xp.asarray(vs)
     pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
     pval = C_box.ravel()[pidx].astype(xp.float64)
-    kept = _thin_peaks(pxyz, pval, min_sep_A)
+    kept = xp.nonzero(_thin_peaks(pxyz, pval, min_sep_A))[0]    # one sync for both gathers
     pidx, pxyz = pidx[kept], pxyz[kept]
     # distance to existing atoms: voxels of labelled components near the peak
     mom = label_moments(lab, n, C_box if centre_map is None else centre_map)
@@ -244,8 +244,9 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     i, j, d2 = pairs_within(allp, max(bond_A, min_sep_A))
     ne = ex.shape[0]
     cross = (i < ne) & (j >= ne)
-    clash = xp.zeros(allp.shape[0], dtype=bool)
-    clash[j[cross & (d2 <= min_sep_A ** 2)]] = True
+    clash = xp.zeros(allp.shape[0] + 1, dtype=bool)   # the spare last slot takes non-clashes (no sync)
+    clash[xp.where(cross & (d2 <= min_sep_A ** 2), j, allp.shape[0])] = True
+    clash = clash[:-1]
     # bonds per peak: pairs that are not bonds count into slot 0 of a spare row (no sync)
     bonded = cross & (d2 <= bond_A ** 2)
     bonds = segment_sum(xp.where(bonded, j - ne + 1, 0), [bonded.astype(xp.float64)],
@@ -268,9 +269,10 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     flat = ((idx[..., 0] * ny + idx[..., 1]) * nx + idx[..., 2])
     ids = (n + 1 + xp.arange(n_new))[:, None] * xp.ones(flat.shape[1], dtype=xp.int64)[None]
     ok &= (lab.ravel()[flat] == 0) & (C_box.ravel()[flat] > t_low)
-    out = lab.ravel().copy()
-    out[flat[ok]] = ids[ok].astype(out.dtype)
-    return out.reshape(lab.shape), n + n_new, n_new
+    # claims in order (far voxels first); the voxels not claimed write to a spare last slot
+    out = xp.concatenate([lab.ravel(), xp.zeros(1, dtype=lab.dtype)])
+    out[xp.where(ok, flat, lab.size)] = ids.astype(out.dtype)
+    return out[:-1].reshape(lab.shape), n + n_new, n_new
 
 
 def rescue_rounds(lab, n, C_box, t_low, vs, el, rounds: int, centre_map=None):
