@@ -175,25 +175,32 @@ class LatticeFit:
         }
 
 
-def _nn_distances(xyz, tree, r0):
-    """Each atom's nearest-neighbour distance: the shortest of its pairs within ``r0`` (one
-    pair search), a k-nearest query only for atoms with none (several times faster than
-    querying every atom)."""
+def _near_pairs(xyz, tree, r0):
+    """Pairs within ``r0`` (cKDTree's order), their squared distances summed as cKDTree
+    does, and each atom's nearest-neighbour distance: the shortest of its pairs, a k-nearest
+    query only for atoms with none (several times faster than querying every atom)."""
     d = np.full(len(xyz), np.inf)
     p = tree.query_pairs(r0, output_type="ndarray")
+    v = xyz[p[:, 0]] - xyz[p[:, 1]]
+    d2 = (v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) + v[:, 2] * v[:, 2]
     if len(p):
-        v = xyz[p[:, 0]] - xyz[p[:, 1]]
-        dist = np.sqrt((v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) + v[:, 2] * v[:, 2])
+        dist = np.sqrt(d2)
         np.minimum.at(d, p[:, 0], dist)
         np.minimum.at(d, p[:, 1], dist)
     lone = ~np.isfinite(d)
     if lone.any():
         d[lone] = tree.query(xyz[lone], k=2)[0][:, 1]
-    return d
+    return p, d2, d
 
 
-def _bonds(xyz, tree, cut):
-    pairs = tree.query_pairs(cut, output_type="ndarray")
+def _bonds(xyz, tree, cut, near=None):
+    """Bonds (pairs within ``cut``) and their unit vectors; ``near`` = (pairs, squared
+    distances) of a search at a radius >= ``cut``, filtered instead of searching again
+    (the same pairs in the same order)."""
+    if near is not None:
+        pairs = near[0][near[1] <= cut * cut]
+    else:
+        pairs = tree.query_pairs(cut, output_type="ndarray")
     if len(pairs) == 0:
         return pairs, np.zeros((0, 3))
     v = xyz[pairs[:, 1]] - xyz[pairs[:, 0]]
@@ -374,9 +381,11 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     if n < 4:
         return _fallback(xyz, el, geo["type"], float("nan"), f"too few atoms ({n}) for a lattice fit")
     tree = cKDTree(xyz)
-    nn = float(np.median(_nn_distances(xyz, tree, 1.25 * el.nn_distance_A)))
-    ratio = geo["d2"] / geo["d1"]
-    pairs, bonds = _bonds(xyz, tree, nn * 0.5 * (1.0 + ratio))
+    r0 = 1.25 * el.nn_distance_A
+    p0, d2_0, d_nn = _near_pairs(xyz, tree, r0)
+    nn = float(np.median(d_nn))
+    cut = nn * 0.5 * (1.0 + geo["d2"] / geo["d1"])
+    pairs, bonds = _bonds(xyz, tree, cut, (p0, d2_0) if cut <= r0 else None)
     if len(bonds) < 3:
         return _fallback(xyz, el, geo["type"], nn, "no nearest-neighbour bonds found")
     rot = _orientation(xyz, pairs, bonds, geo["bond_dirs"])
