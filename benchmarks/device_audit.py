@@ -73,10 +73,18 @@ def _audit_once(case, top, warm=True):
         marks = audit.marks[1:]
         stages = {name: _delta(a, b) for name, a, b in zip(det.times, [start] + marks[:-1], marks)}
         detect = _delta(start, marks[-1])
+        detect["peak_MiB"] = audit.peak_bytes / 2 ** 20
+        detect["peak_site"] = audit.peak_site
         sites = dict(audit.sync_sites.most_common(top))
+        audit.peak_bytes = audit.live_bytes
         st0 = audit.mark()
         compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
         stats = _delta(st0, audit.mark())
+        stats["peak_MiB"] = audit.peak_bytes / 2 ** 20
+        stats["peak_site"] = audit.peak_site
+    map_mib = case.dmap.data.nbytes / 2 ** 20
+    for rec in (detect, stats):
+        rec["peak_over_map"] = rec["peak_MiB"] / map_mib
     for rec in (detect, stats, *stages.values()):
         rec["floor_ms"] = rec["MB"] * 1e6 / (H200_COPY_GBPS * 1e9) * 1e3
     return {"case": case.name, "shape_zyx": list(case.shape), "n_atoms_true": case.n_atoms,
@@ -92,7 +100,9 @@ def _table(res):
     for name, r in parts:
         rows.append(f"| {name} | {r['syncs']} | {r['launches']} | {r['MB']:.0f} | {r['floor_ms']:.2f} | "
                     f"{r['host_ms']:.0f} |")
-    return "\n".join(rows)
+    mem = ", ".join(f"{name} {res[name]['peak_MiB']:.0f} MiB ({res[name]['peak_over_map']:.1f}× the map, "
+                    f"reached at `{res[name]['peak_site']}`)" for name in ("detect", "statistics"))
+    return "\n".join(rows) + f"\n\nPeak device memory held by arrays (emulated): {mem}."
 
 
 def main(argv=None) -> int:
@@ -118,7 +128,8 @@ def main(argv=None) -> int:
         d, s = res["detect"], res["statistics"]
         print(f"{case.name}: detect {d['syncs']} syncs, {d['launches']} launches, {d['MB'] / 1e3:.1f} GB "
               f"(floor {d['floor_ms']:.1f} ms), host {d['host_ms']:.0f} ms; statistics {s['syncs']} syncs, "
-              f"{s['launches']} launches, host {s['host_ms']:.0f} ms", flush=True)
+              f"{s['launches']} launches, host {s['host_ms']:.0f} ms; peak device memory {d['peak_over_map']:.1f} / "
+              f"{s['peak_over_map']:.1f}× the map", flush=True)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ptnp_gpu": __version__,
             "python": platform.python_version(), "numpy": np.__version__,
             "cpu": f"{platform.machine()}, {__import__('os').cpu_count()} logical cores",

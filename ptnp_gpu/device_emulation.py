@@ -48,6 +48,7 @@ import functools
 import sys
 import time
 import types
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,11 @@ class DeviceAudit:
         ``(function, keyword names)`` of every call through the backend's
         namespaces (``cupy.where``, ``cupyx.scipy.ndimage.label``...): what
         the GPU path asks of CuPy.
+    live_bytes, peak_bytes, peak_site : int, int, str
+        Device memory held now and at most since the last :meth:`reset`: the
+        buffers behind emulated arrays, each counted once until freed (CuPy's
+        pool keeps freed blocks for reuse; temporaries inside one library call
+        are not seen), and the library line that reached the peak.
     marks : list of dict
         Running totals at each stream synchronise (the library's stage ends)
         and at each :meth:`mark`.
@@ -132,6 +138,28 @@ class DeviceAudit:
         self.calls: collections.Counter = collections.Counter()
         self.backend: _be.Backend | None = None
         self.marks: list[dict] = []
+        self._held: dict[int, int] = {}
+        self.live_bytes = 0
+        self.peak_bytes = 0
+        self.peak_site = ""
+
+    def _hold(self, a) -> None:
+        """Count the buffer behind ``a`` as device memory until NumPy frees it."""
+        root = a
+        while isinstance(root.base, np.ndarray):
+            root = root.base
+        key = id(root)
+        if key in self._held or root.base is not None:     # counted, or not NumPy's own buffer
+            return
+        self._held[key] = root.nbytes
+        self.live_bytes += root.nbytes
+        if self.live_bytes > self.peak_bytes:
+            self.peak_bytes = self.live_bytes
+            self.peak_site = _site()
+        weakref.finalize(root, self._release, key)
+
+    def _release(self, key) -> None:
+        self.live_bytes -= self._held.pop(key, 0)
 
     def mark(self) -> dict:
         """The running totals now (also taken at every stream synchronise: stage ends)."""
@@ -146,6 +174,7 @@ class DeviceAudit:
         self.device_s = self.inside_s = 0.0
         self.byte_sites.clear()
         self.marks.clear()
+        self.peak_bytes = self.live_bytes
         self.sync_sites.clear()
         self.launch_sites.clear()
         self.host_mixing.clear()
@@ -173,6 +202,7 @@ class DeviceAudit:
     def summary(self, top: int = 12) -> dict:
         """Totals and the busiest lines, JSON-able."""
         return {"launches": self.launches, "syncs": self.syncs, "h2d_copies": self.h2d,
+                "peak_device_bytes": self.peak_bytes, "peak_site": self.peak_site,
                 "device_work_s": self.device_s, "bytes": self.bytes,
                 "byte_sites": dict(self.byte_sites.most_common(top)),
                 "sync_sites": dict(self.sync_sites.most_common(top)),
@@ -285,6 +315,8 @@ class EmulatedArray(NDArrayOperatorsMixin):
 
     def __init__(self, a: np.ndarray):
         self._a = a
+        if _AUDIT is not None:
+            _AUDIT._hold(a)
 
     # --- the device boundary
     def __array__(self, dtype=None, copy=None):
