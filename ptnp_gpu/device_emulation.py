@@ -139,6 +139,7 @@ class DeviceAudit:
         self.backend: _be.Backend | None = None
         self.marks: list[dict] = []
         self._held: dict[int, int] = {}
+        self._depth = 0
         self.live_bytes = 0
         self.peak_bytes = 0
         self.peak_site = ""
@@ -281,13 +282,16 @@ def _inside(fn):
     so that the rest of a block's wall time is the library's own host work."""
     @functools.wraps(fn)
     def timed(*args, **kwargs):
-        if _AUDIT is None:
+        audit = _AUDIT
+        if audit is None or audit._depth:               # nested: the outer call times it
             return fn(*args, **kwargs)
+        audit._depth += 1
         t0 = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            _AUDIT.inside_s += time.perf_counter() - t0
+            audit.inside_s += time.perf_counter() - t0
+            audit._depth -= 1
     return timed
 
 
@@ -317,6 +321,20 @@ class EmulatedArray(NDArrayOperatorsMixin):
         self._a = a
         if _AUDIT is not None:
             _AUDIT._hold(a)
+
+    def __del__(self):
+        # freeing a large NumPy buffer takes host time that a device pool does not: it counts
+        # as inside the emulation, not as the library's host work
+        audit = _AUDIT
+        if audit is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            del self._a
+        except AttributeError:
+            return
+        if not audit._depth:
+            audit.inside_s += time.perf_counter() - t0
 
     # --- the device boundary
     def __array__(self, dtype=None, copy=None):
@@ -512,11 +530,14 @@ class _Namespace:
             return obj                   # dtypes, constants; ufuncs dispatch on their inputs
 
         qualname = f"{self.__name__}.{name}"
+        syncs = self._syncs
 
+        @_inside
         def f(*args, **kwargs):
             _audit().calls[(qualname, tuple(sorted(kwargs)))] += 1
-            return _call(obj, name, self._syncs, args, kwargs)
+            return _call(obj, name, syncs, args, kwargs)
         f.__name__ = name
+        setattr(self, name, f)             # later lookups find it directly
         return f
 
 
