@@ -5,9 +5,9 @@ must never be turned into NumPy implicitly (CuPy raises ``TypeError``), and
 every host read of device data (``float(x)``, ``int(x)``, ``bool(x)``,
 ``x.get()``, and the CuPy functions whose output size depends on the data:
 ``nonzero``, ``unique``, ``bincount``, boolean-mask indexing,
-``ndimage.label``, ...) stalls the host until the device has caught up. On a
-GPU such synchronisations, not arithmetic, dominate the time of a small
-map's analysis, and each one inside a loop costs once per pass.
+``ndimage.label``, ...) stalls the host until the device has caught up and
+leaves the device idle until the host queues more work; one inside a loop
+costs that once per pass.
 
 :func:`emulate` makes the library take its CuPy branches on the host. Arrays
 are NumPy arrays behind :class:`EmulatedArray`, which behaves like a CuPy
@@ -22,7 +22,10 @@ array where it matters here:
 * custom kernels (:mod:`ptnp_gpu.gpu_kernels`) run through their CPU twins and
   count as one launch each;
 * host (NumPy) arrays handed to device functions are recorded: CuPy refuses
-  most of them.
+  most of them;
+* the bytes each launch reads and writes, the device memory held by arrays
+  (peak, and the line that reached it) and the host time spent outside
+  device calls are recorded too (:class:`DeviceAudit`).
 
 The counts are a model of CuPy, not a measurement: which library calls
 synchronise follows CuPy 14 (its source marks them), launches are counted
