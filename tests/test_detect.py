@@ -205,6 +205,58 @@ def test_detect_other_renderer(sigma_core, sigma_surf, vs, noise):
     assert a["recall"] >= 0.98 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.10, a
 
 
+def _yukawa_profile(r_A, lengths_A, weights, u_A2):
+    """Radial profile of an atom made of screened-Coulomb (Yukawa) terms w·e^(−r/λ)/(4πλ²r),
+    each of integral w, convolved with an isotropic Gaussian of variance ``u_A2`` (3-D radial
+    convolution, numerically): the cusped cores of electrostatic-potential simulators."""
+    rr = np.linspace(1e-4, 12.0, 12000)
+    dr = rr[1] - rr[0]
+    v = sum(w * np.exp(-rr / lam) / (4 * np.pi * lam * lam * rr) for lam, w in zip(lengths_A, weights))
+    x = np.maximum(np.asarray(r_A, float), 1e-3)[:, None]
+    s = np.sqrt(u_A2)
+    g = np.exp(-(x - rr) ** 2 / (2 * s * s)) - np.exp(-(x + rr) ** 2 / (2 * s * s))
+    return (g * rr * v).sum(1) * dr / (x[:, 0] * s * np.sqrt(2 * np.pi))
+
+
+def _yukawa_map(noise, vs=0.358, n_atoms=400, seed=41, sub=2):
+    """Another simulator: cusped (Yukawa) atoms, thermally blurred (U 0.04 Å² inside to 0.27 Å²
+    at the surface), averaged over sub³ points per voxel, white noise × the map's 99.99%
+    quantile (a cusped atom's peak is 3.7× ours for the same mass, so noise 0.1 here is
+    ~0.37 of our simulator's units). Returns (DensityMap, true positions)."""
+    p = make_particle(n_atoms=n_atoms, seed=seed, noise=0.0, background=0.0, u_surface_A2=0.25)
+    xyz = p.xyz_A - p.xyz_A.min(0) + 7.0
+    shape = tuple(int(np.ceil((xyz.max(0)[k] + 7.0) / vs)) for k in (2, 1, 0))
+    u = np.round(p.u_iso_A2 + 0.02, 2)
+    r_tab = np.linspace(0.0, 6.0, 1200)
+    h = int(np.ceil(4.5 / vs))
+    g = np.arange(-h, h + 1)
+    gz, gy, gx = (a.ravel() for a in np.meshgrid(g, g, g, indexing="ij"))
+    o = (np.arange(sub) + 0.5) / sub - 0.5
+    offs = np.stack([a.ravel() for a in np.meshgrid(o, o, o, indexing="ij")], 1) * vs
+    data = np.zeros(shape)
+    for ui in np.unique(u):
+        tab = _yukawa_profile(r_tab, (0.05, 0.25, 0.9), (0.3, 0.5, 0.2), ui)
+        for x in xyz[u == ui]:
+            c = np.rint(x / vs).astype(int)
+            ix, iy, iz = c[0] + gx, c[1] + gy, c[2] + gz
+            ok = (ix >= 0) & (iy >= 0) & (iz >= 0) & (ix < shape[2]) & (iy < shape[1]) & (iz < shape[0])
+            cen = np.stack([ix[ok], iy[ok], iz[ok]], 1) * vs - x
+            d = np.linalg.norm(cen[:, None, :] + offs[None], axis=2)
+            data[iz[ok], iy[ok], ix[ok]] += np.interp(d, r_tab, tab, right=0.0).mean(1)
+    rng = np.random.default_rng(3)
+    data += noise * np.quantile(data, 0.9999) * rng.standard_normal(shape)
+    return DensityMap(data.astype(np.float32), vs), xyz
+
+
+def test_detect_cusped_atoms_of_another_simulator():
+    """Atoms with screened-Coulomb cusps (not sums of Gaussians), thermally blurred and
+    voxel-averaged: the detector's Gaussian-sum atom still finds them all (measured: noise
+    0.05 recall 1.000, precision 1.000, RMSD 0.065 Å)."""
+    m, xyz = _yukawa_map(0.05)
+    a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.10, a
+
+
 @pytest.mark.parametrize("kind", ["white_noise", "smooth_background"])
 def test_no_particle_raises(kind):
     """Maps without a particle are refused, not turned into a model of noise."""
