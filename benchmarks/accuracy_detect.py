@@ -20,7 +20,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_detect import (_filtered_map, _liquid_plateau_map, _masked_map,  # noqa: E402
                          _ligand_shell_map, _missing_wedge_map, _plain_gaussian_map, _solvent_mask_of,
-                         _weak_atom_case, _yukawa_map)   # the tests' map makers
+                         _weak_atom_case, _yukawa_map, _counting_map)   # the tests' map makers
 
 from ptnp_gpu.detect import detect_atoms  # noqa: E402
 from ptnp_gpu.errors import InputError  # noqa: E402
@@ -154,6 +154,10 @@ def main(argv=None):
     for noise, vs in [(0.05, 0.358), (0.1, 0.358), (0.2, 0.358), (0.1, 0.5)]:
         m, xyz = _yukawa_map(noise, vs=vs)
         _row(f"cusped (Yukawa) atoms, {vs} A voxels, noise {noise} x cusp peak [ptnp defaults]", m, xyz, rows)
+    # a counting detector: Poisson (shot) noise, variance = signal
+    for peak_counts, bg in [(100, 5.0), (10, 1.0), (3, 0.3), (5, 5.0)]:
+        m, xyz = _counting_map(peak_counts, bg)
+        _row(f"Poisson counts, {peak_counts} at the peak, background {bg} [ptnp defaults]", m, xyz, rows)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

@@ -257,6 +257,25 @@ def test_detect_cusped_atoms_of_another_simulator():
     assert a["recall"] >= 0.99 and a["precision"] >= 0.99 and a["rmsd_A"] <= 0.10, a
 
 
+def _counting_map(peak_counts, background_counts, seed=1):
+    """A counting detector's map: Poisson counts with the mean ``peak_counts`` × density / (its
+    99.99% quantile) + ``background_counts`` (noise grows with the signal, integer voxels)."""
+    p = make_particle(n_atoms=500, seed=7, noise=0.0, background=0.0, u_surface_A2=0.2)
+    d = np.clip(np.asarray(p.map.data, float), 0, None)
+    lam = d / np.quantile(d, 0.9999) * peak_counts + background_counts
+    counts = np.random.default_rng(seed).poisson(lam).astype(np.float32)
+    return DensityMap(counts, p.map.voxel_size_A, p.map.origin_A), p.xyz_A
+
+
+@pytest.mark.parametrize("peak_counts,bg_counts", [(10, 1.0), (3, 0.3)])
+def test_detect_poisson_counting_noise(peak_counts, bg_counts):
+    """Shot noise (variance = signal, as in counted tomograms), down to 3 counts at the peak:
+    measured recall 1.000 / 1.000, precision 1.000 / 0.989, RMSD 0.099 / 0.195 Å."""
+    m, xyz = _counting_map(peak_counts, bg_counts)
+    a = _acc(detect_atoms(m, "Pt", backend="numpy"), xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.98 and a["rmsd_A"] <= 0.25, a
+
+
 @pytest.mark.parametrize("kind", ["white_noise", "smooth_background"])
 def test_no_particle_raises(kind):
     """Maps without a particle are refused, not turned into a model of noise."""
