@@ -21,6 +21,9 @@ def add_map_options(p):
     p.add_argument("--out", type=Path, default=None, help="result folder (default: <map>_ptnp beside the map)")
     p.add_argument("--voxel-size", type=float, default=None, metavar="A",
                    help="voxel size in Å (overrides the map header)")
+    p.add_argument("--mask", type=Path, default=None, metavar="MRC",
+                   help="solvent mask of the map's shape (0 solvent to 1 particle, soft edges fine): the "
+                        "map is set to its level outside it first, e.g. to leave out a support film")
     p.add_argument("--force", action="store_true", help="replace an existing result folder")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     p.add_argument("--no-figures", dest="figures", action="store_false", default=None,
@@ -87,6 +90,8 @@ def pipeline_kwargs(args) -> dict:
         kw["figures"] = args.figures
     if getattr(args, "presmooth_A", None) is not None:   # analyze only; None keeps the default
         kw["presmooth_A"] = args.presmooth_A
+    if getattr(args, "mask", None) is not None:
+        kw["mask"] = args.mask
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
                 force=args.force, quiet=args.quiet, backend=args.backend, **kw)
 

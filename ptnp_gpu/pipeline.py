@@ -19,7 +19,7 @@ import numpy as np
 from . import __version__
 from . import backend as _be
 from .errors import InputError
-from .mapio import read_map, write_map
+from .mapio import apply_mask, read_map, write_map
 from .models import Model, json_safe, write_json, write_structure, write_table
 
 __all__ = ["run_detect", "run_analyze", "default_out_dir", "Progress"]
@@ -110,6 +110,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     map_path = Path(map_path)
     opts = dict(opts)
     presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
+    mask_path = opts.pop("mask", None)                    # applied to the map before anything else
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms
     from .elements import get_element
@@ -120,6 +121,9 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     say(f"reading {map_path}")
     t = time.perf_counter()
     dmap = read_map(map_path, voxel_size_A)
+    if mask_path is not None:
+        say(f"applying the mask {mask_path}")
+        dmap = apply_mask(dmap, read_map(mask_path, voxel_size_A))
     t_read = time.perf_counter() - t
     det = detect_atoms(dmap, el, backend=backend, progress=say, **opts)
     say(f"{len(det.xyz_A)} atoms at threshold {det.threshold:.4g} (correlation {det.correlation:.4f})")
@@ -158,6 +162,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             "ptnp_gpu_version": __version__, "version": __version__,
             "command": "analyze" if stats else "detect",
             "input": str(map_path.resolve()), "out_dir": str(out.resolve()),
+            "mask": None if mask_path is None else str(Path(mask_path).resolve()),
             "element": el.symbol, "n_atoms": int(len(det.xyz_A)),
             "threshold": det.threshold, "otsu_threshold": det.params["otsu_threshold"],
             "correlation": det.correlation, "counts": det.counts,
@@ -190,7 +195,8 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     force : replace an existing result folder
     quiet : no progress messages
     figures : write the PNG figures (skip them for speed in large batches)
-    **opts : detection options (:class:`ptnp_gpu.detect.DetectOptions`)
+    **opts : detection options (:class:`ptnp_gpu.detect.DetectOptions`), and ``mask``: an MRC
+        mask of the map's shape (0 solvent to 1 particle) applied first (:func:`ptnp_gpu.mapio.apply_mask`)
 
     Raises
     ------
