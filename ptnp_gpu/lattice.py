@@ -51,6 +51,10 @@ _GEOMETRY = {
 }
 
 
+# _best_direction relies on every direction set holding each direction and then its opposite
+assert all(np.array_equal(g[0][len(g[0]) // 2:], -g[0][:len(g[0]) // 2]) for g in _GEOMETRY.values())
+
+
 def lattice_geometry(lattice: str):
     """Geometry of a cubic lattice type.
 
