@@ -706,7 +706,8 @@ def cell_pairs(xyz_A, r_A: float):
     dims = np.floor(extent / edge).astype(np.int64) + 1
     cell = xp.floor((xyz - xp.asarray(lo)) / edge).astype(xp.int32)
     cid = (cell[:, 0].astype(xp.int64) * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
-    order = xp.argsort(cid)
+    # by cell, then by index: unique keys, so every backend's sort gives the same order
+    order = xp.argsort(cid * n + xp.arange(n, dtype=xp.int64))
     start = xp.searchsorted(cid[order], xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
     counts = xp.empty(n, dtype=xp.int64)
     _cell_pairs_count(xyz, cell, order, start, dims, r * r, counts)
