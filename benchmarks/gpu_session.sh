@@ -9,7 +9,8 @@
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whlgpu", ".expdata"], timeout_s=560)
 #
 # Budget (seconds) for the whole script: SESSION_S (default 500); the parity tests get
-# PARITY_S (default 150), the suite the rest (it stops starting new cases in time).
+# PARITY_S (default 150), the random-map parity MAPS_S (default 90), the suite the rest (it
+# stops starting new cases in time).
 set -u
 OUT=${OUT:-/tmp/ptnp_gpu_out}
 SESSION_S=${SESSION_S:-500}
@@ -25,6 +26,10 @@ export PYTHONPATH=/tmp/site:$PWD
     > "$OUT/device.txt" 2>&1
 timeout "$PARITY_S" python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1
 echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_tests.log"
+# NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)
+timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
+    --json "$OUT/gpu_map_parity.json" > "$OUT/gpu_map_parity.log" 2>&1
+echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_map_parity.log"
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
 python3 benchmarks/run_suite.py --out "$OUT/suite" --sizes 128 192 256 384 --numpy-sizes 256 \
