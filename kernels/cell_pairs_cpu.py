@@ -59,7 +59,7 @@ def _write(xyz, cell, order, start, dims, r2, offsets, out_i, out_j, out_d2):
         _scan(i, xyz, cell, order, start, dims, r2, offsets[i], out_i, out_j, out_d2, True)
 
 
-def cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None, out=None):
+def cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None, out=()):
     """One pass of the twin: ``counts`` (n,) int64 filled when given, else the pairs written
     into ``out`` = (out_i, out_j, out_d2) from ``offsets``. Arguments as in ``cell_pairs.cu``
     (``xyz`` (n, 3) float64, ``cell`` (n, 3) int32, ``dims`` (3,) int64)."""

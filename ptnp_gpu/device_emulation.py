@@ -127,25 +127,18 @@ class DeviceAudit:
     """
 
     def __init__(self):
-        self.launches = 0
-        self.syncs = 0
-        self.h2d = 0
-        self.device_s = 0.0
-        self.inside_s = 0.0
-        self.bytes = 0
-        self._site_now = ""
         self.byte_sites: collections.Counter = collections.Counter()
         self.sync_sites: collections.Counter = collections.Counter()
         self.launch_sites: collections.Counter = collections.Counter()
         self.host_mixing: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
-        self.backend: _be.Backend | None = None
         self.marks: list[dict] = []
+        self.backend: _be.Backend | None = None
         self._held: dict[int, int] = {}
         self._depth = 0
+        self._site_now = ""
         self.live_bytes = 0
-        self.peak_bytes = 0
-        self.peak_site = ""
+        self.reset()
 
     def _hold(self, a) -> None:
         """Count the buffer behind ``a`` as device memory until NumPy frees it."""
@@ -173,16 +166,21 @@ class DeviceAudit:
         return m
 
     def reset(self) -> None:
-        """Zero every count (e.g. after a warm-up)."""
+        """Zero every count (e.g. after a warm-up); the memory peak restarts from what is held."""
         self.launches = self.syncs = self.h2d = self.bytes = 0
         self.device_s = self.inside_s = 0.0
-        self.byte_sites.clear()
+        self.peak_bytes, self.peak_site = self.live_bytes, ""
+        for counter in (self.byte_sites, self.sync_sites, self.launch_sites, self.host_mixing, self.calls):
+            counter.clear()
         self.marks.clear()
-        self.peak_bytes = self.live_bytes
-        self.sync_sites.clear()
-        self.launch_sites.clear()
-        self.host_mixing.clear()
-        self.calls.clear()
+
+    def _run(self, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` timed as device work."""
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.device_s += time.perf_counter() - t0
 
     def _launch(self, n: int = 1) -> None:
         self.launches += n
@@ -398,9 +396,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o, audit, f"np.{ufunc.__name__} out") for o in out)
         audit._launch()
-        t0 = time.perf_counter()
-        res = getattr(ufunc, method)(*args, **kwargs)
-        audit.device_s += time.perf_counter() - t0
+        res = audit._run(getattr(ufunc, method), *args, **kwargs)
         audit._traffic(args, kwargs.get("out"), res)
         if method == "at":
             return None
@@ -418,12 +414,11 @@ class EmulatedArray(NDArrayOperatorsMixin):
         k = _unwrap(key, audit, "index")
         if _has_bool_mask(k):
             audit._sync()                      # the mask's count sizes the result
-        if not _basic_index(k):
+        gather = not _basic_index(k)           # views launch nothing
+        if gather:
             audit._launch()
-        t0 = time.perf_counter()
-        out = self._a[k]
-        audit.device_s += time.perf_counter() - t0
-        if not _basic_index(k):
+        out = audit._run(self._a.__getitem__, k)
+        if gather:
             audit._traffic(k, out, out)
         return _wrap(out)
 
@@ -433,9 +428,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
         k = _unwrap(key, audit, "index")
         audit._launch()
         v = _unwrap(value, audit, "setitem value")
-        t0 = time.perf_counter()
-        self._a[k] = v
-        audit.device_s += time.perf_counter() - t0
+        audit._run(self._a.__setitem__, k, v)
         audit._traffic(k, v, v if isinstance(v, np.ndarray) else None)
 
     # --- attributes and methods of the underlying array
@@ -467,9 +460,7 @@ class EmulatedArray(NDArrayOperatorsMixin):
                 audit._launch()
             audit._sync(syncs)
             a, kw = _unwrap(args, audit, f".{name}"), _unwrap(kwargs, audit, f".{name}")
-            t0 = time.perf_counter()
-            out = attr(*a, **kw)
-            audit.device_s += time.perf_counter() - t0
+            out = audit._run(attr, *a, **kw)
             if name not in _METHOD_NO_LAUNCH:
                 audit._traffic(self._a, a, out)
             return out if name in ("tolist", "item", "tobytes") else _wrap(out)
@@ -504,9 +495,7 @@ def _call(func, name, syncs_table, args, kwargs):
         if name == "repeat" and len(args) > 1 and getattr(args[1], "ndim", 0) > 0:
             n_sync = 1
     audit._sync(n_sync)
-    t0 = time.perf_counter()
-    res = func(*a, **kw)
-    audit.device_s += time.perf_counter() - t0
+    res = audit._run(func, *a, **kw)
     if name not in _H2D and name not in _NO_LAUNCH:
         audit._traffic(a, kw, res)
     if isinstance(out_arg, EmulatedArray):
@@ -569,9 +558,7 @@ def _scatter(ufunc):
         audit = _audit()
         audit._launch()
         args = _unwrap(out), _unwrap(index, audit, "scatter"), _unwrap(values, audit, "scatter")
-        t0 = time.perf_counter()
-        ufunc.at(*args)
-        audit.device_s += time.perf_counter() - t0
+        audit._run(ufunc.at, *args)
         audit._traffic(args)
     return scatter
 
@@ -584,10 +571,8 @@ def _kernel_twin(fn):
             return fn(*args, **kwargs)          # NumPy inputs: the host path, untouched
         audit = _audit()
         audit._launch()
-        t0 = time.perf_counter()
         a, kw = _unwrap(args), _unwrap(kwargs)
-        out = fn(*a, **kw)
-        audit.device_s += time.perf_counter() - t0
+        out = audit._run(fn, *a, **kw)
         audit._traffic(a, kw, out)
         return _wrap(out)
     twin.__wrapped__ = fn
@@ -596,9 +581,14 @@ def _kernel_twin(fn):
     return twin
 
 
+def _package_modules():
+    """The loaded ``ptnp_gpu`` modules."""
+    return [mod for name, mod in list(sys.modules.items())
+            if mod is not None and (name == "ptnp_gpu" or name.startswith("ptnp_gpu."))]
+
+
 _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pearson",
-                        "mean_shift_centres", "label_moments", "_cell_pairs_count",
-                        "_cell_pairs_write")
+                        "mean_shift_centres", "label_moments", "_cell_pairs_pass")
 
 
 @contextlib.contextmanager
@@ -629,9 +619,7 @@ def emulate():
     cupyx.scatter_min = _scatter(np.minimum)
     # every module attribute bound to a kernel entry point, e.g. detect.window_pearson
     originals = {name: getattr(gpu_kernels, name) for name in _KERNEL_ENTRY_POINTS}
-    patched = [(mod, attr, fn) for mod_name, mod in list(sys.modules.items())
-               if mod is not None and (mod_name == "ptnp_gpu" or mod_name.startswith("ptnp_gpu."))
-               for attr, fn in list(vars(mod).items())
+    patched = [(mod, attr, fn) for mod in _package_modules() for attr, fn in list(vars(mod).items())
                if any(fn is orig for orig in originals.values())]
     saved = {"backends": dict(_be._BACKENDS), "default": _be._DEFAULT,
              "cupyx": sys.modules.get("cupyx")}
@@ -647,11 +635,10 @@ def emulate():
     finally:
         _AUDIT = None
         # modules imported inside the block bound the twins too: restore every one
-        for mod_name, mod in list(sys.modules.items()):
-            if mod is not None and (mod_name == "ptnp_gpu" or mod_name.startswith("ptnp_gpu.")):
-                for attr, fn in list(vars(mod).items()):
-                    if hasattr(fn, "_ptnp_twin_of"):
-                        setattr(mod, attr, fn._ptnp_twin_of)
+        for mod in _package_modules():
+            for attr, fn in list(vars(mod).items()):
+                if hasattr(fn, "_ptnp_twin_of"):
+                    setattr(mod, attr, fn._ptnp_twin_of)
         _be._BACKENDS.clear()
         _be._BACKENDS.update(saved["backends"])
         _be._DEFAULT = saved["default"]

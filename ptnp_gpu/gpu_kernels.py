@@ -632,29 +632,43 @@ _CELLS_PER_POINT = 8
 _MIN_CELLS = 4096
 
 
-def _cell_pairs_count(xyz, cell, order, start, dims, r2, counts):
-    """First pass of ``cell_pairs.cu`` (or its Numba twin): pairs per point into ``counts``."""
+def _cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None, out=()):
+    """One pass of ``cell_pairs.cu`` (or its Numba twin): with ``counts``, each point's
+    partners counted into it (``ptnp_cell_pairs_count``); else the pairs written into
+    ``out`` = (i, j, d2) from ``offsets`` (``ptnp_cell_pairs_write``)."""
     if not _be.namespace(xyz).is_gpu:
         from .kernels.cell_pairs_cpu import cell_pairs_pass
-        return cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=counts)
+        return cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=counts, offsets=offsets, out=out)
     n = int(xyz.shape[0])
-    k = get_function("cell_pairs.cu", "ptnp_cell_pairs_count")
+    name, tail = (("ptnp_cell_pairs_count", (counts,)) if counts is not None
+                  else ("ptnp_cell_pairs_write", (offsets, *out)))
+    k = get_function("cell_pairs.cu", name)
     k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
       (xyz, cell, order, start, np.int64(n), np.int32(dims[0]), np.int32(dims[1]),
-       np.int32(dims[2]), np.float64(r2), counts))
+       np.int32(dims[2]), np.float64(r2), *tail))
 
 
-def _cell_pairs_write(xyz, cell, order, start, dims, r2, offsets, out_i, out_j, out_d2):
-    """Second pass of ``cell_pairs.cu`` (or its twin): the pairs, from ``offsets``."""
-    if not _be.namespace(xyz).is_gpu:
-        from .kernels.cell_pairs_cpu import cell_pairs_pass
-        return cell_pairs_pass(xyz, cell, order, start, dims, r2, offsets=offsets,
-                               out=(out_i, out_j, out_d2))
+def _cell_list(xyz, r_A: float):
+    """The cell list of ``cell_pairs``: (cell (N, 3) int32, order (N,), start (ncell + 1,),
+    dims (3,) host ints). Cells have an edge of at least ``r_A`` (wider for sparse points,
+    at most ``_CELLS_PER_POINT`` cells per point); points are sorted by (cell, index), unique
+    keys, so every backend's sort gives the same order. One host read (the extent)."""
+    xp = _be.namespace(xyz).xp
     n = int(xyz.shape[0])
-    k = get_function("cell_pairs.cu", "ptnp_cell_pairs_write")
-    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
-      (xyz, cell, order, start, np.int64(n), np.int32(dims[0]), np.int32(dims[1]),
-       np.int32(dims[2]), np.float64(r2), offsets, out_i, out_j, out_d2))
+    lo, hi = _be.to_host(xp.stack([xyz.min(axis=0), xyz.max(axis=0)]))       # host read
+    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+        raise ValueError("cell_pairs: non-finite coordinates")
+    extent = hi - lo
+    edge = max(r_A, 1e-9 * max(float(extent.max()), 1.0))
+    limit = _CELLS_PER_POINT * n + _MIN_CELLS
+    while np.prod(np.floor(extent / edge) + 1) > limit:      # any edge >= r finds every pair
+        edge *= 1.5
+    dims = np.floor(extent / edge).astype(np.int64) + 1
+    cell = xp.floor((xyz - xp.asarray(lo)) / edge).astype(xp.int32)
+    cid = (cell[:, 0].astype(xp.int64) * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
+    order = xp.argsort(cid * n + xp.arange(n, dtype=xp.int64))
+    start = xp.searchsorted(cid[order], xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
+    return cell, order, start, dims
 
 
 def cell_pairs(xyz_A, r_A: float):
@@ -695,27 +709,14 @@ def cell_pairs(xyz_A, r_A: float):
     if n < 2:
         e = xp.zeros(0, dtype=xp.int64)
         return e, e.copy(), xp.zeros(0)
-    lo, hi = _be.to_host(xp.stack([xyz.min(axis=0), xyz.max(axis=0)]))       # host read 1
-    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-        raise ValueError("cell_pairs: non-finite coordinates")
-    extent = hi - lo
-    edge = max(r, 1e-9 * max(float(extent.max()), 1.0))
-    limit = _CELLS_PER_POINT * n + _MIN_CELLS
-    while np.prod(np.floor(extent / edge) + 1) > limit:      # any edge >= r finds every pair
-        edge *= 1.5
-    dims = np.floor(extent / edge).astype(np.int64) + 1
-    cell = xp.floor((xyz - xp.asarray(lo)) / edge).astype(xp.int32)
-    cid = (cell[:, 0].astype(xp.int64) * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
-    # by cell, then by index: unique keys, so every backend's sort gives the same order
-    order = xp.argsort(cid * n + xp.arange(n, dtype=xp.int64))
-    start = xp.searchsorted(cid[order], xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
+    cell, order, start, dims = _cell_list(xyz, r)                              # host read 1
     counts = xp.empty(n, dtype=xp.int64)
-    _cell_pairs_count(xyz, cell, order, start, dims, r * r, counts)
+    _cell_pairs_pass(xyz, cell, order, start, dims, r * r, counts=counts)
     ends = xp.cumsum(counts)
     total = int(_be.to_host(ends[-1:])[0])                                      # host read 2
     out_i = xp.empty(total, dtype=xp.int64)
     out_j = xp.empty(total, dtype=xp.int64)
     out_d2 = xp.empty(total, dtype=xp.float64)
     if total:
-        _cell_pairs_write(xyz, cell, order, start, dims, r * r, ends - counts, out_i, out_j, out_d2)
+        _cell_pairs_pass(xyz, cell, order, start, dims, r * r, offsets=ends - counts, out=(out_i, out_j, out_d2))
     return out_i, out_j, out_d2

@@ -93,12 +93,8 @@ def count_neighbors(xyz_A, r_A: float):
     """Number of other points within ``r_A`` of each point (coordination number)."""
     xp = _be.namespace(xyz_A).xp
     i, j, _ = pairs_within(xyz_A, r_A)
-    n = int(xyz_A.shape[0])
-    if _be.namespace(xyz_A).is_gpu:      # one scatter-add, no sync (cupy.bincount syncs twice)
-        out = xp.zeros(n, dtype=xp.int64)
-        _scatter(_be.namespace(xyz_A), "add", out, xp.concatenate([i, j]), xp.ones(2 * i.shape[0], xp.int64))
-        return out
-    return xp.bincount(i, minlength=n) + xp.bincount(j, minlength=n)
+    ends = xp.concatenate([i, j])          # both ends of every pair (no sync on a GPU)
+    return segment_sum(ends, [xp.ones(ends.shape[0])], int(xyz_A.shape[0]))[0].astype(xp.int64)
 
 
 # ----------------------------------------------------------------------------- reductions over pairs

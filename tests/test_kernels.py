@@ -823,12 +823,7 @@ def test_cell_pairs_kernel_on_host(emulated):
     rng = np.random.default_rng(34)
     x = np.ascontiguousarray(rng.uniform(0.0, 12.0, (70, 3)))
     r = 2.5
-    lo = x.min(0)
-    cell = np.ascontiguousarray(np.floor((x - lo) / r).astype(np.int32))
-    dims = cell.max(0).astype(np.int64) + 1
-    cid = (cell[:, 0].astype(np.int64) * dims[1] + cell[:, 1]) * dims[2] + cell[:, 2]
-    order = np.argsort(cid, kind="stable")
-    start = np.searchsorted(cid[order], np.arange(dims.prod() + 1))
+    cell, order, start, dims = gk._cell_list(x, r)                # the wrapper's own cell list
     counts = np.zeros(len(x), np.int64)
     cell_pairs_pass(x, cell, order, start, dims, r * r, counts=counts)
     offsets = np.cumsum(counts) - counts
