@@ -21,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_maps import DATA_DIR  # noqa: E402
+from experimental_stats import load_models  # noqa: E402
 
 from ptnp_gpu.lattice import fit_lattice_domains  # noqa: E402
 from ptnp_gpu.synth import fcc_particle, random_rotation  # noqa: E402
@@ -33,11 +34,8 @@ def models():
                      ("truncated_octahedron", 800)):
         x = fcc_particle(n, 3.924, shape=shape)
         out[shape] = x @ random_rotation(rng).T + rng.normal(scale=0.05, size=x.shape)
-    if (DATA_DIR / "PdPt_EPB_5377.xyz").exists():
-        rows = [ln.split() for ln in (DATA_DIR / "PdPt_EPB_5377.xyz").read_text().splitlines()[2:] if ln.strip()]
-        out["PdPt"] = np.array([[float(v) for v in r[1:4]] for r in rows])
-    if (DATA_DIR / "FePt_model.npy").exists():
-        out["FePt"] = np.load(DATA_DIR / "FePt_model.npy").T.astype(np.float64)
+    measured = load_models(DATA_DIR)                       # the measured particles, when present
+    out.update({name: np.asarray(measured[name][0], np.float64) for name in ("PdPt", "FePt") if name in measured})
     return out
 
 

@@ -45,6 +45,13 @@ def _delta(a, b):
             "host_ms": 1e3 * ((b["t"] - a["t"]) - (b["inside_s"] - a["inside_s"]))}
 
 
+def _peak(audit, case):
+    """The audit's memory peak since its last restart, in MiB and in maps."""
+    mib = audit.peak_bytes / 2 ** 20
+    return {"peak_MiB": mib, "peak_site": audit.peak_site,
+            "peak_over_map": mib / (case.dmap.data.nbytes / 2 ** 20)}
+
+
 def audit_case(case, top=8, repeats=3):
     """One map: per-stage counts of detection, totals of the statistics (counts are the same
     every run; host milliseconds are the median over ``repeats`` runs)."""
@@ -72,21 +79,14 @@ def _audit_once(case, top, warm=True):
         det = detect_atoms(case.dmap, case.element)
         marks = audit.marks[1:]
         stages = {name: _delta(a, b) for name, a, b in zip(det.times, [start] + marks[:-1], marks)}
-        detect = _delta(start, marks[-1])
-        detect["peak_MiB"] = audit.peak_bytes / 2 ** 20
-        detect["peak_site"] = audit.peak_site
+        detect = {**_delta(start, marks[-1]), **_peak(audit, case)}
         sites = dict(audit.sync_sites.most_common(top))
-        audit.peak_bytes = audit.live_bytes
+        audit.restart_peak()
         st0 = audit.mark()
         compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
-        stats = _delta(st0, audit.mark())
-        stats["peak_MiB"] = audit.peak_bytes / 2 ** 20
-        stats["peak_site"] = audit.peak_site
-    map_mib = case.dmap.data.nbytes / 2 ** 20
-    for rec in (detect, stats):
-        rec["peak_over_map"] = rec["peak_MiB"] / map_mib
+        stats = {**_delta(st0, audit.mark()), **_peak(audit, case)}
     for rec in (detect, stats, *stages.values()):
-        rec["floor_ms"] = rec["MB"] * 1e6 / (H200_COPY_GBPS * 1e9) * 1e3
+        rec["floor_ms"] = rec["MB"] / H200_COPY_GBPS          # MB / (GB/s) = ms
     return {"case": case.name, "shape_zyx": list(case.shape), "n_atoms_true": case.n_atoms,
             "n_atoms_found": int(len(det.xyz_A)), "detect": detect, "detect_stages": stages,
             "statistics": stats, "busiest_sync_lines_detect": sites}

@@ -169,10 +169,14 @@ class DeviceAudit:
         """Zero every count (e.g. after a warm-up); the memory peak restarts from what is held."""
         self.launches = self.syncs = self.h2d = self.bytes = 0
         self.device_s = self.inside_s = 0.0
-        self.peak_bytes, self.peak_site = self.live_bytes, ""
+        self.restart_peak()
         for counter in (self.byte_sites, self.sync_sites, self.launch_sites, self.host_mixing, self.calls):
             counter.clear()
         self.marks.clear()
+
+    def restart_peak(self) -> None:
+        """Measure the memory peak from now on (from what is held now)."""
+        self.peak_bytes, self.peak_site = self.live_bytes, ""
 
     def _run(self, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` timed as device work."""

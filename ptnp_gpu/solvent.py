@@ -194,8 +194,9 @@ def _grouped_robust_sds(values, groups, n_groups: int, xp):
     :func:`_robust_level`) of ``values`` in each group ``0 .. n_groups - 1``: two sorts by
     (group, value) on the backend and one host transfer, instead of two syncs per group.
     Returns host float arrays (counts, sds); an empty group's SD is meaningless."""
-    counts = xp.bincount(groups, minlength=n_groups)[:n_groups]
-    start = xp.cumsum(counts) - counts
+    # group bounds from the sorted labels (cupy.bincount would read the device twice)
+    bounds = xp.searchsorted(xp.sort(groups), xp.arange(n_groups + 1, dtype=groups.dtype))
+    start, counts = bounds[:-1], bounds[1:] - bounds[:-1]
     last = max(int(values.shape[0]) - 1, 0)
     lo = xp.minimum(start + xp.maximum(counts - 1, 0) // 2, last)
     hi = xp.minimum(start + counts // 2, last)

@@ -298,10 +298,7 @@ def _graphene_sheet_map(peak_ratio=0.2, gap_A=3.0, seed=2):
     g *= peak_ratio * pt_peak / g.max()
     rng = np.random.default_rng(seed)
     data = (d + g + 0.1 * pt_peak * rng.standard_normal(shape)).astype(np.float32)
-    xyz_grid = np.stack(np.indices(shape), -1)[..., ::-1] * vs + org
-    c = p.xyz_A.mean(0)
-    radius = np.linalg.norm(p.xyz_A - c, axis=1).max() + 4.0
-    mask = np.clip((radius + 3.0 - np.linalg.norm(xyz_grid - c, axis=-1)) / 3.0, 0, 1).astype(np.float32)
+    mask = _solvent_mask_of(p, "sphere", 4.0).astype(np.float32)
     return DensityMap(data, vs, org), p.xyz_A, mask
 
 
