@@ -83,6 +83,13 @@ def add_presmooth_option(p):
                         f"afterwards (default {DEFAULT_PRESMOOTH_A}; 0 fits the raw map like the paper)")
 
 
+def add_depth_option(p):
+    p.add_argument("--depth", choices=("radial", "surface"), default=None,
+                   help="depth of each atom for the depth column and the penetration fits: radial "
+                        "(default, the paper's R_NP − R; assumes a roughly spherical particle) or surface "
+                        "(distance to the convex hull of the atoms; for elongated or faceted particles)")
+
+
 def pipeline_kwargs(args) -> dict:
     """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
@@ -90,6 +97,8 @@ def pipeline_kwargs(args) -> dict:
         kw["figures"] = args.figures
     if getattr(args, "presmooth_A", None) is not None:   # analyze only; None keeps the default
         kw["presmooth_A"] = args.presmooth_A
+    if getattr(args, "depth", None) is not None:         # analyze only; None keeps the default
+        kw["depth"] = args.depth
     if getattr(args, "mask", None) is not None:
         kw["mask"] = args.mask
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
@@ -117,6 +126,8 @@ def _print_table(summary, stream=sys.stdout):
         fit = pen.get(stat) if isinstance(pen, dict) else None
         if isinstance(fit, dict) and fit.get("ok") and fit.get("delta_A") is not None:
             rows.append((name, f"{fit['delta_A']:.2f} ± {fit.get('delta_err_A') or 0:.2f}"))
+    if part.get("depth_definition", "radial") != "radial":
+        rows.append(("depth definition", part["depth_definition"]))
     rows += [("backend", summary["backend"]), ("time (s)", f"{summary['times_s']['total']:.2f}"),
              ("results", summary["out_dir"])]
     w = max(len(r[0]) for r in rows)
@@ -205,6 +216,7 @@ def register(sub):
     p.add_argument("map", type=Path, help="MRC map")
     add_map_options(p)
     add_presmooth_option(p)
+    add_depth_option(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("simulate", help="write a synthetic particle map and its ground truth")

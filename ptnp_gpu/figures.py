@@ -23,6 +23,13 @@ _LABELS = {
 }
 
 
+def _depth_label(stats) -> str:
+    """Axis label of the depth the statistics used (``depth_definition``: radial or surface)."""
+    if getattr(stats, "depth_definition", "radial") == "surface":
+        return "depth below the convex hull (Å)"
+    return "radial depth R$_{NP}$ − R (Å)"
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -66,7 +73,7 @@ def plot_depth_profiles(stats, names=None):
                          fontsize=10)
         else:
             ax.set_title(f"{_LABELS.get(name, name)}: no fit", fontsize=10)
-        ax.set_xlabel("radial depth R$_{NP}$ − R (Å)")
+        ax.set_xlabel(_depth_label(stats))
         ax.set_ylabel(_LABELS.get(name, name))
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")

@@ -110,6 +110,11 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     map_path = Path(map_path)
     opts = dict(opts)
     presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
+    depth = opts.pop("depth", "radial")                   # statistics too: radial or surface depth
+    if stats:
+        from .statistics import DEPTH_DEFINITIONS
+        if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:   # before the detection runs
+            raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
     mask_path = opts.pop("mask", None)                    # applied to the map before anything else
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms
@@ -143,7 +148,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             say("per-atom statistics")
             ts = time.perf_counter()
             st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend,
-                                    presmooth_A=presmooth_A)
+                                    presmooth_A=presmooth_A, depth=depth)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}
@@ -209,5 +214,7 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
 def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
                 progress=None, backend=None, figures=True, **opts) -> dict:
     """Detection followed by per-atom statistics (same arguments as :func:`run_detect`, plus
-    ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits)."""
+    ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits, and
+    ``depth``: ``"radial"`` (default) or ``"surface"``, the depth of
+    :func:`ptnp_gpu.statistics.compute_statistics`)."""
     return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures, opts)

@@ -13,6 +13,12 @@ run on the backend of the map (NumPy or CuPy), and so do the neighbour
 geometry (CN, GCN, bonds, depth) and the strain; only the lattice fit and the
 particle diameter (convex hull) run on the host, and the per-atom columns come
 back to the host in one copy.
+
+Depth (the ``depth_A`` column and the abscissa of the penetration fits) is the
+paper's radial depth ``R_NP − R`` by default (``depth="radial"``), or with
+``depth="surface"`` the distance of each atom to the convex hull of all atoms
+(:func:`ptnp_gpu.compare.surface_depth_A`, computed on the host), which does
+not assume a spherical particle.
 """
 from __future__ import annotations
 
@@ -38,7 +44,7 @@ from .penetration import fit_penetration
 from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 
 __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
-           "PENETRATION_STATISTICS", "summary_table"]
+           "PENETRATION_STATISTICS", "DEPTH_DEFINITIONS", "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +100,12 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "n_fit_voxels": ("", "voxels used in the displacement fits"),
 }
 
+# depth definitions (compute_statistics' ``depth``) → description of the depth_A column
+DEPTH_DEFINITIONS = {
+    "radial": SCHEMA["depth_A"][1],
+    "surface": "depth below the surface: distance to the convex hull of all atoms (0 on the hull)",
+}
+
 # statistics fitted with Eq. 1 (name → bounds of the core value c; for CN the
 # paper's [10, 12] for fcc, i.e. [bulk CN − 2, bulk CN] for the lattice type)
 PENETRATION_STATISTICS = {"cn": "bulk", "gcn": None, "u_iso_A2": None, "intensity_peak_z": None,
@@ -131,6 +143,10 @@ class AtomStatistics:
     backend : str
     domains : LatticeDomains or None
         Every crystal domain (twins): :func:`ptnp_gpu.lattice.fit_lattice_domains`.
+    depth_definition : str
+        What ``columns["depth_A"]`` and the penetration fits use: ``"radial"``
+        or ``"surface"`` (a key of :data:`DEPTH_DEFINITIONS`; also in
+        ``particle["depth_definition"]``).
     """
     columns: dict
     particle: dict
@@ -143,6 +159,7 @@ class AtomStatistics:
     times_s: dict = field(default_factory=dict)
     backend: str = "numpy"
     domains: LatticeDomains | None = None
+    depth_definition: str = "radial"
 
     @property
     def n_atoms(self) -> int:
@@ -280,7 +297,7 @@ def _median(v):
 
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
                        simulated=None, strain_h_A: float = 2.0,
-                       presmooth_A: float | None = None) -> AtomStatistics:
+                       presmooth_A: float | None = None, depth: str = "radial") -> AtomStatistics:
     """Per-atom statistics, particle summary, lattice fit and penetration depths.
 
     Parameters
@@ -306,17 +323,32 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         σ (Å) of a Gaussian applied to the map before the displacement fits; its
         variance is subtracted from U_iso and U afterwards (0: fit the raw map;
         None: ``DEFAULT_PRESMOOTH_A``).
+    depth : {"radial", "surface"}
+        Depth of each atom (the ``depth_A`` column, Å) and the abscissa of the
+        Eq. 1 penetration fits. ``"radial"`` (default, the paper's): ``R_NP − R``
+        with R the distance from the atom centroid and R_NP half the largest
+        interatomic distance, which assumes a roughly spherical particle.
+        ``"surface"``: the distance to the convex hull of all atoms
+        (:func:`ptnp_gpu.compare.surface_depth_A`; 0 on the hull), for
+        elongated or strongly faceted particles. A model with no
+        three-dimensional hull (fewer than 5 atoms, flat) gets the radial
+        depth, and ``depth_definition`` then says ``"radial"``.
 
     Returns
     -------
     AtomStatistics
+        ``particle["depth_definition"]`` and ``depth_definition`` record the
+        depth actually used.
 
     Raises
     ------
     InputError
-        No atoms, non-finite positions, or labels of the wrong shape.
+        No atoms, non-finite positions, labels of the wrong shape, or a
+        ``depth`` other than ``"radial"`` or ``"surface"``.
     """
     t_all = time.perf_counter()
+    if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:
+        raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
     el = get_element(element) if isinstance(element, str) else element
     xyz = np.asarray(_be.to_host(xyz_A), dtype=np.float64).reshape(-1, 3)
     n = len(xyz)
@@ -341,10 +373,21 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     centre_b = _on(be, centre)
     diameter = particle_diameter_A(xyz)
     radius = xp.linalg.norm(pos - centre_b, axis=1)
+    depth_used = "radial"
+    if depth == "surface":                           # host: convex hull (Qhull)
+        from .compare import _surface_depth
+        surf, on_hull = _surface_depth(xyz)
+        if on_hull:
+            depth_col, depth_used = _on(be, surf), "surface"
+        else:
+            log.warning("surface depth: the %d atoms span no three-dimensional convex hull; "
+                        "using the radial depth", n)
+    if depth_used == "radial":
+        depth_col = 0.5 * diameter - radius
     per_atom = {
         "cn": cn, "gcn": generalized_cn(cn, pairs), "gcn_bulk": generalized_cn(cn, pairs, geo["cn_bulk"]),
         "bond_nn_A": nn_bond_lengths_A(pos, pairs),     # the nearest neighbour lies within the CN cutoff
-        "radius_A": radius, "depth_A": 0.5 * diameter - radius,
+        "radius_A": radius, "depth_A": depth_col,
     }
     _be.synchronize(be)
     times["geometry"] = time.perf_counter() - t0
@@ -431,6 +474,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "n_u_iso_failed": int(cols["u_iso_failed"].sum()),
         "n_u_aniso_failed": int(cols["u_aniso_failed"].sum()),
         "n_strain_failed": int(cols["strain_failed"].sum()),
+        "depth_definition": depth_used,
         "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
         "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],
         "fit_radius_A": float(fit_r),
@@ -438,7 +482,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     }
     times["total"] = time.perf_counter() - t_all
     return AtomStatistics(cols, particle, lat, pen, _cn_bins(cols), el.symbol, centre, float(fit_r),
-                          times, be.name, doms)
+                          times, be.name, doms, depth_used)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -472,7 +516,8 @@ def summary_table(stats: AtomStatistics) -> str:
         f"median U_iso {p['u_iso_median_A2']:.4f} Å²   median DOI {p['doi_median']:.3f}   "
         f"median validation corr {p['valid_corr_median']:.3f}   failed fits: U_iso {p['n_u_iso_failed']}, "
         f"U_aniso {p['n_u_aniso_failed']}",
-        "penetration depth δ (Eq. 1):",
+        "penetration depth δ (Eq. 1" + ("" if stats.depth_definition == "radial"
+                                         else f", {stats.depth_definition} depth") + "):",
     ]
     for name, f in stats.penetration.items():
         if f["ok"]:
@@ -518,6 +563,8 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
     n = stats.n_atoms
     cols = dict(stats.columns)
     schema = {k: {"unit": u, "description": d} for k, (u, d) in SCHEMA.items()}
+    schema["depth_A"]["description"] = DEPTH_DEFINITIONS.get(getattr(stats, "depth_definition", "radial"),
+                                                             SCHEMA["depth_A"][1])
     extra = dict(model_extra or {})
     if "element" in extra:
         el = np.asarray(extra.pop("element")).astype(str)
