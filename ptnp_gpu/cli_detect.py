@@ -161,17 +161,29 @@ def _cmd_simulate(args):
                         twin=args.twin, core_element=args.core_element, core_radius_A=args.core_radius,
                         core_scale=args.core_scale,
                         seed=args.seed)
+    if args.tomogram:                      # imaged as a tomogram: the noise comes from the counts
+        spec.noise, spec.background = 0.0, 0.0
     try:
         p = make_particle(spec)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    tomo = None
+    if args.tomogram:
+        from .mapio import DensityMap
+        from .tomography import simulate_tomogram
+        tomo = {"method": args.tomogram, "max_tilt_deg": args.tilt_range, "step_deg": args.tilt_step,
+                "counts_at_peak": args.counts, "background_fraction": args.dark_fraction,
+                "iterations": args.sirt_iterations}
+        rec = simulate_tomogram(p.map.data.astype("float32"), rng=args.seed, **tomo)
+        p.map = DensityMap(rec, p.map.voxel_size_A, p.map.origin_A)
     stem = Path(args.out_stem)
     if stem.suffix == ".mrc":
         stem = stem.with_suffix("")
     if stem.with_suffix(".mrc").exists() and not args.force:
         raise InputError(f"{stem.with_suffix('.mrc')} exists; use --force to replace it")
-    paths = write_particle(p, stem)
-    print(json.dumps({"n_atoms": len(p.xyz_A), "shape_zyx": list(p.map.shape), **paths}, indent=1))
+    paths = write_particle(p, stem, extra={"tomogram": tomo} if tomo else None)
+    print(json.dumps({"n_atoms": len(p.xyz_A), "shape_zyx": list(p.map.shape), **paths,
+                      **({"tomogram": tomo} if tomo else {})}, indent=1))
     return 0
 
 
@@ -243,6 +255,16 @@ def register(sub):
     p.add_argument("--noise", type=float, default=0.15, help="noise SD / core atom peak")
     p.add_argument("--background", type=float, default=0.15, help="smooth background amplitude / peak")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tomogram", choices=("fbp", "sirt"), default=None,
+                   help="image the (noise-free) particle as an electron tomogram: single-axis tilt series with "
+                        "Poisson noise, reconstructed by filtered back-projection or SIRT with positivity")
+    p.add_argument("--tilt-range", type=_positive, default=70.0, metavar="DEG", help="tomogram: ± tilt (degrees)")
+    p.add_argument("--tilt-step", type=_positive, default=2.0, metavar="DEG", help="tomogram: tilt step (degrees)")
+    p.add_argument("--counts", type=_positive, default=2000.0,
+                   help="tomogram: electron counts at the brightest projection pixel")
+    p.add_argument("--dark-fraction", type=float, default=0.05,
+                   help="tomogram: counts everywhere, as a fraction of --counts (support film, dark level)")
+    p.add_argument("--sirt-iterations", type=int, default=20, help="tomogram: SIRT iterations")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 

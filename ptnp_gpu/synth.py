@@ -251,8 +251,9 @@ def make_particle(spec: ParticleSpec | None = None, **kw) -> Particle:
     return Particle(spec, dmap, xyz, U, R, center, a, ideal + center, elements)
 
 
-def write_particle(particle: Particle, out_stem) -> dict:
-    """Write ``STEM.mrc``, ``STEM_truth.pdb`` and ``STEM_truth.json``; return the paths."""
+def write_particle(particle: Particle, out_stem, extra: dict | None = None) -> dict:
+    """Write ``STEM.mrc``, ``STEM_truth.pdb`` and ``STEM_truth.json`` (with ``extra``'s items,
+    e.g. how the map was imaged); return the paths."""
     from .models import Model, atomic_write, write_pdb
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +275,7 @@ def write_particle(particle: Particle, out_stem) -> dict:
         "u_aniso_A2": np.round(u6, 6).tolist(),
         "u_iso_A2": np.round(particle.u_iso_A2, 6).tolist(),
         "doi": np.round(particle.doi, 6).tolist(),
+        **(extra or {}),
     }
     js = Path(f"{stem}_truth.json")
     atomic_write(js, lambda fh: json.dump(truth, fh))
