@@ -187,6 +187,7 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
                         # particles (benchmarks/robustness_sweep.py --seed 2026): 0.26-0.82 as
                         # simulated, up to 1.2 on maps with hardly any signal (0.75 Å voxels, noise
                         # 0.27), 1.45-3.8 negated (1.2-1.3 for the near-signal-free ones)
+_OFFSET_SDS = 100.0      # a map whose mean lies this many SDs from zero is shifted to mean 0 first
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
 
 
@@ -267,6 +268,13 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
                          f"level, say) first")
     if not sd > 0:
         raise InputError("the map is constant: nothing to detect")
+    if abs(mean) > _OFFSET_SDS * sd:
+        # a large constant offset (raw counts, absolute units): float32 products of such values
+        # lose the noise to rounding (an offset of 1,000 × the peak read as a masked map, 10,000 ×
+        # failed). The offset goes; the difference is exact in float32 (Sterbenz). Statistics on
+        # ``backend_map`` then fit the map less its mean (log-intensity fits need the solvent near 0)
+        raw = raw - xp.float32(mean)
+        mean = 0.0
     b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")

@@ -194,7 +194,7 @@ def reconstruct_fbp(projections, tilt_deg, nz: int, *, filter_cutoff: float = 1.
 
 
 def reconstruct_sirt(projections, tilt_deg, nz: int, *, iterations: int = 20, relaxation: float = 1.0,
-                     positivity: bool = True, start=None):
+                     positivity: bool = True, support=None, start=None):
     """Simultaneous iterative reconstruction (SIRT) of a single-axis tilt series.
 
     ``x ← x + λ · C · Aᵀ R (b − A x)`` with R and C the inverse row and column sums of the
@@ -209,6 +209,9 @@ def reconstruct_sirt(projections, tilt_deg, nz: int, *, iterations: int = 20, re
     iterations : int
     relaxation : float, λ (0 < λ < 2)
     positivity : bool, clip negative densities after every iteration
+    support : (nz, ny, nx) bool or 0-1 array, optional
+        Multiplied into the estimate after every iteration (a support constraint: zero
+        outside the particle's envelope, as GENFIRE-like reconstructions impose).
     start : (nz, ny, nx) array, optional, first estimate (default zero)
 
     Returns
@@ -230,17 +233,22 @@ def reconstruct_sirt(projections, tilt_deg, nz: int, *, iterations: int = 20, re
     C = xp.where(col > 1e-3, 1.0 / xp.maximum(col, 1e-3), 0.0).astype(xp.float32)
     del row, col
     x = xp.zeros((nz, ny, nx), dtype=xp.float32) if start is None else xp.asarray(start, dtype=xp.float32).copy()
+    sup = None if support is None else xp.asarray(support, dtype=xp.float32)
+    if sup is not None and sup.shape != x.shape:
+        raise InputError(f"support of shape {sup.shape} for a volume of shape {x.shape}")
     for _ in range(int(iterations)):
         resid = (b - _project(A, x, n, xp)) * R
         x += xp.float32(relaxation) * C * _back_project(A, resid, nz, xp)
         if positivity:
             xp.maximum(x, 0.0, out=x)
+        if sup is not None:
+            x *= sup
     return x
 
 
 def simulate_tomogram(volume, *, max_tilt_deg: float = 70.0, step_deg: float = 2.0,
                       counts_at_peak: float | None = 2000.0, background_fraction: float = 0.05,
-                      method: str = "fbp", iterations: int = 20, rng=None):
+                      method: str = "fbp", iterations: int = 20, support=None, rng=None):
     """A tomogram of ``volume``: tilt series, counting noise, reconstruction.
 
     Parameters
@@ -254,6 +262,7 @@ def simulate_tomogram(volume, *, max_tilt_deg: float = 70.0, step_deg: float = 2
         the detector's dark level; only their noise remains).
     method : "fbp" or "sirt"
     iterations : int, SIRT iterations
+    support : array, optional, SIRT's support constraint (see :func:`reconstruct_sirt`)
     rng : Generator or int, optional
 
     Returns
@@ -270,4 +279,4 @@ def simulate_tomogram(volume, *, max_tilt_deg: float = 70.0, step_deg: float = 2
     nz = volume.shape[0]
     if method == "fbp":
         return reconstruct_fbp(proj, t, nz)
-    return reconstruct_sirt(proj, t, nz, iterations=iterations)
+    return reconstruct_sirt(proj, t, nz, iterations=iterations, support=support)

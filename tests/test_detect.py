@@ -527,6 +527,22 @@ def test_inverted_map_is_refused_and_invert_recovers_it():
     assert float(neg.data.max()) == float((-p.map.data).max())      # the caller's map is untouched
 
 
+@pytest.mark.parametrize("offset", [1e3, 1e4, -1e4])
+def test_large_constant_offset_changes_nothing(offset):
+    """Maps in raw counts or absolute units sit far from zero: an offset of 1,000 × the peak read
+    as a masked map and 10,000 × failed (float32 rounding of the squared values). Measured now:
+    the same atoms as without the offset, within 0.003 Å (the float32 input itself is quantised
+    to ~6e-4 × the peak at 10,000 × offset)."""
+    p = make_particle(n_atoms=300, seed=5)
+    ref = detect_atoms(p.map, "Pt", backend="numpy")
+    data = (p.map.data.astype(np.float64) + offset * float(p.map.data.max())).astype(np.float32)
+    det = detect_atoms(DensityMap(data, p.map.voxel_size_A, p.map.origin_A), "Pt", backend="numpy")
+    assert len(det.xyz_A) == len(ref.xyz_A) and not det.params["masked_map"]
+    from scipy.spatial import cKDTree
+    d, _ = cKDTree(ref.xyz_A).query(det.xyz_A)
+    assert d.max() < 0.01, d.max()
+
+
 def _filtered_map(res_A, b_sharpen_A2, noise, seed=2, blur_A2=0.0):
     """A reconstruction's traits: atoms blurred by ``blur_A2`` more than our simulator's default,
     noise (× the blurred atom's peak), then a raised-cosine low-pass at ``res_A`` (±0.05 1/Å) and
