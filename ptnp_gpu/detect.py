@@ -361,7 +361,10 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         raise InputError("no particle found in the map (no atom at any threshold)")
     if best_corr < o.min_sweep_correlation:
         raise InputError(f"no particle found in the map (the best atomic model explains it with correlation "
-                         f"{best_corr:.3f} < {o.min_sweep_correlation}; real particles give 0.4-0.9)")
+                         f"{best_corr:.3f} < {o.min_sweep_correlation}; real particles give 0.4-0.9). If the map "
+                         f"does hold a particle, its atoms are not resolved: check the voxel size and element, "
+                         f"and that the map is not over-sharpened (amplified noise beyond its resolution); "
+                         f"--min-sweep-correlation lowers the bar")
     lap("threshold_sweep")
 
     say(f"labelling at threshold {threshold:.4f}")
