@@ -90,6 +90,13 @@ def add_depth_option(p):
                         "(distance to the convex hull of the atoms; for elongated or faceted particles)")
 
 
+def add_blur_option(p):
+    p.add_argument("--blur-correction", choices=("auto", "core", "none"), default=None,
+                   help="take the map's own anisotropic blur (the elongation common to the fully coordinated "
+                        "atoms, e.g. a tomogram's missing wedge) off every U and DOI: auto (default: when the "
+                        "core's median U tensor has a DOI below 0.7), core (always) or none")
+
+
 def pipeline_kwargs(args) -> dict:
     """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
@@ -99,6 +106,8 @@ def pipeline_kwargs(args) -> dict:
         kw["presmooth_A"] = args.presmooth_A
     if getattr(args, "depth", None) is not None:         # analyze only; None keeps the default
         kw["depth"] = args.depth
+    if getattr(args, "blur_correction", None) is not None:
+        kw["blur_correction"] = args.blur_correction
     if getattr(args, "mask", None) is not None:
         kw["mask"] = args.mask
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
@@ -229,6 +238,7 @@ def register(sub):
     add_map_options(p)
     add_presmooth_option(p)
     add_depth_option(p)
+    add_blur_option(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("simulate", help="write a synthetic particle map and its ground truth")

@@ -27,6 +27,7 @@ from . import backend as _be
 DEFAULT_PRESMOOTH_A = 0.2
 
 __all__ = ["window_offsets", "gather_windows", "fit_displacements", "displacements_from_fits", "window_pearson",
+           "map_blur_tensor_A2",
            "window_peak", "fit_radius_A"]
 
 
@@ -156,7 +157,7 @@ def fit_displacements(values, d_A, inside, radius_A: float, *, max_factor: float
 
 
 def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_factor: float = 1.25,
-                            deconvolve_A2: float = 0.0) -> dict:
+                            deconvolve_A2: float = 0.0, blur_tensor_A2=None) -> dict:
     """U_iso, anisotropic U, eigenvalues, direction and DOI from solved log-Gaussian fits.
 
     Parameters
@@ -170,6 +171,10 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
         the fits: subtracted from U_iso and from every eigenvalue of U (exact for
         Gaussian atoms: smoothing adds it to their covariance). Fits left with a
         non-positive variance are failed.
+    blur_tensor_A2 : (3, 3) array, optional
+        The map's own anisotropic blur (:func:`map_blur_tensor_A2`), taken off every
+        fitted covariance (and its trace / 3 off U_iso) before the fits are judged, so
+        atoms that only the blur stretched past the fit window are kept.
 
     Returns
     -------
@@ -180,6 +185,9 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
     b, r2_an, ok_an = aniso
     ok_iso = ok_iso & (b_iso[:, 1] < 0)
     u_iso = -0.5 / xp.where(ok_iso, b_iso[:, 1], -1.0) - deconvolve_A2
+    if blur_tensor_A2 is not None:
+        psi = xp.asarray(np.asarray(blur_tensor_A2, dtype=np.float64))
+        u_iso = u_iso - xp.trace(psi) / 3.0
     ok_iso = ok_iso & (u_iso > 0)
     u_iso = xp.where(ok_iso, u_iso, xp.nan)
     prec = xp.stack([
@@ -190,6 +198,13 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
     lam, vec = xp.linalg.eigh(prec)                      # ascending precision
     ok_an = ok_an & xp.all(lam > 0, axis=1)
     lam_safe = xp.where(lam > 0, lam, 1.0)
+    if blur_tensor_A2 is not None:
+        # covariance less the blur, then its axes again (descending variances, as below)
+        cov = xp.einsum("nij,nj,nkj->nik", vec, 1.0 / lam_safe, vec) - psi[None]
+        w, v = xp.linalg.eigh(cov)
+        lam_safe, vec = 1.0 / xp.where(w > 0, w, 1.0), v[:, :, ::-1]
+        ok_an = ok_an & xp.all(w > 0, axis=1)
+        lam_safe = lam_safe[:, ::-1]
     ev = 1.0 / lam_safe - deconvolve_A2                  # descending variances: U_maj, U_med, U_min
     ok_an = ok_an & (ev[:, 0] <= (max_factor * float(radius_A)) ** 2) & (ev[:, 2] > 0)
     u = xp.einsum("nij,nj,nkj->nik", vec, ev, vec)
@@ -206,6 +221,36 @@ def displacements_from_fits(iso, aniso, n_fit_voxels, radius_A: float, *, max_fa
         "u_aniso_r2": xp.where(ok_an, r2_an, nan), "u_aniso_failed": ~ok_an,
         "n_fit_voxels": n_fit_voxels,
     }
+
+
+def map_blur_tensor_A2(u_A2, core):
+    """The anisotropic part of the map's own blur, from the U tensors of core atoms.
+
+    Core atoms vibrate nearly isotropically, so an elongation common to all of them is the
+    map's (a tomogram's missing wedge stretches every atom along the beam). Their
+    component-wise median tensor M, less its smallest eigenvalue along every axis, is that
+    blur: Ψ = M − λ_min(M)·I, positive semidefinite.
+
+    Parameters
+    ----------
+    u_A2 : (N, 3, 3) host array of U tensors (Å², NaN where the fit failed)
+    core : (N,) bool, the atoms to use (e.g. full coordination)
+
+    Returns
+    -------
+    psi_A2 : (3, 3) array, or None with fewer than 10 usable core atoms
+    core_doi : float, λ_min / λ_max of M (1 for an isotropic map; NaN without core atoms)
+    """
+    u = np.asarray(u_A2, float)
+    sel = np.asarray(core, bool) & np.all(np.isfinite(u.reshape(len(u), 9)), axis=1)
+    if sel.sum() < 10:
+        return None, float("nan")
+    m = np.median(u[sel], axis=0)
+    m = 0.5 * (m + m.T)
+    w, v = np.linalg.eigh(m)
+    if not w[-1] > 0:
+        return None, float("nan")
+    return (v * (w - w[0])) @ v.T, float(w[0] / w[-1])
 
 
 def window_pearson(a, b, mask):

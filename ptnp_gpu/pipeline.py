@@ -111,6 +111,9 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     opts = dict(opts)
     presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
     depth = opts.pop("depth", "radial")                   # statistics too: radial or surface depth
+    blur_correction = opts.pop("blur_correction", "auto")  # statistics too: the map's anisotropic blur
+    if stats and blur_correction not in ("auto", "core", "none"):
+        raise InputError(f"blur_correction must be 'auto', 'core' or 'none'; got {blur_correction!r}")
     if stats:
         from .statistics import DEPTH_DEFINITIONS
         if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:   # before the detection runs
@@ -148,7 +151,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             say("per-atom statistics")
             ts = time.perf_counter()
             st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend,
-                                    presmooth_A=presmooth_A, depth=depth)
+                                    presmooth_A=presmooth_A, depth=depth, blur_correction=blur_correction)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}

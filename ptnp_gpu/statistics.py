@@ -35,7 +35,7 @@ from .components import map_mean_sd
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
                            nn_bond_lengths_A, particle_diameter_A)
 from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_radius_A, gather_windows,
-                           window_offsets, window_peak)
+                           map_blur_tensor_A2, window_offsets, window_peak)
 from .elements import Element, get_element
 from .errors import InputError
 from .lattice import LatticeDomains, LatticeFit, fit_lattice_domains, lattice_geometry
@@ -99,6 +99,8 @@ SCHEMA: dict[str, tuple[str, str]] = {
                               "(1.25·fit radius)²); U and DOI NaN"),
     "n_fit_voxels": ("", "voxels used in the displacement fits"),
 }
+
+BLUR_AUTO_DOI = 0.7   # blur_correction="auto": the core's median U tensor is this anisotropic or more
 
 # depth definitions (compute_statistics' ``depth``) → description of the depth_A column
 DEPTH_DEFINITIONS = {
@@ -192,7 +194,8 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
-def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0):
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,
+                         blur_tensor_A2=None):
     """Displacement fits, validation correlation and peak intensity for every atom."""
     xp = be.xp
     vs = dmap.voxel_size_A
@@ -227,7 +230,7 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     del fit_data
     fits = displacements_from_fits(gk.solve_normal_equations(gk.iso_normal_equations(ne)),
                                    gk.solve_normal_equations(ne), ne.count, fit_r,
-                                   deconvolve_A2=presmooth_A ** 2)
+                                   deconvolve_A2=presmooth_A ** 2, blur_tensor_A2=blur_tensor_A2)
     fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
     # peak intensity: the maximum raw value in the atom's own component (one fused
     # pass of the label-moments kernel), else near the centre (gathered windows)
@@ -297,7 +300,8 @@ def _median(v):
 
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
                        simulated=None, strain_h_A: float = 2.0,
-                       presmooth_A: float | None = None, depth: str = "radial") -> AtomStatistics:
+                       presmooth_A: float | None = None, depth: str = "radial",
+                       blur_correction: str = "auto") -> AtomStatistics:
     """Per-atom statistics, particle summary, lattice fit and penetration depths.
 
     Parameters
@@ -334,11 +338,20 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         three-dimensional hull (fewer than 5 atoms, flat) gets the radial
         depth, and ``depth_definition`` then says ``"radial"``.
 
+    blur_correction : {"auto", "core", "none"}
+        Take the map's own anisotropic blur off every U tensor and U_iso
+        (:func:`ptnp_gpu.displacement.map_blur_tensor_A2`: the elongation common
+        to the fully coordinated atoms, e.g. a tomogram's missing wedge).
+        ``"auto"`` (default) does so when the core's median tensor has a DOI
+        below ``BLUR_AUTO_DOI`` (0.7; rendered maps measure 0.98, tomograms
+        0.27-0.32), ``"core"`` always, ``"none"`` never.
+
     Returns
     -------
     AtomStatistics
         ``particle["depth_definition"]`` and ``depth_definition`` record the
-        depth actually used.
+        depth actually used; ``particle["map_core_doi"]`` the core's DOI and
+        ``particle["blur_corrected"]`` whether the blur was taken off.
 
     Raises
     ------
@@ -347,6 +360,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         ``depth`` other than ``"radial"`` or ``"surface"``.
     """
     t_all = time.perf_counter()
+    if blur_correction not in ("auto", "core", "none"):
+        raise InputError(f"blur_correction must be 'auto', 'core' or 'none'; got {blur_correction!r}")
     if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:
         raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
     el = get_element(element) if isinstance(element, str) else element
@@ -418,6 +433,15 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
                                           presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
                                                             else presmooth_A))
+    psi, core_doi = map_blur_tensor_A2(win["u_A2"], np.asarray(cn) == geo["cn_bulk"])
+    corrected = psi is not None and (blur_correction == "core"
+                                     or (blur_correction == "auto" and core_doi < BLUR_AUTO_DOI))
+    if corrected:
+        log.warning("the map blurs its atoms anisotropically (core DOI %.2f): that blur is taken off every U "
+                    "(largest %.3f Å²)", core_doi, float(np.linalg.eigvalsh(psi)[-1]))
+        win, _ = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, blur_tensor_A2=psi,
+                                      presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
+                                                        else presmooth_A))
     times["windows"] = time.perf_counter() - t0
 
     U = win["u_A2"]
@@ -475,6 +499,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "n_u_aniso_failed": int(cols["u_aniso_failed"].sum()),
         "n_strain_failed": int(cols["strain_failed"].sum()),
         "depth_definition": depth_used,
+        "map_core_doi": core_doi, "blur_corrected": bool(corrected),
         "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
         "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],
         "fit_radius_A": float(fit_r),

@@ -139,3 +139,54 @@ def test_simulate_command_writes_a_tomogram(tmp_path, capsys):
     assert float(m.data.min()) == 0.0                       # SIRT's positivity
     a = match_accuracy(detect_atoms(m, "Pt", backend="numpy").xyz_A, np.array(truth["xyz_A"]), 1.0)
     assert a["recall"] >= 0.99 and a["precision"] >= 0.93, a
+
+
+def test_map_blur_tensor_recovers_a_known_elongation():
+    from ptnp_gpu.displacement import map_blur_tensor_A2
+    rng = np.random.default_rng(0)
+    psi = np.diag([0.0, 0.05, 0.3])                               # stretched along z, a little along y
+    u = np.eye(3)[None] * rng.uniform(0.02, 0.04, size=(300, 1, 1)) + psi[None]
+    u += rng.normal(scale=0.002, size=u.shape)
+    u = 0.5 * (u + u.transpose(0, 2, 1))
+    est, doi = map_blur_tensor_A2(u, np.ones(300, bool))
+    np.testing.assert_allclose(est, psi, atol=0.01)
+    assert doi < 0.15
+    assert map_blur_tensor_A2(u, np.zeros(300, bool))[0] is None   # no core atoms: nothing to say
+
+
+def test_statistics_take_a_tomogram_blur_off_the_displacements():
+    """A missing wedge stretches every atom along the beam: uncorrected, every atom's major axis
+    points along z and the DOI ranks the atoms against the truth (rank correlation −0.31 on this
+    400-atom particle); with the core's common elongation taken off, 0.63 (on an 800-atom
+    particle 0.63, and 0.65 on its rendered map, whose core DOI of 0.98 leaves it untouched)."""
+    from scipy.spatial import cKDTree
+    from scipy.stats import spearmanr
+
+    from ptnp_gpu.statistics import compute_statistics
+    p = make_particle(n_atoms=400, seed=9, margin_A=8, noise=0.0, background=0.0, u_surface_A2=0.3,
+                      surface_min_doi=0.4)
+    ev = np.linalg.eigvalsh(p.u_aniso_A2)
+    true_doi = ev[:, 0] / ev[:, 2]
+    rec = simulate_tomogram(p.map.data.astype(np.float32), max_tilt_deg=70.0, step_deg=2.0, counts_at_peak=3000.0,
+                            method="fbp", rng=1)
+    m = DensityMap(rec, p.map.voxel_size_A, p.map.origin_A)
+    det = detect_atoms(m, "Pt", backend="numpy")
+    d, i = cKDTree(p.xyz_A).query(det.xyz_A)
+    rho = {}
+    for mode in ("none", "auto"):
+        st = compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels, blur_correction=mode)
+        ok = (d < 1.0) & np.isfinite(st.columns["doi"])
+        rho[mode] = spearmanr(st.columns["doi"][ok], true_doi[i[ok]]).correlation
+        assert st.particle["blur_corrected"] == (mode == "auto")
+        assert st.particle["map_core_doi"] < 0.5
+    assert rho["none"] < 0.1 and rho["auto"] > 0.45, rho
+    with pytest.raises(InputError):
+        compute_statistics(det.backend_map, det.xyz_A, "Pt", blur_correction="yes")
+    # a rendered (isotropic) map: auto leaves every column as it was
+    p2 = make_particle(n_atoms=200, seed=4)
+    det2 = detect_atoms(p2.map, "Pt", backend="numpy")
+    a = compute_statistics(det2.backend_map, det2.xyz_A, "Pt", labels=det2.labels)
+    b = compute_statistics(det2.backend_map, det2.xyz_A, "Pt", labels=det2.labels, blur_correction="none")
+    assert not a.particle["blur_corrected"] and a.particle["map_core_doi"] > 0.8
+    for k in ("u_iso_A2", "doi", "u11_A2", "u_maj_dir_z"):
+        np.testing.assert_array_equal(a.columns[k], b.columns[k])
