@@ -104,3 +104,38 @@ def test_host_reads_are_few_and_do_not_grow_with_the_particle():
     assert det_l <= det_s + 15 and st_l <= st_s + 4, ((det_s, det_l), (st_s, st_l))
     # no single library line reads the device more than a bounded number of times
     assert max(sites.values()) <= 12 and max(st_sites.values()) <= 4, (sites, st_sites)
+
+
+def _random_fits(xp, n=200, seed=0):
+    """Solved displacement fits (iso, aniso, counts) of random SPD covariances, on ``xp``."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(scale=0.2, size=(n, 3, 3))
+    cov = a @ a.transpose(0, 2, 1) + 0.02 * np.eye(3)
+    P = np.linalg.inv(cov)
+    beta = np.stack([np.zeros(n), -P[:, 0, 0] / 2, -P[:, 1, 1] / 2, -P[:, 2, 2] / 2, -P[:, 0, 1], -P[:, 0, 2],
+                     -P[:, 1, 2]], 1)
+    b_iso = np.stack([np.zeros(n), -0.5 / np.trace(cov, axis1=1, axis2=2) * 3], 1)
+    ok = np.ones(n, bool)
+    r2 = rng.uniform(0.8, 1.0, n)
+    return ((xp.asarray(b_iso), xp.asarray(r2), xp.asarray(ok)), (xp.asarray(beta), xp.asarray(r2), xp.asarray(ok)),
+            xp.asarray(np.full(n, 50)))
+
+
+def test_blur_correction_parity_on_the_emulated_device():
+    """The map-blur correction of the displacement fits takes the same values on the CuPy path."""
+    from ptnp_gpu.displacement import displacements_from_fits
+    psi = np.diag([0.0, 0.02, 0.15])
+    ref = displacements_from_fits(*_random_fits(np), radius_A=2.0, deconvolve_A2=0.01, blur_tensor_A2=psi)
+    with emulate() as audit:
+        got = displacements_from_fits(*_random_fits(audit.backend.xp), radius_A=2.0, deconvolve_A2=0.01,
+                                      blur_tensor_A2=psi)
+        got = {k: _be.to_host(v) for k, v in got.items()}
+    assert 0 < int(ref["u_aniso_failed"].sum()) < len(ref["doi"])      # some fits lose an axis to the blur
+    plain = displacements_from_fits(*_random_fits(np), radius_A=2.0, deconvolve_A2=0.01)
+    ok = ~ref["u_aniso_failed"]
+    np.testing.assert_allclose(ref["u_A2"][ok], plain["u_A2"][ok] - psi, atol=1e-12)   # U − Ψ, exactly
+    iso = plain["u_iso_A2"] - np.trace(psi) / 3
+    np.testing.assert_allclose(ref["u_iso_A2"], np.where(iso > 0, iso, np.nan), atol=1e-12)   # failed when ≤ 0
+    for k in ("u_iso_A2", "u_A2", "u_eig_A2", "u_dir", "doi", "u_aniso_failed"):
+        np.testing.assert_allclose(np.asarray(got[k], float), np.asarray(ref[k], float), rtol=1e-10, atol=1e-12,
+                                   equal_nan=True)
