@@ -100,6 +100,8 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "n_fit_voxels": ("", "voxels used in the displacement fits"),
 }
 
+_SECOND_CLUSTER_MIN = 20          # a second bonded cluster this large (atoms) ...
+_SECOND_CLUSTER_FRACTION = 0.02   # ... and this share of the model: two particles (a warning)
 BLUR_AUTO_DOI = 0.7   # blur_correction="auto": the core's median U tensor is this anisotropic or more
 
 # depth definitions (compute_statistics' ``depth``) → description of the depth_A column
@@ -298,6 +300,27 @@ def _median(v):
     return float(np.median(v)) if len(v) else float("nan")
 
 
+def _bonded_clusters(pairs, n: int) -> dict:
+    """Sizes of the bonded clusters (connected components of the CN bonds) of ``n`` atoms.
+
+    One particle is one cluster (stray atoms aside); a second large one means the model holds
+    two particles, or a particle and a fragment of a neighbour, and every particle-level
+    figure (diameter, depth, penetration) then mixes them."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    p = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    g = coo_matrix((np.ones(len(p)), (p[:, 0], p[:, 1])), shape=(n, n))
+    k, lab = connected_components(g, directed=False)
+    sizes = np.sort(np.bincount(lab, minlength=k))[::-1]
+    second = int(sizes[1]) if k > 1 else 0
+    if second >= max(_SECOND_CLUSTER_MIN, _SECOND_CLUSTER_FRACTION * n):
+        log.warning("the model holds more than one particle: bonded clusters of %d and %d atoms (of %d); "
+                    "particle-level figures mix them (crop or mask the map to one particle)",
+                    int(sizes[0]), second, n)
+    return {"n_clusters": int(k), "largest_cluster_fraction": float(sizes[0] / max(n, 1)),
+            "second_cluster_atoms": second}
+
+
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
                        simulated=None, strain_h_A: float = 2.0,
                        presmooth_A: float | None = None, depth: str = "radial",
@@ -387,6 +410,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     centre = xyz.mean(0)
     centre_b = _on(be, centre)
     diameter = particle_diameter_A(xyz)
+    clusters = _bonded_clusters(_be.to_host(pairs), n)      # sync: the pairs come to the host once
     radius = xp.linalg.norm(pos - centre_b, axis=1)
     depth_used = "radial"
     if depth == "surface":                           # host: convex hull (Qhull)
@@ -498,7 +522,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "n_u_iso_failed": int(cols["u_iso_failed"].sum()),
         "n_u_aniso_failed": int(cols["u_aniso_failed"].sum()),
         "n_strain_failed": int(cols["strain_failed"].sum()),
-        "depth_definition": depth_used,
+        "depth_definition": depth_used, **clusters,
         "map_core_doi": core_doi, "blur_corrected": bool(corrected),
         "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
         "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],

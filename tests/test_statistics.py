@@ -293,3 +293,24 @@ def test_decahedral_particle_gets_its_wedges():
     assert len(doms.fits) >= 4 and doms.on_lattice.mean() >= 0.85, doms.as_list()
     assert all(abs(f["mean_param_A"] / 3.924 - 1) < 0.01 for f in doms.as_list())
     assert fit_lattice(xyz, "Pt").inlier.mean() < 0.45
+
+
+def test_two_particles_in_one_model_are_reported():
+    """A map holding two particles (or a fragment of a neighbour at its edge) gives one model whose
+    diameter, depths and penetration fits mix them: the statistics count the bonded clusters and
+    warn (429 + 177 atoms 30 Å apart: two clusters, the second of 177 atoms)."""
+    from ptnp_gpu.detect import detect_atoms
+    a = make_particle(n_atoms=400, seed=1, noise=0, background=0)
+    b = make_particle(n_atoms=150, seed=2, noise=0, background=0)
+    xyz = np.vstack([a.xyz_A - a.xyz_A.mean(0) + 20.0, b.xyz_A - b.xyz_A.mean(0) + [50.0, 20.0, 20.0]])
+    shape = tuple(int(s) for s in np.ceil((xyz.max(0) + 8.0) / 0.358))[::-1]
+    b_extra = reference_blur_A2(0.358)
+    d = np.asarray(render_atoms(xyz, shape, 0.358, (0, 0, 0), "Pt", b_extra_A2=b_extra,
+                                u_iso_A2=np.full(len(xyz), 0.03), backend="numpy"))
+    d += np.random.default_rng(0).normal(scale=0.1 * atom_peak_value("Pt", b_extra, 0.03), size=d.shape)
+    m = DensityMap(d.astype(np.float32), 0.358)
+    det = detect_atoms(m, "Pt", backend="numpy")
+    st = compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
+    assert st.particle["n_clusters"] == 2 and st.particle["second_cluster_atoms"] == len(b.xyz_A)
+    one = compute_statistics(a.map, a.xyz_A, "Pt")
+    assert one.particle["n_clusters"] == 1 and one.particle["largest_cluster_fraction"] == 1.0
