@@ -33,7 +33,7 @@ from . import backend as _be
 from . import gpu_kernels as gk
 from .components import map_mean_sd
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
-                           nn_bond_lengths_A, particle_diameter_A)
+                           mean_bond_lengths_A, nn_bond_lengths_A, particle_diameter_A)
 from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_radius_A, gather_windows,
                            map_blur_tensor_A2, window_offsets, window_peak)
 from .elements import Element, get_element
@@ -61,6 +61,8 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "gcn": ("", "generalized CN, paper: Σ CN_k / max CN_k over neighbours k"),
     "gcn_bulk": ("", "generalized CN with the bulk maximum: Σ CN_k / 12 (fcc; 8 for bcc)"),
     "bond_nn_A": ("Å", "distance to the nearest other atom"),
+    "bond_mean_A": ("Å", "mean distance to the bonded neighbours (within the CN cutoff); unlike bond_nn_A "
+                         "not shortened by position noise"),
     "radius_A": ("Å", "distance R from the particle centre (atom centroid)"),
     "depth_A": ("Å", "radial depth R_NP − R, R_NP = half the largest interatomic distance"),
     "lattice_resid_A": ("Å", "distance from the atom's site in its domain's fitted lattice"),
@@ -426,6 +428,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     per_atom = {
         "cn": cn, "gcn": generalized_cn(cn, pairs), "gcn_bulk": generalized_cn(cn, pairs, geo["cn_bulk"]),
         "bond_nn_A": nn_bond_lengths_A(pos, pairs),     # the nearest neighbour lies within the CN cutoff
+        "bond_mean_A": mean_bond_lengths_A(pos, pairs),
         "radius_A": radius, "depth_A": depth_col,
     }
     _be.synchronize(be)
@@ -474,6 +477,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "id": np.arange(1, n + 1), "element": np.array([el.symbol] * n),
         "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
         "cn": cn, "gcn": gcn, "gcn_bulk": per_atom["gcn_bulk"], "bond_nn_A": bond,
+        "bond_mean_A": per_atom["bond_mean_A"],
         "radius_A": per_atom["radius_A"], "depth_A": depth,
         "lattice_resid_A": doms.residual_A, "lattice_inlier": doms.on_lattice.astype(int),
         "lattice_domain": doms.domain,
@@ -502,6 +506,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "diameter_A": float(diameter),
         "cn_median": _median(cn),
         "bond_nn_median_A": _median(bond),
+        "bond_mean_median_A": _median(per_atom["bond_mean_A"]),
         "strain_radial_median_pct": _median(cols["strain_radial_pct"]),
         "core_ratio": float(np.mean(cn == geo["cn_bulk"])),
         "element": el.symbol,

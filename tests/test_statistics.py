@@ -314,3 +314,19 @@ def test_two_particles_in_one_model_are_reported():
     assert st.particle["n_clusters"] == 2 and st.particle["second_cluster_atoms"] == len(b.xyz_A)
     one = compute_statistics(a.map, a.xyz_A, "Pt")
     assert one.particle["n_clusters"] == 1 and one.particle["largest_cluster_fraction"] == 1.0
+
+
+def test_mean_bond_length_is_not_shortened_by_position_noise():
+    """The paper's nearest-neighbour bond is the shortest of ~12 noisy distances: on a detected
+    800-atom model (position RMSD 0.13 Å) its median reads 2.662 Å against a true 2.775 Å. The
+    mean distance to the bonded neighbours reads 2.780 Å."""
+    from ptnp_gpu.detect import detect_atoms
+    p = make_particle(n_atoms=800, seed=9, u_surface_A2=0.3, surface_min_doi=0.4)
+    det = detect_atoms(p.map, "Pt", backend="numpy")
+    st = compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
+    true_bond = p.lattice_param_A / np.sqrt(2)
+    assert abs(st.particle["bond_mean_median_A"] - true_bond) < 0.02, st.particle["bond_mean_median_A"]
+    assert st.particle["bond_nn_median_A"] < true_bond - 0.05          # the paper's definition, biased
+    exact = compute_statistics(p.map, p.xyz_A, "Pt")                   # ideal positions: both exact
+    assert abs(exact.particle["bond_mean_median_A"] - true_bond) < 1e-9
+    assert np.nanmax(np.abs(exact.columns["bond_mean_A"] - true_bond)) < 1e-9
