@@ -157,7 +157,7 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
                         "(wrong frame or voxel size? try --center or --voxel-size)")
     if not st.lattice.ok:
         warnings.append(st.lattice.message)
-    summary["warnings"] = warnings
+    summary["warnings"] = warnings + list(st.warnings)
     times = dict(summary.get("times_s") or {})
     times.update({"statistics": round(st.times_s["total"], 4), "stats_total": round(time.perf_counter() - t0, 4)})
     times.setdefault("total", times["stats_total"])

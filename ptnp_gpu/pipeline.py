@@ -158,6 +158,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             write_statistics(tmp, dmap, st, model_extra=extra, figures=figures)
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
+                             "warnings": list(getattr(st, "warnings", [])),
                              "penetration": getattr(st, "penetration", None),
                              "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None,
                              "lattice_domains": st.domains.as_list() if st.domains is not None else None}

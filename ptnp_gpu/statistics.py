@@ -153,6 +153,9 @@ class AtomStatistics:
         What ``columns["depth_A"]`` and the penetration fits use: ``"radial"``
         or ``"surface"`` (a key of :data:`DEPTH_DEFINITIONS`; also in
         ``particle["depth_definition"]``).
+    warnings : list of str
+        What the reader of the figures should know (two particles in one model, a map blur
+        taken off the displacements); also logged.
     """
     columns: dict
     particle: dict
@@ -166,6 +169,7 @@ class AtomStatistics:
     backend: str = "numpy"
     domains: LatticeDomains | None = None
     depth_definition: str = "radial"
+    warnings: list = field(default_factory=list)
 
     @property
     def n_atoms(self) -> int:
@@ -315,12 +319,13 @@ def _bonded_clusters(pairs, n: int) -> dict:
     k, lab = connected_components(g, directed=False)
     sizes = np.sort(np.bincount(lab, minlength=k))[::-1]
     second = int(sizes[1]) if k > 1 else 0
+    warning = None
     if second >= max(_SECOND_CLUSTER_MIN, _SECOND_CLUSTER_FRACTION * n):
-        log.warning("the model holds more than one particle: bonded clusters of %d and %d atoms (of %d); "
-                    "particle-level figures mix them (crop or mask the map to one particle)",
-                    int(sizes[0]), second, n)
+        warning = (f"the model holds more than one particle: bonded clusters of {int(sizes[0])} and {second} "
+                   f"atoms (of {n}); particle-level figures mix them (crop or mask the map to one particle)")
+        log.warning(warning)
     return {"n_clusters": int(k), "largest_cluster_fraction": float(sizes[0] / max(n, 1)),
-            "second_cluster_atoms": second}
+            "second_cluster_atoms": second}, warning
 
 
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
@@ -412,7 +417,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     centre = xyz.mean(0)
     centre_b = _on(be, centre)
     diameter = particle_diameter_A(xyz)
-    clusters = _bonded_clusters(_be.to_host(pairs), n)      # sync: the pairs come to the host once
+    clusters, cluster_warning = _bonded_clusters(_be.to_host(pairs), n)   # sync: the pairs come to the host once
+    warnings = [cluster_warning] if cluster_warning else []
     radius = xp.linalg.norm(pos - centre_b, axis=1)
     depth_used = "radial"
     if depth == "surface":                           # host: convex hull (Qhull)
@@ -464,8 +470,9 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     corrected = psi is not None and (blur_correction == "core"
                                      or (blur_correction == "auto" and core_doi < BLUR_AUTO_DOI))
     if corrected:
-        log.warning("the map blurs its atoms anisotropically (core DOI %.2f): that blur is taken off every U "
-                    "(largest %.3f Å²)", core_doi, float(np.linalg.eigvalsh(psi)[-1]))
+        warnings.append(f"the map blurs its atoms anisotropically (core DOI {core_doi:.2f}): that blur is taken "
+                        f"off every U (largest {float(np.linalg.eigvalsh(psi)[-1]):.3f} Å²)")
+        log.warning(warnings[-1])
         win, _ = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, blur_tensor_A2=psi,
                                       presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
                                                         else presmooth_A))
@@ -536,7 +543,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     }
     times["total"] = time.perf_counter() - t_all
     return AtomStatistics(cols, particle, lat, pen, _cn_bins(cols), el.symbol, centre, float(fit_r),
-                          times, be.name, doms, depth_used)
+                          times, be.name, doms, depth_used, warnings)
 
 
 # ----------------------------------------------------------------------------- writing

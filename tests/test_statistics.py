@@ -312,8 +312,10 @@ def test_two_particles_in_one_model_are_reported():
     det = detect_atoms(m, "Pt", backend="numpy")
     st = compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
     assert st.particle["n_clusters"] == 2 and st.particle["second_cluster_atoms"] == len(b.xyz_A)
+    assert any("more than one particle" in w for w in st.warnings)
     one = compute_statistics(a.map, a.xyz_A, "Pt")
     assert one.particle["n_clusters"] == 1 and one.particle["largest_cluster_fraction"] == 1.0
+    assert not one.warnings
 
 
 def test_mean_bond_length_is_not_shortened_by_position_noise():
