@@ -161,6 +161,8 @@ def _cmd_analyze(args):
 
 
 def _cmd_simulate(args):
+    if args.tomogram and args.single_particle:
+        raise InputError("choose one of --tomogram and --single-particle")
     from .synth import ParticleSpec, make_particle, write_particle
     spec = ParticleSpec(n_atoms=args.atoms, element=args.element, shape=args.shape,
                         voxel_size_A=args.voxel_size, box=tuple(args.box) if args.box else None,
@@ -170,7 +172,7 @@ def _cmd_simulate(args):
                         twin=args.twin, core_element=args.core_element, core_radius_A=args.core_radius,
                         core_scale=args.core_scale,
                         seed=args.seed)
-    if args.tomogram:                      # imaged as a tomogram: the noise comes from the counts
+    if args.tomogram or args.single_particle:   # imaged: the noise comes from the imaging
         spec.noise, spec.background = 0.0, 0.0
     try:
         p = make_particle(spec)
@@ -185,14 +187,26 @@ def _cmd_simulate(args):
                 "iterations": args.sirt_iterations}
         rec = simulate_tomogram(p.map.data.astype("float32"), rng=args.seed, **tomo)
         p.map = DensityMap(rec, p.map.voxel_size_A, p.map.origin_A)
+    if args.single_particle:
+        from .mapio import DensityMap
+        from .single_particle import simulate_reconstruction
+        if len(set(p.map.shape)) != 1:
+            raise InputError(f"--single-particle needs a cubic box, got {p.map.shape} (leave --box out)")
+        tomo = {"single_particle": True, "n_images": args.images, "image_snr": args.image_snr,
+                "b_factor_A2": args.envelope_b, "defocus_range_A": list(args.defocus)}
+        rec = simulate_reconstruction(p.map.data.astype("float32"), float(p.map.voxel_size_A[0]),
+                                      n_images=args.images, image_snr=args.image_snr, b_factor_A2=args.envelope_b,
+                                      defocus_range_A=tuple(args.defocus), rng=args.seed)
+        p.map = DensityMap(rec, p.map.voxel_size_A, p.map.origin_A)
     stem = Path(args.out_stem)
     if stem.suffix == ".mrc":
         stem = stem.with_suffix("")
     if stem.with_suffix(".mrc").exists() and not args.force:
         raise InputError(f"{stem.with_suffix('.mrc')} exists; use --force to replace it")
-    paths = write_particle(p, stem, extra={"tomogram": tomo} if tomo else None)
+    key = "single_particle" if args.single_particle else "tomogram"
+    paths = write_particle(p, stem, extra={key: tomo} if tomo else None)
     print(json.dumps({"n_atoms": len(p.xyz_A), "shape_zyx": list(p.map.shape), **paths,
-                      **({"tomogram": tomo} if tomo else {})}, indent=1))
+                      **({key: tomo} if tomo else {})}, indent=1))
     return 0
 
 
@@ -275,6 +289,16 @@ def register(sub):
     p.add_argument("--dark-fraction", type=float, default=0.05,
                    help="tomogram: counts everywhere, as a fraction of --counts (support film, dark level)")
     p.add_argument("--sirt-iterations", type=int, default=20, help="tomogram: SIRT iterations")
+    p.add_argument("--single-particle", action="store_true",
+                   help="image the (noise-free) particle as a single-particle reconstruction: images in random "
+                        "orientations with CTF, envelope and noise, put back by Wiener-weighted Fourier inversion")
+    p.add_argument("--images", type=int, default=2000, help="single particle: number of images")
+    p.add_argument("--image-snr", type=_positive, default=0.3,
+                   help="single particle: signal / noise variance per image")
+    p.add_argument("--envelope-b", type=float, default=15.0, metavar="A2",
+                   help="single particle: the images' envelope B (Å²)")
+    p.add_argument("--defocus", type=float, nargs=2, default=(100.0, 600.0), metavar=("LOW", "HIGH"),
+                   help="single particle: underfocus range (Å)")
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
