@@ -90,3 +90,16 @@ def test_simulate_command_writes_a_single_particle_reconstruction(tmp_path, caps
     assert a["recall"] >= 0.99 and a["precision"] >= 0.99, a
     assert main(["simulate", str(tmp_path / "both"), "--tomogram", "fbp", "--single-particle"]) == 2
     assert "choose one" in capsys.readouterr().err                  # one imaging model at a time
+
+
+def test_single_particle_on_the_emulated_device():
+    """The CuPy code path (run on the host by ptnp_gpu.device_emulation, which refuses implicit
+    host conversions) gives the NumPy path's reconstruction exactly."""
+    from ptnp_gpu import backend as _be
+    from ptnp_gpu.device_emulation import emulate
+    vol = np.random.default_rng(0).random((20, 20, 20)).astype(np.float32)
+    kw = dict(n_images=40, image_snr=0.5, b_factor_A2=5.0, preferred_axis_fraction=0.3, rng=7)
+    ref = simulate_reconstruction(vol, 0.5, **kw)
+    with emulate() as audit:
+        got = _be.to_host(simulate_reconstruction(audit.backend.xp.asarray(vol), 0.5, **kw))
+    np.testing.assert_array_equal(got, ref)
