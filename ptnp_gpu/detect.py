@@ -193,13 +193,13 @@ _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is spec
 
 def _drop_weak_rescued(lab, n, n_sweep, C_box, weights, t_keep):
     """Unlabel the components with ids above ``n_sweep`` (rescued) whose peak in ``C_box`` is
-    below ``t_keep``; ids stay as they are (the caller compacts them). Returns (lab, n, dropped)."""
+    below ``t_keep``; ids stay as they are (the caller compacts them). Returns (lab, dropped)."""
     xp = _be.namespace(lab).xp
     mom = label_moments(lab, n, weights, C_box)
     ids = xp.arange(n + 1)
     drop = (ids > n_sweep) & (mom["count"] > 0) & (mom["peak_value"] < t_keep)
     lab = xp.where(drop[lab], 0, lab).astype(xp.int32)
-    return lab, n, int(drop.sum())                   # sync
+    return lab, int(drop.sum())                      # sync
 
 
 def _nn_floor_A(xyz_A, n_sd: float = 4.0) -> float:
@@ -403,8 +403,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
             med_r, noise_r = _near_particle_level(Cr_box, lab > 0, vs)
             t_r = max(t_r, med_r + o.residual_sigma * noise_r)
             if n > n_sweep and med_r + o.rescue_sigma * noise_r > t_sig:
-                lab, n, counts["rescued_dropped"] = _drop_weak_rescued(lab, n, n_sweep, C_box, weights,
-                                                                       med_r + o.rescue_sigma * noise_r)
+                lab, counts["rescued_dropped"] = _drop_weak_rescued(lab, n, n_sweep, C_box, weights,
+                                                                    med_r + o.rescue_sigma * noise_r)
         lab, n, counts["rescued_residual"] = rescue_rounds(lab, n, Cr_box, t_r, vs, el, o.rescue_rounds,
                                                            centre_map=C_box)
         del Cr_box

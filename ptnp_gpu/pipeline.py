@@ -112,12 +112,9 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
     depth = opts.pop("depth", "radial")                   # statistics too: radial or surface depth
     blur_correction = opts.pop("blur_correction", "auto")  # statistics too: the map's anisotropic blur
-    if stats and blur_correction not in ("auto", "core", "none"):
-        raise InputError(f"blur_correction must be 'auto', 'core' or 'none'; got {blur_correction!r}")
-    if stats:
-        from .statistics import DEPTH_DEFINITIONS
-        if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:   # before the detection runs
-            raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
+    if stats:                                             # before the detection runs
+        from .statistics import check_statistics_options
+        check_statistics_options(depth, blur_correction)
     mask_path = opts.pop("mask", None)                    # applied to the map before anything else
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms

@@ -19,6 +19,7 @@ import numpy as np
 
 from . import backend as _be
 from .errors import InputError
+from .neighbors import segment_sum
 
 __all__ = ["electron_wavelength_A", "ctf", "random_orientations", "simulate_reconstruction"]
 
@@ -32,14 +33,14 @@ def electron_wavelength_A(kv: float = 300.0) -> float:
     0.0197
     """
     v = float(kv) * 1e3
-    return 12.2643 / np.sqrt(v * (1.0 + 0.978476e-6 * v))
+    return float(12.2643 / np.sqrt(v * (1.0 + 0.978476e-6 * v)))
 
 
 def ctf(s_A, defocus_A, *, kv: float = 300.0, cs_mm: float = 0.0, amplitude_contrast: float = 0.1, xp=np):
     """Phase-contrast transfer function at spatial frequency ``s_A`` (1/Å) for underfocus
     ``defocus_A`` (Å, positive = underfocus), spherical aberration ``cs_mm`` (0: a corrected
     microscope) and the given amplitude contrast. Array in, array out (on ``xp``)."""
-    lam = electron_wavelength_A(kv)
+    lam = np.float64(electron_wavelength_A(kv))        # a NumPy scalar: the phase in float64
     s2 = s_A * s_A
     chi = np.pi * lam * defocus_A * s2 - 0.5 * np.pi * cs_mm * 1e7 * lam ** 3 * s2 * s2
     w = np.arctan(amplitude_contrast / np.sqrt(max(1.0 - amplitude_contrast ** 2, 1e-12)))
@@ -153,14 +154,16 @@ def simulate_reconstruction(volume, voxel_size_A: float, *, n_images: int = 2000
         noise = (xp.asarray(rng.normal(scale=sd, size=sec.shape), dtype=xp.float32)
                  + 1j * xp.asarray(rng.normal(scale=sd, size=sec.shape), dtype=xp.float32))
         img = c * env * sec + noise
-        # insertion: nearest oversampled grid point, weights CTF·envelope
+        # insertion: nearest oversampled grid point, weights CTF·envelope (points off the grid
+        # add zero weight to point 0: no data-sized mask, no device read per batch)
         idx = xp.rint(coords).astype(xp.int64)
         ok = xp.all((idx >= 0) & (idx < m), axis=0)
-        flat = ((idx[0] * m + idx[1]) * m + idx[2])[ok]
-        w = (c * env).ravel()[ok].astype(xp.float64)
-        num_re += xp.bincount(flat, weights=w * img.real.ravel()[ok], minlength=m ** 3)
-        num_im += xp.bincount(flat, weights=w * img.imag.ravel()[ok], minlength=m ** 3)
-        den += xp.bincount(flat, weights=w * w, minlength=m ** 3)
+        flat = xp.where(ok, (idx[0] * m + idx[1]) * m + idx[2], 0)
+        w = xp.where(ok, (c * env).ravel().astype(xp.float64), 0.0)
+        sums = segment_sum(flat, [w * img.real.ravel(), w * img.imag.ravel(), w * w], m ** 3)
+        num_re += sums[0]
+        num_im += sums[1]
+        den += sums[2]
     reg = wiener * float(xp.mean(den[den > 0]))
     Fr = ((num_re + 1j * num_im) / (den + reg)).reshape(m, m, m)
     del num_re, num_im, den

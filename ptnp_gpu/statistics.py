@@ -44,7 +44,8 @@ from .penetration import fit_penetration
 from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 
 __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
-           "PENETRATION_STATISTICS", "DEPTH_DEFINITIONS", "summary_table"]
+           "PENETRATION_STATISTICS", "DEPTH_DEFINITIONS", "BLUR_CORRECTIONS", "check_statistics_options",
+           "summary_table"]
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ SCHEMA: dict[str, tuple[str, str]] = {
 
 _SECOND_CLUSTER_MIN = 20          # a second bonded cluster this large (atoms) ...
 _SECOND_CLUSTER_FRACTION = 0.02   # ... and this share of the model: two particles (a warning)
+BLUR_CORRECTIONS = ("auto", "core", "none")   # compute_statistics' ``blur_correction``
 BLUR_AUTO_DOI = 0.7   # blur_correction="auto": the core's median U tensor is this anisotropic or more
 
 # depth definitions (compute_statistics' ``depth``) → description of the depth_A column
@@ -202,9 +204,12 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
-def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,
-                         blur_tensor_A2=None):
-    """Displacement fits, validation correlation and peak intensity for every atom."""
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0):
+    """Displacement fits, validation correlation and peak intensity for every atom.
+
+    Returns (host columns, map mean and SD, ``refit``): ``refit(psi)`` gives the displacement
+    columns again from the same solved fits with the blur tensor ``psi`` taken off
+    (:func:`ptnp_gpu.displacement.displacements_from_fits`), without a second pass over the map."""
     xp = be.xp
     vs = dmap.voxel_size_A
     data_full = _on(be, dmap.data)
@@ -236,9 +241,13 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     fit_data = data if not presmooth_A > 0 else be.ndi.gaussian_filter(data, presmooth_A / vs[::-1])
     ne = gk.window_normal_equations(fit_data, vox_c, fit_r / vs[0], voxel_size_A=vs)
     del fit_data
-    fits = displacements_from_fits(gk.solve_normal_equations(gk.iso_normal_equations(ne)),
-                                   gk.solve_normal_equations(ne), ne.count, fit_r,
-                                   deconvolve_A2=presmooth_A ** 2, blur_tensor_A2=blur_tensor_A2)
+    solved = (gk.solve_normal_equations(gk.iso_normal_equations(ne)), gk.solve_normal_equations(ne), ne.count)
+
+    def refit(psi):
+        return _columns_to_host(displacements_from_fits(*solved, fit_r, deconvolve_A2=presmooth_A ** 2,
+                                                        blur_tensor_A2=psi))
+
+    fits = displacements_from_fits(*solved, fit_r, deconvolve_A2=presmooth_A ** 2)
     fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
     # peak intensity: the maximum raw value in the atom's own component (one fused
     # pass of the label-moments kernel), else near the centre (gathered windows)
@@ -259,7 +268,7 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
             core = inside2 & (rr <= xp.min(xp.where(inside2, rr, xp.inf), axis=1, keepdims=True))
             peak[sel] = window_peak(v2, core | (inside2 & (rr <= el.radius_A ** 2)))
     fits["intensity_peak_z"] = (peak - mean) / (sd if sd > 0 else 1.0)
-    return _columns_to_host(fits), {"map_mean": mean, "map_sd": sd}
+    return _columns_to_host(fits), {"map_mean": mean, "map_sd": sd}, refit
 
 
 def _columns_to_host(columns: dict) -> dict:
@@ -304,6 +313,16 @@ def _median(v):
     v = np.asarray(v, float)
     v = v[np.isfinite(v)]
     return float(np.median(v)) if len(v) else float("nan")
+
+
+def check_statistics_options(depth="radial", blur_correction="auto") -> None:
+    """Raise :class:`InputError` for a ``depth`` or ``blur_correction`` that
+    :func:`compute_statistics` does not know (the pipeline checks before detecting)."""
+    if blur_correction not in BLUR_CORRECTIONS:
+        raise InputError(f"blur_correction must be one of {', '.join(map(repr, BLUR_CORRECTIONS))}; "
+                         f"got {blur_correction!r}")
+    if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:
+        raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
 
 
 def _bonded_clusters(pairs, n: int) -> dict:
@@ -390,10 +409,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         ``depth`` other than ``"radial"`` or ``"surface"``.
     """
     t_all = time.perf_counter()
-    if blur_correction not in ("auto", "core", "none"):
-        raise InputError(f"blur_correction must be 'auto', 'core' or 'none'; got {blur_correction!r}")
-    if not isinstance(depth, str) or depth not in DEPTH_DEFINITIONS:
-        raise InputError(f"depth must be one of {', '.join(map(repr, DEPTH_DEFINITIONS))}; got {depth!r}")
+    check_statistics_options(depth, blur_correction)
     el = get_element(element) if isinstance(element, str) else element
     xyz = np.asarray(_be.to_host(xyz_A), dtype=np.float64).reshape(-1, 3)
     n = len(xyz)
@@ -463,9 +479,9 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     times["strain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
-    win, map_stats = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
-                                          presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
-                                                            else presmooth_A))
+    win, map_stats, refit = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
+                                                 presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
+                                                                   else presmooth_A))
     psi, core_doi = map_blur_tensor_A2(win["u_A2"], np.asarray(cn) == geo["cn_bulk"])
     corrected = psi is not None and (blur_correction == "core"
                                      or (blur_correction == "auto" and core_doi < BLUR_AUTO_DOI))
@@ -473,9 +489,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         warnings.append(f"the map blurs its atoms anisotropically (core DOI {core_doi:.2f}): that blur is taken "
                         f"off every U (largest {float(np.linalg.eigvalsh(psi)[-1]):.3f} Å²)")
         log.warning(warnings[-1])
-        win, _ = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, blur_tensor_A2=psi,
-                                      presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
-                                                        else presmooth_A))
+        win.update(refit(psi))
     times["windows"] = time.perf_counter() - t0
 
     U = win["u_A2"]

@@ -21,6 +21,8 @@ of θ rotates the volume by θ in the (z, x) plane about the y axis.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import backend as _be
@@ -50,8 +52,14 @@ def _projector(nz: int, nx: int, tilt_deg, be):
     Voxel-driven with linear interpolation on the detector: each voxel centre, rotated by the
     tilt, lands at detector coordinate ``u = x cos θ − z sin θ`` (centred) and its density is
     split between the two nearest detector pixels. Every y slice uses the same matrix, so a
-    volume projects as one sparse product; its transpose is the exact back-projection.
+    volume projects as one sparse product; its transpose is the exact back-projection. Built
+    once per (slice shape, tilts, backend): a tilt series and its reconstruction share it.
     """
+    return _projector_cached(int(nz), int(nx), tuple(float(a) for a in tilt_deg), be.name)
+
+
+@functools.lru_cache(maxsize=4)
+def _projector_cached(nz: int, nx: int, tilt_deg: tuple, backend_name: str):
     import scipy.sparse as sp
     t = np.radians(np.asarray(tilt_deg, float))
     zc = np.arange(nz) - 0.5 * (nz - 1)
@@ -70,7 +78,7 @@ def _projector(nz: int, nx: int, tilt_deg, be):
             ws.append(w[ok])
     A = sp.csr_matrix((np.concatenate(ws).astype(np.float32), (np.concatenate(rows), np.concatenate(cs))),
                       shape=(len(t) * nx, nz * nx))
-    if be.is_gpu:
+    if _be.get(backend_name).is_gpu:
         import cupyx.scipy.sparse as csp
         A = csp.csr_matrix(A)
     return A
@@ -176,16 +184,12 @@ def reconstruct_fbp(projections, tilt_deg, nz: int, *, filter_cutoff: float = 1.
     t = np.asarray(tilt_deg, float)
     if projections.shape[0] != len(t):
         raise InputError(f"{projections.shape[0]} projections but {len(t)} tilt angles")
-    # each tilt weighs the angular interval it covers (radians), so an uneven scheme stays exact
+    # each tilt weighs the angular interval it covers (radians): half-way to its neighbours, a
+    # whole step at the two ends, so an uneven scheme stays exact (np.gradient of the sorted tilts)
     order = np.argsort(t)
-    edges = np.concatenate([[t[order][0]], 0.5 * (t[order][1:] + t[order][:-1]), [t[order][-1]]])
-    w = np.empty(len(t))
-    w[order] = np.radians(np.diff(edges))
+    w = np.full(len(t), np.pi)
     if len(t) > 1:
-        w[order[0]] += np.radians(0.5 * (t[order][1] - t[order][0]))
-        w[order[-1]] += np.radians(0.5 * (t[order][-1] - t[order][-2]))
-    else:
-        w[:] = np.pi
+        w[order] = np.radians(np.gradient(t[order]))
     xp = be.xp
     filt = _ramp_filter(xp.asarray(projections, dtype=xp.float32), be, filter_cutoff)
     filt *= xp.asarray(w.astype(np.float32))[:, None, None]
