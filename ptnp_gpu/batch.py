@@ -557,6 +557,9 @@ def _row(summary: dict, rec: dict) -> dict:
     m = summary.get("map") or {}
     if m.get("voxel_size_A"):
         row["voxel_size_A"] = m["voxel_size_A"][0]
+    row["voxel_size_source"] = (summary.get("voxel_size") or {}).get("source")
+    row["bond_over_bulk"] = (summary.get("scale") or {}).get("ratio")
+    row["n_warnings"] = len(summary.get("warnings") or [])
     if m.get("shape_zyx"):
         row["map_shape_zyx"] = "x".join(str(n) for n in m["shape_zyx"])
     row.update({f"time_{k}_s": v for k, v in (summary.get("times_s") or {}).items()
@@ -765,8 +768,9 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
         Batch folder (created). One sub-folder per map plus manifest and tables.
     element : str, optional
         Element symbol passed to the analysis.
-    voxel_size_A : float, optional
-        Overrides every map's header voxel size (Å).
+    voxel_size_A : float or "auto", optional
+        Overrides every map's header voxel size (Å); ``"auto"``: each map's own, read from its
+        lattice fringes (see :func:`ptnp_gpu.pipeline.run_analyze`).
     opts : dict, optional
         Further keyword options of :func:`ptnp_gpu.pipeline.run_analyze`; part of
         the parameters that decide whether a result can be reused.
@@ -812,8 +816,10 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--out {out_dir} exists and is not a folder")
-    if voxel_size_A is not None and not (float(voxel_size_A) > 0 and math.isfinite(float(voxel_size_A))):
-        raise InputError(f"voxel size must be a positive number of Å, got {voxel_size_A}")
+    if isinstance(voxel_size_A, str) and voxel_size_A.strip().lower() == "auto":
+        voxel_size_A = "auto"                 # per map, from its lattice fringes (pipeline.run_analyze)
+    elif voxel_size_A is not None and not (float(voxel_size_A) > 0 and math.isfinite(float(voxel_size_A))):
+        raise InputError(f"voxel size must be a positive number of Å or 'auto', got {voxel_size_A}")
     if int(retries) < 0:
         raise InputError(f"retries must be 0 or more, got {retries}")
     if analyze is None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 from . import __version__
@@ -36,9 +37,39 @@ class _ArgError(Exception):
     pass
 
 
+class _Once(logging.Filter):
+    """Pass each library warning once per run (detection and statistics may both raise one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def filter(self, record) -> bool:
+        msg = record.getMessage()
+        if msg in self.seen:
+            return False
+        self.seen.add(msg)
+        return True
+
+
+def _library_warnings(command: str) -> None:
+    """Library warnings on stderr as ``ptnp COMMAND: warning: …``, each once per command run."""
+    lib = logging.getLogger("ptnp_gpu")
+    for h in [h for h in lib.handlers if getattr(h, "_ptnp_cli", False)]:
+        lib.removeHandler(h)                 # a previous main() in this process
+    h = logging.StreamHandler(sys.stderr)
+    h._ptnp_cli = True
+    h.setLevel(logging.WARNING)
+    h.setFormatter(logging.Formatter(f"ptnp {command}: warning: %(message)s"))
+    h.addFilter(_Once())
+    lib.addHandler(h)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "func", None) and args.command != "batch":   # batch configures its own logging
+        _library_warnings(args.command)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -15,12 +15,21 @@ def _positive(v):
     return x
 
 
+def _voxel_size(v):
+    """A number of Å (checked where the map is read) or 'auto'."""
+    if v.strip().lower() == "auto":
+        return "auto"
+    return float(v)
+
+
 def add_map_options(p):
     """Options shared by every command that analyses maps."""
     p.add_argument("--element", default="Pt", help="element the particle is made of (default Pt)")
     p.add_argument("--out", type=Path, default=None, help="result folder (default: <map>_ptnp beside the map)")
-    p.add_argument("--voxel-size", type=float, default=None, metavar="A",
-                   help="voxel size in Å (overrides the map header)")
+    p.add_argument("--voxel-size", type=_voxel_size, default=None, metavar="A",
+                   help="voxel size in Å (overrides the map header), or 'auto': read it from the map's lattice "
+                        "fringes and refine it by the detected bonds (lengths are then calibrated to the bulk "
+                        "element). Without it, a model whose bonds are more than 10%% off bulk gets a warning")
     p.add_argument("--mask", type=Path, default=None, metavar="MRC",
                    help="solvent mask of the map's shape (0 solvent to 1 particle, soft edges fine): the "
                         "map is set to its level outside it first, e.g. to leave out a support film")
@@ -121,8 +130,9 @@ _TABLE_KEYS = (("diameter_A", "diameter (Å)"), ("cn_median", "median CN"),
                ("u_iso_median_A2", "median U_iso (Å²)"), ("doi_median", "median DOI"))
 
 
-def _print_table(summary, stream=sys.stdout):
-    """Short end-of-run table: counts, paper Table 1 columns, penetration depths."""
+def _print_table(summary, stream=None):
+    """Short end-of-run table: counts, paper Table 1 columns, penetration depths, warnings."""
+    stream = sys.stdout if stream is None else stream
     part = summary.get("particle") or {}
     rows = [("atoms", summary["n_atoms"]), ("threshold", f"{summary['threshold']:.4g}"),
             ("sweep correlation", f"{summary['correlation']:.4f}")]
@@ -139,9 +149,14 @@ def _print_table(summary, stream=sys.stdout):
         rows.append(("depth definition", part["depth_definition"]))
     rows += [("backend", summary["backend"]), ("time (s)", f"{summary['times_s']['total']:.2f}"),
              ("results", summary["out_dir"])]
+    vinfo = summary.get("voxel_size") or {}
+    if vinfo.get("source") == "auto":
+        rows.insert(3, ("voxel size (Å, auto)", f"{vinfo['voxel_size_A']:.4g}"))
     w = max(len(r[0]) for r in rows)
     for k, v in rows:
         print(f"  {k:<{w}}  {v}", file=stream)
+    for msg in summary.get("warnings") or []:
+        print(f"warning: {msg}", file=stream)
 
 
 def _cmd_detect(args):

@@ -43,6 +43,7 @@ listed in the method notes. The stages:
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -57,10 +58,13 @@ from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import pairs_within, segment_sum
 from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
+from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_level, _noise_rises,
                       _noise_spectrum, _solvent_mask)
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
+
+log = logging.getLogger(__name__)
 
 __all__ = ["DetectOptions", "Detection", "detect_atoms", "default_kernel_blur_A2"]
 
@@ -172,6 +176,8 @@ class Detection:
     times: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)
     raw: object = None                 # the map as float32 on the backend (device-resident on CuPy)
+    scale: object = None               # ScaleCheck: the model's bonds against the bulk element's
+    warnings: list = field(default_factory=list)   # what the caller should know (a wrong voxel size)
 
     @property
     def backend_map(self) -> DensityMap:
@@ -443,6 +449,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     lap("centres")
 
     say("validating atoms")
+    if centre.shape[0] == 0:                     # the message the validation would end with, sooner
+        raise InputError("no particle found in the map (every candidate atom was rejected)")
     centre_full = centre + xp.asarray(box_start)
     xyz = xp.asarray(dmap.origin_A) + centre_full * xp.asarray(vs)
     # per-atom scale (mixed elements, partial occupancy): smoothed height at the centre
@@ -506,8 +514,13 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     peak = (pk.astype(xp.float64) - mean) / sd
     lap("validate")
 
+    xyz_host = _be.to_host(xyz)
+    scale_check = check_model_scale(xyz_host, el, vs)     # host: a few ms (≤ 1,000 neighbourhoods)
+    warnings = [scale_check.message] if scale_check.message else []
+    for w in warnings:
+        log.warning(w)
     return Detection(
-        xyz_A=_be.to_host(xyz), labels=labels, n_voxels=_be.to_host(nvox).astype(np.int64),
+        xyz_A=xyz_host, labels=labels, n_voxels=_be.to_host(nvox).astype(np.int64),
         validation_corr=_be.to_host(vcorr), peak_intensity=_be.to_host(peak),
         threshold=threshold, curve=curve[:, :2], correlation=best_corr, denoised=C,
         simulated=sim, map=dmap, element=el,
@@ -517,4 +530,5 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
                 "band_limit_A": float(res_A), "noise_sd": float(noise),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
+        scale=scale_check, warnings=warnings,
     )

@@ -6,6 +6,7 @@ partial result, and ``summary.json`` inside a folder means it is complete.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -103,6 +104,62 @@ def _write_curve(folder: Path, det, figure: bool = True):
     plt.close(fig)
 
 
+_HINT_RATIO = 0.10      # a refused map whose bonds or fringes put the voxel size this far off: say so
+
+
+def _is_auto(voxel_size_A) -> bool:
+    if isinstance(voxel_size_A, str):
+        if voxel_size_A.strip().lower() != "auto":
+            raise InputError(f"voxel size must be a number of Å or 'auto', got {voxel_size_A!r}")
+        return True
+    return False
+
+
+def _read(map_path, mask_path, voxel_size_A, say):
+    """The map (and its mask applied) at ``voxel_size_A`` (None: the header's)."""
+    dmap = read_map(map_path, voxel_size_A)
+    if mask_path is not None:
+        say(f"applying the mask {mask_path}")
+        dmap = apply_mask(dmap, read_map(mask_path, voxel_size_A))
+    return dmap
+
+
+def _scale_hint(dmap, el, backend, opts) -> str:
+    """For a refused map: the voxel size that would give bulk bonds, when far from the one used.
+
+    A detection without the CN < 3 rule (whose bulk bond cutoffs remove every atom of a map read
+    too coarse) measures the bonds; if it finds none, the map's lattice fringes are read."""
+    from .detect import detect_atoms
+    from .scale import MIN_FULL_SHELL, estimate_voxel_size_A
+    vs = float(np.mean(dmap.voxel_size_A))
+    quiet = logging.getLogger("ptnp_gpu.detect")
+    was = quiet.disabled
+    quiet.disabled = True                  # this detection's own scale warning would repeat the hint
+    try:
+        det = detect_atoms(dmap, el, backend=backend, **{**opts, "reject_low_cn": False})
+        ratio = float(det.scale.ratio)
+        if (det.scale.full_shell_fraction >= MIN_FULL_SHELL and np.isfinite(ratio)
+                and abs(ratio - 1.0) > _HINT_RATIO):                         # a lattice, at another scale
+            return (f". Without the CN rule the atoms found have bonds {ratio:.2f}× bulk {el.symbol}'s: a voxel size "
+                    f"of about {vs / ratio:.3g} Å, not the {vs:.3g} Å used, would give bulk bonds: check it, or pass "
+                    "--voxel-size auto")
+        return ""
+    except InputError:
+        pass
+    except Exception:  # noqa: BLE001 - a hint must never hide the refusal itself
+        return ""
+    finally:
+        quiet.disabled = was
+    try:
+        e = estimate_voxel_size_A(_be.asarray(dmap.data, backend), el)
+    except Exception:  # noqa: BLE001
+        return ""
+    if not e.ok or abs(e.voxel_size_A / vs - 1.0) <= _HINT_RATIO:
+        return ""
+    return (f". The map's lattice fringes suggest a voxel size of about {e.voxel_size_A:.3g} Å, not the "
+            f"{vs:.3g} Å used: check it, or pass --voxel-size auto")
+
+
 def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, figures: bool,
          opts):
     t_start = time.perf_counter()
@@ -123,14 +180,30 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
         el = get_element(element)
     except ValueError as exc:
         raise InputError(str(exc)) from None
+    auto = _is_auto(voxel_size_A)
     say(f"reading {map_path}")
     t = time.perf_counter()
-    dmap = read_map(map_path, voxel_size_A)
-    if mask_path is not None:
-        say(f"applying the mask {mask_path}")
-        dmap = apply_mask(dmap, read_map(mask_path, voxel_size_A))
+    dmap = _read(map_path, mask_path, 1.0 if auto else voxel_size_A, say)
     t_read = time.perf_counter() - t
-    det = detect_atoms(dmap, el, backend=backend, progress=say, **opts)
+    voxel_info = {"source": "auto" if auto else ("header" if voxel_size_A is None else "given")}
+    if auto:
+        from .scale import calibrate_voxel_size
+        say("voxel size: trying the scales of the map's lattice fringes and local maxima")
+        det, cal = calibrate_voxel_size(lambda v: dmap if v == 1.0 else _read(map_path, mask_path, v, say), el,
+                                        backend=backend, progress=say, **opts)
+        dmap = det.map
+        voxel_info.update(cal.as_dict(),
+                          note=f"voxel size found from the map, assuming bulk {el.symbol} bonds: absolute lengths "
+                               "(lattice parameter, bond lengths, radial strain) are calibrated to bulk")
+        say(f"voxel size {cal.voxel_size_A:.4g} Å (bonds {cal.bond_over_bulk:.3f}× bulk, correlation "
+            f"{cal.correlation:.3f}; {len(cal.tried)} starting scales tried)")
+    else:
+        try:
+            det = detect_atoms(dmap, el, backend=backend, progress=say, **opts)
+        except InputError as exc:
+            if not str(exc).startswith(("no particle found", "the map's contrast looks inverted")):
+                raise
+            raise InputError(f"{exc}{_scale_hint(dmap, el, backend, opts)}") from None
     say(f"{len(det.xyz_A)} atoms at threshold {det.threshold:.4g} (correlation {det.correlation:.4f})")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -142,7 +215,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
         write_map(tmp / "simulated.mrc", det.simulated, vs, org)
         _write_curve(tmp, det, figures)
         cols = _detection_columns(det)
-        summary_extra = {}
+        summary_extra = {"warnings": list(det.warnings)}
         if stats:
             from .statistics import compute_statistics, write_statistics
             say("per-atom statistics")
@@ -155,7 +228,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             write_statistics(tmp, dmap, st, model_extra=extra, figures=figures)
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
-                             "warnings": list(getattr(st, "warnings", [])),
+                             "warnings": list(dict.fromkeys(det.warnings + list(getattr(st, "warnings", [])))),
                              "penetration": getattr(st, "penetration", None),
                              "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None,
                              "lattice_domains": st.domains.as_list() if st.domains is not None else None}
@@ -174,6 +247,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             "correlation": det.correlation, "counts": det.counts,
             "map": {"shape_zyx": list(dmap.shape), "voxel_size_A": dmap.voxel_size_A.tolist(),
                     "origin_A": dmap.origin_A.tolist()},
+            "voxel_size": voxel_info, "scale": det.scale.as_dict(),
             "parameters": {k: v for k, v in det.params.items() if k != "backend"},
             "backend": det.params["backend"], "backend_info": _be.info(),
             "times_s": {k: round(float(v), 4) for k, v in times.items()},
@@ -197,7 +271,9 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     map_path : path of an MRC map
     out_dir : folder for results; default ``<map stem>_ptnp`` beside the map
     element : element symbol
-    voxel_size_A : overrides the header's voxel size (Å)
+    voxel_size_A : overrides the header's voxel size (Å); ``"auto"`` finds it from the map, assuming
+        bulk bonds of ``element`` (:func:`ptnp_gpu.scale.calibrate_voxel_size`; the summary's
+        ``voxel_size`` records the scales tried)
     force : replace an existing result folder
     quiet : no progress messages
     figures : write the PNG figures (skip them for speed in large batches)

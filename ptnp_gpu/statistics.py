@@ -41,6 +41,7 @@ from .errors import InputError
 from .lattice import LatticeDomains, LatticeFit, fit_lattice_domains, lattice_geometry
 from .models import atomic_write, format_cell, write_json, write_table
 from .penetration import fit_penetration
+from .scale import check_model_scale
 from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 
 __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
@@ -435,6 +436,10 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     diameter = particle_diameter_A(xyz)
     clusters, cluster_warning = _bonded_clusters(_be.to_host(pairs), n)   # sync: the pairs come to the host once
     warnings = [cluster_warning] if cluster_warning else []
+    scale = check_model_scale(xyz, el, dmap.voxel_size_A)   # host: a wrong voxel size scales every length
+    if scale.message:
+        log.warning(scale.message)
+        warnings.append(scale.message)
     radius = xp.linalg.norm(pos - centre_b, axis=1)
     depth_used = "radial"
     if depth == "surface":                           # host: convex hull (Qhull)
@@ -549,6 +554,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "n_u_aniso_failed": int(cols["u_aniso_failed"].sum()),
         "n_strain_failed": int(cols["strain_failed"].sum()),
         "depth_definition": depth_used, **clusters,
+        "bond_first_shell_A": scale.bond_A, "bond_over_bulk": scale.ratio,
         "map_core_doi": core_doi, "blur_corrected": bool(corrected),
         "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
         "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],
