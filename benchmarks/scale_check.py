@@ -9,7 +9,7 @@ Each trial makes a map whose true voxel size is known, then:
 3. writes the map with a 1 Å header and runs ``run_detect(voxel_size_A="auto")``: the
    estimated voxel size against the truth, and recall / precision against the true atoms.
 
-Kinds of map (``--kinds``): ``synth`` (any of the 16 elements, 0.2-0.75 Å voxels, noise,
+Kinds of map (``--kinds``): ``synth`` (any of the 14 elements, 0.2-0.75 Å voxels, noise,
 background, surface U, lattice strain ±2%), ``tomo`` (simulated FBP / SIRT tomograms of Pt),
 ``spa`` (simulated single-particle reconstructions of Pt), ``experimental`` (the measured
 PdPt and FePt models rendered as Pt, when ``../shared/data/experimental`` exists).
@@ -117,8 +117,11 @@ def run_case(spec, dmap, truth, el, rng, tmp: Path) -> dict:
         msg = str(exc)
         wrong.update(refused=msg[:120], hint="--voxel-size auto" in msg)
         if wrong["hint"]:
-            wrong["hinted_A"] = float(msg.split("voxel size of about ")[1].split(" ")[0])
-            wrong["hint_error"] = round(wrong["hinted_A"] / vs - 1.0, 4)
+            sizes = [float(x) for x in msg.split(" at about " if " at about " in msg else " of about ")[1]
+                     .split(" Å")[0].split(", ")]
+            wrong["hinted_A"] = sizes
+            wrong["hint_error"] = round(sizes[0] / vs - 1.0, 4)                       # the first named
+            wrong["hint_best_error"] = round(min(sizes, key=lambda h: abs(h / vs - 1.0)) / vs - 1.0, 4)
     row["wrong"] = wrong
     # 3. auto from a header that says 1 Å
     path = tmp / "unknown.mrc"

@@ -438,6 +438,38 @@ def start_cluster(plan: dict, *, allowed_failures: int = 3, silence_logs=logging
     -------
     distributed.SpecCluster
     """
+    saved = {k: os.environ.get(k) for k in (*_THREAD_VARS, "PYTHONHASHSEED")}
+    cluster = _start_cluster(plan, allowed_failures, silence_logs)
+    return _keeping_environ(cluster, saved)
+
+
+def _restore_environ(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _keeping_environ(cluster, saved: dict):
+    """Distributed's nannies set their ``pre-spawn-environ`` (our thread limits, PYTHONHASHSEED)
+    in *this* process's environment when they spawn a worker, and leave them there: a session
+    that ran a batch would run single-threaded afterwards (and Numba, whose thread pool was
+    launched before, refuses to recompile with another thread count). Put them back now and
+    again when the cluster closes (a restarted worker sets them once more)."""
+    _restore_environ(saved)
+    close = cluster.close
+
+    def close_and_restore(*args, **kwargs):
+        try:
+            return close(*args, **kwargs)
+        finally:
+            _restore_environ(saved)
+    cluster.close = close_and_restore
+    return cluster
+
+
+def _start_cluster(plan: dict, allowed_failures: int, silence_logs):
     import dask
     from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
     threads = {k: str(plan["threads"]) for k in _THREAD_VARS}
@@ -832,7 +864,7 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     out_dir.mkdir(parents=True, exist_ok=True)
     with _batch_lock(out_dir):         # one batch at a time per folder
         _clean_partials(out_dir)
-        params = _canonical({"element": element, "voxel_size_A": None if voxel_size_A is None
+        params = _canonical({"element": element, "voxel_size_A": voxel_size_A if voxel_size_A in (None, "auto")
                              else float(voxel_size_A), **(opts or {})})
         manifest = read_manifest(out_dir)
         names = _assign_names(paths, manifest)

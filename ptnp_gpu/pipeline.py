@@ -128,9 +128,9 @@ def _scale_hint(dmap, el, backend, opts) -> str:
     """For a refused map: the voxel size that would give bulk bonds, when far from the one used.
 
     A detection without the CN < 3 rule (whose bulk bond cutoffs remove every atom of a map read
-    too coarse) measures the bonds; if it finds none, the map's lattice fringes are read."""
+    too coarse) measures the bonds; if it finds no lattice, the map's fringe peaks are listed."""
     from .detect import detect_atoms
-    from .scale import MIN_FULL_SHELL, estimate_voxel_size_A
+    from .scale import MIN_FULL_SHELL, voxel_size_candidates
     vs = float(np.mean(dmap.voxel_size_A))
     quiet = logging.getLogger("ptnp_gpu.detect")
     was = quiet.disabled
@@ -143,21 +143,23 @@ def _scale_hint(dmap, el, backend, opts) -> str:
             return (f". Without the CN rule the atoms found have bonds {ratio:.2f}× bulk {el.symbol}'s: a voxel size "
                     f"of about {vs / ratio:.3g} Å, not the {vs:.3g} Å used, would give bulk bonds: check it, or pass "
                     "--voxel-size auto")
-        return ""
     except InputError:
         pass
     except Exception:  # noqa: BLE001 - a hint must never hide the refusal itself
         return ""
     finally:
         quiet.disabled = was
-    try:
-        e = estimate_voxel_size_A(_be.asarray(dmap.data, backend), el)
+    try:                                   # no lattice found: the fringe peaks of the map's spectrum
+        cands = [c["voxel_size_A"] for c in voxel_size_candidates(_be.asarray(dmap.data, backend), el)
+                 if c["source"] == "spectrum"]
     except Exception:  # noqa: BLE001
         return ""
-    if not e.ok or abs(e.voxel_size_A / vs - 1.0) <= _HINT_RATIO:
+    if not cands or min(abs(v / vs - 1.0) for v in cands) <= _HINT_RATIO:
         return ""
-    return (f". The map's lattice fringes suggest a voxel size of about {e.voxel_size_A:.3g} Å, not the "
-            f"{vs:.3g} Å used: check it, or pass --voxel-size auto")
+    sizes = ", ".join(f"{v:.3g}" for v in cands[:3])
+    return (f". The fringe peaks of the map's power spectrum put the voxel size at about {sizes} Å (strongest first; "
+            f"a higher order or the particle's shape can stand out too), not the {vs:.3g} Å used: check it, or pass "
+            "--voxel-size auto")
 
 
 def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, figures: bool,
@@ -189,10 +191,11 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     if auto:
         from .scale import calibrate_voxel_size
         say("voxel size: trying the scales of the map's lattice fringes and local maxima")
+        t_cal = time.perf_counter()
         det, cal = calibrate_voxel_size(lambda v: dmap if v == 1.0 else _read(map_path, mask_path, v, say), el,
                                         backend=backend, progress=say, **opts)
         dmap = det.map
-        voxel_info.update(cal.as_dict(),
+        voxel_info.update(cal.as_dict(), seconds=round(time.perf_counter() - t_cal, 3),
                           note=f"voxel size found from the map, assuming bulk {el.symbol} bonds: absolute lengths "
                                "(lattice parameter, bond lengths, radial strain) are calibrated to bulk")
         say(f"voxel size {cal.voxel_size_A:.4g} Å (bonds {cal.bond_over_bulk:.3f}× bulk, correlation "

@@ -150,13 +150,18 @@ def test_gpu_cluster_gives_each_worker_its_device():
     import dask
     from distributed import Client
     plan = {"kind": "gpu", "n_workers": 2, "threads": 1, "devices": ["0", "1"]}
+    before = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "PYTHONHASHSEED")}
     with dask.config.set({"distributed.diagnostics.nvml": False}):   # device 1 may not exist
         cluster = batch.start_cluster(plan)
     with cluster, Client(cluster) as client:
         client.wait_for_workers(2)
         seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["OMP_NUM_THREADS"]))
+        # the workers' thread limits stay theirs: distributed sets them in this process to spawn
+        # the workers, and the cluster puts them back
+        assert {k: os.environ.get(k) for k in before} == before
     assert sorted(v[0] for v in seen.values()) == ["0", "1"]
     assert {v[1] for v in seen.values()} == {"1"}
+    assert {k: os.environ.get(k) for k in before} == before
 
 
 # --------------------------------------------------------------------------- batches
@@ -324,6 +329,8 @@ def test_cli_passes_analyze_options(monkeypatch, tmp_path):
     assert (seen["element"], seen["voxel_size_A"]) == ("Au", 0.4)
     assert seen["opts"] == {"min_cn": 2, "split": False, "backend": "numpy", "refine_steps": 4}
     assert (seen["gpus"], seen["force"], seen["progress"]) == ("none", True, False)
+    assert main(["batch", "a.mrc", "--out", str(tmp_path), "--voxel-size", "auto", "-q"]) == 0
+    assert seen["voxel_size_A"] == "auto"                 # each map's own, found by the pipeline
 
 
 def test_parse_opt_values():
