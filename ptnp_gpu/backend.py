@@ -10,6 +10,7 @@ caller moves data to the device once (:func:`asarray`) and back once
 from __future__ import annotations
 
 import os
+import sys
 import types
 from dataclasses import dataclass
 
@@ -127,6 +128,27 @@ def to_host(a):
     if type(a).__module__.startswith("cupy"):
         return a.get()
     return np.asarray(a)
+
+
+def is_device_out_of_memory(exc: BaseException) -> bool:
+    """True for CuPy's out-of-memory errors (the memory pool's, and cuFFT / cuBLAS failing to
+    allocate their work areas), told apart by type and message so CuPy need not be imported."""
+    mod, name = type(exc).__module__, type(exc).__name__
+    if not mod.startswith("cupy"):
+        return False
+    return name == "OutOfMemoryError" or "ALLOC_FAILED" in str(exc) or "out of memory" in str(exc).lower()
+
+
+def free_device_memory() -> None:
+    """Return the blocks CuPy's memory pools cache to the device (no-op without CuPy)."""
+    cupy = sys.modules.get("cupy")
+    if cupy is None:
+        return
+    try:
+        cupy.get_default_memory_pool().free_all_blocks()
+        cupy.get_default_pinned_memory_pool().free_all_blocks()
+    except Exception:  # noqa: BLE001 - best effort after an error
+        pass
 
 
 def synchronize(backend: Backend | None = None) -> None:

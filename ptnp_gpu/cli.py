@@ -52,24 +52,31 @@ class _Once(logging.Filter):
         return True
 
 
-def _library_warnings(command: str) -> None:
-    """Library warnings on stderr as ``ptnp COMMAND: warning: …``, each once per command run."""
-    lib = logging.getLogger("ptnp_gpu")
-    for h in [h for h in lib.handlers if getattr(h, "_ptnp_cli", False)]:
-        lib.removeHandler(h)                 # a previous main() in this process
+def _library_warnings(command: str) -> logging.Handler:
+    """Library warnings on stderr as ``ptnp COMMAND: warning: …``, each once; returns the handler
+    (removed when the command ends)."""
     h = logging.StreamHandler(sys.stderr)
-    h._ptnp_cli = True
     h.setLevel(logging.WARNING)
     h.setFormatter(logging.Formatter(f"ptnp {command}: warning: %(message)s"))
     h.addFilter(_Once())
-    lib.addHandler(h)
+    logging.getLogger("ptnp_gpu").addHandler(h)
+    return h
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    handler = None
     if getattr(args, "func", None) and args.command != "batch":   # batch configures its own logging
-        _library_warnings(args.command)
+        handler = _library_warnings(args.command)
+    try:
+        return _main(parser, args)
+    finally:
+        if handler is not None:
+            logging.getLogger("ptnp_gpu").removeHandler(handler)
+
+
+def _main(parser, args) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

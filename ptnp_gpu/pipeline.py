@@ -104,6 +104,8 @@ def _write_curve(folder: Path, det, figure: bool = True):
     plt.close(fig)
 
 
+log = logging.getLogger(__name__)
+
 _HINT_RATIO = 0.10      # a refused map whose bonds or fringes put the voxel size this far off: say so
 
 
@@ -163,7 +165,7 @@ def _scale_hint(dmap, el, backend, opts) -> str:
 
 
 def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, figures: bool,
-         opts):
+         opts, notes=()):
     t_start = time.perf_counter()
     say = progress or Progress(quiet)
     map_path = Path(map_path)
@@ -218,7 +220,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
         write_map(tmp / "simulated.mrc", det.simulated, vs, org)
         _write_curve(tmp, det, figures)
         cols = _detection_columns(det)
-        summary_extra = {"warnings": list(det.warnings)}
+        summary_extra = {"warnings": list(notes) + list(det.warnings)}
         if stats:
             from .statistics import compute_statistics, write_statistics
             say("per-atom statistics")
@@ -231,7 +233,8 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             write_statistics(tmp, dmap, st, model_extra=extra, figures=figures)
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
-                             "warnings": list(dict.fromkeys(det.warnings + list(getattr(st, "warnings", [])))),
+                             "warnings": list(dict.fromkeys(list(notes) + det.warnings
+                                                            + list(getattr(st, "warnings", [])))),
                              "penetration": getattr(st, "penetration", None),
                              "lattice": lat.as_dict() if hasattr(lat, "as_dict") else None,
                              "lattice_domains": st.domains.as_list() if st.domains is not None else None}
@@ -288,7 +291,8 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     InputError
         Bad input, an existing result without ``force``, or no particle in the map.
     """
-    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, figures, opts)
+    return _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, figures,
+                        opts)
 
 
 def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=False, quiet=True,
@@ -297,4 +301,37 @@ def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=F
     ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits, and
     ``depth``: ``"radial"`` (default) or ``"surface"``, the depth of
     :func:`ptnp_gpu.statistics.compute_statistics`)."""
-    return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures, opts)
+    return _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures,
+                        opts)
+
+
+def _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats, figures, opts):
+    """``_run``, and when the GPU runs out of memory: again on the CPU (NumPy) with a warning, unless
+    the GPU was asked for (``backend="cupy"`` or ``PTNP_BACKEND=cupy``); then a one-line error."""
+    try:
+        return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats, figures, opts)
+    except Exception as exc:
+        if not _be.is_device_out_of_memory(exc):
+            raise
+        _be.free_device_memory()
+        shape, nbytes = _map_size(map_path)
+        what = f"the GPU ran out of memory on this {shape} map ({nbytes / 2 ** 30:.2f} GiB as float32; " \
+               f"detection holds about 15-35× that on the device)"
+        forced = backend is not None or os.environ.get("PTNP_BACKEND", "").strip()
+        if forced:
+            raise InputError(f"{what}: crop the map around the particle, or run it with --backend numpy") from None
+        log.warning("%s: running it on the CPU (NumPy) instead; crop the map to the particle to keep it on "
+                    "the GPU", what)
+        return _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, "numpy", stats, figures, opts,
+                    notes=[f"{what}: analysed on the CPU (NumPy) instead"])
+
+
+def _map_size(map_path):
+    """'Z×Y×X' and float32 bytes of a map, from its header (no data read)."""
+    import mrcfile
+    try:
+        with mrcfile.open(map_path, header_only=True, permissive=True) as m:
+            n = [int(m.header.nz), int(m.header.ny), int(m.header.nx)]
+        return "×".join(map(str, n)), 4 * int(np.prod(n))
+    except Exception:  # noqa: BLE001 - only for a message
+        return "", 0

@@ -146,3 +146,36 @@ def test_inverted_map_error_and_invert_option(particle_map, capsys):
     st = list(csv.DictReader(open(d / "neg_stats" / "atoms.csv")))
     np.testing.assert_allclose([float(r["u_iso_A2"]) for r in st], [float(r["u_iso_A2"]) for r in pos_csv],
                                rtol=1e-4, atol=1e-5)
+
+
+def _device_oom():
+    """An exception shaped like CuPy's pool error (the pipeline tells it by module and name)."""
+    cls = type("OutOfMemoryError", (MemoryError,), {"__module__": "cupy.cuda.memory"})
+    return cls("Out of memory allocating 2,147,483,648 bytes (allocated so far: 21,474,836,480 bytes).")
+
+
+def test_gpu_out_of_memory_falls_back_to_the_cpu(particle_map, tmp_path, monkeypatch, capsys):
+    import ptnp_gpu.detect as detect_mod
+    from ptnp_gpu.backend import is_device_out_of_memory
+    from ptnp_gpu.pipeline import run_detect
+    assert is_device_out_of_memory(_device_oom()) and not is_device_out_of_memory(MemoryError("host"))
+    real = detect_mod.detect_atoms
+    calls = []
+
+    def detect_on_a_small_gpu(dmap, element, backend=None, **kw):
+        calls.append(backend)
+        if backend != "numpy":
+            raise _device_oom()
+        return real(dmap, element, backend=backend, **kw)
+    monkeypatch.setattr(detect_mod, "detect_atoms", detect_on_a_small_gpu)
+    monkeypatch.delenv("PTNP_BACKEND", raising=False)
+    _, _, paths = particle_map
+    s = run_detect(paths["map"], out_dir=tmp_path / "fallback", figures=False)
+    assert calls == [None, "numpy"] and s["backend"] == "numpy" and s["n_atoms"] > 200
+    assert "ran out of memory" in s["warnings"][0] and "81×90×75" in s["warnings"][0]
+    assert json.loads((tmp_path / "fallback" / "summary.json").read_text())["warnings"] == s["warnings"]
+    # asked for the GPU: a one-line error, no result folder
+    assert main(["detect", paths["map"], "--backend", "cupy", "--out", str(tmp_path / "forced"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "--backend numpy" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "forced").exists()
