@@ -77,12 +77,15 @@ def add_map_options(p):
                    help="the atoms are dark (negative density): negate the map before anything else")
     g.add_argument("--b-extra", dest="b_extra_A2", type=float, default=None,
                    help="blur of the simulated atom in Å² (default 8.2, the reference value at 0.358 Å/voxel)")
+    g.add_argument("--deblur", choices=("auto", "never"), default=None,
+                   help="auto (default): a map blurred 40 Å² or more beyond the atom model is detected again "
+                        "sharpened, and the model that explains the map better is kept")
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
           "close_fraction", "reject_low_cn", "min_cn",
-          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert")
+          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur")
 
 
 def add_presmooth_option(p):

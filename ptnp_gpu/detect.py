@@ -138,6 +138,12 @@ class DetectOptions:
     min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
     invert: bool = False              # the atoms are dark (negative density): negate the map first
     sweep_batch: int = 0              # thresholds labelled and scored together (0: auto, see _auto_sweep_batch)
+    deblur: str = "auto"              # "auto": a map blurred deblur_min_A2 beyond the atom model is detected
+                                      # again sharpened, and the model explaining the map better is kept
+                                      # (ptnp_gpu.deblur); "never"
+    deblur_min_A2: float = 40.0       # excess blur that triggers it (maps 20-35 Å² blurrer lost nothing)
+    deblur_keep_A2: float = 20.0      # blur left on when sharpening (noise stays in check)
+    deblur_max_A2: float = 60.0       # sharpening at most this (a detection that lost the core reads high)
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -154,6 +160,8 @@ class DetectOptions:
             raise InputError(f"correlation_rule must be 'floor', 'robust' or 'paper', got {opts.correlation_rule!r}")
         if opts.n_thresholds < 2:
             raise InputError("n_thresholds must be at least 2")
+        if opts.deblur not in ("auto", "never"):
+            raise InputError(f"deblur must be 'auto' or 'never', got {opts.deblur!r}")
         return opts
 
 
@@ -232,6 +240,11 @@ def _min_voxels(min_voxels: int, voxel_size_A) -> int:
 def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None, **opts) -> Detection:
     """Build an atomic model from a density map (see module docstring).
 
+    A map blurred more than ``deblur_min_A2`` beyond the atom model (:mod:`ptnp_gpu.deblur`) is
+    detected a second time, sharpened, and the model that explains the original map better is
+    returned (``params["deblur_pass"]`` says what was measured and chosen); the statistics run on the
+    original map either way.
+
     Parameters
     ----------
     dmap : DensityMap
@@ -251,6 +264,59 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
     el = get_element(element) if isinstance(element, str) else element
     be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    det = _detect_once(dmap, el, be, progress, o)
+    if o.deblur == "never":
+        return det
+    return _deblur_pass(det, el, be, progress, o)
+
+
+def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detection:
+    """The detection again on the map sharpened by its excess blur, kept when its model explains
+    the original map better (see :mod:`ptnp_gpu.deblur`)."""
+    from dataclasses import replace
+
+    from .deblur import atoms_box, excess_blur_A2, model_correlation, sharpened
+    say = progress or (lambda msg: None)
+    vs, org = det.map.voxel_size_A, det.map.origin_A
+    box = atoms_box(det.xyz_A, det.raw.shape, org, vs)
+    blur = excess_blur_A2(det.raw, det.simulated, box, vs)
+    info = {"excess_blur_A2": blur, "applied": False}
+    det.params["deblur_pass"] = info
+    if not blur >= o.deblur_min_A2:
+        return det
+    b_sharp = min(blur - o.deblur_keep_A2, o.deblur_max_A2)
+    res = float(min(2.1, max(np.sqrt(b_sharp / 12.0), det.params["band_limit_A"])))   # noise gain ≤ ~20×
+    info.update(sharpen_A2=b_sharp, resolution_A=res)
+    say(f"the map is blurred about {blur:.0f} Å² beyond the atom model: detecting again on it sharpened by "
+        f"{b_sharp:.0f} Å² (low-pass {res:.2f} Å)")
+    t = time.perf_counter()
+    sharp = DensityMap(sharpened(det.raw, vs, b_sharp, res), vs, org)
+    try:
+        det2 = _detect_once(sharp, el, be, progress, replace(o, invert=False))   # det.raw is inverted already
+    except InputError as exc:
+        info["outcome"] = f"sharpened map refused: {str(exc).split('(')[0].strip()}"
+        return det
+    b_model = det.params["b_extra_A2"] + min(blur, 80.0)
+    both = np.concatenate([det.xyz_A, det2.xyz_A])
+    cbox = atoms_box(both, det.raw.shape, org, vs)
+    c1 = model_correlation(det.raw, det.xyz_A, cbox, vs, org, el, b_model)
+    c2 = model_correlation(det.raw, det2.xyz_A, cbox, vs, org, el, b_model)
+    info.update(correlation_original=c1, correlation_sharpened=c2, seconds=time.perf_counter() - t)
+    if not c2 > c1:
+        info["outcome"] = "kept the original map's model"
+        return det
+    info.update(applied=True, outcome=f"kept the sharpened map's model ({len(det2.xyz_A)} atoms, "
+                                      f"{len(det.xyz_A)} before)")
+    say(f"sharpened: {len(det2.xyz_A)} atoms (before {len(det.xyz_A)}); their model explains the map better "
+        f"(correlation {c2:.3f} against {c1:.3f})")
+    det2.params["deblur_pass"] = info
+    det2.params["invert"] = o.invert
+    det2.times = {**{f"first.{k}": v for k, v in det.times.items()}, **det2.times}
+    return replace(det2, map=det.map, raw=det.raw)
+
+
+def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detection:
+    """One detection (module docstring, steps 1-7) on ``dmap``."""
     xp, ndi = be.xp, be.ndi
     say = progress or (lambda msg: None)
     times = {}

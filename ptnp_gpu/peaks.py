@@ -186,9 +186,10 @@ class MapTransfer:
         xp = self.xp
         M = self.fft.rfftn(model)
         flat = self.shell.ravel()
-        num = xp.bincount(flat, weights=(self.D * xp.conj(M)).real.ravel(), minlength=self.nb)
-        den = xp.bincount(flat, weights=(M.real ** 2 + M.imag ** 2).ravel(), minlength=self.nb)
-        return M, num / (den + 1e-3 * float(den.max()))
+        # per-shell sums: bincount on the host, one scatter-add (no host reads) on a device
+        num, den = segment_sum(flat, [(self.D * xp.conj(M)).real.ravel(), (M.real ** 2 + M.imag ** 2).ravel()],
+                               self.nb)
+        return M, num / (den + 1e-3 * den.max())
 
     def apply(self, M, T):
         """The model of spectrum ``M`` passed through ``T`` (float32, the box's shape)."""

@@ -1,0 +1,96 @@
+"""Maps blurred far beyond the atom model: measure the excess blur, sharpen, compare models.
+
+Measured maps are often blurrer than the simulated atom that denoises them (B-factors of
+50-100 Å² are common). Past about 40 Å² of excess blur the atoms inside a particle merge into a
+plateau whose lattice fringes hold only a few percent of the density, and the thresholded
+components find the surface and lose the core (a 944-atom particle blurred by 79 Å²: recall
+0.40, the core's 201 atoms all lost). The information is still there: sharpened by 60 Å² and
+low-passed at 2.1 Å the same map gives recall and precision 1.000.
+
+* :func:`excess_blur_A2` — the blur (Å²) of the map beyond a model of its detected atoms: the
+  map's own transfer against the model (:class:`ptnp_gpu.peaks.MapTransfer`, inside the atoms'
+  box) fitted as ``exp(-B s² / 4)`` over 5-2.5 Å. On 38 random reconstruction-like maps it
+  tracks the net blur (blur minus sharpening) within ~6 Å² up to 60 Å², and reads over-sharpened
+  maps as negative; a detection that lost the core reads high (146 Å² for 73 Å² net).
+* :func:`sharpened` — the map times ``exp(+B s² / 4)`` under a cosine low-pass.
+* :func:`model_correlation` — how well a model, rendered with the map's blur, explains the map:
+  the referee between the detection on the map and the one on its sharpened copy.
+
+Every function works on NumPy and CuPy arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import backend as _be
+
+__all__ = ["excess_blur_A2", "sharpened", "model_correlation", "atoms_box"]
+
+_FIT_S = (0.2, 0.4)      # 1/Å: the transfer is fitted over 5-2.5 Å
+
+
+def atoms_box(xyz_A, shape_zyx, origin_A, voxel_size_A, margin_A: float = 4.0):
+    """Slices (z, y, x) of the box holding the atoms ``xyz_A`` (host, Å) and ``margin_A`` more."""
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    ijk = (np.asarray(xyz_A, float) - np.asarray(origin_A, float)) / vs
+    lo = np.floor(ijk.min(0) - margin_A / vs).astype(int)
+    hi = np.ceil(ijk.max(0) + margin_A / vs).astype(int) + 1
+    n_xyz = np.array(shape_zyx)[::-1]
+    lo, hi = np.clip(lo, 0, n_xyz), np.clip(hi, 0, n_xyz)
+    return tuple(slice(int(lo[a]), int(hi[a])) for a in (2, 1, 0))
+
+
+def excess_blur_A2(raw, model, box, voxel_size_A) -> float:
+    """Blur (Å²) of ``raw`` beyond ``model`` (the detected atoms rendered as the detection saw
+    them), inside ``box``: the map's transfer against the model, T(s), fitted as
+    ``a · exp(-B s² / 4)`` over s = 0.2-0.4 Å⁻¹ (shells where T > 0). NaN when fewer than three
+    shells can be fitted. One small host transfer."""
+    from .peaks import MapTransfer
+    xp = _be.namespace(raw).xp
+    data = raw[box]
+    tr = MapTransfer(data - data.mean(), voxel_size_A)
+    _, T = tr.fit(xp.asarray(model[box], dtype=xp.float32))
+    t = np.asarray(_be.to_host(T), dtype=np.float64)
+    s = tr.s_shell[: len(t)]
+    sel = (s >= _FIT_S[0]) & (s <= _FIT_S[1]) & (t > 0)
+    if sel.sum() < 3:
+        return float("nan")
+    slope = np.polyfit(s[sel] ** 2, np.log(t[sel]), 1)[0]
+    return float(-4.0 * slope)
+
+
+def sharpened(raw, voxel_size_A, b_A2: float, resolution_A: float):
+    """``raw`` × exp(+``b_A2`` s² / 4) in Fourier space, low-passed at ``resolution_A`` (cosine
+    edge 0.1 Å⁻¹ wide, centred 0.05 Å⁻¹ below 1 / resolution), float32 on ``raw``'s backend."""
+    be = _be.namespace(raw)
+    xp = be.xp
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    F = be.fft.rfftn(raw.astype(xp.float32))
+    fz = xp.fft.fftfreq(raw.shape[0], d=vs[2]).astype(xp.float32)
+    fy = xp.fft.fftfreq(raw.shape[1], d=vs[1]).astype(xp.float32)
+    fx = xp.fft.rfftfreq(raw.shape[2], d=vs[0]).astype(xp.float32)
+    s2 = (fz[:, None, None] ** 2 + fy[None, :, None] ** 2) + fx[None, None, :] ** 2
+    s_end = 1.0 / resolution_A + 0.05                       # the low-pass is zero beyond this
+    edge = xp.clip((xp.sqrt(s2) - xp.float32(s_end - 0.1)) / xp.float32(0.1), 0, 1)
+    gain = xp.exp(xp.float32(b_A2 / 4.0) * xp.minimum(s2, xp.float32(s_end * s_end)))   # no overflow beyond
+    F *= gain * (xp.float32(0.5) * (1 + xp.cos(xp.float32(np.pi) * edge)))
+    return be.fft.irfftn(F, s=raw.shape).astype(xp.float32)
+
+
+def model_correlation(raw, xyz_A, box, voxel_size_A, origin_A, element, b_extra_A2: float,
+                      weights=None) -> float:
+    """Pearson correlation, inside ``box``, of ``raw`` with the atoms ``xyz_A`` rendered with
+    ``b_extra_A2`` (the map's blur): how much of the map the model explains. One sync."""
+    from .simulate import render_atoms
+    be = _be.namespace(raw)
+    xp = be.xp
+    if len(xyz_A) == 0:
+        return float("-inf")
+    sim = render_atoms(xp.asarray(xyz_A), raw.shape, voxel_size_A, origin_A, element, b_extra_A2=b_extra_A2,
+                       weights=weights, backend=be)
+    a = raw[box].astype(xp.float64).ravel()
+    b = sim[box].astype(xp.float64).ravel()
+    a -= a.mean()
+    b -= b.mean()
+    r = float((a * b).sum() / xp.maximum(xp.sqrt((a * a).sum() * (b * b).sum()), 1e-300))   # sync
+    return r
