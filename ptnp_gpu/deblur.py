@@ -9,9 +9,11 @@ low-passed at 2.1 Å the same map gives recall and precision 1.000.
 
 * :func:`excess_blur_A2` — the blur (Å²) of the map beyond a model of its detected atoms: the
   map's own transfer against the model (:class:`ptnp_gpu.peaks.MapTransfer`, inside the atoms'
-  box) fitted as ``exp(-B s² / 4)`` over 5-2.5 Å. On 38 random reconstruction-like maps it
-  tracks the net blur (blur minus sharpening) within ~6 Å² up to 60 Å², and reads over-sharpened
-  maps as negative; a detection that lost the core reads high (146 Å² for 73 Å² net).
+  box) fitted as ``exp(-B s² / 4)`` over 5-2.5 Å. On the 38 detected maps of
+  ``benchmarks/robustness_maps.py --harder --seed 1 / 2`` it tracks the net blur (blur minus
+  sharpening): median error ~5 Å², up to ~20 Å², over-sharpened maps negative; a detection
+  that lost most atoms can read far off (146 Å² for 73 Å² net with the core lost; -57 Å² for
+  35 Å² net at recall 0.59).
 * :func:`sharpened` — the map times ``exp(+B s² / 4)`` under a cosine low-pass.
 * :func:`model_correlation` — how well a model, rendered with the map's blur, explains the map:
   the referee between the detection on the map and the one on its sharpened copy.
