@@ -14,7 +14,9 @@ low-passed at 2.1 Å the same map gives recall and precision 1.000.
   sharpening): median error ~5 Å², up to ~20 Å², over-sharpened maps negative; a detection
   that lost most atoms can read far off (146 Å² for 73 Å² net with the core lost; -57 Å² for
   35 Å² net at recall 0.59).
-* :func:`sharpened` — the map times ``exp(+B s² / 4)`` under a cosine low-pass.
+* :func:`sharpened` — the map times ``exp(+B s² / 4)`` under a cosine low-pass (a negative B
+  blurs: over-sharpened maps, reading 20 Å² or more sharper than the model, are tried blurred
+  back by half of that).
 * :func:`model_correlation` — how well a model, rendered with the map's blur, explains the map:
   the referee between the detection on the map and the one on its sharpened copy.
 

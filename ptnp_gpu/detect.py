@@ -144,6 +144,8 @@ class DetectOptions:
     deblur_min_A2: float = 40.0       # excess blur that triggers it (maps 20-35 Å² blurrer lost nothing)
     deblur_keep_A2: float = 20.0      # blur left on when sharpening (noise stays in check)
     deblur_max_A2: float = 60.0       # sharpening at most this (a detection that lost the core reads high)
+    deblur_over_A2: float = 20.0      # a map sharpened this much beyond the atom model is also detected again,
+                                      # blurred back by half of it (at most 30 Å²)
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -282,13 +284,19 @@ def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detectio
     blur = excess_blur_A2(det.raw, det.simulated, box, vs)
     info = {"excess_blur_A2": blur, "applied": False}
     det.params["deblur_pass"] = info
-    if not blur >= o.deblur_min_A2:
+    if blur >= o.deblur_min_A2:
+        b_sharp = min(blur - o.deblur_keep_A2, o.deblur_max_A2)
+        res = float(min(2.1, max(np.sqrt(b_sharp / 12.0), det.params["band_limit_A"])))   # noise gain ≤ ~20×
+        say(f"the map is blurred about {blur:.0f} Å² beyond the atom model: detecting again on it sharpened by "
+            f"{b_sharp:.0f} Å² (low-pass {res:.2f} Å)")
+    elif blur <= -o.deblur_over_A2:
+        # over-sharpened (amplified noise beyond the atoms' own fall-off): blurred back by half
+        b_sharp, res = -0.5 * min(-blur, o.deblur_max_A2), 1.0
+        say(f"the map is sharpened about {-blur:.0f} Å² beyond the atom model: detecting again on it blurred by "
+            f"{-b_sharp:.0f} Å²")
+    else:
         return det
-    b_sharp = min(blur - o.deblur_keep_A2, o.deblur_max_A2)
-    res = float(min(2.1, max(np.sqrt(b_sharp / 12.0), det.params["band_limit_A"])))   # noise gain ≤ ~20×
     info.update(sharpen_A2=b_sharp, resolution_A=res)
-    say(f"the map is blurred about {blur:.0f} Å² beyond the atom model: detecting again on it sharpened by "
-        f"{b_sharp:.0f} Å² (low-pass {res:.2f} Å)")
     t = time.perf_counter()
     sharp = DensityMap(sharpened(det.raw, vs, b_sharp, res), vs, org)
     try:
@@ -296,7 +304,7 @@ def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detectio
     except InputError as exc:
         info["outcome"] = f"sharpened map refused: {str(exc).split('(')[0].strip()}"
         return det
-    b_model = det.params["b_extra_A2"] + min(blur, 80.0)
+    b_model = det.params["b_extra_A2"] + min(max(blur, 0.0), 80.0)
     both = np.concatenate([det.xyz_A, det2.xyz_A])
     cbox = atoms_box(both, det.raw.shape, org, vs)
     c1 = model_correlation(det.raw, det.xyz_A, cbox, vs, org, el, b_model)
