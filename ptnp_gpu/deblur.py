@@ -90,10 +90,13 @@ def model_correlation(raw, xyz_A, box, voxel_size_A, origin_A, element, b_extra_
     xp = be.xp
     if len(xyz_A) == 0:
         return float("-inf")
-    sim = render_atoms(xp.asarray(xyz_A), raw.shape, voxel_size_A, origin_A, element, b_extra_A2=b_extra_A2,
-                       weights=weights, backend=be)
+    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+    corner = np.asarray(origin_A, float) + np.array([box[2].start, box[1].start, box[0].start]) * vs
+    shape = tuple(sl.stop - sl.start for sl in box)
+    sim = render_atoms(xp.asarray(xyz_A), shape, voxel_size_A, corner, element, b_extra_A2=b_extra_A2,
+                       weights=weights, backend=be)              # the box only, not the whole map
     a = raw[box].astype(xp.float64).ravel()
-    b = sim[box].astype(xp.float64).ravel()
+    b = sim.astype(xp.float64).ravel()
     a -= a.mean()
     b -= b.mean()
     r = float((a * b).sum() / xp.maximum(xp.sqrt((a * a).sum() * (b * b).sum()), 1e-300))   # sync

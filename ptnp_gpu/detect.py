@@ -263,6 +263,14 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     InputError
         Constant maps, or maps in which no particle is found.
     """
+    det = _detect(dmap, element, backend, progress, opts)
+    for w in det.warnings:                     # once, for the model returned
+        log.warning(w)
+    return det
+
+
+def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
+    """:func:`detect_atoms` without logging its warnings (they stay in ``Detection.warnings``)."""
     o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
     el = get_element(element) if isinstance(element, str) else element
     be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
@@ -591,8 +599,6 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
     xyz_host = _be.to_host(xyz)
     scale_check = check_model_scale(xyz_host, el, vs)     # host: a few ms (≤ 1,000 neighbourhoods)
     warnings = [scale_check.message] if scale_check.message else []
-    for w in warnings:
-        log.warning(w)
     return Detection(
         xyz_A=xyz_host, labels=labels, n_voxels=_be.to_host(nvox).astype(np.int64),
         validation_corr=_be.to_host(vcorr), peak_intensity=_be.to_host(peak),

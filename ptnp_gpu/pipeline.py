@@ -131,14 +131,11 @@ def _scale_hint(dmap, el, backend, opts) -> str:
 
     A detection without the CN < 3 rule (whose bulk bond cutoffs remove every atom of a map read
     too coarse) measures the bonds; if it finds no lattice, the map's fringe peaks are listed."""
-    from .detect import detect_atoms
+    from .detect import _detect                 # unlogged: its scale warning would repeat the hint
     from .scale import MIN_FULL_SHELL, voxel_size_candidates
     vs = float(np.mean(dmap.voxel_size_A))
-    quiet = logging.getLogger("ptnp_gpu.detect")
-    was = quiet.disabled
-    quiet.disabled = True                  # this detection's own scale warning would repeat the hint
     try:
-        det = detect_atoms(dmap, el, backend=backend, **{**opts, "reject_low_cn": False})
+        det = _detect(dmap, el, backend, None, {**opts, "reject_low_cn": False})
         ratio = float(det.scale.ratio)
         if (det.scale.full_shell_fraction >= MIN_FULL_SHELL and np.isfinite(ratio)
                 and abs(ratio - 1.0) > _HINT_RATIO):                         # a lattice, at another scale
@@ -149,8 +146,6 @@ def _scale_hint(dmap, el, backend, opts) -> str:
         pass
     except Exception:  # noqa: BLE001 - a hint must never hide the refusal itself
         return ""
-    finally:
-        quiet.disabled = was
     try:                                   # no lattice found: the fringe peaks of the map's spectrum
         cands = [c["voxel_size_A"] for c in voxel_size_candidates(_be.asarray(dmap.data, backend), el)
                  if c["source"] == "spectrum"]
@@ -291,7 +286,7 @@ def run_detect(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=Fa
     InputError
         Bad input, an existing result without ``force``, or no particle in the map.
     """
-    return _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, figures,
+    return _run_or_cpu(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, False, figures,
                         opts)
 
 
@@ -301,11 +296,11 @@ def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=F
     ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits, and
     ``depth``: ``"radial"`` (default) or ``"surface"``, the depth of
     :func:`ptnp_gpu.statistics.compute_statistics`)."""
-    return _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures,
+    return _run_or_cpu(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures,
                         opts)
 
 
-def _run_fitting(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats, figures, opts):
+def _run_or_cpu(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats, figures, opts):
     """``_run``, and when the GPU runs out of memory: again on the CPU (NumPy) with a warning, unless
     the GPU was asked for (``backend="cupy"`` or ``PTNP_BACKEND=cupy``); then a one-line error."""
     try:

@@ -137,10 +137,6 @@ class SpectralScale:
     contrast: float         # the peak's height over the spectrum's trend (natural log)
     ok: bool                # contrast ≥ the minimum: the estimate can be used
 
-    def as_dict(self) -> dict:
-        return {"voxel_size_A": self.voxel_size_A, "spacing_voxels": self.spacing_voxels,
-                "contrast": self.contrast, "ok": self.ok}
-
 
 def _radial_power(data, n_bins: int):
     """Radially averaged power spectrum of ``data`` (any backend) on ``n_bins`` bins of
@@ -300,7 +296,8 @@ def calibrate_voxel_size(map_at, element: Element | str, *, candidates=None, max
     map_at : callable, voxel size (Å) → :class:`~ptnp_gpu.mapio.DensityMap` of the map at it
     element : the particle's element (its bulk bond sets the scale)
     candidates : voxel sizes to start from (Å), optional
-    detect : the detection function (default :func:`ptnp_gpu.detect.detect_atoms`)
+    detect : the detection function (default :func:`ptnp_gpu.detect.detect_atoms`, its warnings not
+        logged: the steps at wrong scales are expected to warn)
     **detect_opts : passed to it
 
     Returns
@@ -314,55 +311,18 @@ def calibrate_voxel_size(map_at, element: Element | str, *, candidates=None, max
     """
     from .errors import InputError
     if detect is None:
-        from .detect import detect_atoms as detect
+        from .detect import _detect          # unlogged: the steps' scale warnings are expected
+
+        def detect(dmap, el, backend=None, progress=None, **opts):
+            return _detect(dmap, el, backend, progress, opts)
     el = get_element(element) if isinstance(element, str) else element
     if candidates is None:
         cands = voxel_size_candidates(map_at(1.0).data, el)
     else:
         cands = [{"voxel_size_A": float(v), "source": "given", "contrast": None} for v in candidates]
-    # far from the scale, the CN < 3 rule (bulk bond cutoffs) removes every atom of a map read
-    # too coarse: the steps keep them until the bonds are within _NEAR of bulk
-    loose = {**detect_opts, "reject_low_cn": False}
     best, tried = None, []
     for c in cands:
-        v, rec = c["voxel_size_A"], {**c, "steps": []}
-        near, settled = False, []            # settled: (det, v, r) of the detections with the CN rule
-        for _ in range(max_iterations):
-            if not 0.02 < v < 5.0:
-                rec["outcome"] = "voxel size out of range"
-                break
-            try:
-                det = detect(map_at(v), el, **(detect_opts if near else loose))
-            except InputError as exc:
-                rec["outcome"] = f"refused: {str(exc).split('(')[0].strip()}"
-                break
-            r = float(det.scale.ratio)
-            rec["steps"].append({"voxel_size_A": v, "bond_over_bulk": r, "correlation": float(det.correlation),
-                                 "n_atoms": int(len(det.xyz_A)), "full_shell_fraction": det.scale.full_shell_fraction,
-                                 "cn_rule": near})
-            if not np.isfinite(r):              # (atoms taken from noise keep their bonds' ratio to
-                rec["outcome"] = "no bonds"     # bulk at any scale, ~1.4-2.2: they never converge)
-                break
-            if near:
-                settled.append((det, v, r))
-                if abs(r - 1.0) <= tolerance:
-                    rec["outcome"] = "converged"
-                    best = settled[-1]
-                    break
-                if len(settled) >= 2 and (settled[-2][2] - 1.0) * (r - 1.0) < 0:
-                    # stepping across bulk: the bonds' own noise; the closer of the two
-                    rec["outcome"] = "converged (within the bonds' noise)"
-                    best = min(settled[-2:], key=lambda t: abs(t[2] - 1.0))
-                    break
-            near = abs(r - 1.0) <= _NEAR
-            v = v / r
-        else:
-            close = [t for t in settled if abs(t[2] - 1.0) <= 4 * tolerance]
-            if close:
-                rec["outcome"] = "converged (within the bonds' noise)"
-                best = min(close, key=lambda t: abs(t[2] - 1.0))
-            else:
-                rec["outcome"] = "not converged"
+        rec, best = _refine_scale(c, map_at, el, detect, detect_opts, max_iterations, tolerance)
         tried.append(rec)
         if best is not None:
             break
@@ -372,3 +332,47 @@ def calibrate_voxel_size(map_at, element: Element | str, *, candidates=None, max
                          f"{el.symbol} lattice; pass --voxel-size")
     det, v, r = best
     return det, Calibration(float(v), r, float(det.correlation), tried)
+
+
+def _refine_scale(start: dict, map_at, el, detect, detect_opts, max_iterations: int, tolerance: float):
+    """One start of :func:`calibrate_voxel_size`: (its record with every step, ``(det, voxel size,
+    bond ratio)`` when it converged else None)."""
+    from .errors import InputError
+    # far from the scale, the CN < 3 rule (bulk bond cutoffs) removes every atom of a map read
+    # too coarse: the steps keep them until the bonds are within _NEAR of bulk
+    loose = {**detect_opts, "reject_low_cn": False}
+    v, rec = start["voxel_size_A"], {**start, "steps": []}
+    near, settled = False, []                # settled: (det, v, r) of the detections with the CN rule
+    for _ in range(max_iterations):
+        if not 0.02 < v < 5.0:
+            rec["outcome"] = "voxel size out of range"
+            return rec, None
+        try:
+            det = detect(map_at(v), el, **(detect_opts if near else loose))
+        except InputError as exc:
+            rec["outcome"] = f"refused: {str(exc).split('(')[0].strip()}"
+            return rec, None
+        r = float(det.scale.ratio)
+        rec["steps"].append({"voxel_size_A": v, "bond_over_bulk": r, "correlation": float(det.correlation),
+                             "n_atoms": int(len(det.xyz_A)), "full_shell_fraction": det.scale.full_shell_fraction,
+                             "cn_rule": near})
+        if not np.isfinite(r):              # (atoms taken from noise keep their bonds' ratio to
+            rec["outcome"] = "no bonds"     # bulk at any scale, ~1.4-2.2: they never converge)
+            return rec, None
+        if near:
+            settled.append((det, v, r))
+            if abs(r - 1.0) <= tolerance:
+                rec["outcome"] = "converged"
+                return rec, settled[-1]
+            if len(settled) >= 2 and (settled[-2][2] - 1.0) * (r - 1.0) < 0:
+                # stepping across bulk: the bonds' own noise; the closer of the two
+                rec["outcome"] = "converged (within the bonds' noise)"
+                return rec, min(settled[-2:], key=lambda t: abs(t[2] - 1.0))
+        near = abs(r - 1.0) <= _NEAR
+        v = v / r
+    close = [t for t in settled if abs(t[2] - 1.0) <= 4 * tolerance]
+    if close:
+        rec["outcome"] = "converged (within the bonds' noise)"
+        return rec, min(close, key=lambda t: abs(t[2] - 1.0))
+    rec["outcome"] = "not converged"
+    return rec, None
