@@ -204,6 +204,9 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
                         # simulated, up to 1.2 on maps with hardly any signal (0.75 Å voxels, noise
                         # 0.27), 1.45-3.8 negated (1.2-1.3 for the near-signal-free ones)
 _OFFSET_SDS = 100.0      # a map whose mean lies this many SDs from zero is shifted to mean 0 first
+_GREY_SD_RANGE = (2.0 ** -40, 2.0 ** 30)   # grey-value SDs outside this (~1e-12, ~1e9) are scaled by a power
+                                           # of two first: float32 squares and spectra of a map with SD 1e15
+                                           # overflowed ("no positive correlation"), 1e18 and 1e-30 crashed
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
 
 
@@ -356,6 +359,13 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
                          f"level, say) first")
     if not sd > 0:
         raise InputError("the map is constant: nothing to detect")
+    grey_scale = 1.0
+    if not _GREY_SD_RANGE[0] < sd < _GREY_SD_RANGE[1]:
+        # grey values in odd units: a power of two brings the SD to ~1 exactly (no rounding), so
+        # every step and the statistics (z-scores, correlations, log-intensity fits) are unchanged
+        grey_scale = 2.0 ** -round(np.log2(sd))
+        raw = raw * xp.float32(grey_scale)
+        mean, sd = mean * grey_scale, sd * grey_scale
     if abs(mean) > _OFFSET_SDS * sd:
         # a large constant offset (raw counts, absolute units): float32 products of such values
         # lose the noise to rounding (an offset of 1,000 × the peak read as a masked map, 10,000 ×
@@ -606,7 +616,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
         simulated=sim, map=dmap, element=el,
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu, "sweep_start": t_start,
                 "noise_colour": colour, "whitened": bool(whitened), "whiten_exponent": w_exp,
-                "masked_map": bool(masked), "clipped_map": bool(clipped),
+                "masked_map": bool(masked), "clipped_map": bool(clipped), "grey_scale": grey_scale,
                 "band_limit_A": float(res_A), "noise_sd": float(noise),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,

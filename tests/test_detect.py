@@ -527,6 +527,22 @@ def test_inverted_map_is_refused_and_invert_recovers_it():
     assert float(neg.data.max()) == float((-p.map.data).max())      # the caller's map is untouched
 
 
+@pytest.mark.parametrize("scale", [1e-30, 1e18])
+def test_grey_values_in_odd_units_change_nothing(scale):
+    """A map whose grey values are 1e18 or 1e-30 × ours (odd units): float32 squares and spectra
+    over- or underflowed (1e15: "no positive correlation", 1e18 and 1e-30: a crash). Scaled by a
+    power of two first, the atoms are the same."""
+    p = make_particle(n_atoms=120, seed=3)
+    ref = detect_atoms(p.map, "Pt", backend="numpy")
+    data = (p.map.data.astype(np.float64) * scale).astype(np.float32)
+    det = detect_atoms(DensityMap(data, p.map.voxel_size_A, p.map.origin_A), "Pt", backend="numpy")
+    assert det.params["grey_scale"] != 1.0 and ref.params["grey_scale"] == 1.0
+    assert len(det.xyz_A) == len(ref.xyz_A)
+    from scipy.spatial import cKDTree
+    d, _ = cKDTree(ref.xyz_A).query(det.xyz_A)
+    assert d.max() < 1e-3, d.max()
+
+
 @pytest.mark.parametrize("offset", [1e3, 1e4, -1e4])
 def test_large_constant_offset_changes_nothing(offset):
     """Maps in raw counts or absolute units sit far from zero: an offset of 1,000 × the peak read
