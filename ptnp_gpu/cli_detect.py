@@ -79,13 +79,18 @@ def add_map_options(p):
                    help="blur of the simulated atom in Å² (default 8.2, the reference value at 0.358 Å/voxel)")
     g.add_argument("--deblur", choices=("auto", "never"), default=None,
                    help="auto (default): a map blurred 40 Å² or more beyond the atom model is detected again "
-                        "sharpened, and the model that explains the map better is kept")
+                        "sharpened, and the model that explains the map better is kept; a model without a "
+                        "lattice (or a refused map) goes through the filter ladder too. never: neither")
+    g.add_argument("--no-ladder", dest="ladder", action="store_false", default=None,
+                   help="no filter ladder: a model without a lattice (no atom with a full first shell) or a "
+                        "refused map is not detected again on the map blurred and sharpened by -40..+60 Å²")
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
           "close_fraction", "reject_low_cn", "min_cn",
-          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur")
+          "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
+          "ladder")
 
 
 def add_presmooth_option(p):

@@ -135,7 +135,7 @@ def _scale_hint(dmap, el, backend, opts) -> str:
     from .scale import MIN_FULL_SHELL, voxel_size_candidates
     vs = float(np.mean(dmap.voxel_size_A))
     try:
-        det = _detect(dmap, el, backend, None, {**opts, "reject_low_cn": False})
+        det = _detect(dmap, el, backend, None, {**opts, "reject_low_cn": False, "ladder": False})
         ratio = float(det.scale.ratio)
         if (det.scale.full_shell_fraction >= MIN_FULL_SHELL and np.isfinite(ratio)
                 and abs(ratio - 1.0) > _HINT_RATIO):                         # a lattice, at another scale

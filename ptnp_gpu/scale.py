@@ -314,7 +314,8 @@ def calibrate_voxel_size(map_at, element: Element | str, *, candidates=None, max
         from .detect import _detect          # unlogged: the steps' scale warnings are expected
 
         def detect(dmap, el, backend=None, progress=None, **opts):
-            return _detect(dmap, el, backend, progress, opts)
+            # no filter ladder at the steps: at a wrong scale every model lacks a lattice
+            return _detect(dmap, el, backend, progress, {**opts, "ladder": False})
     el = get_element(element) if isinstance(element, str) else element
     if candidates is None:
         cands = voxel_size_candidates(map_at(1.0).data, el)

@@ -112,6 +112,15 @@ def test_simulate_command_writes_truth(tmp_path, capsys):
     assert truth["n_atoms"] == len(read_model(tmp_path / "s_truth.pdb"))
 
 
+def test_no_ladder_and_deblur_options_reach_the_detection(particle_map):
+    p, d, paths = particle_map
+    out = d / "noladder"
+    assert main(["detect", paths["map"], "--out", str(out), "--quiet", "--no-figures", "--no-ladder",
+                 "--deblur", "never"]) == 0
+    par = json.loads((out / "summary.json").read_text())["parameters"]
+    assert par["ladder"] is False and par["deblur"] == "never"
+
+
 def test_analyze_without_figures(particle_map):
     p, d, paths = particle_map
     out = d / "nofig"
