@@ -92,7 +92,7 @@ def copy_bandwidth(be, nbytes: int = 1 << 30, repeats: int = 10):
         b[...] = a
     res, _, _ = timer.run(copy)
     gbps = 2 * a.nbytes / res["median_s"] / 1e9
-    del a, b
+    a = b = None                       # frees the buffers (the closure holds the cells)
     if be.is_gpu:
         be.xp.get_default_memory_pool().free_all_blocks()
     return {"bytes": int(2 * n * 4), "median_s": res["median_s"], "GBps": gbps}

@@ -218,6 +218,8 @@ _LADDER_MIN_ATOMS = 20   # a rung's model replaces another with at least this ma
 _LADDER_MARGIN = 0.1     # a rung replaces a model when its score beats the model's by this × the model's atoms: at
                          # 0.75 Å voxels a 228-atom model (recall 0.40; 90 of its atoms clash, true ones placed
                          # loosely) lost to an 89-atom rung scoring 50 against 47 (recall 0.16)
+_NOISE_CONTRAST = 1.0    # hull contrast below which a model without a lattice is called possible noise (masked
+                         # noise maps: -0.17 to 0.57; particles on blurred, sharpened, masked maps: 2.8-7.6)
 _REFERENCE_VOXEL_A = 0.358   # the paper's sampling, at which min_voxels is specified
 
 
@@ -278,6 +280,7 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
         Constant maps, or maps in which no particle is found.
     """
     det = _detect(dmap, element, backend, progress, opts)
+    det = _noise_warning(det, DetectOptions.from_kwargs(**opts))
     for w in det.warnings:                     # once, for the model returned
         log.warning(w)
     return det
@@ -302,6 +305,22 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
     det = _deblur_pass(det, el, be, progress, o)
     if o.ladder and det.scale.full_shell_fraction < o.ladder_full_shell:
         det = _ladder_pass(det, dmap, el, be, progress, o)
+    return det
+
+
+def _noise_warning(det: Detection, o: DetectOptions) -> Detection:
+    """A model without a lattice whose hull holds no more density than the solvent
+    (:func:`ptnp_gpu.evidence.hull_contrast`) may be noise: warn (``params["hull_contrast"]``)."""
+    if det.scale.full_shell_fraction >= o.ladder_full_shell:
+        return det
+    from .evidence import hull_contrast
+    c = hull_contrast(det.raw, det.xyz_A, det.map.voxel_size_A, det.map.origin_A)
+    det.params["hull_contrast"] = c
+    if c < _NOISE_CONTRAST:
+        det.warnings.append(
+            f"the {len(det.xyz_A)} atoms found may be noise: none has a full first shell and the map, smoothed over "
+            f"2 Å, holds no more density inside them than the solvent (contrast {c:.2f} of its SD; particles give "
+            f"3-8). A masked map of noise looks like this; check the map's resolution and the mask")
     return det
 
 
