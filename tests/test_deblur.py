@@ -133,20 +133,29 @@ def test_over_sharpened_map_is_tried_blurred_back():
 
 
 def test_lattice_score_counts_well_placed_and_clashing_atoms():
-    """A bulk fcc block: every atom bonded to at least three others, none clashing; a ghost between
-    two neighbours clashes with both (three clashing atoms), and an isolated atom is not well placed."""
+    """An fcc block: every atom with at least four bonded neighbours is well placed, none clashes;
+    a ghost between two neighbours clashes with both (three clashing atoms), and an isolated atom
+    is not well placed. Checked against all pairs by hand."""
     from ptnp_gpu.elements import get_element
     a = get_element("Pt").lattice_param_A
     g = np.arange(4)
     cells = np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3)
     basis = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     fcc = ((cells[:, None, :] + basis[None]) * a).reshape(-1, 3)
+    bond = get_element("Pt").nn_distance_A
+
+    def by_hand(xyz):                                  # all pairs: well placed, clashing
+        d = np.linalg.norm(xyz[:, None] - xyz[None], axis=-1) + np.diag(np.full(len(xyz), np.inf))
+        clash = d.min(1) < 0.75 * bond
+        return int((~clash & ((d < 1.2 * bond).sum(1) >= 4)).sum()), int(clash.sum())
+
     good, clash = lattice_score(fcc, "Pt")
-    assert (good, clash) == (len(fcc), 0)
-    i, j = 0, int(np.argmin(np.linalg.norm(fcc[1:] - fcc[0], axis=1))) + 1
+    assert clash == 0 and good == by_hand(fcc)[0] and good >= len(fcc) - 8     # corners have 3 neighbours
+    i = int(np.argmin(np.linalg.norm(fcc - fcc.mean(0), axis=1)))              # an interior atom
+    j = int(np.argsort(np.linalg.norm(fcc - fcc[i], axis=1))[1])
     ghost = np.vstack([fcc, 0.5 * (fcc[i] + fcc[j]), [[100.0, 100.0, 100.0]]])
     good2, clash2 = lattice_score(ghost, "Pt")
-    assert clash2 == 3 and good2 == len(fcc) - 2
+    assert (good2, clash2) == by_hand(ghost) and clash2 == 3 and good2 == good - 2
 
 
 def _over_sharpened(sharpen_A2=64.2, noise=0.18):
