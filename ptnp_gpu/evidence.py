@@ -6,7 +6,7 @@ its atoms stands several of its own standard deviations above the solvent level 
 --harder``). Noise taken for atoms does not: the blobs that pass the thresholds are peaks of a
 field whose mean inside the hull is the solvent's, so the contrast reads within a few tenths of
 zero (-0.17 to 0.20 on the masked noise maps of ``benchmarks/noise_only.py``, where detection
-found 170-4,700 "atoms"; 0.57 in a mask of 10 Å radius, which holds fewer independent blobs).
+found 170-3,900 "atoms"; 0.57 in a mask of 10 Å radius, which holds fewer independent blobs).
 :func:`hull_contrast` measures it; detection warns that a model without a lattice whose
 contrast is below 1 may be noise (:mod:`ptnp_gpu.detect`). It does not refuse: smooth solvent
 backgrounds lower the contrast of real particles too (0.1 on well-resolved maps at 0.25 Å
