@@ -374,6 +374,10 @@ def test_masked_noise_is_refused_or_flagged_as_noise():
         return                                                   # refused: as good
     assert det.scale.full_shell_fraction < 0.1 and abs(det.params["hull_contrast"]) < 1.0
     assert any("may be noise" in w for w in det.warnings)
+    from ptnp_gpu.device_emulation import emulate
+    with emulate():                                              # the CuPy branch of the check
+        emu = detect_atoms(DensityMap(d.astype(np.float32), vs), "Pt")
+    assert abs(emu.params["hull_contrast"] - det.params["hull_contrast"]) < 1e-6
     p = make_particle(n_atoms=300, seed=5)                       # a particle: no such warning
     ok = detect_atoms(p.map, "Pt", backend="numpy")
     assert not any("may be noise" in w for w in ok.warnings)
