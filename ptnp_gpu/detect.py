@@ -40,6 +40,17 @@ listed in the method notes. The stages:
    construction and whole populations in mixed-element particles (Pd in Pd@Pt:
    recall 0.93), so the default rejects only densities that do not look like
    an atom.
+6. Blurred or over-sharpened maps (``deblur="auto"``): the map's excess blur
+   against the model is measured; beyond ±40/20 Å² the map is detected again
+   sharpened or blurred back and the model that explains it better is kept
+   (:mod:`ptnp_gpu.deblur`).
+7. The filter ladder (``ladder``): a model without a lattice (under
+   ``ladder_full_shell`` of its atoms with a full first shell) or a refused map
+   is detected again on the map filtered by each B of ``ladder_A2``, and the
+   rung whose bonds are best (:func:`ptnp_gpu.deblur.lattice_score`) replaces it
+   by a margin.
+8. A model still without a lattice whose hull holds no more density than the
+   solvent is flagged as possibly noise (:mod:`ptnp_gpu.evidence`).
 """
 from __future__ import annotations
 
@@ -260,7 +271,9 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
 
     A map blurred more than ``deblur_min_A2`` beyond the atom model (:mod:`ptnp_gpu.deblur`) is
     detected a second time, sharpened, and the model that explains the original map better is
-    returned (``params["deblur_pass"]`` says what was measured and chosen); the statistics run on the
+    returned (``params["deblur_pass"]`` says what was measured and chosen); a model without a
+    lattice, or a refused map, goes through the filter ladder (``params["ladder_pass"]``); a model
+    that may be noise carries a warning (``params["hull_contrast"]``). The statistics run on the
     original map either way.
 
     Parameters
@@ -353,8 +366,8 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
             # over-sharpened already: only the blurring rungs (a map sharpened by 100 Å² and then by
             # 60 more under the 2.1 Å low-pass grew 29 false atoms on the surface, all well placed)
             steps = [b for b in steps if b < 0]
-    say("no lattice in the model: detecting again on the map filtered by "
-        + ", ".join(f"{b:+.0f}" for b in steps) + " Å²")
+    say(("no particle found at first" if det is None else "no lattice in the model")
+        + ": detecting again on the map filtered by " + ", ".join(f"{b:+.0f}" for b in steps) + " Å²")
     best = None
     for b in steps:
         res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
