@@ -21,21 +21,12 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ptnp_gpu.deblur import sharpened
 from ptnp_gpu.detect import detect_atoms
 from ptnp_gpu.errors import InputError
 from ptnp_gpu.mapio import DensityMap
 
 KINDS = ("white", "correlated", "low-passed", "sharpened", "background", "masked")
-
-
-def _band(d, vs, res_A, sharpen_A2=0.0):
-    """``d`` low-passed at ``res_A`` (cosine edge 0.1 Å⁻¹ wide) and sharpened by ``sharpen_A2``."""
-    F = np.fft.rfftn(d)
-    f = [np.fft.fftfreq(n, vs) for n in d.shape[:2]] + [np.fft.rfftfreq(d.shape[2], vs)]
-    s = np.sqrt(f[0][:, None, None] ** 2 + f[1][None, :, None] ** 2 + f[2][None, None, :] ** 2)
-    edge = np.clip((s - (1 / res_A - 0.05)) / 0.1, 0, 1)
-    F *= 0.5 * (1 + np.cos(np.pi * edge)) * np.exp(sharpen_A2 / 4 * s * s)
-    return np.fft.irfftn(F, d.shape, axes=(0, 1, 2))
 
 
 def noise_map(rng, kind: str):
@@ -50,7 +41,7 @@ def noise_map(rng, kind: str):
     elif kind in ("low-passed", "sharpened", "masked"):
         spec["res_A"] = round(float(rng.uniform(1.5, 2.5)), 2)
         spec["sharpen_A2"] = round(float(rng.uniform(20, 60)), 1) if kind == "sharpened" else 0.0
-        d = _band(d, vs, spec["res_A"], spec["sharpen_A2"])
+        d = np.asarray(sharpened(d, vs, spec["sharpen_A2"], spec["res_A"]), dtype=np.float64)
         if kind == "masked":
             r = np.sqrt(((np.indices(d.shape) - (n - 1) / 2.0) ** 2).sum(0)) * vs
             radius = float(rng.uniform(0.25, 0.4)) * n * vs

@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -292,8 +292,8 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
     InputError
         Constant maps, or maps in which no particle is found.
     """
-    det = _detect(dmap, element, backend, progress, opts)
-    det = _noise_warning(det, DetectOptions.from_kwargs(**opts))
+    o = DetectOptions.from_kwargs(**opts)
+    det = _noise_warning(_detect(dmap, element, backend, progress, o), o)
     for w in det.warnings:                     # once, for the model returned
         log.warning(w)
     return det
@@ -346,8 +346,6 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
     its atoms holding a full first shell does). A map read as over-sharpened (the excess blur of
     :func:`_deblur_pass` at or below ``-deblur_over_A2``) only climbs the blurring rungs. Returns
     the detection kept (None when ``det`` was None and no rung qualified)."""
-    from dataclasses import replace
-
     from .deblur import lattice_score, sharpened
     say = progress or (lambda msg: None)
     t = time.perf_counter()
@@ -393,18 +391,23 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
     cand, b = best
     say(f"the map filtered by {b:+.0f} Å² gives {len(cand.xyz_A)} atoms with the best bonds"
         + ("" if det is None else f" (before {len(det.xyz_A)})"))
-    cand.params.update(ladder_pass=info, invert=o.invert,
-                       deblur_pass=None if det is None else det.params.get("deblur_pass"))
-    if det is not None:
-        cand.times = {**{f"first.{k}": v for k, v in det.times.items()}, **cand.times}
-    return replace(cand, map=dmap, raw=raw)
+    cand.params.update(ladder_pass=info, deblur_pass=None if det is None else det.params.get("deblur_pass"))
+    return _adopted(cand, det, dmap, raw, o.invert)
+
+
+def _adopted(second: Detection, first: Detection | None, dmap: DensityMap, raw, invert: bool) -> Detection:
+    """``second``, a detection on a filtered copy of ``dmap``, as the detection of ``dmap``: the map
+    and its prepared ``raw`` as given (the statistics run on them), the caller's ``invert``, and
+    ``first``'s stage times (prefixed ``first.``) before its own."""
+    second.params["invert"] = invert
+    if first is not None:
+        second.times = {**{f"first.{k}": v for k, v in first.times.items()}, **second.times}
+    return replace(second, map=dmap, raw=raw)
 
 
 def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detection:
     """The detection again on the map sharpened by its excess blur, kept when its model explains
     the original map better (see :mod:`ptnp_gpu.deblur`)."""
-    from dataclasses import replace
-
     from .deblur import atoms_box, excess_blur_A2, model_correlation, sharpened
     say = progress or (lambda msg: None)
     vs, org = det.map.voxel_size_A, det.map.origin_A
@@ -446,9 +449,7 @@ def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detectio
     say(f"sharpened: {len(det2.xyz_A)} atoms (before {len(det.xyz_A)}); their model explains the map better "
         f"(correlation {c2:.3f} against {c1:.3f})")
     det2.params["deblur_pass"] = info
-    det2.params["invert"] = o.invert
-    det2.times = {**{f"first.{k}": v for k, v in det.times.items()}, **det2.times}
-    return replace(det2, map=det.map, raw=det.raw)
+    return _adopted(det2, det, det.map, det.raw, o.invert)
 
 
 def _prepared_raw(dmap: DensityMap, invert: bool, xp):
