@@ -2,7 +2,8 @@
 //
 // ptnp_window_normal_eq: weighted normal equations of the quadric fit
 //     ln I = b0 + b1 x^2 + b2 y^2 + b3 z^2 + b4 xy + b5 xz + b6 yz
-// with weights I, over the voxels with I > 0 (and finite) whose distance to
+// where I is the map value minus the atom's baseline (its local solvent level,
+// or 0), with weights I, over the voxels with I > 0 (and finite) whose distance to
 // the atom centre is <= r (voxel units). x, y, z are the voxel's offset from
 // the (fractional) centre times the voxel size, so the coefficients come out
 // in the caller's length unit. Output per atom: A (7, 7) = sum w phi phi^T,
@@ -70,6 +71,7 @@ __device__ __forceinline__ bool ptnp_window_voxel(
 extern "C" __global__ void ptnp_window_normal_eq(
     const PTNP_MAP_T* __restrict__ map, const int nx, const int ny, const int nz,
     const double* __restrict__ centres,   // (N, 3) voxel x y z
+    const double* __restrict__ base,      // (N,) subtracted from the map values
     const int n_atoms, const int half, const double r2,
     const double vsx, const double vsy, const double vsz,
     double* __restrict__ A,                // (N, 7, 7)
@@ -81,6 +83,7 @@ extern "C" __global__ void ptnp_window_normal_eq(
     const int atom = blockIdx.x;
     if (atom >= n_atoms) return;
     const double cx = centres[3 * atom], cy = centres[3 * atom + 1], cz = centres[3 * atom + 2];
+    const double b = base[atom];
     const int side = 2 * half + 2;
     double acc[PTNP_NE_SUMS];
     for (int k = 0; k < PTNP_NE_SUMS; ++k) acc[k] = 0.0;
@@ -88,7 +91,7 @@ extern "C" __global__ void ptnp_window_normal_eq(
         long long idx; double ux, uy, uz;
         if (!ptnp_window_voxel(w, side, half, cx, cy, cz, r2, nx, ny, nz, &idx, &ux, &uy, &uz))
             continue;
-        const double I = (double)map[idx];
+        const double I = (double)map[idx] - b;
         if (!(I > 0.0) || isinf(I)) continue;
         const double x = ux * vsx, y = uy * vsy, z = uz * vsz;
         const double phi[7] = {1.0, x * x, y * y, z * z, x * y, x * z, y * z};

@@ -34,10 +34,11 @@ def _window_voxel(w, side, half, c, r2, shape):
 
 
 @nb.njit(parallel=True, cache=True)
-def normal_equations(vol, centres, half, r2, vs, A, rhs, yy, count):
+def normal_equations(vol, centres, base, half, r2, vs, A, rhs, yy, count):
     """Fill ``A`` (N, 7, 7), ``rhs`` (N, 7), ``yy`` (N,), ``count`` (N,) for the quadric fit.
 
-    ``vol`` is (nz, ny, nx); ``centres`` (N, 3) voxel x y z; ``half`` the cube
+    ``vol`` is (nz, ny, nx); ``centres`` (N, 3) voxel x y z; ``base`` (N,) float64
+    is subtracted from the map values of each atom's window; ``half`` the cube
     half-width and ``r2`` the squared radius (voxels); ``vs`` (3,) scales the
     offsets (x y z) into the fit's length unit.
     """
@@ -53,7 +54,7 @@ def normal_equations(vol, centres, half, r2, vs, A, rhs, yy, count):
             ok, iz, iy, ix, x, y, z = _window_voxel(w, side, half, centres[a], r2, vol.shape)
             if not ok:
                 continue
-            val = np.float64(vol[iz, iy, ix])
+            val = np.float64(vol[iz, iy, ix]) - base[a]
             if not (val > 0.0) or math.isinf(val):
                 continue
             x *= vs[0]

@@ -114,6 +114,13 @@ def add_blur_option(p):
                         "core's median U tensor has a DOI below 0.7), core (always) or none")
 
 
+def add_baseline_option(p):
+    p.add_argument("--fit-baseline", choices=("solvent", "none"), default=None,
+                   help="zero of the displacement fits: solvent (default: the solvent's level beside each "
+                        "atom is subtracted, so U and DOI do not depend on the map's grey offset or a smooth "
+                        "background) or none (the raw map, as the paper)")
+
+
 def pipeline_kwargs(args) -> dict:
     """Keyword arguments for :func:`ptnp_gpu.pipeline.run_detect` from parsed options."""
     kw = {k: getattr(args, k) for k in _KNOBS if getattr(args, k, None) is not None}
@@ -125,6 +132,8 @@ def pipeline_kwargs(args) -> dict:
         kw["depth"] = args.depth
     if getattr(args, "blur_correction", None) is not None:
         kw["blur_correction"] = args.blur_correction
+    if getattr(args, "fit_baseline", None) is not None:
+        kw["fit_baseline"] = args.fit_baseline
     if getattr(args, "mask", None) is not None:
         kw["mask"] = args.mask
     return dict(out_dir=args.out, element=args.element, voxel_size_A=args.voxel_size,
@@ -276,6 +285,7 @@ def register(sub):
     add_presmooth_option(p)
     add_depth_option(p)
     add_blur_option(p)
+    add_baseline_option(p)
     p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("simulate", help="write a synthetic particle map and its ground truth")

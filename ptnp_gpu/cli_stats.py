@@ -68,11 +68,12 @@ def _register_to_map(dmap, xyz_A, element):
 
 def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=None, force=False,
               center=False, figures=True, backend=None, presmooth_A=None, invert=False,
-              depth="radial", blur_correction="auto") -> dict:
+              depth="radial", blur_correction="auto", fit_baseline="solvent") -> dict:
     """Compute and write the statistics of ``model_path`` on ``map_path``.
 
-    ``depth``: ``"radial"`` (default) or ``"surface"``, and ``blur_correction``: ``"auto"``
-    (default), ``"core"`` or ``"none"``, as in :func:`ptnp_gpu.statistics.compute_statistics`.
+    ``depth``: ``"radial"`` (default) or ``"surface"``, ``blur_correction``: ``"auto"``
+    (default), ``"core"`` or ``"none"``, and ``fit_baseline``: ``"solvent"`` (default) or
+    ``"none"``, as in :func:`ptnp_gpu.statistics.compute_statistics`.
 
     Returns
     -------
@@ -128,7 +129,8 @@ def run_stats(map_path, model_path, element="Pt", out_dir=None, voxel_size_A=Non
             f"(x {lo[0]:.1f}–{hi[0]:.1f}, y {lo[1]:.1f}–{hi[1]:.1f}, z {lo[2]:.1f}–{hi[2]:.1f} Å); "
             "the model is not in the map's frame (try --center)")
     st = compute_statistics(dmap, xyz, el, backend=backend,
-                            presmooth_A=presmooth_A, depth=depth, blur_correction=blur_correction)
+                            presmooth_A=presmooth_A, depth=depth, blur_correction=blur_correction,
+                            fit_baseline=fit_baseline)
     extra = {k: v for k, v in model.columns.items() if len(np.asarray(v)) == len(xyz)}
     extra["element"] = np.array([str(e).capitalize() for e in model.elements])
     out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +175,7 @@ def _cmd_stats(args) -> int:
     s = run_stats(args.map, args.model, element=args.element, out_dir=args.out, voxel_size_A=args.voxel_size,
                   force=args.force, center=args.center, figures=not args.no_figures,
                   presmooth_A=args.presmooth_A, invert=args.invert, depth=args.depth or "radial",
-                  blur_correction=args.blur_correction or "auto")
+                  blur_correction=args.blur_correction or "auto", fit_baseline=args.fit_baseline or "solvent")
     st = s.pop("_stats")
     if not args.quiet:
         print(summary_table(st))
@@ -199,9 +201,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     p.add_argument("--invert", action="store_true",
                    help="the atoms are dark (negative density): negate the map first")
-    from .cli_detect import add_blur_option, add_depth_option, add_presmooth_option
+    from .cli_detect import add_baseline_option, add_blur_option, add_depth_option, add_presmooth_option
     add_presmooth_option(p)
     add_depth_option(p)
     add_blur_option(p)
+    add_baseline_option(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_stats)

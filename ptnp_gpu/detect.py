@@ -245,6 +245,21 @@ def _drop_weak_rescued(lab, n, n_sweep, C_box, weights, t_keep):
     return lab, int(drop.sum())                      # sync
 
 
+def _noise_free(raw, live) -> bool:
+    """A map whose constant (masked-looking) region is its minimum and whose other voxels never go
+    below it: atoms rendered on a zero solvent without noise (noise reaches below a mask's level)."""
+    xp = _be.namespace(raw).xp
+    sub = raw[::_STEP, ::_STEP, ::_STEP]
+    dead = sub[~live]
+    if dead.size == 0:
+        return False
+    lo, level = (float(v) for v in _be.to_host(xp.stack([sub.min(), xp.median(dead)])))   # sync
+    return level <= lo
+
+
+_DUPLICATE_FRACTION = 0.45   # atoms closer than this × the bulk bond are one atom found twice
+
+
 def _nn_floor_A(xyz_A, n_sd: float = 4.0) -> float:
     """Median minus ``n_sd`` robust SDs of the atoms' nearest-neighbour distances (Å): how close
     two atoms of this model come by chance (one host transfer of the positions)."""
@@ -514,6 +529,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
     psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
                           else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
+    if whitened and masked and o.whiten == "auto" and _noise_free(raw, live):
+        # a noise-free rendering reads as masked (exact zeros around the atoms) and its "noise" is
+        # the atoms' own tails: prewhitening by them sharpens the map into peaks in the hollows
+        # between atoms (a 1,289-atom particle at 0.381 Å: 499 false atoms, precision 0.72)
+        whitened = False
     # noise power rising with frequency: a sharpened map, atoms and noise alike. Dividing by the
     # noise amplitude (not its power) undoes the sharpening and keeps the atoms apart; full
     # prewhitening would make them as wide as the map's blur before sharpening
@@ -693,6 +713,14 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
             thr = xp.maximum(med - o.correlation_sd * 1.4826 * xp.median(xp.abs(vcorr - med)), thr)
         keep &= vcorr >= thr
     counts["rejected_correlation"] = int((~keep).sum())
+    if xyz.shape[0] > 1:
+        # one atom found twice: a rescued peak whose claimed voxels were another atom's tail (in a
+        # noise-free map's hollows) ends up on that atom. No two metal atoms come this close (the
+        # published models' closest pair: 0.64 × their bond); the weaker goes (height: C at the centre)
+        kid = xp.nonzero(keep)[0]
+        dup = ~_thin_peaks(xyz[kid], height[kid].astype(xp.float64), _DUPLICATE_FRACTION * el.nn_distance_A)
+        counts["merged_duplicates"] = int(dup.sum())              # sync
+        keep[kid[dup]] = False
     if o.reject_close and xyz.shape[0] > 1:
         # the weaker of two atoms closer than any metal bond goes (height: C at the centre). Where
         # the map places atoms loosely (coarse grids with noise: nearest-neighbour distances spread

@@ -210,10 +210,11 @@ class NormalEquations(NamedTuple):
     count: object
 
 
-def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=1.0):
+def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=1.0, baseline=None):
     """Weighted normal equations of ln I = β·φ for every atom window at once.
 
-    φ = (1, x², y², z², xy, xz, yz); the weights are I; the voxels used are
+    φ = (1, x², y², z², xy, xz, yz); I is the map value minus the atom's
+    ``baseline``; the weights are I; the voxels used are
     those with I > 0 (finite) within ``r_fit_vox`` of the atom centre. x, y,
     z are the voxel's offset from the (fractional) centre times
     ``voxel_size_A``, so with the voxel size in Å the β come out in Å⁻².
@@ -228,6 +229,9 @@ def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=
         Fit radius in voxels (distance measured in voxel units).
     voxel_size_A : float or (3,) floats, optional
         Scale of x, y, z (default 1: voxel units).
+    baseline : (N,) array, optional
+        Per-atom level subtracted from the map values of its window (map
+        units; e.g. the local solvent level); default 0.
 
     Returns
     -------
@@ -268,14 +272,20 @@ def window_normal_equations(volume, centres_vox_xyz, r_fit_vox, *, voxel_size_A=
     count = xp.zeros(n, dtype=xp.int64)
     if n == 0:
         return NormalEquations(A, rhs, yy, count)
+    if baseline is None:
+        base = xp.zeros(n, dtype=xp.float64)
+    else:
+        base = xp.ascontiguousarray(xp.asarray(baseline, dtype=xp.float64).reshape(-1))
+        if base.shape[0] != n:
+            raise ValueError(f"baseline: expected {n} values (one per atom), got {base.shape[0]}")
     if not be.is_gpu:
         from .kernels.window_fits_cpu import normal_equations
-        normal_equations(vol, c, half, r * r, np.ascontiguousarray(vs), A, rhs, yy, count)
+        normal_equations(vol, c, base, half, r * r, np.ascontiguousarray(vs), A, rhs, yy, count)
         return NormalEquations(A, rhs, yy, count)
     nz, ny, nx = vol.shape
     k = get_function("window_fits.cu", "ptnp_window_normal_eq",
                      (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))
-    k((n,), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), c, np.int32(n),
+    k((n,), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), c, base, np.int32(n),
                         np.int32(half), np.float64(r * r), np.float64(vs[0]),
                         np.float64(vs[1]), np.float64(vs[2]), A, rhs, yy, count))
     return NormalEquations(A, rhs, yy, count)

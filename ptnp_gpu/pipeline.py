@@ -168,9 +168,10 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     presmooth_A = opts.pop("presmooth_A", None)          # a statistics option, not a detection one
     depth = opts.pop("depth", "radial")                   # statistics too: radial or surface depth
     blur_correction = opts.pop("blur_correction", "auto")  # statistics too: the map's anisotropic blur
+    fit_baseline = opts.pop("fit_baseline", "solvent")     # statistics too: the zero of the displacement fits
     if stats:                                             # before the detection runs
         from .statistics import check_statistics_options
-        check_statistics_options(depth, blur_correction)
+        check_statistics_options(depth, blur_correction, fit_baseline)
     mask_path = opts.pop("mask", None)                    # applied to the map before anything else
     out = _prepare_out(map_path, out_dir, force)
     from .detect import detect_atoms
@@ -221,7 +222,8 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             say("per-atom statistics")
             ts = time.perf_counter()
             st = compute_statistics(det.backend_map, det.xyz_A, el, labels=det.labels, backend=backend,
-                                    presmooth_A=presmooth_A, depth=depth, blur_correction=blur_correction)
+                                    presmooth_A=presmooth_A, depth=depth, blur_correction=blur_correction,
+                                    fit_baseline=fit_baseline)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
             extra = {"n_voxels": cols["n_voxels"]}
@@ -294,7 +296,8 @@ def run_analyze(map_path, out_dir=None, element="Pt", voxel_size_A=None, force=F
                 progress=None, backend=None, figures=True, **opts) -> dict:
     """Detection followed by per-atom statistics (same arguments as :func:`run_detect`, plus
     ``presmooth_A``: σ in Å of the Gaussian pre-smoothing of the displacement fits, and
-    ``depth``: ``"radial"`` (default) or ``"surface"``, the depth of
+    ``depth``: ``"radial"`` (default) or ``"surface"``, the depth, ``blur_correction`` and
+    ``fit_baseline`` (``"solvent"``, default, or ``"none"``) of
     :func:`ptnp_gpu.statistics.compute_statistics`)."""
     return _run_or_cpu(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, True, figures,
                         opts)

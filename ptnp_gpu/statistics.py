@@ -31,6 +31,7 @@ import numpy as np
 
 from . import backend as _be
 from . import gpu_kernels as gk
+from .baseline import solvent_level_at_atoms
 from .components import map_mean_sd
 from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
                            mean_bond_lengths_A, nn_bond_lengths_A, particle_diameter_A)
@@ -45,7 +46,8 @@ from .scale import check_model_scale
 from .strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 
 __all__ = ["AtomStatistics", "compute_statistics", "write_statistics", "SCHEMA", "TABLE1_COLUMNS",
-           "PENETRATION_STATISTICS", "DEPTH_DEFINITIONS", "BLUR_CORRECTIONS", "check_statistics_options",
+           "PENETRATION_STATISTICS", "DEPTH_DEFINITIONS", "BLUR_CORRECTIONS", "FIT_BASELINES",
+           "check_statistics_options",
            "summary_table"]
 
 log = logging.getLogger(__name__)
@@ -102,11 +104,14 @@ SCHEMA: dict[str, tuple[str, str]] = {
     "u_aniso_failed": ("0/1", "1 if the anisotropic fit failed (non-positive eigenvalue, or one above "
                               "(1.25·fit radius)²); U and DOI NaN"),
     "n_fit_voxels": ("", "voxels used in the displacement fits"),
+    "fit_baseline": ("map units", "level subtracted from the map before the displacement fits: the local "
+                                  "solvent level (fit_baseline='solvent') or 0 ('none', the paper's raw map)"),
 }
 
 _SECOND_CLUSTER_MIN = 20          # a second bonded cluster this large (atoms) ...
 _SECOND_CLUSTER_FRACTION = 0.02   # ... and this share of the model: two particles (a warning)
 BLUR_CORRECTIONS = ("auto", "core", "none")   # compute_statistics' ``blur_correction``
+FIT_BASELINES = ("solvent", "none")            # compute_statistics' ``fit_baseline``
 BLUR_AUTO_DOI = 0.7   # blur_correction="auto": the core's median U tensor is this anisotropic or more
 
 # depth definitions (compute_statistics' ``depth``) → description of the depth_A column
@@ -205,8 +210,12 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
-def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0):
+def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,
+                         fit_baseline="solvent"):
     """Displacement fits, validation correlation and peak intensity for every atom.
+
+    ``fit_baseline="solvent"`` fits ``ln(I − b)`` with b the solvent's level at the atom
+    (:func:`ptnp_gpu.baseline.solvent_level_at_atoms`); ``"none"`` fits the raw values.
 
     Returns (host columns, map mean and SD, ``refit``): ``refit(psi)`` gives the displacement
     columns again from the same solved fits with the blur tensor ``psi`` taken off
@@ -239,8 +248,12 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     # the fits see the map smoothed by a small Gaussian (less noise in the log-intensities),
     # whose variance is then subtracted from U: exact for Gaussian atoms (measured: DOI rank
     # correlation with the truth 0.48 → 0.55 at noise 0.15, 0.63 → 0.69 at 0.05)
+    if fit_baseline == "solvent":        # the map's zero is arbitrary: fit above the solvent's level
+        base, _ = solvent_level_at_atoms(data, vox_c, vs)
+    else:
+        base = xp.zeros(len(xyz), dtype=xp.float64)
     fit_data = data if not presmooth_A > 0 else be.ndi.gaussian_filter(data, presmooth_A / vs[::-1])
-    ne = gk.window_normal_equations(fit_data, vox_c, fit_r / vs[0], voxel_size_A=vs)
+    ne = gk.window_normal_equations(fit_data, vox_c, fit_r / vs[0], voxel_size_A=vs, baseline=base)
     del fit_data
     solved = (gk.solve_normal_equations(gk.iso_normal_equations(ne)), gk.solve_normal_equations(ne), ne.count)
 
@@ -249,6 +262,7 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
                                                         blur_tensor_A2=psi))
 
     fits = displacements_from_fits(*solved, fit_r, deconvolve_A2=presmooth_A ** 2)
+    fits["fit_baseline"] = base
     fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
     # peak intensity: the maximum raw value in the atom's own component (one fused
     # pass of the label-moments kernel), else near the centre (gathered windows)
@@ -316,9 +330,12 @@ def _median(v):
     return float(np.median(v)) if len(v) else float("nan")
 
 
-def check_statistics_options(depth="radial", blur_correction="auto") -> None:
-    """Raise :class:`InputError` for a ``depth`` or ``blur_correction`` that
+def check_statistics_options(depth="radial", blur_correction="auto", fit_baseline="solvent") -> None:
+    """Raise :class:`InputError` for a ``depth``, ``blur_correction`` or ``fit_baseline`` that
     :func:`compute_statistics` does not know (the pipeline checks before detecting)."""
+    if fit_baseline not in FIT_BASELINES:
+        raise InputError(f"fit_baseline must be one of {', '.join(map(repr, FIT_BASELINES))}; "
+                         f"got {fit_baseline!r}")
     if blur_correction not in BLUR_CORRECTIONS:
         raise InputError(f"blur_correction must be one of {', '.join(map(repr, BLUR_CORRECTIONS))}; "
                          f"got {blur_correction!r}")
@@ -351,7 +368,7 @@ def _bonded_clusters(pairs, n: int) -> dict:
 def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=None, backend=None,
                        simulated=None, strain_h_A: float = 2.0,
                        presmooth_A: float | None = None, depth: str = "radial",
-                       blur_correction: str = "auto") -> AtomStatistics:
+                       blur_correction: str = "auto", fit_baseline: str = "solvent") -> AtomStatistics:
     """Per-atom statistics, particle summary, lattice fit and penetration depths.
 
     Parameters
@@ -395,6 +412,12 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         ``"auto"`` (default) does so when the core's median tensor has a DOI
         below ``BLUR_AUTO_DOI`` (0.7; rendered maps measure 0.98, tomograms
         0.27-0.32), ``"core"`` always, ``"none"`` never.
+    fit_baseline : {"solvent", "none"}
+        The zero of the displacement fits. ``"solvent"`` (default) subtracts the
+        solvent's level beside each atom (:mod:`ptnp_gpu.baseline`), so that U and
+        DOI do not depend on the map's grey offset or a smooth solvent background;
+        ``"none"`` fits the raw values as the paper does. The ``fit_baseline``
+        column holds the level subtracted.
 
     Returns
     -------
@@ -410,7 +433,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         ``depth`` other than ``"radial"`` or ``"surface"``.
     """
     t_all = time.perf_counter()
-    check_statistics_options(depth, blur_correction)
+    check_statistics_options(depth, blur_correction, fit_baseline)
     el = get_element(element) if isinstance(element, str) else element
     xyz = np.asarray(_be.to_host(xyz_A), dtype=np.float64).reshape(-1, 3)
     n = len(xyz)
@@ -486,7 +509,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
     win, map_stats, refit = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
                                                  presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
-                                                                   else presmooth_A))
+                                                                   else presmooth_A),
+                                                 fit_baseline=fit_baseline)
     psi, core_doi = map_blur_tensor_A2(win["u_A2"], np.asarray(cn) == geo["cn_bulk"])
     corrected = psi is not None and (blur_correction == "core"
                                      or (blur_correction == "auto" and core_doi < BLUR_AUTO_DOI))
@@ -519,6 +543,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "u_maj_dir_x": win["u_dir"][:, 0], "u_maj_dir_y": win["u_dir"][:, 1], "u_maj_dir_z": win["u_dir"][:, 2],
         "doi": win["doi"], "u_aniso_r2": win["u_aniso_r2"],
         "u_aniso_failed": win["u_aniso_failed"].astype(int), "n_fit_voxels": win["n_fit_voxels"].astype(int),
+        "fit_baseline": win["fit_baseline"],
     }
     t0 = time.perf_counter()
     cn_bounds = (geo["cn_bulk"] - 2.0, float(geo["cn_bulk"]))
@@ -556,6 +581,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
         "depth_definition": depth_used, **clusters,
         "bond_first_shell_A": scale.bond_A, "bond_over_bulk": scale.ratio,
         "map_core_doi": core_doi, "blur_corrected": bool(corrected),
+        "fit_baseline": fit_baseline, "fit_baseline_median": _median(win["fit_baseline"]),
         "cn_penetration_A": pen["cn"]["delta_A"], "cn_penetration_err_A": pen["cn"]["delta_err_A"],
         "gcn_penetration_A": pen["gcn"]["delta_A"], "gcn_penetration_err_A": pen["gcn"]["delta_err_A"],
         "fit_radius_A": float(fit_r),

@@ -131,6 +131,26 @@ def test_analyze_without_figures(particle_map):
     assert s["particle"]["n_atoms"] == s["n_atoms"] == len(read_model(out).xyz_A)
 
 
+def test_fit_baseline_option(particle_map):
+    """``--fit-baseline none`` fits the raw map (the paper); the default subtracts the solvent's
+    level, which the column and the particle summary record."""
+    p, d, paths = particle_map
+    cols = {}
+    for how in ("solvent", "none"):
+        out = d / f"baseline_{how}"
+        args = ["analyze", paths["map"], "--out", str(out), "--quiet", "--no-figures"]
+        assert main(args + ([] if how == "solvent" else ["--fit-baseline", how])) == 0
+        s = json.loads((out / "summary.json").read_text())
+        assert s["particle"]["fit_baseline"] == how
+        with open(out / "atoms.csv") as fh:
+            cols[how] = {k: np.array([float(r[k]) for r in csv.DictReader(fh)]) for k in ("fit_baseline",)}
+    assert np.all(cols["none"]["fit_baseline"] == 0.0)
+    # the simulated map's smooth background lies under the atoms: a positive level
+    assert np.median(cols["solvent"]["fit_baseline"]) > 0
+    with pytest.raises(SystemExit):
+        main(["analyze", paths["map"], "--fit-baseline", "median"])
+
+
 def test_inverted_map_error_and_invert_option(particle_map, capsys):
     """A negated map: one-line error naming --invert; with it, analyze and stats match the positive map."""
     p, d, paths = particle_map

@@ -41,6 +41,7 @@ test_map_transfer_parity = _parity.test_map_transfer_parity
 test_transfer_corrected_map_parity = _parity.test_transfer_corrected_map_parity
 test_prewhitened_denoise_parity = _parity.test_prewhitened_denoise_parity
 test_detect_sharpened_map_parity = _parity.test_detect_sharpened_map_parity
+test_solvent_level_parity = _parity.test_solvent_level_parity
 
 
 def test_emulated_array_behaves_like_cupy():

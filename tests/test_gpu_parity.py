@@ -82,8 +82,10 @@ def test_window_normal_equations_parity(cp, dtype, seed):
     vol = rng.normal(0.5, 1.0, (40, 44, 36)).astype(dtype)
     centres = rng.uniform(-1.0, [36, 44, 40], (500, 3))
     vs = (0.36, 0.35, 0.37)
-    A, b, yy, n = gk.window_normal_equations(vol, centres, 3.1, voxel_size_A=vs)
-    ne = gk.window_normal_equations(cp.asarray(vol), cp.asarray(centres), 3.1, voxel_size_A=vs)
+    base = rng.uniform(-0.3, 0.5, 500)      # per-atom baselines (the local solvent level)
+    A, b, yy, n = gk.window_normal_equations(vol, centres, 3.1, voxel_size_A=vs, baseline=base)
+    ne = gk.window_normal_equations(cp.asarray(vol), cp.asarray(centres), 3.1, voxel_size_A=vs,
+                                    baseline=cp.asarray(base))
     Ag, bg, yg, ng = ne
     assert isinstance(Ag, cp.ndarray) and Ag.shape == (500, 7, 7) and Ag.dtype == cp.float64
     np.testing.assert_array_equal(_host(ng), n)
@@ -317,3 +319,22 @@ def test_detect_sharpened_map_parity(cp):
     xc, xg = _host(dc.xyz_A), _host(dg.xyz_A)
     assert len(xc) == len(xg) and len(xc) > 0.95 * len(xyz)
     assert _match(xc, xg).max() < 1e-3 and _match(xg, xc).max() < 1e-3
+
+
+@pytest.mark.parametrize("seed", [12, FRESH_SEED])
+def test_solvent_level_parity(cp, particle, seed):
+    """The displacement fits' zero (``ptnp_gpu.baseline``) on a masked map with an offset and a
+    gradient: same levels on both backends."""
+    from ptnp_gpu.baseline import solvent_level_at_atoms
+    rng = np.random.default_rng(seed)
+    m = particle.map
+    x = np.arange(m.shape[2])[None, None, :] * m.voxel_size_A[0]
+    data = (m.data + rng.uniform(-1, 1) + rng.uniform(-0.02, 0.02) * x).astype(np.float32)
+    if rng.uniform() < 0.5:
+        data[:, :, : m.shape[2] // 6] = 0.0           # a masked slab
+    vox = m.xyz_A_to_voxel(particle.xyz_A)
+    lc, fc = solvent_level_at_atoms(data, vox, m.voxel_size_A)
+    lg, fg = solvent_level_at_atoms(cp.asarray(data), cp.asarray(vox), m.voxel_size_A)
+    assert isinstance(lg, cp.ndarray)
+    np.testing.assert_allclose(float(fg), float(fc), rtol=1e-6)
+    np.testing.assert_allclose(_host(lg), lc, rtol=1e-5, atol=1e-6 * float(np.abs(data).max()))

@@ -160,15 +160,16 @@ def _window_voxels(shape, c, r):
     return sel, u[sel]
 
 
-def _ref_normal_equations(vol, centres, r, vs):
+def _ref_normal_equations(vol, centres, r, vs, base=None):
     n = len(centres)
+    base = np.zeros(n) if base is None else base
     A = np.zeros((n, 7, 7))
     b = np.zeros((n, 7))
     yy = np.zeros(n)
     cnt = np.zeros(n, np.int64)
     for a, c in enumerate(centres):
         sel, u = _window_voxels(vol.shape, c, r)
-        val = vol[sel].astype(np.float64)
+        val = vol[sel].astype(np.float64) - base[a]
         ok = val > 0
         x, y, z = (u[ok] * vs).T
         phi = np.stack([np.ones_like(x), x * x, y * y, z * z, x * y, x * z, y * z], 1)
@@ -194,6 +195,16 @@ def test_window_normal_equations_match_reference(dtype):
     np.testing.assert_allclose(A, Ar, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(b, br, rtol=1e-10, atol=1e-12)
     np.testing.assert_array_equal(A, np.swapaxes(A, 1, 2))
+    # a per-atom baseline is subtracted before the positivity test, the log and the weights
+    base = rng.uniform(-0.5, 0.8, len(centres))
+    A, b, yy, cnt = gk.window_normal_equations(vol, centres, 2.7, voxel_size_A=vs, baseline=base)
+    Ar, br, yr, cr = _ref_normal_equations(vol, centres, 2.7, vs, base)
+    np.testing.assert_array_equal(cnt, cr)
+    np.testing.assert_allclose(A, Ar, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(b, br, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(yy, yr, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="baseline"):
+        gk.window_normal_equations(vol, centres, 2.7, baseline=base[:-1])
 
 
 def test_window_fit_recovers_anisotropic_U():
@@ -475,11 +486,11 @@ extern "C" void emu_render(const int* base, const double* frac, const double* in
       base, frac, inv6, norm, off, n, T, W, nx, ny, nz, vx, vy, vz, out);
 }"""),
     "window_fits.cu": ((("PTNP_MAP_T", "float"),), """
-extern "C" void emu_normal_eq(const float* map, int nx, int ny, int nz, const double* c, int n,
-    int half, double r2, double vx, double vy, double vz, double* A, double* rhs, double* yy,
-    long long* cnt, int block) {
+extern "C" void emu_normal_eq(const float* map, int nx, int ny, int nz, const double* c,
+    const double* base, int n, int half, double r2, double vx, double vy, double vz, double* A,
+    double* rhs, double* yy, long long* cnt, int block) {
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_window_normal_eq,
-      map, nx, ny, nz, c, n, half, r2, vx, vy, vz, A, rhs, yy, cnt);
+      map, nx, ny, nz, c, base, n, half, r2, vx, vy, vz, A, rhs, yy, cnt);
 }
 extern "C" void emu_pearson(const float* a, const float* b, int nx, int ny, int nz,
     const double* c, int n, int half, double r2, double* sums, int block) {
@@ -570,10 +581,11 @@ def test_window_kernels_on_host(emulated):
     rhs = np.zeros((7, 7))
     yy = np.zeros(7)
     cnt = np.zeros(7, np.int64)
-    lib.emu_normal_eq(_ptr(vol), 13, 12, 11, _ptr(c), 7, 3, ctypes.c_double(r * r),
+    base = rng.uniform(-0.3, 0.6, 7)
+    lib.emu_normal_eq(_ptr(vol), 13, 12, 11, _ptr(c), _ptr(base), 7, 3, ctypes.c_double(r * r),
                       ctypes.c_double(vs[0]), ctypes.c_double(vs[1]), ctypes.c_double(vs[2]),
                       _ptr(A), _ptr(rhs), _ptr(yy), _ptr(cnt), 64)
-    At, rt, yt, ct = gk.window_normal_equations(vol, c, r, voxel_size_A=vs)
+    At, rt, yt, ct = gk.window_normal_equations(vol, c, r, voxel_size_A=vs, baseline=base)
     np.testing.assert_array_equal(cnt, ct)
     np.testing.assert_allclose(yy, yt, rtol=1e-12)
     assert ct.min() > 5
@@ -741,7 +753,7 @@ def test_cupy_branches_on_emulated_device(emulated_device):
     assert names == ["ptnp_render_atoms", "ptnp_window_normal_eq", "ptnp_window_pearson"]
     from ptnp_gpu.kernels.window_fits_cpu import normal_equations, pearson_sums
     A = np.zeros((6, 7, 7)); rhs = np.zeros((6, 7)); yy = np.zeros(6); cnt = np.zeros(6, np.int64)
-    normal_equations(vol, c, 3, 2.2 ** 2, vs, A, rhs, yy, cnt)
+    normal_equations(vol, c, np.zeros(6), 3, 2.2 ** 2, vs, A, rhs, yy, cnt)
     np.testing.assert_array_equal(ne.count, cnt)
     np.testing.assert_allclose(ne.A, A, rtol=1e-12)
     np.testing.assert_allclose(ne.rhs, rhs, rtol=1e-12, atol=1e-13)
