@@ -22,7 +22,8 @@ shell, where the truth varies; the error of U_iso − the core's median against 
 U, which cancels the atom's intrinsic width), DOI (Spearman with the true DOI in the shell), CN
 and GCN (the truth's, counted on the true positions with the statistics' own cutoff: fraction
 equal, mean |difference|), nearest-neighbour bond (median |error|) and the
-U_iso penetration depth (Eq. 1) against the designed shell depth.
+U_iso penetration depth (Eq. 1) against the designed shell depth; the displacement scores also
+for the paper's raw fits (``fit_baseline="none"``) on the same atoms.
 
     python benchmarks/gemmi_maps.py [--seed 0] [--trials 16] [--renderer E|X|both]
         [--experimental] [--json out.json]
@@ -152,20 +153,10 @@ def score(spec, dmap, truth_A, U, element):
     row["seconds"] = round(time.perf_counter() - t, 2)
     c = st.columns
     fi, ti = acc["found_index"], acc["true_index"]
-    u_true = np.trace(U, axis1=1, axis2=2)[ti] / 3.0
-    u_meas = c["u_iso_A2"][fi]
-    core = np.abs(u_true - spec["u_core_A2"]) < 1e-6
-    shell = ~core                 # atoms in the mobile shell: the truth varies there (the core's is one value)
-    ok = np.isfinite(u_meas)
-    if core.sum() >= 10 and ok.sum() >= 10:
-        excess = u_meas - np.nanmedian(u_meas[core])
-        err = excess[ok] - (u_true[ok] - spec["u_core_A2"])
-        row["u_iso"] = {"spearman": _spearman(u_meas, u_true), "spearman_shell": _spearman(u_meas[shell],
-                        u_true[shell]), "median_abs_err_A2": round(float(np.median(np.abs(err))), 4),
-                        "slope": round(float(np.polyfit(u_true[ok], u_meas[ok], 1)[0]), 3),
-                        "failed_frac": round(float(1 - ok.mean()), 4)}
-    ev = np.linalg.eigvalsh(U[ti])
-    row["doi_spearman_shell"] = _spearman(c["doi"][fi][shell], (ev[:, 0] / ev[:, 2])[shell])
+    row.update(_displacement_scores(st, fi, ti, U, spec))
+    # the paper's raw fits (the map's own zero) on the same atoms, for comparison
+    raw = compute_statistics(det.backend_map, det.xyz_A, element, labels=det.labels, fit_baseline="none")
+    row["raw_fits"] = _displacement_scores(raw, fi, ti, U, spec)
     cn_cutoff_A = st.particle["cn_cutoff_A"]       # the statistics' own cutoff (from the fitted lattice)
     pairs = neighbour_pairs(truth_A, cn_cutoff_A)
     cn_true = np.asarray(coordination_numbers(truth_A, cn_cutoff_A, pairs=pairs))
@@ -176,10 +167,32 @@ def score(spec, dmap, truth_A, U, element):
     row["gcn_mean_abs_diff"] = round(float(np.mean(np.abs(gcn - gcn_true[ti]))), 4)
     bond_true = np.asarray(nn_bond_lengths_A(truth_A))
     row["bond_nn_median_abs_err_A"] = round(float(np.nanmedian(np.abs(c["bond_nn_A"][fi] - bond_true[ti]))), 4)
-    pen = st.penetration.get("u_iso_A2", {})
-    row["u_iso_penetration_A"] = {"fit": round(float(pen["delta_A"]), 2) if pen.get("ok") else None,
-                                  "designed": spec["shell_A"]}
     return row
+
+
+def _displacement_scores(st, fi, ti, U, spec):
+    """U_iso, DOI and U_iso penetration depth of the matched atoms against the truth."""
+    out = {}
+    c = st.columns
+    u_true = np.trace(U, axis1=1, axis2=2)[ti] / 3.0
+    u_meas = c["u_iso_A2"][fi]
+    core = np.abs(u_true - spec["u_core_A2"]) < 1e-6
+    shell = ~core                 # atoms in the mobile shell: the truth varies there (the core's is one value)
+    ok = np.isfinite(u_meas)
+    if core.sum() >= 10 and ok.sum() >= 10:
+        excess = u_meas - np.nanmedian(u_meas[core])
+        err = excess[ok] - (u_true[ok] - spec["u_core_A2"])
+        out["u_iso"] = {"spearman": _spearman(u_meas, u_true), "spearman_shell": _spearman(u_meas[shell],
+                        u_true[shell]), "median_abs_err_A2": round(float(np.median(np.abs(err))), 4),
+                        "slope": round(float(np.polyfit(u_true[ok], u_meas[ok], 1)[0]), 3),
+                        "core_median_A2": round(float(np.nanmedian(u_meas[core])), 4),
+                        "failed_frac": round(float(1 - ok.mean()), 4)}
+    ev = np.linalg.eigvalsh(U[ti])
+    out["doi_spearman_shell"] = _spearman(c["doi"][fi][shell], (ev[:, 0] / ev[:, 2])[shell])
+    pen = st.penetration.get("u_iso_A2", {})
+    out["u_iso_penetration_A"] = {"fit": round(float(pen["delta_A"]), 2) if pen.get("ok") else None,
+                                  "designed": spec["shell_A"]}
+    return out
 
 
 def summary(rows):
@@ -198,10 +211,22 @@ def summary(rows):
                mean_cn_equal_frac=mean([r["cn"]["equal_frac"] for r in ok]),
                mean_gcn_abs_diff=mean([r["gcn_mean_abs_diff"] for r in ok]),
                mean_bond_err_A=mean([r["bond_nn_median_abs_err_A"] for r in ok]))
-    pens = [(r["u_iso_penetration_A"]["fit"], r["u_iso_penetration_A"]["designed"]) for r in ok
-            if r["u_iso_penetration_A"]["fit"] is not None]
-    out["u_iso_penetration_fits"] = len(pens)
-    out["u_iso_penetration_median_ratio"] = round(float(np.median([f / d for f, d in pens])), 3) if pens else None
+    for key, get in (("", lambda r: r), ("raw_fits_", lambda r: r["raw_fits"])):
+        pens = [(get(r)["u_iso_penetration_A"]["fit"], get(r)["u_iso_penetration_A"]["designed"]) for r in ok
+                if get(r)["u_iso_penetration_A"]["fit"] is not None]
+        ratios = [f / d for f, d in pens]
+        out[key + "u_iso_penetration_fits"] = len(pens)
+        out[key + "u_iso_penetration_median_ratio"] = round(float(np.median(ratios)), 3) if pens else None
+        out[key + "u_iso_penetration_median_abs_log_ratio"] = (round(float(np.median(np.abs(np.log(ratios)))), 3)
+                                                                if pens else None)
+    raw = [r["raw_fits"] for r in ok]
+    out.update(raw_fits_mean_u_iso_spearman_shell=mean([r.get("u_iso", {}).get("spearman_shell") for r in raw]),
+               raw_fits_mean_u_iso_err_A2=mean([r.get("u_iso", {}).get("median_abs_err_A2") for r in raw]),
+               raw_fits_mean_doi_spearman_shell=mean([r["doi_spearman_shell"] for r in raw]),
+               mean_u_iso_slope=mean([r.get("u_iso", {}).get("slope") for r in ok]),
+               raw_fits_mean_u_iso_slope=mean([r.get("u_iso", {}).get("slope") for r in raw]),
+               mean_u_iso_failed_frac=mean([r.get("u_iso", {}).get("failed_frac") for r in ok]),
+               raw_fits_mean_u_iso_failed_frac=mean([r.get("u_iso", {}).get("failed_frac") for r in raw]))
     return out
 
 

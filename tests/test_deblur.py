@@ -225,3 +225,33 @@ def test_filter_ladder_leaves_lattice_models_alone():
     p = make_particle(n_atoms=300, seed=4)
     det = detect_atoms(p.map, "Pt", backend="numpy")
     assert det.scale.full_shell_fraction >= 0.1 and "ladder_pass" not in det.params
+
+
+def test_filter_ladder_prefers_the_rung_with_fewer_clashes_on_a_near_tie(monkeypatch):
+    """Rungs whose scores lie within 2% of the best atoms' count: the fewest clashing atoms wins
+    (on a single-particle map a +60 Å² rung with 74 false atoms in surface hollows, 27 clashing,
+    outscored the right -20 Å² rung 770 to 766); a clear winner still wins on score."""
+    import ptnp_gpu.deblur as deblur_mod
+    import ptnp_gpu.detect as D
+    from ptnp_gpu import backend as _be
+    from ptnp_gpu.detect import DetectOptions
+    p = make_particle(n_atoms=300, seed=4)
+    det = detect_atoms(p.map, "Pt", backend="numpy", ladder=False)
+    n = len(det.xyz_A)
+    monkeypatch.setattr(D, "_detect_once", lambda *a, **k: det)     # every rung: a model to score
+
+    def run(scores):
+        # the model first, then one (well placed, clashing) pair per rung in ladder order
+        it = iter(scores)
+        monkeypatch.setattr(deblur_mod, "lattice_score", lambda xyz, el: next(it))
+        o = DetectOptions.from_kwargs(ladder_A2=(-40, -20, 20, 40, 60))
+        out = D._ladder_pass(det, p.map, det.element, _be.get("numpy"), None, o)
+        return out.params["ladder_pass"]
+
+    bad = (n // 2, 0)                              # the model: half its atoms well placed
+    near_tie = [bad, (0, 0), (n, 0), (0, 0), (0, 0), (n + 30, 27)]        # -20: n; +60: n + 3 (< 2% of n apart)
+    info = run(near_tie)
+    assert info["chosen_b_A2"] == -20 and info["tie_break"]
+    clear = [bad, (0, 0), (n, 0), (0, 0), (0, 0), (n + 60, 27)]           # +60 by 33 > 2% of n: its score wins
+    info = run(clear)
+    assert info["chosen_b_A2"] == 60 and not info["tie_break"]
