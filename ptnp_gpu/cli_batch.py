@@ -24,12 +24,18 @@ Re-running the same command skips maps whose results are complete and match
 failed (see OUT/failures.csv), 2 bad invocation."""
 
 
+# options whose values are words, one of them "none" (the word, not Python's None)
+_WORD_OPTIONS = ("blur_correction", "fit_baseline", "depth", "whiten", "deblur", "correlation_rule")
+
+
 def _parse_opt(text: str):
     key, sep, value = text.partition("=")
     key = key.strip().replace("-", "_")
     if not sep or not key.isidentifier():
         raise InputError(f"--opt expects KEY=VALUE with KEY a Python name, got {text!r}")
     low = value.strip().lower()
+    if key in _WORD_OPTIONS:
+        return key, value.strip()
     if low in ("true", "false", "none", "null"):
         return key, {"true": True, "false": False}.get(low)
     try:

@@ -339,3 +339,23 @@ def test_parse_opt_values():
     assert _parse_opt("split=false") == ("split", False)
     assert _parse_opt("radius=1.5") == ("radius", 1.5)
     assert _parse_opt("mode=fast") == ("mode", "fast")
+    # the word "none" of the statistics options stays a word (it read as None and failed the map)
+    assert _parse_opt("fit_baseline=none") == ("fit_baseline", "none")
+    assert _parse_opt("blur-correction=none") == ("blur_correction", "none")
+    assert _parse_opt("b_extra_A2=none") == ("b_extra_A2", None)
+
+
+def test_statistics_options_pass_the_batch_check(tmp_path):
+    """``--opt depth=surface`` / ``fit_baseline=none`` / ``blur_correction=none`` reach the
+    analysis (they failed the up-front check as unknown detection options); bad values are one
+    error before any map runs."""
+    from ptnp_gpu.synth import make_particle, write_particle
+    paths = write_particle(make_particle(n_atoms=150, seed=2), tmp_path / "maps" / "p")
+    opts = {"depth": "surface", "fit_baseline": "none", "blur_correction": "none", "backend": "numpy"}
+    res = batch.run_batch([paths["map"]], tmp_path / "out", opts=opts, n_workers=1, gpus="none")
+    assert res.n_failed == 0, res
+    part = json.loads(next((tmp_path / "out").glob("*/summary.json")).read_text())["particle"]
+    assert part["fit_baseline"] == "none" and part["depth_definition"] == "surface"
+    assert not part["blur_corrected"]
+    with pytest.raises(InputError, match="fit_baseline"):
+        batch.run_batch([paths["map"]], tmp_path / "bad", opts={"fit_baseline": "zero"}, n_workers=1, gpus="none")
