@@ -54,7 +54,7 @@ from ptnp_gpu.mapio import DensityMap  # noqa: E402
 from ptnp_gpu.pairing import match_accuracy  # noqa: E402
 from ptnp_gpu.simulate import reference_blur_A2  # noqa: E402
 from ptnp_gpu.statistics import compute_statistics  # noqa: E402
-from ptnp_gpu.synth import fcc_particle, random_rotation  # noqa: E402
+from ptnp_gpu.synth import ParticleSpec, _displacements, fcc_particle, random_rotation  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental"
 ELEMENTS = ("Pt", "Au", "Pd", "Ag", "Ni")
@@ -62,18 +62,11 @@ SHAPES = ("sphere", "cuboctahedron", "truncated_octahedron", "decahedron", "twin
 
 
 def displacements(rel_A, rng, u_core, u_surface, shell_A, min_doi):
-    """(N, 3, 3) U growing from ``u_core`` to ``u_surface`` over the outer ``shell_A`` (radial
-    depth); the outermost atoms' DOI drawn in [min_doi, 1], random principal axes."""
+    """(N, 3, 3) U growing from ``u_core`` to ``u_surface`` over the outer ``shell_A`` of radial
+    depth, the outermost atoms' DOI drawn in [min_doi, 1] (``ptnp simulate``'s rule)."""
     r = np.linalg.norm(rel_A - rel_A.mean(0), axis=1)
-    t = np.clip(1.0 - (r.max() - r) / shell_A, 0.0, 1.0)
-    u = u_core + (u_surface - u_core) * t
-    doi = 1.0 - (1.0 - rng.uniform(min_doi, 1.0, len(r))) * t
-    out = np.empty((len(r), 3, 3))
-    for i in range(len(r)):
-        R = random_rotation(rng)
-        lam = np.array([1.0, 0.5 * (1.0 + doi[i]), doi[i]])
-        out[i] = R @ np.diag(lam * 3.0 * u[i] / lam.sum()) @ R.T
-    return out
+    spec = ParticleSpec(u_core_A2=u_core, u_surface_A2=u_surface, shell_depth_A=shell_A, surface_min_doi=min_doi)
+    return _displacements(rel_A, r.max() - r, spec, rng)
 
 
 def draw_particle(rng, models):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
+from .solvent import _CLIPPED_SHARE, _local_variance
 
 __all__ = ["solvent_level_at_atoms", "CLEAR_A", "SIGMA_A", "STEP_A"]
 
@@ -28,7 +29,6 @@ CLEAR_A = 3.5     # solvent: farther than this from every atom (Å): atoms' tail
 SIGMA_A = 4.0     # width of the average that carries the solvent's level to the atoms (Å)
 STEP_A = 1.0      # grid of the estimate (Å): the level varies over several Å
 _FAR_WEIGHT = 0.02   # weight of the particle-wide level against the local average's solvent weight
-_CLIPPED_SHARE = 0.35   # more solvent than this at the map's minimum: a clipped map (as solvent._clipped)
 
 
 def solvent_level_at_atoms(volume, centres_vox_xyz, voxel_size_A, *, clear_A: float = CLEAR_A,
@@ -73,7 +73,7 @@ def solvent_level_at_atoms(volume, centres_vox_xyz, voxel_size_A, *, clear_A: fl
     dead = const & (ndi.uniform_filter(const.astype(xp.float32), 3) > 0.5)
     # clipped, not masked (as solvent._clipped): most voxels that carry noise sit at the minimum
     # (a mask's constant region carries none: its voxels at the minimum are only along its edge)
-    live = far & (ndi.uniform_filter(sub * sub, 3) - ndi.uniform_filter(sub, 3) ** 2 > 1e-6 * sub.var())
+    live = far & (_local_variance(sub) > 1e-6 * sub.var())                      # no read: a device 0-d bound
     share_min = (at_min & live).sum(dtype=xp.float64) / xp.maximum(live.sum(dtype=xp.float64), 1.0)
     solvent = far & (~dead | (at_min & (share_min > _CLIPPED_SHARE)))
     w = solvent.astype(xp.float32)

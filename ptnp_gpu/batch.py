@@ -66,9 +66,6 @@ _FAILURE_COLUMNS = ("map", "name", "sha256", "error_type", "error")
 _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                 "NUMBA_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-# run_analyze options that are not detection options: the backend, figures, the statistics' and the mask
-_PIPELINE_OPTIONS = ("backend", "figures", "presmooth_A", "depth", "blur_correction", "fit_baseline", "mask")
-
 
 # --------------------------------------------------------------------------- inputs
 def _is_map(path: Path) -> bool:
@@ -863,9 +860,11 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
         except ImportError as exc:
             raise RuntimeError(f"the analysis pipeline is not importable here ({exc})") from exc
         from .detect import DetectOptions      # a bad option is a bad invocation, not N failures
+        from .pipeline import ANALYSIS_OPTIONS
         from .statistics import check_statistics_options
         o = dict(opts or {})
-        DetectOptions.from_kwargs(**{k: v for k, v in o.items() if k not in _PIPELINE_OPTIONS})
+        DetectOptions.from_kwargs(**{k: v for k, v in o.items()
+                                     if k not in ("backend", "figures") + ANALYSIS_OPTIONS})
         check_statistics_options(o.get("depth", "radial"), o.get("blur_correction", "auto"),
                                  o.get("fit_baseline", "solvent"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -106,6 +106,8 @@ def _write_curve(folder: Path, det, figure: bool = True):
 
 log = logging.getLogger(__name__)
 
+# run_analyze options that are not detection options (``_run`` takes them out before detecting)
+ANALYSIS_OPTIONS = ("presmooth_A", "depth", "blur_correction", "fit_baseline", "mask")
 _HINT_RATIO = 0.10      # a refused map whose bonds or fringes put the voxel size this far off: say so
 
 

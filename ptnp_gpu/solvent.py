@@ -93,8 +93,7 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     xp, ndi = be.xp, be.ndi
     vox = step * float(np.min(voxel_size_A))
     sub = raw[::step, ::step, ::step].astype(xp.float32)
-    local_var = ndi.uniform_filter(sub * sub, 3) - ndi.uniform_filter(sub, 3) ** 2
-    live = local_var > 1e-6 * float(sub.var())
+    live = _local_variance(sub) > 1e-6 * float(sub.var())
 
     def near_particle(feature):
         """The particle (``feature`` above its Otsu threshold over the live voxels), blurred."""
@@ -113,6 +112,25 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
         if int(by_detail.sum()) > int(solvent.sum()):         # sync
             solvent = by_detail
     return solvent, live, False
+
+
+def _local_variance(sub):
+    """Variance of ``sub`` over each voxel's 3×3×3 neighbourhood: zero where a mask left the map
+    constant (such voxels carry no noise)."""
+    ndi = _be.namespace(sub).ndi
+    return ndi.uniform_filter(sub * sub, 3) - ndi.uniform_filter(sub, 3) ** 2
+
+
+def _noise_free(sub, live) -> bool:
+    """A map (``sub``: subsampled) whose constant, masked-looking region is its minimum and whose
+    other voxels never go below it: atoms rendered on a zero solvent without noise (noise reaches
+    below a mask's level). Its "noise" spectrum is the atoms' own tails."""
+    xp = _be.namespace(sub).xp
+    dead = sub[~live]
+    if dead.size == 0:
+        return False
+    lo, level = (float(v) for v in _be.to_host(xp.stack([sub.min(), xp.median(dead)])))   # sync
+    return level <= lo
 
 
 def _clipped(sub, live) -> bool:
