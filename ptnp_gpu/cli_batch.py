@@ -25,7 +25,7 @@ failed (see OUT/failures.csv), 2 bad invocation."""
 
 
 # options whose values are words, one of them "none" (the word, not Python's None)
-_WORD_OPTIONS = ("blur_correction", "fit_baseline", "depth", "whiten", "deblur", "correlation_rule")
+_WORD_OPTIONS = ("blur_correction", "fit_baseline", "depth", "whiten", "ladder_whiten", "deblur", "correlation_rule")
 
 
 def _parse_opt(text: str):

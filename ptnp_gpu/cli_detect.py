@@ -84,13 +84,17 @@ def add_map_options(p):
     g.add_argument("--no-ladder", dest="ladder", action="store_false", default=None,
                    help="no filter ladder: a model without a lattice (no atom with a full first shell) or a "
                         "refused map is not detected again on the map blurred and sharpened by -40..+60 Å²")
+    g.add_argument("--ladder-whiten", dest="ladder_whiten", choices=("auto", "always", "never"), default=None,
+                   help="prewhitening of the ladder's rungs on unmasked maps (masked maps: as --whiten). never "
+                        "(default): each rung keeps its filter; auto: each rung's noise is measured and its "
+                        "filter divided back out where that noise is coloured (the behaviour before stop 18)")
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
           "close_fraction", "reject_low_cn", "min_cn",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
-          "ladder")
+          "ladder", "ladder_whiten")
 
 
 def add_presmooth_option(p):

@@ -97,6 +97,19 @@ def default_kernel_blur_A2(voxel_size_A) -> float:
     return DEFAULT_KERNEL_BLUR_A2 * float(np.clip((_COARSE_FROM_A / v) ** 2, 0.5, 1.0))
 
 
+def _as_bool(key: str, value) -> bool:
+    """A switch given as a bool, 0/1 or a word (true/false, yes/no, on/off): ``bool("False")``
+    is True, so words are read, and anything else is an error."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    word = str(value).strip().lower() if isinstance(value, str) else None
+    if word in ("true", "yes", "on", "1"):
+        return True
+    if word in ("false", "no", "off", "0"):
+        return False
+    raise InputError(f"{key} must be true or false, got {value!r}")
+
+
 @dataclass
 class DetectOptions:
     """Knobs of :func:`detect_atoms` (defaults follow the paper)."""
@@ -163,6 +176,9 @@ class DetectOptions:
                                       # the model with the best bonds kept (ptnp_gpu.deblur.lattice_score)
     ladder_full_shell: float = 0.1    # crystalline particles of 150-1,500 atoms detected well: 0.13-0.63
     ladder_A2: tuple = (-40.0, -20.0, 20.0, 40.0, 60.0)   # B of each rung (> 0 sharpens; < 0 blurs)
+    ladder_whiten: str = "never"      # whitening of the rungs' detections. "auto" (before stop 18) measured
+                                      # the noise of each filtered copy and divided the rung's filter back
+                                      # out of it (a sharpened copy's noise rises: whitened by its amplitude)
 
     @classmethod
     def from_kwargs(cls, **kw):
@@ -172,9 +188,11 @@ class DetectOptions:
                 continue
             if not hasattr(opts, k):
                 raise InputError(f"unknown detection option {k!r}")
-            setattr(opts, k, type(getattr(opts, k))(v) if getattr(opts, k) is not None else float(v))
-        if opts.whiten not in ("auto", "always", "never"):
-            raise InputError(f"whiten must be 'auto', 'always' or 'never', got {opts.whiten!r}")
+            cur = getattr(opts, k)
+            setattr(opts, k, _as_bool(k, v) if isinstance(cur, bool) else float(v) if cur is None else type(cur)(v))
+        for key in ("whiten", "ladder_whiten"):
+            if getattr(opts, key) not in ("auto", "always", "never"):
+                raise InputError(f"{key} must be 'auto', 'always' or 'never', got {getattr(opts, key)!r}")
         if opts.correlation_rule not in ("floor", "robust", "paper"):
             raise InputError(f"correlation_rule must be 'floor', 'robust' or 'paper', got {opts.correlation_rule!r}")
         if opts.n_thresholds < 2:
@@ -226,7 +244,9 @@ _GREY_SD_RANGE = (2.0 ** -40, 2.0 ** 30)   # grey-value SDs outside this (~1e-12
                                            # overflowed ("no positive correlation"), 1e18 and 1e-30 crashed
 _LADDER_MIN_ATOMS = 20   # a rung's model replaces another with at least this many well-placed atoms (a rung
                          # that kept 4 atoms of a lost map, 2 of them well placed, outscored its 145-atom model)
-_LADDER_TIE = 0.02       # rungs scoring within this × the atoms of the best: the fewest clashing atoms wins
+_LADDER_TIE = 0.05       # rungs scoring within this × the atoms of the best: the fewest clashing atoms wins
+                         # (0.02 before stop 18: an unwhitened +60 Å² rung with 41 false atoms in surface
+                         # hollows outscored the right -40 Å² rung, none false, by 2.8%)
 _LADDER_MARGIN = 0.1     # a rung replaces a model when its score beats the model's by this × the model's atoms: at
                          # 0.75 Å voxels a 228-atom model (recall 0.40; 90 of its atoms clash, true ones placed
                          # loosely) lost to an 89-atom rung scoring 50 against 47 (recall 0.16)
@@ -310,18 +330,19 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
     be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
     if o.deblur == "never":
         return _detect_once(dmap, el, be, progress, o)
+    first = {}                  # what the first detection measured (also when it then refused the map)
     try:
-        det = _detect_once(dmap, el, be, progress, o)
+        det = _detect_once(dmap, el, be, progress, o, measured=first)
     except InputError as exc:
         if not (o.ladder and str(exc).startswith("no particle found")):
             raise
-        det = _ladder_pass(None, dmap, el, be, progress, o)
+        det = _ladder_pass(None, dmap, el, be, progress, o, first=first)
         if det is None:
             raise
         return det
     det = _deblur_pass(det, el, be, progress, o)
     if o.ladder and det.scale.full_shell_fraction < o.ladder_full_shell:
-        det = _ladder_pass(det, dmap, el, be, progress, o)
+        det = _ladder_pass(det, dmap, el, be, progress, o, first=first)
     return det
 
 
@@ -341,7 +362,7 @@ def _noise_warning(det: Detection, o: DetectOptions) -> Detection:
     return det
 
 
-def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
+def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, first=None):
     """The filter ladder (:mod:`ptnp_gpu.deblur`): detections on the map filtered by each B of
     ``o.ladder_A2``. The rung whose model has the best :func:`~ptnp_gpu.deblur.lattice_score`
     (well-placed − clashing atoms) replaces ``det`` when at least half of its atoms, and at least
@@ -370,12 +391,27 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
             steps = [b for b in steps if b < 0]
     say(("no particle found at first" if det is None else "no lattice in the model")
         + ": detecting again on the map filtered by " + ", ".join(f"{b:+.0f}" for b in steps) + " Å²")
+    # the first detection's filtered map: a rung's atom must correlate positively with an atom there
+    # ``first``: what the first detection of the map as given measured (``_detect_once(measured=)``;
+    # ``det`` may come from the blurred-map pass's sharpened copy, whose mask reads as gone)
+    if not first:
+        first = {} if det is None else {"support": (det.denoised, det.params["noise_median"]),
+                                        "masked": det.params["masked_map"]}
+    # a masked map's rungs are detected as before stop 18 (whitened, no support): sharpened, its
+    # mask's edge and the noise left inside it ring into a lattice of blobs that the bonds cannot
+    # tell from atoms, and the support rule, by removing the clashing ones, let such a rung win
+    # (a hard-masked map: precision 0.99 -> 0.25)
+    masked = first["masked"] if "masked" in first else bool(_solvent_mask(raw, vs, o.solvent_margin_A)[2])
+    rung_whiten = o.whiten if masked else o.ladder_whiten
+    # the first detection's filtered map (also when it refused the map, once it had measured its
+    # noise): a rung's atom must correlate with an atom there more than the solvent does (its median)
+    support = None if masked else first.get("support")
     qual = []          # qualifying rungs within _LADDER_TIE of the best score: (score, clashing, b, detection)
     for b in steps:
         res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
         try:
             cand = _detect_once(DensityMap(sharpened(raw, vs, b, res), vs, org), el, be, None,
-                                replace(o, invert=False))                    # raw is inverted already
+                                replace(o, invert=False, whiten=rung_whiten), support=support)   # raw: inverted already
         except InputError:
             rungs.append({"b_A2": b, "atoms": 0})
             continue
@@ -396,6 +432,7 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions):
     pick = min(qual, key=lambda q: (q[1], -q[0])) if qual else None
     best = None if pick is None else (pick[3], pick[2])
     info = {"rungs": rungs, "chosen_b_A2": None if best is None else best[1], "seconds": time.perf_counter() - t,
+            "rung_whiten": rung_whiten, "support": support is not None,
             "tie_break": bool(pick is not None and pick[0] < max(q[0] for q in qual))}
     if best is None:
         if det is not None:
@@ -502,8 +539,14 @@ def _prepared_raw(dmap: DensityMap, invert: bool, xp):
     return raw, mean, sd, grey_scale
 
 
-def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detection:
-    """One detection (module docstring, steps 1-7) on ``dmap``."""
+def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=None, measured=None) -> Detection:
+    """One detection (module docstring, steps 1-7) on ``dmap``.
+
+    ``support``: (map, level), a map of ``dmap``'s shape (the filtered map of the detection that
+    ``dmap`` is a filtered copy of) and its solvent level; an atom where the map is not above the
+    level is rejected (``counts["rejected_unsupported"]``). ``measured``: a dict that receives
+    ``masked`` and that ``support`` pair for this map as soon as they are known (kept when the
+    map is then refused)."""
     xp, ndi = be.xp, be.ndi
     say = progress or (lambda msg: None)
     times = {}
@@ -566,6 +609,9 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
     med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
                               margin_A=o.solvent_margin_A, resolution_A=res_A)
+    noise_med = med
+    if measured is not None:
+        measured.update(support=(C, noise_med), masked=bool(masked))
     t_start = max(t_otsu, med + o.sweep_floor_sigma * noise)
     if t_start >= cmax:
         raise InputError(f"no particle found in the map (nothing rises {o.sweep_floor_sigma:g} noise SDs above "
@@ -720,6 +766,16 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
         dup = ~_thin_peaks(xyz[kid], height[kid].astype(xp.float64), _DUPLICATE_FRACTION * el.nn_distance_A)
         counts["merged_duplicates"] = int(dup.sum())              # sync
         keep[kid[dup]] = False
+    if support is not None:
+        # an atom adds density to the map as given: a peak of the filtered copy where the map's own
+        # filtered map is no higher than its solvent is the copy's ringing (an unwhitened +60 Å² rung
+        # put a shell of them just outside the surface: 863 false atoms on a 1,501-atom gemmi map,
+        # median -3.5 noise SDs, 81% below the solvent median; the true atoms such a rung finds under
+        # atom-scale noise: 1st percentile +1.2 SD)
+        sup = ndi.map_coordinates(support[0], centre_full[:, ::-1].T, order=1, mode="nearest")
+        unsupported = keep & (sup <= support[1])
+        counts["rejected_unsupported"] = int(unsupported.sum())        # sync
+        keep &= ~unsupported
     if o.reject_close and xyz.shape[0] > 1:
         # the weaker of two atoms closer than any metal bond goes (height: C at the centre). Where
         # the map places atoms loosely (coarse grids with noise: nearest-neighbour distances spread
@@ -776,7 +832,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions) -> Detect
         params={**o.__dict__, "b_extra_A2": b_extra, "otsu_threshold": t_otsu, "sweep_start": t_start,
                 "noise_colour": colour, "whitened": bool(whitened), "whiten_exponent": w_exp,
                 "masked_map": bool(masked), "clipped_map": bool(clipped), "grey_scale": grey_scale,
-                "band_limit_A": float(res_A), "noise_sd": float(noise),
+                "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
         scale=scale_check, warnings=warnings,

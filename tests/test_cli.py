@@ -119,6 +119,9 @@ def test_no_ladder_and_deblur_options_reach_the_detection(particle_map):
                  "--deblur", "never"]) == 0
     par = json.loads((out / "summary.json").read_text())["parameters"]
     assert par["ladder"] is False and par["deblur"] == "never"
+    out = d / "ladderwhiten"
+    assert main(["detect", paths["map"], "--out", str(out), "--quiet", "--no-figures", "--ladder-whiten", "auto"]) == 0
+    assert json.loads((out / "summary.json").read_text())["parameters"]["ladder_whiten"] == "auto"
 
 
 def test_analyze_without_figures(particle_map):
