@@ -244,6 +244,11 @@ _GREY_SD_RANGE = (2.0 ** -40, 2.0 ** 30)   # grey-value SDs outside this (~1e-12
                                            # overflowed ("no positive correlation"), 1e18 and 1e-30 crashed
 _LADDER_MIN_ATOMS = 20   # a rung's model replaces another with at least this many well-placed atoms (a rung
                          # that kept 4 atoms of a lost map, 2 of them well placed, outscored its 145-atom model)
+_LADDER_SCALE_KEEP = 0.5  # a model whose bonds say the voxel size is wrong is replaced only by a rung with at least
+                         # this × its atoms: bulk bonds cannot judge it (at 0.7 × the true voxel size a rung of 120
+                         # atoms spaced like bulk bonds replaced the 400-atom particle, and the scale warning
+                         # with it); skipping the ladder on such models instead lost junk first detections'
+                         # recoveries (random particles 0.9643 -> 0.9549)
 _LADDER_TIE = 0.05       # rungs scoring within this × the atoms of the best: the fewest clashing atoms wins
                          # (0.02 before stop 18: an unwhitened +60 Å² rung with 41 false atoms in surface
                          # hollows outscored the right -40 Å² rung, none false, by 2.8%)
@@ -406,33 +411,49 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     # the first detection's filtered map (also when it refused the map, once it had measured its
     # noise): a rung's atom must correlate with an atom there more than the solvent does (its median)
     support = None if masked else first.get("support")
-    qual = []          # qualifying rungs within _LADDER_TIE of the best score: (score, clashing, b, detection)
-    for b in steps:
-        res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
-        try:
-            cand = _detect_once(DensityMap(sharpened(raw, vs, b, res), vs, org), el, be, None,
-                                replace(o, invert=False, whiten=rung_whiten), support=support)   # raw: inverted already
-        except InputError:
-            rungs.append({"b_A2": b, "atoms": 0})
-            continue
-        g, c = lattice_score(cand.xyz_A, el)
-        rungs.append({"b_A2": b, "resolution_A": res, "atoms": len(cand.xyz_A), "well_placed": g, "clashing": c,
-                      "full_shell": cand.scale.full_shell_fraction})
-        # a refused map takes a rung only with a lattice (the rung sharpened by 60 Å² found 1,794
-        # "atoms", 1,281 of them blobs of coloured noise, 71% well placed, but none with a full shell)
-        lattice = det is not None or cand.scale.full_shell_fraction >= o.ladder_full_shell
-        if g - c > bar and g >= max(_LADDER_MIN_ATOMS, 0.5 * len(cand.xyz_A)) and lattice:
-            qual.append((g - c, c, b, cand))
-            top = max(q[0] for q in qual)
-            tol = _LADDER_TIE * max(len(det.xyz_A) if det is not None else 0, max(len(q[3].xyz_A) for q in qual))
-            qual = [q for q in qual if q[0] >= top - tol]       # only these can still be chosen
+    floor = _LADDER_SCALE_KEEP * len(det.xyz_A) if det is not None and det.scale.message is not None else 0
+    def climb(whiten, support):
+        """Each rung's detection; (its record, the qualifying rungs within _LADDER_TIE of the
+        best score: (score, clashing, b, detection))."""
+        record, qual = [], []
+        for b in steps:
+            res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
+            try:
+                cand = _detect_once(DensityMap(sharpened(raw, vs, b, res), vs, org), el, be, None,
+                                    replace(o, invert=False, whiten=whiten), support=support)   # raw: inverted already
+            except InputError:
+                record.append({"b_A2": b, "atoms": 0})
+                continue
+            g, c = lattice_score(cand.xyz_A, el)
+            record.append({"b_A2": b, "resolution_A": res, "atoms": len(cand.xyz_A), "well_placed": g,
+                           "clashing": c, "full_shell": cand.scale.full_shell_fraction})
+            # a refused map takes a rung only with a lattice (the rung sharpened by 60 Å² found 1,794
+            # "atoms", 1,281 of them blobs of coloured noise, 71% well placed, but none with a full shell)
+            lattice = det is not None or cand.scale.full_shell_fraction >= o.ladder_full_shell
+            if g - c > bar and g >= max(_LADDER_MIN_ATOMS, 0.5 * len(cand.xyz_A)) and lattice and len(cand.xyz_A) >= floor:
+                qual.append((g - c, c, b, cand))
+                top = max(q[0] for q in qual)
+                tol = _LADDER_TIE * max(len(det.xyz_A) if det is not None else 0,
+                                        max(len(q[3].xyz_A) for q in qual))
+                qual = [q for q in qual if q[0] >= top - tol]       # only these can still be chosen
+        return record, qual
+
+    record, qual = climb(rung_whiten, support)
+    rungs += record
+    fallback = det is None and not qual and (rung_whiten != o.whiten or support is not None)
+    if fallback:
+        # a refused map on which no rung that keeps its filter qualified: the rungs as before stop 18
+        # (over-sharpened by 34 Å² at noise 0.24: the first detection's filtered map is mostly noise,
+        # and its support removed the atoms; the re-whitened -40 Å² rung finds them, 1.000 / 0.993)
+        record, qual = climb(o.whiten, None)
+        rungs += [{**r, "fallback": True} for r in record]
     # of the rungs that score about as well as the best, the one with the fewest clashing atoms: false
     # atoms in surface hollows are "well placed" too (a single-particle map: +60 Å², 74 false atoms,
     # 27 clashing, score 770, against -20 Å², none false, none clashing, 766)
     pick = min(qual, key=lambda q: (q[1], -q[0])) if qual else None
     best = None if pick is None else (pick[3], pick[2])
     info = {"rungs": rungs, "chosen_b_A2": None if best is None else best[1], "seconds": time.perf_counter() - t,
-            "rung_whiten": rung_whiten, "support": support is not None,
+            "rung_whiten": rung_whiten, "support": support is not None, "fallback": fallback,
             "tie_break": bool(pick is not None and pick[0] < max(q[0] for q in qual))}
     if best is None:
         if det is not None:

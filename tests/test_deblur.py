@@ -194,7 +194,9 @@ def test_filter_ladder_recovers_over_sharpened_noisy_maps(sharpen_A2, noise, pla
     sharpened 18-34 Å² beyond their blur: the amplified noise dominates. Without the ladder the
     detection finds no lattice (recall 0.000: a handful of false atoms) or refuses the map; the
     ladder's rungs find the particle, and the rung with the best bonds gives recall and precision
-    ≥ 0.99 (measured: 0.998 / 1.000 and 1.000 / 0.993). The statistics keep the original map."""
+    ≥ 0.99 (measured: 0.998 / 1.000 and 1.000 / 0.993). The refused map's rungs that keep their
+    filter find nothing (the first detection's filtered map is mostly noise, and its support
+    removes the atoms), and the rungs as before stop 18 take over. The statistics keep the original map."""
     from ptnp_gpu.errors import InputError
     m, xyz = _over_sharpened(sharpen_A2, noise)
     if plain_refused:
@@ -208,11 +210,16 @@ def test_filter_ladder_recovers_over_sharpened_noisy_maps(sharpen_A2, noise, pla
     a = match_accuracy(det.xyz_A, xyz, 1.0)
     assert a["recall"] >= 0.99 and a["precision"] >= 0.99, a
     info = det.params["ladder_pass"]
-    assert info["chosen_b_A2"] in det.params["ladder_A2"] and len(info["rungs"]) == 1 + len(det.params["ladder_A2"])
-    chosen = [r for r in info["rungs"] if r["b_A2"] == info["chosen_b_A2"]][0]
-    qualified = [r["well_placed"] - r["clashing"] for r in info["rungs"][1:]
+    n = len(det.params["ladder_A2"])
+    assert info["chosen_b_A2"] in det.params["ladder_A2"] and len(info["rungs"]) == 1 + n * (1 + info["fallback"])
+    assert info["fallback"] is plain_refused
+    last = info["rungs"][-n:]                 # the rungs it chose from (a refused map may climb twice)
+    chosen = [r for r in last if r["b_A2"] == info["chosen_b_A2"]][0]
+    qualified = [r["well_placed"] - r["clashing"] for r in last
                  if r["atoms"] and r["well_placed"] >= max(20, 0.5 * r["atoms"])]
-    assert chosen["well_placed"] - chosen["clashing"] == max(qualified)
+    # the best score, or one within 5% of the atoms of it with fewer clashing atoms
+    tol = 0.05 * max(r["atoms"] for r in last)
+    assert chosen["well_placed"] - chosen["clashing"] >= max(qualified) - tol
     first = info["rungs"][0]                                   # the model it replaced (none: refused)
     if first["atoms"]:
         assert max(qualified) > first["well_placed"] - first["clashing"] + 0.1 * first["atoms"]
