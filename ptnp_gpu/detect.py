@@ -102,7 +102,7 @@ def _as_bool(key: str, value) -> bool:
     is True, so words are read, and anything else is an error."""
     if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
         return bool(value)
-    word = str(value).strip().lower() if isinstance(value, str) else None
+    word = value.strip().lower() if isinstance(value, str) else None
     if word in ("true", "yes", "on", "1"):
         return True
     if word in ("false", "no", "off", "0"):
@@ -374,8 +374,15 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     ``_LADDER_MIN_ATOMS``, are well placed and it beats ``det``'s score by ``_LADDER_MARGIN`` ×
     ``det``'s atoms (``det`` None: the map was refused, any such rung with ``ladder_full_shell`` of
     its atoms holding a full first shell does). A map read as over-sharpened (the excess blur of
-    :func:`_deblur_pass` at or below ``-deblur_over_A2``) only climbs the blurring rungs. Returns
-    the detection kept (None when ``det`` was None and no rung qualified)."""
+    :func:`_deblur_pass` at or below ``-deblur_over_A2``) only climbs the blurring rungs.
+    Rungs within ``_LADDER_TIE`` of the best score go to the fewest clashing atoms; a model with a
+    wrong-scale warning is replaced only by a rung with ``_LADDER_SCALE_KEEP`` × its atoms.
+
+    ``first``: what the first detection of the map as given measured (``_detect_once(measured=)``);
+    without it, ``det``'s own. An unmasked map's rungs are detected with ``o.ladder_whiten`` and
+    the support rule (``_detect_once(support=)``); a masked map's with ``o.whiten`` and no rule. A
+    refused map on which no rung qualifies that way climbs again with the latter. Returns the
+    detection kept (None when ``det`` was None and no rung qualified)."""
     from .deblur import lattice_score, sharpened
     say = progress or (lambda msg: None)
     t = time.perf_counter()
@@ -396,9 +403,8 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
             steps = [b for b in steps if b < 0]
     say(("no particle found at first" if det is None else "no lattice in the model")
         + ": detecting again on the map filtered by " + ", ".join(f"{b:+.0f}" for b in steps) + " Å²")
-    # the first detection's filtered map: a rung's atom must correlate positively with an atom there
-    # ``first``: what the first detection of the map as given measured (``_detect_once(measured=)``;
-    # ``det`` may come from the blurred-map pass's sharpened copy, whose mask reads as gone)
+    # ``first`` rather than ``det``: ``det`` may come from the blurred-map pass's sharpened copy,
+    # whose mask reads as gone
     if not first:
         first = {} if det is None else {"support": (det.denoised, det.params["noise_median"]),
                                         "masked": det.params["masked_map"]}
@@ -412,6 +418,7 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     # noise): a rung's atom must correlate with an atom there more than the solvent does (its median)
     support = None if masked else first.get("support")
     floor = _LADDER_SCALE_KEEP * len(det.xyz_A) if det is not None and det.scale.message is not None else 0
+
     def climb(whiten, support):
         """Each rung's detection; (its record, the qualifying rungs within _LADDER_TIE of the
         best score: (score, clashing, b, detection))."""
@@ -430,7 +437,8 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
             # a refused map takes a rung only with a lattice (the rung sharpened by 60 Å² found 1,794
             # "atoms", 1,281 of them blobs of coloured noise, 71% well placed, but none with a full shell)
             lattice = det is not None or cand.scale.full_shell_fraction >= o.ladder_full_shell
-            if g - c > bar and g >= max(_LADDER_MIN_ATOMS, 0.5 * len(cand.xyz_A)) and lattice and len(cand.xyz_A) >= floor:
+            n = len(cand.xyz_A)
+            if g - c > bar and g >= max(_LADDER_MIN_ATOMS, 0.5 * n) and lattice and n >= floor:
                 qual.append((g - c, c, b, cand))
                 top = max(q[0] for q in qual)
                 tol = _LADDER_TIE * max(len(det.xyz_A) if det is not None else 0,
