@@ -238,6 +238,10 @@ _INVERTED_RATIO = 1.4   # |low quantile| / high quantile above this: inverted. M
                         # particles (benchmarks/robustness_sweep.py --seed 2026): 0.26-0.82 as
                         # simulated, up to 1.2 on maps with hardly any signal (0.75 Å voxels, noise
                         # 0.27), 1.45-3.8 negated (1.2-1.3 for the near-signal-free ones)
+_INVERTED_SURE = 2.5    # ... for a map as given (not a filtered copy of it): above this, inverted; from 1 to
+                        # this, the map is detected both ways and the better model decides (_detect). On
+                        # 30 more small particles at 0.45-0.75 Å, as given reached 1.44 (a 177-atom Ni
+                        # particle, noise 0.1, refused as inverted), negated 0.69-2.57
 _OFFSET_SDS = 100.0      # a map whose mean lies this many SDs from zero is shifted to mean 0 first
 _GREY_SD_RANGE = (2.0 ** -40, 2.0 ** 30)   # grey-value SDs outside this (~1e-12, ~1e9) are scaled by a power
                                            # of two first: float32 squares and spectra of a map with SD 1e15
@@ -329,13 +333,54 @@ def detect_atoms(dmap: DensityMap, element="Pt", *, backend=None, progress=None,
 
 
 def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
-    """:func:`detect_atoms` without logging its warnings (they stay in ``Detection.warnings``)."""
+    """:func:`detect_atoms` without logging its warnings (they stay in ``Detection.warnings``).
+
+    A map whose filtered copy's strongest features are negative, but not by ``_INVERTED_SURE``
+    (the first detection's ``measured["polarity_doubt"]``), is detected negated as well: the map
+    is refused as inverted when the negated map's model explains it better (a higher sweep
+    correlation) or the map as given is refused and the negated one is not; otherwise the model of
+    the map as given is kept (``params["polarity"]`` records both)."""
     o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
     el = get_element(element) if isinstance(element, str) else element
     be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
-    if o.deblur == "never":
-        return _detect_once(dmap, el, be, progress, o)
     first = {}                  # what the first detection measured (also when it then refused the map)
+    try:
+        det, refusal = _detect_given(dmap, el, be, progress, o, first), None
+    except InputError as exc:
+        if "polarity_doubt" not in first:
+            raise
+        det, refusal = None, exc
+    if "polarity_doubt" not in first:
+        return det
+    ratio = first["polarity_doubt"]
+    say = progress or (lambda msg: None)
+    say(f"the map's strongest features are negative ({ratio:.2f}x the positive ones): detecting it negated "
+        f"as well")
+    try:
+        neg = _detect_given(dmap, el, be, None, replace(o, invert=not o.invert), {})
+    except InputError:
+        neg = None
+    info = {"negative_to_positive": ratio,
+            "correlation": None if det is None else float(det.correlation),
+            "negated_correlation": None if neg is None else float(neg.correlation),
+            "negated_atoms": None if neg is None else int(len(neg.xyz_A))}
+    if neg is not None and (det is None or neg.correlation > det.correlation):
+        given = ("refused" if det is None
+                 else f"its best model ({len(det.xyz_A)} atoms) explains it with correlation {det.correlation:.3f}")
+        raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative, and "
+                         f"negated its best model ({len(neg.xyz_A)} atoms) explains it with correlation "
+                         f"{neg.correlation:.3f} (as given: {given}); negate it (--invert, or invert=True)")
+    if det is None:
+        raise refusal
+    det.params["polarity"] = info
+    return det
+
+
+def _detect_given(dmap: DensityMap, el, be, progress, o: DetectOptions, first: dict) -> Detection:
+    """The detection of the map as given (with ``o.invert``): the first detection, the blurred-map
+    pass and the filter ladder. ``first`` receives what the first detection measured."""
+    if o.deblur == "never":
+        return _detect_once(dmap, el, be, progress, o, measured=first)
     try:
         det = _detect_once(dmap, el, be, progress, o, measured=first)
     except InputError as exc:
@@ -627,11 +672,21 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     if pos.size < 27:
         raise InputError("no particle found in the map (no positive correlation with an atom)")
     t_otsu = otsu_threshold(pos)
-    cmax, cmin = (float(v) for v in _be.to_host(xp.stack([C.max(), C.min()])))
-    if -cmin > cmax:                                  # cheap first look; the quantiles decide
-        q = xp.asarray([_INVERTED_Q, 1.0 - _INVERTED_Q])
-        lo, hi = (float(v) for v in _be.to_host(xp.quantile(C[::2, ::2, ::2], q)))
-        if -lo > _INVERTED_RATIO * max(hi, 0.0):
+    q = xp.asarray([_INVERTED_Q, 1.0 - _INVERTED_Q])
+    if measured is not None:
+        # the map as given: the quantiles always (a negated map's extremes can still read positive:
+        # a 201-atom Pd particle at 0.75 Å, noise 0.1, quantile ratio 1.26), read with the extremes
+        cmax, cmin, lo, hi = (float(v) for v in _be.to_host(
+            xp.concatenate([xp.stack([C.max(), C.min()]), xp.quantile(C[::2, ::2, ::2], q)])))
+    else:
+        cmax, cmin = (float(v) for v in _be.to_host(xp.stack([C.max(), C.min()])))
+        lo = hi = 0.0
+        if -cmin > cmax:                              # cheap first look; the quantiles decide
+            lo, hi = (float(v) for v in _be.to_host(xp.quantile(C[::2, ::2, ::2], q)))
+    if measured is not None or -cmin > cmax:
+        if measured is not None and hi > 0.0 and hi < -lo <= _INVERTED_SURE * hi:
+            measured["polarity_doubt"] = -lo / hi          # _detect decides, by detecting it negated too
+        elif -lo > (_INVERTED_RATIO if measured is None else _INVERTED_SURE) * max(hi, 0.0):
             # atoms make the strongest positive correlations (the negative ones between atoms
             # reach about half of them): here the strongest features are dark
             raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative "

@@ -558,6 +558,34 @@ def test_inverted_map_is_refused_and_invert_recovers_it():
     assert float(neg.data.max()) == float((-p.map.data).max())      # the caller's map is untouched
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.02])
+def test_small_coarse_particle_is_not_called_inverted(noise):
+    """A 147-atom Co particle at 0.75 Å: its filtered map's strongest features are the negative
+    ones between the overlapping atoms (quantile ratio 1.5 > 1.4), and it was refused as inverted.
+    Detected both ways, the map as given explains itself better and its atoms are kept."""
+    p = make_particle(element="Co", n_atoms=140, noise=noise, background=0.0, voxel_size_A=0.75,
+                      u_surface_A2=0.3, seed=5, shape="cuboctahedron", margin_A=8)
+    det = detect_atoms(p.map, "Co", backend="numpy")
+    a = _acc(det, p.xyz_A)
+    assert a["recall"] >= 0.9 and a["precision"] >= 0.99, a
+    pol = det.params["polarity"]
+    assert 1.4 < pol["negative_to_positive"] < 2.5
+    assert pol["negated_correlation"] is None or pol["negated_correlation"] < pol["correlation"]
+
+
+def test_negated_map_with_positive_extremes_is_refused_as_inverted():
+    """A negated 201-atom Pd particle (0.75 Å, noise 0.1, background): its extremes read positive
+    and its quantile ratio 1.26 passed, giving 97 atoms that are none of the particle's. Detected
+    both ways, the negation explains it better: refused as inverted, and ``invert`` recovers it."""
+    p = make_particle(element="Pd", n_atoms=114, noise=0.1, background=0.389, voxel_size_A=0.75,
+                      u_surface_A2=0.3, seed=881560, shape="truncated_octahedron", margin_A=10.33)
+    neg = DensityMap(-p.map.data, p.map.voxel_size_A, p.map.origin_A)
+    with pytest.raises(InputError, match="inverted.*negated its best model"):
+        detect_atoms(neg, "Pd", backend="numpy")
+    a = _acc(detect_atoms(neg, "Pd", backend="numpy", invert=True), p.xyz_A)
+    assert a["recall"] >= 0.95 and a["precision"] >= 0.95, a
+
+
 @pytest.mark.parametrize("scale", [1e-30, 1e18])
 def test_grey_values_in_odd_units_change_nothing(scale):
     """A map whose grey values are 1e18 or 1e-30 × ours (odd units): float32 squares and spectra
