@@ -337,9 +337,9 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
 
     A map whose filtered copy's strongest features are negative, but not by ``_INVERTED_SURE``
     (the first detection's ``measured["polarity_doubt"]``), is detected negated as well: the map
-    is refused as inverted when the negated map's model explains it better (a higher sweep
-    correlation) or the map as given is refused and the negated one is not; otherwise the model of
-    the map as given is kept (``params["polarity"]`` records both)."""
+    is refused as inverted when the negated map's model has a lattice (``ladder_full_shell``) and
+    explains it better (a higher sweep correlation) or the map as given is refused; otherwise the
+    model of the map as given is kept (``params["polarity"]`` records both)."""
     o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
     el = get_element(element) if isinstance(element, str) else element
     be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
@@ -364,7 +364,10 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
             "correlation": None if det is None else float(det.correlation),
             "negated_correlation": None if neg is None else float(neg.correlation),
             "negated_atoms": None if neg is None else int(len(neg.xyz_A))}
-    if neg is not None and (det is None or neg.correlation > det.correlation):
+    # a map of noise reads alike both ways: the negation must give a lattice (a noise map's
+    # 172-atom model, none with a full first shell, lost to its negation's and was called inverted)
+    if (neg is not None and neg.scale.full_shell_fraction >= o.ladder_full_shell
+            and (det is None or neg.correlation > det.correlation)):
         given = ("refused" if det is None
                  else f"its best model ({len(det.xyz_A)} atoms) explains it with correlation {det.correlation:.3f}")
         raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative, and "
