@@ -563,14 +563,40 @@ def test_small_coarse_particle_is_not_called_inverted(noise):
     """A 147-atom Co particle at 0.75 Å: its filtered map's strongest features are the negative
     ones between the overlapping atoms (quantile ratio 1.5 > 1.4), and it was refused as inverted.
     Detected both ways, the map as given explains itself better and its atoms are kept."""
-    p = make_particle(element="Co", n_atoms=140, noise=noise, background=0.0, voxel_size_A=0.75,
-                      u_surface_A2=0.3, seed=5, shape="cuboctahedron", margin_A=8)
+    p = _coarse_co(noise)
     det = detect_atoms(p.map, "Co", backend="numpy")
     a = _acc(det, p.xyz_A)
     assert a["recall"] >= 0.9 and a["precision"] >= 0.99, a
     pol = det.params["polarity"]
     assert 1.4 < pol["negative_to_positive"] < 2.5
     assert pol["negated_correlation"] is None or pol["negated_correlation"] < pol["correlation"]
+
+
+def _coarse_co(noise=0.02):
+    return make_particle(element="Co", n_atoms=140, noise=noise, background=0.0, voxel_size_A=0.75,
+                         u_surface_A2=0.3, seed=5, shape="cuboctahedron", margin_A=8)
+
+
+def test_polarity_check_on_the_emulated_device():
+    """The polarity check's CuPy branches (the quantiles read with the extremes, the negated
+    detection) give the NumPy path's model and record."""
+    from ptnp_gpu.device_emulation import emulate
+    p = _coarse_co()
+    ref = detect_atoms(p.map, "Co", backend="numpy")
+    with emulate():
+        det = detect_atoms(p.map, "Co")
+    assert det.params["polarity"] == pytest.approx(ref.params["polarity"], rel=1e-4)
+    assert len(det.xyz_A) == len(ref.xyz_A) and np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
+
+
+@pytest.mark.gpu
+def test_polarity_check_parity_on_cupy():
+    p = _coarse_co()
+    ref = detect_atoms(p.map, "Co", backend="numpy")
+    det = detect_atoms(p.map, "Co", backend="cupy")
+    assert det.params["polarity"]["negative_to_positive"] == pytest.approx(
+        ref.params["polarity"]["negative_to_positive"], rel=1e-3)
+    assert len(det.xyz_A) == len(ref.xyz_A) and np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
 
 
 def test_negated_map_with_positive_extremes_is_refused_as_inverted():
