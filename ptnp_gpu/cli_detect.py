@@ -53,7 +53,8 @@ def add_map_options(p):
                    help="outlier rule: floor (only --min-correlation, default), robust (median − k·MAD-SD) "
                         "or paper (mean − k·SD)")
     g.add_argument("--min-correlation", type=float, default=None,
-                   help="reject atoms whose validation correlation is below this (default 0.15)")
+                   help="reject atoms whose validation correlation is below this (default 0.15) at 0.358 Å "
+                        "sampling; finer grids scale it by (voxel volume / 0.358³)^½")
     g.add_argument("--correlation-sd", type=float, default=None, help="k of the robust/paper outlier rule (default 3; the paper used 2)")
     g.add_argument("--rescue-rounds", type=int, default=None,
                    help="rescue rounds at most, each bonding to the atoms the previous added (default 12)")

@@ -572,6 +572,24 @@ def test_small_coarse_particle_is_not_called_inverted(noise):
     assert pol["negated_correlation"] is None or pol["negated_correlation"] < pol["correlation"]
 
 
+def test_correlation_floor_falls_on_fine_grids():
+    """A 321-atom Au particle sampled at 0.25 Å, noise 0.17 of a core atom's peak per voxel,
+    background, surface U 0.3 Å²: with the floor of 0.15 (set at 0.358 Å) 163 candidates were
+    rejected on their validation correlation, 54 of them true surface atoms (recall 0.826). Scaled
+    by the voxel volume's square root (0.088 here) they stay, and the CN rule still removes the
+    false ones."""
+    from ptnp_gpu.detect import _correlation_floor_scale
+    assert _correlation_floor_scale(0.358) == pytest.approx(1.0)
+    assert _correlation_floor_scale(0.75) == 1.0                      # coarser grids keep it
+    assert _correlation_floor_scale(0.25) == pytest.approx((0.25 / 0.358) ** 1.5)
+    p = make_particle(element="Au", n_atoms=321, noise=0.170, background=0.479, voxel_size_A=0.25,
+                      u_surface_A2=0.3, seed=561291, shape="sphere", margin_A=10.83)
+    det = detect_atoms(p.map, "Au", backend="numpy")
+    a = _acc(det, p.xyz_A)
+    assert det.params["correlation_floor"] == pytest.approx(0.15 * (0.25 / 0.358) ** 1.5)
+    assert a["recall"] >= 0.97 and a["precision"] >= 0.98, a
+
+
 def _coarse_co(noise=0.02):
     return make_particle(element="Co", n_atoms=140, noise=noise, background=0.0, voxel_size_A=0.75,
                          u_surface_A2=0.3, seed=5, shape="cuboctahedron", margin_A=8)
