@@ -10,6 +10,7 @@ import pytest
 from ptnp_gpu.cli import main
 from ptnp_gpu.detect import detect_atoms
 from ptnp_gpu.elements import get_element
+from ptnp_gpu.errors import InputError
 from ptnp_gpu.mapio import DensityMap, write_map
 from ptnp_gpu.pairing import match_accuracy
 from ptnp_gpu.pipeline import run_detect
@@ -75,6 +76,24 @@ def test_detection_warns_on_a_wrong_voxel_size(pt_map):
     st = compute_statistics(wrong, det.xyz_A, "Pt", labels=det.labels)
     assert det.warnings[0] in st.warnings
     assert abs(st.particle["bond_over_bulk"] - 0.7) < 0.02
+
+
+def test_a_model_without_a_lattice_is_warned_about():
+    """An Fe particle (854 atoms, 0.444 Å, noise 0.23) read at half its voxel size: the filter
+    ladder's +60 Å² rung gave 74 "atoms" spaced like bulk bonds, none with a full first shell, and
+    no warning (benchmarks/scale_check.py, seed 0). Now the model carries the no-lattice warning;
+    at the right voxel size it carries none."""
+    p = make_particle(element="Fe", n_atoms=854, voxel_size_A=0.444, noise=0.233, background=0.016,
+                      u_surface_A2=0.3, expansion=0.0046, shape="truncated_octahedron", seed=538666918)
+    right = detect_atoms(p.map, "Fe", backend="numpy")
+    assert right.warnings == [] and right.scale.full_shell_fraction > 0.1
+    try:
+        det = detect_atoms(DensityMap(p.map.data, 0.222, p.map.origin_A), "Fe", backend="numpy")
+    except InputError:
+        return                                          # refusing is as good
+    assert det.warnings, (len(det.xyz_A), det.scale.full_shell_fraction)
+    if det.scale.message is None:
+        assert any("no lattice" in w for w in det.warnings), det.warnings
 
 
 def test_calibrate_voxel_size_finds_the_truth(pt_map):
