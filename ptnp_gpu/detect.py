@@ -508,8 +508,12 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
             record.append({"b_A2": b, "resolution_A": res, "atoms": len(cand.xyz_A), "well_placed": g,
                            "clashing": c, "full_shell": cand.scale.full_shell_fraction})
             # a refused map takes a rung only with a lattice (the rung sharpened by 60 Å² found 1,794
-            # "atoms", 1,281 of them blobs of coloured noise, 71% well placed, but none with a full shell)
-            lattice = det is not None or cand.scale.full_shell_fraction >= o.ladder_full_shell
+            # "atoms", 1,281 of them blobs of coloured noise, 71% well placed, but none with a full shell);
+            # a model whose bonds say the voxel size is wrong, only a rung with a lattice or bulk-like
+            # bonds (PdPt read at half its voxel size: 1,073 atoms whose bonds named 0.361 Å for 0.358
+            # lost to a +40 Å² rung of 543 blobs, no full shell, bonds 0.86 x bulk, naming 0.208 Å)
+            lattice = (cand.scale.full_shell_fraction >= o.ladder_full_shell
+                       or (det is not None and (det.scale.message is None or cand.scale.message is None)))
             n = len(cand.xyz_A)
             if g - c > bar and g >= max(_LADDER_MIN_ATOMS, 0.5 * n) and lattice and n >= floor:
                 qual.append((g - c, c, b, cand))
