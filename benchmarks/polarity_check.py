@@ -61,8 +61,7 @@ def main(argv=None):
     rows = []
     for _ in range(args.trials):
         spec = _spec(rng)
-        p = make_particle(**{k: spec[k] for k in ("element", "n_atoms", "noise", "background", "voxel_size_A",
-                                                  "u_surface_A2", "seed", "shape", "margin_A")})
+        p = make_particle(**spec)
         neg = DensityMap(-p.map.data, p.map.voxel_size_A, p.map.origin_A)
         row = {"spec": spec, "n_true": int(len(p.xyz_A)), "given": _outcome(p.map, spec["element"], p.xyz_A),
                "negated": _outcome(neg, spec["element"], p.xyz_A)}

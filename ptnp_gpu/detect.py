@@ -705,20 +705,20 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         raise InputError("no particle found in the map (no positive correlation with an atom)")
     t_otsu = otsu_threshold(pos)
     q = xp.asarray([_INVERTED_Q, 1.0 - _INVERTED_Q])
-    if measured is not None:
-        # the map as given: the quantiles always (a negated map's extremes can still read positive:
-        # a 201-atom Pd particle at 0.75 Å, noise 0.1, quantile ratio 1.26), read with the extremes
+    given = measured is not None                          # the map as given, not a filtered copy of it
+    if given:
+        # the quantiles always (a negated map's extremes can still read positive: a 201-atom Pd
+        # particle at 0.75 Å, noise 0.1, quantile ratio 1.26), read with the extremes
         cmax, cmin, lo, hi = (float(v) for v in _be.to_host(
             xp.concatenate([xp.stack([C.max(), C.min()]), xp.quantile(C[::2, ::2, ::2], q)])))
     else:
         cmax, cmin = (float(v) for v in _be.to_host(xp.stack([C.max(), C.min()])))
-        lo = hi = 0.0
-        if -cmin > cmax:                              # cheap first look; the quantiles decide
+    if given or -cmin > cmax:                             # a copy: the extremes look first, the quantiles decide
+        if not given:
             lo, hi = (float(v) for v in _be.to_host(xp.quantile(C[::2, ::2, ::2], q)))
-    if measured is not None or -cmin > cmax:
-        if measured is not None and hi > 0.0 and hi < -lo <= _INVERTED_SURE * hi:
+        if given and 0.0 < hi < -lo <= _INVERTED_SURE * hi:
             measured["polarity_doubt"] = -lo / hi          # _detect decides, by detecting it negated too
-        elif -lo > (_INVERTED_RATIO if measured is None else _INVERTED_SURE) * max(hi, 0.0):
+        elif -lo > (_INVERTED_SURE if given else _INVERTED_RATIO) * max(hi, 0.0):
             # atoms make the strongest positive correlations (the negative ones between atoms
             # reach about half of them): here the strongest features are dark
             raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative "
