@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One device call: GPU parity tests, then the benchmark suite, all results under $OUT.
+# One device call: GPU parity tests, then the benchmark suite, then a host-time profile;
+# all results under $OUT (at most 8 files come back: session.log, gpu_map_parity.json,
+# suite/results.{json,md,png}, profile.txt).
 #
 # Run through the device tool from the repository root, carrying the wheels the
 # device lacks and the experimental models (both git-ignored, never committed):
@@ -23,16 +25,25 @@ fi
 export PYTHONPATH=/tmp/site:$PWD
 [ -d .expdata ] && export PTNP_EXPERIMENTAL_DATA=$PWD/.expdata
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -m ptnp_gpu.cli info; } \
-    > "$OUT/device.txt" 2>&1
-timeout "$PARITY_S" python3 -m pytest -q -m gpu -p no:cacheprovider tests/ > "$OUT/gpu_tests.log" 2>&1
-echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_tests.log"
+    > "$OUT/session.log" 2>&1
+LOG="$OUT/session.log"
+timeout "$PARITY_S" python3 -m pytest -v --durations=15 -m gpu -p no:cacheprovider tests/ >> "$LOG" 2>&1
+echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)
 timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
-    --json "$OUT/gpu_map_parity.json" > "$OUT/gpu_map_parity.log" 2>&1
-echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/gpu_map_parity.log"
+    --json "$OUT/gpu_map_parity.json" >> "$LOG" 2>&1
+echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
-python3 benchmarks/run_suite.py --out "$OUT/suite" --sizes 128 192 256 384 --numpy-sizes 256 \
-    --repeats 3 --stream-maps 40 --stream-processes 4 8 --max-seconds $(( left * 7 / 10 )) > "$OUT/suite.log" 2>&1
-echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/suite.log"
+python3 benchmarks/run_suite.py --out "$OUT/suite" --sizes 256 128 384 192 --numpy-sizes 256 \
+    --repeats 3 --stream-first --stream-maps 30 --stream-processes 4 8 --max-seconds $(( left * 7 / 10 )) >> "$LOG" 2>&1
+echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+# host-time profile of one warm analyze (what to shorten next), if time is left
+for n in 256 160; do
+    [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 25 ] || break
+    echo "=== profile ${n}³ ===" >> "$OUT/profile.txt"
+    timeout 40 python3 benchmarks/profile_gpu.py --size $n --out "$OUT/profile_$n.tmp" > /dev/null 2>> "$LOG"
+    cat "$OUT/profile_$n.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/profile_$n.tmp"
+done
+echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -n 60 "$OUT/suite/results.md" 2>/dev/null

@@ -70,6 +70,8 @@ def _parse(argv):
                    help="limit NumPy/Numba/BLAS threads (e.g. 2 for the 2-core CPU target)")
     p.add_argument("--max-seconds", type=float, default=0.0,
                    help="stop starting new cases after this many seconds (0: no limit)")
+    p.add_argument("--stream-first", action="store_true",
+                   help="run the 160³ stream before the single-map cases (so a time budget keeps it)")
     p.add_argument("--quick", action="store_true", help="small CPU smoke run (128³, 1 repeat)")
     return p.parse_args(argv)
 
@@ -461,6 +463,36 @@ def main(argv=None) -> int:
         else:
             results["skipped"].append({"case": "experimental", "why": f"no shared data at {DATA_DIR}"})
             log(f"experimental particles skipped: no shared data at {DATA_DIR}")
+
+    def run_streams():
+        n_stream_default = 2 if args.quick else None
+        for b in backends:
+            be = _be.get(b)
+            # NumPy streams only when it is the sole backend (on a GPU machine it would
+            # spend minutes on a number nobody targets)
+            if on_gpu and not be.is_gpu:
+                continue
+            n = args.stream_maps if args.stream_maps is not None else (
+                n_stream_default or (40 if be.is_gpu else 3))
+            if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
+                results["skipped"].append({"case": "stream_160", "backend": b, "why": "time budget"})
+                continue
+            if n > 0:
+                log(f"stream of 160³ maps on {b}")
+                results["stream"][b] = bench_stream(be, n, workers=args.stream_workers if be.is_gpu else (1,),
+                                                    log=log)
+                if args.stream_processes:
+                    try:
+                        procs = bench_stream_processes(be, n, processes=args.stream_processes, log=log)
+                        results["stream"][f"{b}_processes"] = procs
+                        if procs["maps_per_s"] > results["stream"][b]["maps_per_s"]:
+                            results["stream"][b].update(best_of_processes=procs["maps_per_s"])
+                    except Exception as exc:  # noqa: BLE001 - keep the single-process figure
+                        log(f"  multi-process stream FAILED: {type(exc).__name__}: {exc}")
+                save()
+
+    if args.stream_first:
+        run_streams()
     numpy_warm = False
     for kind, key in specs:
         if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
@@ -499,29 +531,8 @@ def main(argv=None) -> int:
                 numpy_warm = True
             save()
         del case
-    n_stream_default = 2 if args.quick else None
-    for b in backends:
-        be = _be.get(b)
-        # NumPy streams only when it is the sole backend (on a GPU machine it would
-        # spend minutes on a number nobody targets)
-        n = args.stream_maps if args.stream_maps is not None else (
-            n_stream_default or (40 if be.is_gpu else (3 if not on_gpu else 0)))
-        if args.max_seconds and time.perf_counter() - t_start > args.max_seconds:
-            results["skipped"].append({"case": "stream_160", "backend": b, "why": "time budget"})
-            continue
-        if n > 0:
-            log(f"stream of 160³ maps on {b}")
-            results["stream"][b] = bench_stream(be, n, workers=args.stream_workers if be.is_gpu else (1,),
-                                                log=log)
-            if args.stream_processes:
-                try:
-                    procs = bench_stream_processes(be, n, processes=args.stream_processes, log=log)
-                    results["stream"][f"{b}_processes"] = procs
-                    if procs["maps_per_s"] > results["stream"][b]["maps_per_s"]:
-                        results["stream"][b].update(best_of_processes=procs["maps_per_s"])
-                except Exception as exc:  # noqa: BLE001 - keep the single-process figure
-                    log(f"  multi-process stream FAILED: {type(exc).__name__}: {exc}")
-            save()
+    if not args.stream_first:
+        run_streams()
     results["meta"]["wall_s"] = time.perf_counter() - t_start
     save()
     write_report(results, out_dir)
