@@ -12,7 +12,8 @@
 #
 # Budget (seconds) for the whole script: SESSION_S (default 500); the parity tests get
 # PARITY_S (default 150), the random-map parity MAPS_S (default 90), the suite the rest (it
-# stops starting new cases in time).
+# stops starting new cases in time). COLD=0 skips the cold-start timing, PARITY_WORKERS=N runs
+# the parity tests in N processes, SUITE_ARGS replaces the suite's cases.
 set -u
 OUT=${OUT:-/tmp/ptnp_gpu_out}
 SESSION_S=${SESSION_S:-500}
@@ -27,7 +28,16 @@ export PYTHONPATH=/tmp/site:$PWD
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -m ptnp_gpu.cli info; } \
     > "$OUT/session.log" 2>&1
 LOG="$OUT/session.log"
-timeout "$PARITY_S" python3 -m pytest -v --durations=15 -m gpu -p no:cacheprovider tests/ >> "$LOG" 2>&1
+# a cold start: the first analyze compiles every CuPy kernel the disk cache lacks
+if [ "${COLD:-1}" = 1 ]; then
+    timeout 150 python3 benchmarks/profile_gpu.py --size 128 --warmup 1 --top 0 --out "$OUT/cold.tmp" > /dev/null 2>> "$LOG"
+    head -n 1 "$OUT/cold.tmp" | sed 's/^/cold start: /' | tee -a "$LOG"; rm -f "$OUT/cold.tmp"
+    echo "cold start: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+fi
+# PARITY_WORKERS > 0 runs the tests in that many processes (pytest-xdist, on the device image)
+XDIST=""
+[ "${PARITY_WORKERS:-0}" -gt 0 ] && XDIST="-n ${PARITY_WORKERS}"
+timeout "$PARITY_S" python3 -m pytest -v $XDIST --durations=15 -m gpu -p no:cacheprovider tests/ >> "$LOG" 2>&1
 echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)
 timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
@@ -35,8 +45,9 @@ timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --tr
 echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
-python3 benchmarks/run_suite.py --out "$OUT/suite" --sizes 256 128 384 192 --numpy-sizes 256 \
-    --repeats 3 --stream-first --stream-maps 30 --stream-processes 4 8 --max-seconds $(( left * 7 / 10 )) >> "$LOG" 2>&1
+# SUITE_ARGS replaces the cases (default: every size, both experimental particles, the stream)
+python3 benchmarks/run_suite.py --out "$OUT/suite" ${SUITE_ARGS:---sizes 256 128 384 192 --numpy-sizes 256 \
+    --repeats 3 --stream-first --stream-maps 30 --stream-processes 4 8} --max-seconds $(( left * 7 / 10 )) >> "$LOG" 2>&1
 echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # host-time profile of one warm analyze (what to shorten next), if time is left
 for n in 256 160; do

@@ -43,8 +43,11 @@ def main(argv=None) -> int:
             be.xp.cuda.Device().synchronize()
         return det
 
+    warm_s = []
     for _ in range(args.warmup):
+        t = time.perf_counter()
         analyze()
+        warm_s.append(time.perf_counter() - t)
     t = time.perf_counter()
     analyze()
     wall = time.perf_counter() - t
@@ -54,7 +57,8 @@ def main(argv=None) -> int:
     prof.disable()
     buf = io.StringIO()
     buf.write(f"{case.name} on {be.name}: warm analyze {wall * 1e3:.1f} ms wall (unprofiled), "
-              f"{len(det.xyz_A)} atoms\n\n")
+              f"{len(det.xyz_A)} atoms; warm-up runs "
+              f"{', '.join(f'{w:.2f}' for w in warm_s)} s (the first compiles what the kernel cache lacks)\n\n")
     for key in ("cumulative", "tottime"):
         buf.write(f"=== sorted by {key} ===\n")
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)

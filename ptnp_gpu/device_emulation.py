@@ -107,6 +107,8 @@ class DeviceAudit:
         host when a GPU runs the device part.
     sync_sites : Counter
         ``"module.py:line function"`` of the library line behind each sync.
+    h2d_sites : Counter
+        The same for each host-to-device copy.
     launch_sites : Counter
         The same for launches.
     host_mixing : Counter
@@ -130,6 +132,7 @@ class DeviceAudit:
         self.byte_sites: collections.Counter = collections.Counter()
         self.sync_sites: collections.Counter = collections.Counter()
         self.launch_sites: collections.Counter = collections.Counter()
+        self.h2d_sites: collections.Counter = collections.Counter()
         self.host_mixing: collections.Counter = collections.Counter()
         self.calls: collections.Counter = collections.Counter()
         self.marks: list[dict] = []
@@ -170,7 +173,8 @@ class DeviceAudit:
         self.launches = self.syncs = self.h2d = self.bytes = 0
         self.device_s = self.inside_s = 0.0
         self.restart_peak()
-        for counter in (self.byte_sites, self.sync_sites, self.launch_sites, self.host_mixing, self.calls):
+        for counter in (self.byte_sites, self.sync_sites, self.launch_sites, self.h2d_sites,
+                        self.host_mixing, self.calls):
             counter.clear()
         self.marks.clear()
 
@@ -488,6 +492,7 @@ def _call(func, name, syncs_table, args, kwargs):
     if name in _H2D:
         if any(_is_host_array(v) or isinstance(v, (list, tuple)) for v in args[:1]):
             audit.h2d += 1
+            audit.h2d_sites[_site()] += 1
     elif name not in _NO_LAUNCH:
         audit._launch()
     n_sync = syncs_table.get(name, 0)
