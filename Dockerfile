@@ -21,7 +21,7 @@ ENV DEBIAN_FRONTEND=noninteractive \
     MPLBACKEND=Agg \
     MPLCONFIGDIR=/tmp/matplotlib \
     NUMBA_CACHE_DIR=/tmp/numba-cache \
-    CUPY_CACHE_DIR=/tmp/cupy-cache
+    CUPY_CACHE_DIR=/cache/cupy
 
 # python3 (3.12 on Ubuntu 24.04) in a venv; tini reaps the Dask worker processes
 RUN apt-get update \
@@ -41,7 +41,9 @@ RUN pip install --upgrade pip \
  && ptnp --help > /dev/null
 
 # results are written to the working folder; mount yours at /data (writable by any --user)
-RUN mkdir -p /data && chmod 1777 /data
+# CuPy compiles its kernels on the first run (~2 min on an H200's host) into CUPY_CACHE_DIR:
+# mount a volume there (-v ptnp_kernels:/cache) to pay that once, not once per container
+RUN mkdir -p /data /cache/cupy && chmod 1777 /data /cache /cache/cupy
 WORKDIR /data
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["ptnp", "demo"]

@@ -15,6 +15,7 @@
 # stops starting new cases in time). COLD=0 skips the cold-start timing, PARITY_WORKERS=N runs
 # the parity tests in N processes, SUITE_ARGS replaces the suite's cases.
 set -u
+export PYTHONUNBUFFERED=1          # a command stopped by its timeout keeps what it printed
 OUT=${OUT:-/tmp/ptnp_gpu_out}
 SESSION_S=${SESSION_S:-500}
 PARITY_S=${PARITY_S:-150}
@@ -34,9 +35,10 @@ if [ "${COLD:-1}" = 1 ]; then
     head -n 1 "$OUT/cold.tmp" | sed 's/^/cold start: /' | tee -a "$LOG"; rm -f "$OUT/cold.tmp"
     echo "cold start: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 fi
-# PARITY_WORKERS > 0 runs the tests in that many processes (pytest-xdist, on the device image)
+# the tests run in PARITY_WORKERS (default 8) processes (pytest-xdist, on the device image; 0: one);
+# each compiles its kernels on its own, so a cold start costs ~2 min of CPU per process, not in series
 XDIST=""
-[ "${PARITY_WORKERS:-0}" -gt 0 ] && XDIST="-n ${PARITY_WORKERS}"
+[ "${PARITY_WORKERS:-8}" -gt 0 ] && XDIST="-n ${PARITY_WORKERS:-8}"
 timeout "$PARITY_S" python3 -m pytest -v $XDIST --durations=15 -m gpu -p no:cacheprovider tests/ >> "$LOG" 2>&1
 echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)

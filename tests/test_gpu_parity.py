@@ -7,19 +7,19 @@ end to end on both backends on a simulated particle.
 from __future__ import annotations
 
 import importlib
-import os
 
 import numpy as np
 import pytest
 
 from ptnp_gpu import gpu_kernels as gk
 from ptnp_gpu import simulate
+from _seeds import fresh_seed
 
 pytestmark = pytest.mark.gpu
 
 # one fresh seed per session besides the fixed ones; the test id shows it and
 # PTNP_PARITY_SEED=<seed> reproduces a failure
-FRESH_SEED = int(os.environ.get("PTNP_PARITY_SEED", np.random.SeedSequence().entropy % 2 ** 31))
+FRESH_SEED = fresh_seed()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ inputs (fresh random data each session) and asks for 1e-9 relative agreement.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -21,10 +20,11 @@ from ptnp_gpu.neighbors import segment_max, segment_sum
 from ptnp_gpu.components import map_mean_sd as _map_mean_sd
 from ptnp_gpu.strain import radial_displacement_A, radial_strain, strain_neighbourhood, strain_tensor
 from ptnp_gpu.synth import fcc_particle, random_rotation
+from _seeds import fresh_seed
 
 A_PT = 3.924                                     # Pt lattice parameter, Å
 CN_CUTOFF_A = A_PT / 2 * (1 + 1 / np.sqrt(2))    # between the first and second fcc shells
-FRESH_SEED = int(os.environ.get("PTNP_PARITY_SEED", np.random.SeedSequence().entropy % 2 ** 31))
+FRESH_SEED = fresh_seed()
 
 
 # ----------------------------------------------------------------------------- inputs
