@@ -86,13 +86,14 @@ def _write_curve(folder: Path, det, figure: bool = True):
     write_table(folder / "threshold_curve.csv", {"threshold": curve[:, 0], "correlation": curve[:, 1]})
     if not figure:
         return
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    try:        # the object API: no pyplot, so a caller's matplotlib backend is left as it is
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except Exception:  # noqa: BLE001 - figure is optional
         return
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+    fig = Figure(figsize=(5, 3.4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ax.plot(curve[:, 0], curve[:, 1], "o-", ms=3)
     ax.axvline(det.threshold, color="C3", ls="--", label=f"chosen {det.threshold:.4g}")
     ax.axvline(det.params["otsu_threshold"], color="0.5", ls=":", label="Otsu")
@@ -101,7 +102,6 @@ def _write_curve(folder: Path, det, figure: bool = True):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "threshold_curve.png")
-    plt.close(fig)
 
 
 log = logging.getLogger(__name__)
