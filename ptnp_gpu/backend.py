@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Backend", "default", "get", "namespace", "asarray", "to_host",
-           "cupy_available", "info", "synchronize"]
+           "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
 
 
 @dataclass(frozen=True)
@@ -162,6 +162,39 @@ def synchronize(backend: Backend | None = None) -> None:
         be.xp.cuda.get_current_stream().synchronize()
 
 
+# files in CuPy's kernel cache below which a GPU run is taken to be this machine's first
+# (one warm analyze leaves several hundred: 125 s of compiling for a 128³ map on an H200's host)
+COLD_CACHE_FILES = 50
+
+
+def kernel_cache_dir() -> str | None:
+    """Where CuPy keeps the kernels it compiles: ``CUPY_CACHE_DIR``, else
+    ``~/.cupy/kernel_cache`` (CuPy's own rule); None with ``CUPY_CACHE_IN_MEMORY=1``
+    (nothing is kept between processes)."""
+    if os.environ.get("CUPY_CACHE_IN_MEMORY", "0") not in ("", "0"):
+        return None
+    return os.environ.get("CUPY_CACHE_DIR") or os.path.expanduser(os.path.join("~", ".cupy", "kernel_cache"))
+
+
+def kernel_cache_is_cold(path: str | None = None, min_files: int = COLD_CACHE_FILES) -> bool:
+    """True when CuPy's kernel cache (``path``, default :func:`kernel_cache_dir`) holds
+    fewer than ``min_files`` files: the next GPU run compiles most of its kernels first
+    (minutes, once per machine and CuPy version). Reads the folder only; no CuPy import."""
+    path = kernel_cache_dir() if path is None else path
+    if path is None:
+        return True
+    n = 0
+    try:
+        with os.scandir(path) as it:
+            for entry in it:
+                n += 1
+                if n >= min_files:
+                    return False
+    except OSError:             # no cache yet
+        return True
+    return True
+
+
 def info() -> dict:
     """Backend, device and library versions, for ``ptnp info`` and summaries."""
     import scipy
@@ -177,6 +210,8 @@ def info() -> dict:
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         out["device"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         out["device_memory_GiB"] = round(props["totalGlobalMem"] / 2**30, 1)
+        out["kernel_cache"] = kernel_cache_dir()
+        out["kernel_cache_cold"] = kernel_cache_is_cold()
     else:
         out["device"] = f"CPU ({os.cpu_count()} logical cores)"
         if _CUPY_ERROR:

@@ -161,6 +161,21 @@ def _scale_hint(dmap, el, backend, opts) -> str:
             "--voxel-size auto")
 
 
+def _say_if_cold_gpu(backend, say) -> None:
+    """Tell the user when this GPU run will first compile CuPy's kernels (minutes, once)."""
+    try:
+        be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    except (RuntimeError, ValueError):
+        return                      # the run itself reports an unusable backend
+    if be.is_gpu and _be.kernel_cache_is_cold():
+        where = _be.kernel_cache_dir()
+        msg = ("first GPU run with this CuPy here: its kernels are compiled once before detection "
+               "(about 2 minutes on an H200 workstation's host)"
+               + (f" and kept in {where} for later runs" if where else "; CUPY_CACHE_IN_MEMORY keeps none"))
+        log.info(msg)
+        say(msg)
+
+
 def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backend, stats: bool, figures: bool,
          opts, notes=()):
     t_start = time.perf_counter()
@@ -183,6 +198,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
     except ValueError as exc:
         raise InputError(str(exc)) from None
     auto = _is_auto(voxel_size_A)
+    _say_if_cold_gpu(backend, say)
     say(f"reading {map_path}")
     t = time.perf_counter()
     dmap = _read(map_path, mask_path, 1.0 if auto else voxel_size_A, say)
