@@ -177,6 +177,7 @@ class DetectOptions:
                                       # the model with the best bonds kept (ptnp_gpu.deblur.lattice_score)
     ladder_full_shell: float = 0.1    # crystalline particles of 150-1,500 atoms detected well: 0.13-0.63
     ladder_A2: tuple = (-40.0, -20.0, 20.0, 40.0, 60.0)   # B of each rung (> 0 sharpens; < 0 blurs)
+    ladder_sharpen_highpass_A: float | None = None   # highpass_A of the sharpening rungs (None: highpass_A)
     ladder_whiten: str = "never"      # whitening of the rungs' detections. "auto" (before stop 18) measured
                                       # the noise of each filtered copy and divided the rung's filter back
                                       # out of it (a sharpened copy's noise rises: whitened by its amplitude)
@@ -499,8 +500,10 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
         for b in steps:
             res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
             try:
+                hp = o.highpass_A if b <= 0 or o.ladder_sharpen_highpass_A is None else o.ladder_sharpen_highpass_A
                 cand = _detect_once(DensityMap(sharpened(raw, vs, b, res), vs, org), el, be, None,
-                                    replace(o, invert=False, whiten=whiten), support=support)   # raw: inverted already
+                                    replace(o, invert=False, whiten=whiten, highpass_A=hp),
+                                    support=support)                    # raw: inverted already
             except InputError:
                 record.append({"b_A2": b, "atoms": 0})
                 continue
