@@ -89,13 +89,16 @@ def add_map_options(p):
                    help="prewhitening of the ladder's rungs on unmasked maps (masked maps: as --whiten). never "
                         "(default): each rung keeps its filter; auto: each rung's noise is measured and its "
                         "filter divided back out where that noise is coloured (the behaviour before stop 18)")
+    g.add_argument("--ladder-highpass", dest="ladder_sharpen_highpass_A", type=float, default=None, metavar="A",
+                   help="high-pass (Å) of the ladder's sharpening rungs (default 0: none; the first detection "
+                        "high-passes at 8 Å, which on coarse noisy grids took a third of a sharpened rung's atoms)")
 
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
           "close_fraction", "reject_low_cn", "min_cn",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
-          "ladder", "ladder_whiten")
+          "ladder", "ladder_whiten", "ladder_sharpen_highpass_A")
 
 
 def add_presmooth_option(p):
