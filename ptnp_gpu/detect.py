@@ -178,8 +178,10 @@ class DetectOptions:
     ladder_full_shell: float = 0.1    # crystalline particles of 150-1,500 atoms detected well: 0.13-0.63
     ladder_A2: tuple = (-40.0, -20.0, 20.0, 40.0, 60.0)   # B of each rung (> 0 sharpens; < 0 blurs)
     ladder_sharpen_highpass_A: float | None = 0.0    # highpass_A of the sharpening rungs of unmasked maps
-                                      # sampled at ladder_sharpen_min_voxel_A or coarser (None: highpass_A)
-    ladder_sharpen_min_voxel_A: float = 0.5
+                                      # sampled at ladder_sharpen_min_voxel_A or coarser (before stop 20:
+                                      # highpass_A, i.e. 8; None through dataclasses.replace does the same)
+    ladder_sharpen_min_voxel_A: float = 0.5   # finer grids' rungs keep highpass_A (a solvent background
+                                      # structured at 6 Å grew false atoms there without it)
     ladder_whiten: str = "never"      # whitening of the rungs' detections. "auto" (before stop 18) measured
                                       # the noise of each filtered copy and divided the rung's filter back
                                       # out of it (a sharpened copy's noise rises: whitened by its amplitude)
