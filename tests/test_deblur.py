@@ -349,12 +349,37 @@ def test_sharpening_rungs_are_not_high_passed():
     """A 147-atom Co particle on a 0.75 Å grid under noise 0.15 and background 0.35: its first
     model has no lattice, and the ladder's +40 Å² rung finds the rest. High-passed at 8 Å as the
     first detection is, that rung lost a third of the atoms (recall 0.684); without it, ≥ 0.85."""
-    from ptnp_gpu.synth import ParticleSpec, make_particle
-    p = make_particle(ParticleSpec(n_atoms=147, element="Co", voxel_size_A=0.75, noise=0.15,
-                                   background=0.35, seed=2))
+    p = _coarse_noisy_co()
     det = detect_atoms(p.map, "Co")
     assert det.params["ladder_pass"]["chosen_b_A2"] > 0
     a = match_accuracy(det.xyz_A, p.xyz_A, 1.0)
     assert a["recall"] >= 0.85 and a["precision"] >= 0.98, a
     old = detect_atoms(p.map, "Co", ladder_sharpen_highpass_A=8.0)
     assert match_accuracy(old.xyz_A, p.xyz_A, 1.0)["recall"] < a["recall"] - 0.1
+
+
+def _coarse_noisy_co():
+    from ptnp_gpu.synth import ParticleSpec
+    return make_particle(ParticleSpec(n_atoms=147, element="Co", voxel_size_A=0.75, noise=0.15,
+                                      background=0.35, seed=2))
+
+
+def test_unhighpassed_rungs_on_the_emulated_device():
+    """The ladder's rungs without the high-pass (a coarse unmasked map) on the CuPy code path
+    (``ptnp_gpu.device_emulation``): the NumPy path's atoms and chosen rung."""
+    from ptnp_gpu.device_emulation import emulate
+    p = _coarse_noisy_co()
+    ref = detect_atoms(p.map, "Co", backend="numpy")
+    with emulate():
+        det = detect_atoms(p.map, "Co")
+    assert det.params["ladder_pass"]["chosen_b_A2"] == ref.params["ladder_pass"]["chosen_b_A2"] > 0
+    assert len(det.xyz_A) == len(ref.xyz_A) and np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
+
+
+@pytest.mark.gpu
+def test_unhighpassed_rungs_parity_on_cupy():
+    p = _coarse_noisy_co()
+    ref = detect_atoms(p.map, "Co", backend="numpy")
+    det = detect_atoms(p.map, "Co", backend="cupy")
+    assert det.params["ladder_pass"]["chosen_b_A2"] == ref.params["ladder_pass"]["chosen_b_A2"]
+    assert len(det.xyz_A) == len(ref.xyz_A) and np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
