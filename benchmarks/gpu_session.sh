@@ -39,8 +39,9 @@ if [ "${COLD:-0}" = 1 ]; then
 fi
 # the tests run in PARITY_WORKERS (default 8) processes (pytest-xdist, on the device image; 0: one);
 # each compiles its kernels on its own, so a cold start costs ~2 min of CPU per process, not in series
+WORKERS=${PARITY_WORKERS:-8}
 XDIST=""
-[ "${PARITY_WORKERS:-8}" -gt 0 ] && XDIST="-n ${PARITY_WORKERS:-8}"
+[ "$WORKERS" -gt 0 ] && XDIST="-n $WORKERS"
 timeout "$PARITY_S" python3 -m pytest -v $XDIST --durations=15 -m gpu -p no:cacheprovider tests/ >> "$LOG" 2>&1
 echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)

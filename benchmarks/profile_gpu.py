@@ -39,8 +39,7 @@ def main(argv=None) -> int:
         det = detect.detect_atoms(case.dmap, case.element, backend=be)
         statistics.compute_statistics(det.backend_map, det.xyz_A, case.element,
                                       labels=det.labels, backend=be)
-        if be.is_gpu:
-            be.xp.cuda.Device().synchronize()
+        _be.synchronize(be)
         return det
 
     warm_s = []

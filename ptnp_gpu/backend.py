@@ -9,6 +9,7 @@ caller moves data to the device once (:func:`asarray`) and back once
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import types
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Backend", "default", "get", "namespace", "asarray", "to_host",
+__all__ = ["Backend", "default", "get", "resolve", "namespace", "asarray", "to_host",
            "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
 
 
@@ -108,6 +109,14 @@ def default() -> Backend:
     return _DEFAULT
 
 
+def resolve(backend: Backend | str | None = None) -> Backend:
+    """``backend`` as a :class:`Backend`: None is the import-time choice, a name goes
+    through :func:`get`, a Backend is returned as it is."""
+    if backend is None:
+        return default()
+    return get(backend) if isinstance(backend, str) else backend
+
+
 def namespace(*arrays) -> Backend:
     """Backend that owns ``arrays`` (CuPy if any is a CuPy array)."""
     for a in arrays:
@@ -119,8 +128,7 @@ def namespace(*arrays) -> Backend:
 
 def asarray(a, backend: Backend | str | None = None, dtype=None):
     """Move ``a`` to ``backend`` (default: the import-time choice)."""
-    be = default() if backend is None else (get(backend) if isinstance(backend, str) else backend)
-    return be.xp.asarray(a, dtype=dtype)
+    return resolve(backend).xp.asarray(a, dtype=dtype)
 
 
 def to_host(a):
@@ -183,16 +191,11 @@ def kernel_cache_is_cold(path: str | None = None, min_files: int = COLD_CACHE_FI
     path = kernel_cache_dir() if path is None else path
     if path is None:
         return True
-    n = 0
     try:
         with os.scandir(path) as it:
-            for entry in it:
-                n += 1
-                if n >= min_files:
-                    return False
+            return sum(1 for _ in itertools.islice(it, min_files)) < min_files
     except OSError:             # no cache yet
         return True
-    return True
 
 
 def info() -> dict:

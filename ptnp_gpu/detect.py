@@ -364,7 +364,7 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
     model of the map as given is kept (``params["polarity"]`` records both)."""
     o = opts if isinstance(opts, DetectOptions) else DetectOptions.from_kwargs(**opts)
     el = get_element(element) if isinstance(element, str) else element
-    be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    be = _be.resolve(backend)
     first = {}                  # what the first detection measured (also when it then refused the map)
     try:
         det, refusal = _detect_given(dmap, el, be, progress, o, first), None

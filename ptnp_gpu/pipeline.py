@@ -164,7 +164,7 @@ def _scale_hint(dmap, el, backend, opts) -> str:
 def _say_if_cold_gpu(backend, say) -> None:
     """Tell the user when this GPU run will first compile CuPy's kernels (minutes, once)."""
     try:
-        be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+        be = _be.resolve(backend)
     except (RuntimeError, ValueError):
         return                      # the run itself reports an unusable backend
     if be.is_gpu and _be.kernel_cache_is_cold():

@@ -177,7 +177,7 @@ def render_atoms(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0), element="
     ((28, 28, 28), 'float32', True)
     """
     from .gpu_kernels import render_windows
-    be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    be = _be.resolve(backend)
     xp = be.xp
     prep, shape, vs = _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2,
                                      u_iso_A2, u_aniso_A2, weights, cutoff_A)
@@ -197,7 +197,7 @@ def render_atoms_reference(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0),
     batches of ``chunk`` atoms and scattered with ``bincount``. Slow on the
     CPU (about 3 s for 500 atoms); kept to check the kernels.
     """
-    be = _be.default() if backend is None else (_be.get(backend) if isinstance(backend, str) else backend)
+    be = _be.resolve(backend)
     xp = be.xp
     prep, shape, vs = _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2,
                                      u_iso_A2, u_aniso_A2, weights, cutoff_A)
