@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One device call: GPU parity tests, then the benchmark suite, then a host-time profile;
-# all results under $OUT (at most 8 files come back: session.log, gpu_map_parity.json,
-# suite/results.{json,md,png}, profile.txt).
+# then the stream under CUDA MPS; all results under $OUT (at most 8 files come back:
+# session.log, gpu_map_parity.json, suite/results.{json,md,png}, mps/results.json, profile.txt).
 #
 # Run through the device tool from the repository root, carrying the wheels the
 # device lacks and the experimental models (both git-ignored, never committed):
@@ -15,7 +15,8 @@
 # ~2 min of one core each, 125 s measured on 2026-11-28), the random-map parity MAPS_S
 # (default 90), the suite the rest (it stops starting new cases in time). COLD=1 first times a
 # cold start alone (a 128³ analyze; default 0), PARITY_WORKERS (default 8) sets the test
-# processes (pytest-xdist), SUITE_ARGS replaces the suite's cases.
+# processes (pytest-xdist), SUITE_ARGS replaces the suite's cases, MPS=0 skips the MPS stream
+# (MPS_S seconds, default 70; MPS_PROCESSES, default "4 8 16"; MPS_MAPS, default 60).
 set -u
 export PYTHONUNBUFFERED=1          # a command stopped by its timeout keeps what it printed
 OUT=${OUT:-/tmp/ptnp_gpu_out}
@@ -48,6 +49,29 @@ echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
     --json "$OUT/gpu_map_parity.json" >> "$LOG" 2>&1
 echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+# the multi-process stream again under CUDA MPS (one server shares the GPU between the processes'
+# contexts instead of time-slicing them), when the driver has it and MPS_S (default 70) seconds are
+# left; the daemon runs in user folders under /tmp and is stopped after (no device setting changes)
+if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1 \
+        && [ $(( SESSION_S - ($(date +%s) - t0) )) -gt "${MPS_S:-70}" ]; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/ptnp_mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/ptnp_mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d >> "$LOG" 2>&1; then
+        echo "MPS: daemon started" | tee -a "$LOG"
+        timeout $(( ${MPS_S:-70} - 10 )) python3 benchmarks/run_suite.py --out "$OUT/mps" --backends cupy \
+            --stream-only --stream-maps "${MPS_MAPS:-60}" --stream-workers 1 \
+            --stream-processes ${MPS_PROCESSES:-4 8 16} >> "$LOG" 2>&1
+        echo "MPS stream: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+        # a stream stopped by its timeout leaves its worker processes: end them before the server
+        pkill -f "run_suite.py --out $OUT/mps" 2>/dev/null; pkill -f "multiprocessing.spawn" 2>/dev/null; sleep 1
+        echo get_server_list | nvidia-cuda-mps-control >> "$LOG" 2>&1
+        echo quit | nvidia-cuda-mps-control >> "$LOG" 2>&1
+        rm -f "$OUT/mps/results.md" "$OUT/mps/results.png"   # the device returns at most 8 files
+    else
+        echo "MPS: the daemon did not start" | tee -a "$LOG"
+    fi
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+fi
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
 # SUITE_ARGS replaces the cases (default: every size, both experimental particles, the stream)

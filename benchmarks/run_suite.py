@@ -72,6 +72,8 @@ def _parse(argv):
                    help="stop starting new cases after this many seconds (0: no limit)")
     p.add_argument("--stream-first", action="store_true",
                    help="run the 160³ stream before the single-map cases (so a time budget keeps it)")
+    p.add_argument("--stream-only", action="store_true",
+                   help="only the 160³ stream (no single-map cases; e.g. under CUDA MPS)")
     p.add_argument("--quick", action="store_true", help="small CPU smoke run (128³, 1 repeat)")
     return p.parse_args(argv)
 
@@ -456,8 +458,8 @@ def main(argv=None) -> int:
             return args.repeats
         return 1 if args.quick else (5 if be.is_gpu else 2)
 
-    specs = [("synthetic", s) for s in sizes]
-    if not args.no_experimental:
+    specs = [] if args.stream_only else [("synthetic", s) for s in sizes]
+    if not (args.no_experimental or args.stream_only):
         if (DATA_DIR / "PdPt_EPB_5377.xyz").is_file() and (DATA_DIR / "FePt_model.npy").is_file():
             specs += [("experimental", "pdpt"), ("experimental", "fept")]
         else:
@@ -491,7 +493,7 @@ def main(argv=None) -> int:
                         log(f"  multi-process stream FAILED: {type(exc).__name__}: {exc}")
                 save()
 
-    if args.stream_first:
+    if args.stream_first or args.stream_only:
         run_streams()
     numpy_warm = False
     for kind, key in specs:
@@ -531,7 +533,7 @@ def main(argv=None) -> int:
                 numpy_warm = True
             save()
         del case
-    if not args.stream_first:
+    if not (args.stream_first or args.stream_only):
         run_streams()
     results["meta"]["wall_s"] = time.perf_counter() - t_start
     save()

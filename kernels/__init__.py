@@ -7,6 +7,7 @@ render_atoms.cu     ptnp_render_atoms                           render_atoms_cpu
 window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.py
                     ptnp_mean_shift
 label_sums.cu       ptnp_label_moments                          label_sums_cpu.py
+local_max.cu        ptnp_local_max                              local_max_cpu.py
 ==================  ==========================================  ======================
 
 The sources are loaded, specialised and compiled per device by

@@ -9,6 +9,7 @@ caller moves data to the device once (:func:`asarray`) and back once
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sys
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Backend", "default", "get", "resolve", "namespace", "asarray", "to_host",
+__all__ = ["Backend", "default", "fft_workers", "get", "resolve", "namespace", "asarray", "to_host",
            "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
 
 
@@ -34,10 +35,52 @@ class Backend:
         return self.name == "cupy"
 
 
-def _numpy_backend() -> Backend:
+def fft_workers() -> int:
+    """Threads of the NumPy backend's FFTs: ``PTNP_FFT_WORKERS``, else ``OMP_NUM_THREADS`` (the
+    limit batch workers and benchmarks set), else the cores this process may run on. The
+    transforms split into independent 1-D ones, so the result does not depend on it."""
+    for var in ("PTNP_FFT_WORKERS", "OMP_NUM_THREADS"):
+        v = os.environ.get(var, "").strip()
+        if v:
+            try:
+                return max(1, int(v))
+            except ValueError:
+                raise ValueError(f"{var}={v!r}: expected a whole number of threads") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:                              # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _threaded_fft() -> types.ModuleType:
+    """``scipy.fft`` whose transforms run on :func:`fft_workers` threads unless the caller
+    passes ``workers`` (SciPy's own default is one thread); everything else is SciPy's."""
+    import inspect
+
     import scipy.fft
+    mod = types.ModuleType("ptnp_gpu.backend.fft", "scipy.fft on several threads (see fft_workers)")
+
+    def threaded(fn):
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if "workers" not in kwargs:
+                kwargs["workers"] = fft_workers()
+            return fn(*args, **kwargs)
+        return call
+
+    for name in scipy.fft.__all__:
+        fn = getattr(scipy.fft, name)
+        try:
+            takes = callable(fn) and "workers" in inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            takes = False
+        setattr(mod, name, threaded(fn) if takes else fn)
+    return mod
+
+
+def _numpy_backend() -> Backend:
     import scipy.ndimage
-    return Backend("numpy", np, scipy.ndimage, scipy.fft)
+    return Backend("numpy", np, scipy.ndimage, _threaded_fft())
 
 
 _CUPY_ERROR: str | None = None

@@ -69,7 +69,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "cell_pairs", "C_TYPES"]
+           "cell_pairs", "local_maxima", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -633,6 +633,59 @@ def _decode_peak_keys(key, xp):
     val = xp.where(empty, xp.float32(-np.inf), val).astype(xp.float32)
     idx = xp.where(empty, -1, np.uint32(0xFFFFFFFF) - lo.astype(xp.int64)).astype(xp.int64)
     return val, idx
+
+
+# --------------------------------------------------------------------------- local maxima
+
+def local_maxima(volume, mask=None):
+    """Voxels no larger neighbour of their 3×3×3 neighbourhood exceeds, in one pass.
+
+    ``vol == maximum_filter(vol, size=3)`` (mode ``"nearest"``, or ``"constant"``
+    with cval −inf: out-of-bounds neighbours never count) without its three
+    filter passes and full-size temporaries; inside ``mask`` only when one is
+    given. NaN voxels are never maxima; NaN neighbours are ignored. One kernel
+    launch (``kernels/local_max.cu``) on CuPy arrays, its Numba twin on NumPy
+    arrays; no host read.
+
+    Parameters
+    ----------
+    volume : (nz, ny, nx) float array, NumPy or CuPy
+        float32 or float64 (other types are compared as float32).
+    mask : (nz, ny, nx) bool array, optional
+        Where maxima may lie (e.g. the voxels of labelled components).
+
+    Returns
+    -------
+    (nz, ny, nx) bool array on the volume's backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.zeros((1, 3, 4), np.float32); v[0, 1, 1] = 2; v[0, 1, 3] = 1
+    >>> np.argwhere(local_maxima(v)).tolist()
+    [[0, 1, 1], [0, 1, 3]]
+    >>> np.argwhere(local_maxima(v, mask=v < 2)).tolist()
+    [[0, 1, 3]]
+    """
+    be = _be.namespace(volume) if mask is None else _be.namespace(volume, mask)
+    xp = be.xp
+    vol = _volume(xp.asarray(volume), "volume", xp)
+    if mask is not None:
+        mask = xp.asarray(mask)
+        if mask.shape != vol.shape:
+            raise ValueError(f"mask: expected the volume's shape {tuple(vol.shape)}, got {tuple(mask.shape)}")
+        mask = xp.ascontiguousarray(mask.astype(bool, copy=False))
+    if not be.is_gpu:
+        from .kernels.local_max_cpu import local_max_cpu
+        return local_max_cpu(vol, mask)
+    out = xp.empty(vol.shape, dtype=bool)
+    if vol.size:
+        nz, ny, nx = vol.shape
+        k = get_function("local_max.cu", "ptnp_local_max", (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))
+        k((min(-(-vol.size // 256), 1 << 20),), (256,),
+          (vol, out if mask is None else mask, np.int32(nx), np.int32(ny), np.int32(nz),
+           np.int32(mask is not None), out))
+    return out
 
 
 # --------------------------------------------------------------------------- pairs

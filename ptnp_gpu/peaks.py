@@ -16,6 +16,7 @@ import numpy as np
 from . import backend as _be
 from .components import label_moments
 from .denoise import rfft_shells
+from .gpu_kernels import local_maxima
 from .neighbors import pairs_within, segment_sum
 from .simulate import render_atoms
 
@@ -23,9 +24,9 @@ from .simulate import render_atoms
 def _split(lab, n, C_box, r_split_vox, vs):
     """Divide components holding several atoms among their seeds (see module doc)."""
     be = _be.namespace(lab)
-    xp, ndi = be.xp, be.ndi
+    xp = be.xp
     mask = lab > 0
-    peaks = mask & (C_box == ndi.maximum_filter(C_box, size=3, mode="constant", cval=-np.inf))
+    peaks = local_maxima(C_box, mask)                # the maxima inside components
     pidx = xp.nonzero(peaks.ravel())[0]
     if pidx.size == 0:
         return lab, n, 0
@@ -203,10 +204,6 @@ class MapTransfer:
         return bool(len(lo) and len(hi) and float(np.max(hi)) > _SHARPENED * float(np.median(lo)))
 
 
-def local_maxima(C_box):
-    """Voxels equal to the maximum of their 3×3×3 neighbourhood (edges: nearest)."""
-    ndi = _be.namespace(C_box).ndi
-    return C_box == ndi.maximum_filter(C_box, size=3, mode="nearest")
 
 
 def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None,

@@ -150,6 +150,23 @@ def test_label_moments_parity(cp, seed):
     np.testing.assert_array_equal(_host(mg.peak_index), m.peak_index)
 
 
+@pytest.mark.parametrize("seed", [12, FRESH_SEED])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_maxima_parity(cp, dtype, seed):
+    """The kernel against its twin on a smooth random volume with plateaus (ties), with and
+    without a mask; the same voxels, exactly."""
+    import scipy.ndimage as ndi
+    rng = np.random.default_rng(seed)
+    v = np.round(ndi.gaussian_filter(rng.normal(size=(37, 41, 45)), 1.2), 2).astype(dtype)
+    m = v > np.quantile(v, 0.4)
+    for mask in (None, m):
+        host = gk.local_maxima(v, mask)
+        dev = gk.local_maxima(cp.asarray(v), None if mask is None else cp.asarray(mask))
+        assert isinstance(dev, cp.ndarray) and dev.dtype == cp.bool_
+        np.testing.assert_array_equal(_host(dev), host)
+        assert host.sum() > 10
+
+
 @pytest.mark.parametrize("seed,r", [(21, 3.0), (FRESH_SEED, 5.5)])
 def test_cell_pairs_parity(cp, seed, r):
     """The cell-list pair kernel writes the twin's pairs in the twin's order."""

@@ -30,6 +30,7 @@ CU_FILES = sorted(p.name for p in KERNEL_DIR.iterdir() if p.name.endswith(".cu")
 # every specialisation the loader can build (defines prepended by gpu_kernels)
 SPECIALISATIONS = {
     "cell_pairs.cu": [()],
+    "local_max.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "render_atoms.cu": [()],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
@@ -478,6 +479,12 @@ extern "C" void emu_cell_pairs(const double* xyz, const int* cell, const long lo
     ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_write,
         xyz, cell, order, start, n, dx, dy, dz, r2, offsets, oi, oj, od);
 }"""),
+    "local_max.cu": ((("PTNP_MAP_T", "float"),), """
+extern "C" void emu_local_max(const float* vol, const bool* mask, int nx, int ny, int nz,
+    int use_mask, bool* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_local_max,
+      vol, mask, nx, ny, nz, use_mask, out);
+}"""),
     "render_atoms.cu": ((), """
 extern "C" void emu_render(const int* base, const double* frac, const double* inv6,
     const double* norm, const int* off, int n, int T, int W, int nx, int ny, int nz,
@@ -656,7 +663,7 @@ import re  # noqa: E402
 _C_SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32}
 _C_POINTEES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64,
                "double": np.float64, "float": np.float32, "unsigned int": np.uint32,
-               "unsigned char": np.uint8, "short": np.int16, "unsigned short": np.uint16}
+               "unsigned char": np.uint8, "short": np.int16, "unsigned short": np.uint16, "bool": np.bool_}
 
 
 def _kernel_signatures(src, defines):
@@ -856,3 +863,62 @@ def test_cell_pairs_kernel_on_host(emulated):
         for a, b in zip(out, twin):
             np.testing.assert_array_equal(a, b)
     assert total > 50
+
+
+# ---------------------------------------------------------------------- local maxima
+
+def _local_max_case(rng, shape, dtype):
+    """Values rounded to one decimal (plateaus: ties between neighbours) and a random mask."""
+    v = np.round(rng.normal(size=shape), 1).astype(dtype)
+    return v, rng.random(shape) < 0.6
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 4, 5), (2, 1, 7), (6, 7, 8), (23, 19, 17)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_maxima_twin_matches_maximum_filter(shape, dtype):
+    """The twin equals SciPy's 3×3×3 maximum filter test: edges 'nearest' without a mask, the
+    mask and cval −inf with one (the two uses in peaks.py); ties count as maxima."""
+    rng = np.random.default_rng(int(np.prod(shape)))
+    v, m = _local_max_case(rng, shape, dtype)
+    np.testing.assert_array_equal(gk.local_maxima(v), v == ndi.maximum_filter(v, size=3, mode="nearest"))
+    ref = m & (v == ndi.maximum_filter(v, size=3, mode="constant", cval=-np.inf))
+    np.testing.assert_array_equal(gk.local_maxima(v, m), ref)
+    assert gk.local_maxima(v).sum() > 0
+
+
+def test_local_maxima_nan_and_errors():
+    v = np.zeros((3, 3, 3), np.float32)
+    v[1, 1, 1] = np.nan
+    out = gk.local_maxima(v)
+    assert not out[1, 1, 1] and out.sum() == 26          # NaN: never a maximum, ignored as neighbour
+    assert gk.local_maxima(np.zeros((3, 3, 3), np.int32)).all()   # other types compared as float32
+    with pytest.raises(ValueError):
+        gk.local_maxima(np.zeros((3, 3)))
+    with pytest.raises(ValueError):
+        gk.local_maxima(v, np.ones((3, 3, 2), bool))
+
+
+def test_local_max_kernel_on_host(emulated):
+    """The CUDA source itself (host build) equals the twin, with and without a mask, for
+    several launch shapes (grid-stride loop)."""
+    rng = np.random.default_rng(35)
+    v, m = _local_max_case(rng, (5, 6, 9), np.float32)
+    lib = emulated["local_max.cu"]
+    for use_mask in (0, 1):
+        want = gk.local_maxima(v, m if use_mask else None)
+        for block, grid in ((32, 1), (64, 3), (128, 4)):
+            out = np.zeros(v.shape, np.bool_)
+            lib.emu_local_max(_ptr(v), _ptr(m), 9, 6, 5, use_mask, _ptr(out), block, grid)
+            np.testing.assert_array_equal(out, want)
+    assert want.sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_local_maxima_cupy_branch_on_emulated_device(emulated_device, dtype):
+    """The CuPy branch's launch (argument types against the C signature, both specialisations)."""
+    rng = np.random.default_rng(36)
+    v, m = _local_max_case(rng, (7, 8, 6), dtype)
+    np.testing.assert_array_equal(gk.local_maxima(v), v == ndi.maximum_filter(v, size=3, mode="nearest"))
+    np.testing.assert_array_equal(gk.local_maxima(v, m),
+                                  m & (v == ndi.maximum_filter(v, size=3, mode="constant", cval=-np.inf)))
+    assert [x[0] for x in emulated_device.launches] == ["ptnp_local_max"] * 2
