@@ -51,7 +51,7 @@ _GEOMETRY = {
 }
 
 
-# _best_direction relies on every direction set holding each direction and then its opposite
+# _score and _n_matched rely on every direction set holding each direction and then its opposite
 assert all(np.array_equal(g[0][len(g[0]) // 2:], -g[0][:len(g[0]) // 2]) for g in _GEOMETRY.values())
 
 
@@ -211,26 +211,64 @@ def _bonds(xyz, tree, cut, near=None):
     return pairs, v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def _best_direction(cubic_T, dirs, want_index=True):
-    """Largest cosine of each bond (columns of ``cubic_T``, 3 × N, in cubic axes) with the
-    ideal directions, and which one (or None). ``dirs`` holds each direction and its
-    opposite (first half, then the negated half): |cos| over the first half, row by row
-    (several times faster than one (N, 3) × (3, K) product and a maximum over short rows)."""
-    h = len(dirs) // 2
-    c = dirs[:h] @ cubic_T                          # (h, N)
-    a = np.abs(c)
-    best = a[0].copy()
-    for r in range(1, h):
-        np.maximum(best, a[r], out=best)
-    if not want_index:
-        return best, None
-    idx = np.argmax(a == best, axis=0)              # the first row that reaches it
-    idx += h * (np.take_along_axis(c, idx[None], 0)[0] < 0)    # the opposite direction
-    return best, idx
+@nb.njit(cache=True)
+def _best_rows(M, bonds, want_index, idx):
+    """For each bond b (rows of ``bonds``, N × 3): the largest |M[r] · b| over the h rows of
+    ``M`` (the half set of ideal directions, rotated into the map frame) and, when
+    ``want_index``, into ``idx`` the first row that reaches it, plus h when that row's cosine
+    is negative (the opposite direction)."""
+    h = M.shape[0]
+    n = bonds.shape[0]
+    best = np.empty(n)
+    for j in range(n):
+        bx, by, bz = bonds[j, 0], bonds[j, 1], bonds[j, 2]
+        c0 = M[0, 0] * bx + M[0, 1] * by + M[0, 2] * bz
+        b = abs(c0)
+        k = 0
+        ck = c0
+        for r in range(1, h):
+            c = M[r, 0] * bx + M[r, 1] * by + M[r, 2] * bz
+            if abs(c) > b:
+                b = abs(c)
+                k = r
+                ck = c
+        best[j] = b
+        if want_index:
+            idx[j] = k + h if ck < 0 else k
+    return best
+
+
+@nb.njit(cache=True)
+def _count_matched(Ms, bonds, cos_tol):
+    """For each rotation's direction rows ``Ms[k]`` (K, h, 3): how many bonds lie within
+    ``cos_tol`` of one of them (either sign)."""
+    K, h, _ = Ms.shape
+    out = np.zeros(K, np.int64)
+    for k in range(K):
+        for j in range(bonds.shape[0]):
+            bx, by, bz = bonds[j, 0], bonds[j, 1], bonds[j, 2]
+            for r in range(h):
+                if abs(Ms[k, r, 0] * bx + Ms[k, r, 1] * by + Ms[k, r, 2] * bz) > cos_tol:
+                    out[k] += 1
+                    break
+    return out
+
+
+def _half(dirs):
+    """The first half of a direction set: each direction once (the second half negates it)."""
+    return dirs[: len(dirs) // 2]
 
 
 def _score(rot, bonds, dirs, cos_tol):
-    best, idx = _best_direction(rot.T @ bonds.T, dirs)   # bonds in cubic frame · ideal dirs
+    """Largest cosine of each bond with the ideal directions in the frame of ``rot`` (columns:
+    cubic axes in the map frame), the direction it is closest to (index into ``dirs``), and
+    how many bonds lie within ``cos_tol``. One compiled pass over the bonds: the ideal
+    directions are rotated into the map frame (h × 3) instead of every bond into the cubic
+    frame."""
+    M = np.ascontiguousarray(_half(dirs) @ rot.T)
+    b = np.ascontiguousarray(bonds, dtype=np.float64)
+    idx = np.empty(len(b), dtype=np.int64)
+    best = _best_rows(M, b, True, idx)
     return best, idx, int(np.count_nonzero(best > cos_tol))
 
 
@@ -244,10 +282,8 @@ def _kabsch_batch(src, dst):
 
 def _n_matched(rots, bonds, dirs, cos_tol):
     """For each rotation (K, 3, 3): how many bonds lie within ``cos_tol`` of an ideal direction."""
-    k = len(rots)
-    cubic_T = (np.swapaxes(rots, 1, 2) @ bonds.T).transpose(1, 0, 2).reshape(3, k * len(bonds))
-    best, _ = _best_direction(cubic_T, dirs, want_index=False)
-    return np.count_nonzero(best.reshape(k, len(bonds)) > cos_tol, axis=1)
+    Ms = np.ascontiguousarray(_half(dirs)[None] @ np.swapaxes(rots, 1, 2))     # (K, h, 3)
+    return _count_matched(Ms, np.ascontiguousarray(bonds, dtype=np.float64), float(cos_tol))
 
 
 def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):

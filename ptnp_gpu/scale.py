@@ -59,8 +59,22 @@ def _first_shell(xyz_A, lattice: str = "fcc", max_atoms: int = 1000):
     """(first-shell bond in Å, fraction of the measured atoms with a full first shell): see
     :func:`first_shell_bond_A`. The fraction is 0.3-0.6 for crystalline particles of 150-1,000
     atoms at any scale, 0 for noise taken for atoms."""
-    from scipy.spatial import cKDTree
+    global _LAST_SHELL
     xyz = np.asarray(_be.to_host(xyz_A), dtype=np.float64).reshape(-1, 3)
+    key = (xyz.tobytes(), lattice, int(max_atoms))
+    last = _LAST_SHELL
+    if last is not None and last[0] == key:       # analyze checks the model detection just checked
+        return last[1]
+    out = _measure_first_shell(xyz, lattice, max_atoms)
+    _LAST_SHELL = (key, out)
+    return out
+
+
+_LAST_SHELL = None   # (key, result) of the latest _first_shell: detection and statistics share it
+
+
+def _measure_first_shell(xyz, lattice, max_atoms):
+    from scipy.spatial import cKDTree
     n = len(xyz)
     if n < 4:
         return float("nan"), 0.0

@@ -65,6 +65,39 @@ def test_lattice_fit_bcc_and_degenerate_inputs():
     assert not tiny.ok and "too few" in tiny.message and tiny.mean_param_A == pytest.approx(3.924)
 
 
+@pytest.mark.parametrize("lattice", ["fcc", "bcc"])
+def test_lattice_bond_matching_equals_the_array_formulation(lattice):
+    """The compiled bond-direction matching (largest |cos| with an ideal direction, which one,
+    how many within the tolerance, per candidate rotation) equals the plain array computation:
+    bonds rotated into the cubic frame, |cos| over the half set, first row reaching the best,
+    the opposite direction for a negative cosine."""
+    from ptnp_gpu.lattice import _n_matched, _score, lattice_geometry
+    rng = np.random.default_rng(7)
+    dirs = lattice_geometry(lattice)["bond_dirs"]
+    h = len(dirs) // 2
+    rots = np.stack([random_rotation(rng) for _ in range(5)])
+    bonds = rng.normal(size=(3000, 3))
+    bonds /= np.linalg.norm(bonds, axis=1, keepdims=True)
+    bonds[:40] = (rots[0] @ dirs[rng.integers(0, len(dirs), 40)].T).T     # exact matches, both signs
+    tol = np.cos(np.radians(12.0))
+    counts = []
+    for rot in rots:
+        c = dirs[:h] @ (rot.T @ bonds.T)                                   # (h, N)
+        a = np.abs(c)
+        best = a.max(axis=0)
+        idx = np.argmax(a == best, axis=0)
+        idx = idx + h * (np.take_along_axis(c, idx[None], 0)[0] < 0)
+        got_best, got_idx, got_n = _score(rot, bonds, dirs, tol)
+        np.testing.assert_allclose(got_best, best, rtol=0, atol=1e-12)
+        sure = np.sort(a, axis=0)[-2] < best - 1e-9                        # no near-tie between rows
+        np.testing.assert_array_equal(got_idx[sure], idx[sure])
+        assert got_n == int(np.count_nonzero(best > tol))
+        counts.append(got_n)
+    np.testing.assert_array_equal(_n_matched(rots, bonds, dirs, tol), counts)
+    assert counts[0] >= 40 and np.array_equal(_score(rots[0], bonds, dirs, tol)[1][:40] % h,
+                                               np.argmax(np.abs(dirs[:h] @ (rots[0].T @ bonds[:40].T)), 0))
+
+
 def test_cn_gcn_bonds_on_a_small_cluster():
     # a square of 4 atoms (side 2.7 Å) plus a distant atom
     xyz = np.array([[0, 0, 0], [2.7, 0, 0], [0, 2.7, 0], [2.7, 2.7, 0], [20, 0, 0]], float)
