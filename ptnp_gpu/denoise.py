@@ -106,8 +106,7 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
     if frac <= 0:
         raise ValueError("noise_power_spectrum: the solvent mask is empty")
     mean = float((data * m).sum(dtype=xp.float64)) / float(m.sum(dtype=xp.float64))
-    fkw = {} if be.is_gpu else {"workers": -1}
-    F = fft.rfftn((data - xp.float32(mean)) * m, **fkw)
+    F = fft.rfftn((data - xp.float32(mean)) * m)      # NumPy: on backend.fft_workers() threads
     pw = (F.real ** 2 + F.imag ** 2).astype(xp.float32)
     del F
     shape = data.shape
@@ -178,8 +177,7 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
     work[sl] = data
     work[sl] -= work[sl].mean(dtype=xp.float64)
-    fkw = {} if be.is_gpu else {"workers": -1}   # all CPU cores for pocketfft
-    F = fft.rfftn(work, **fkw)
+    F = fft.rfftn(work)                  # NumPy: on backend.fft_workers() threads
     del work
     # Memory: everything below is in place on rfft-sized float32 buffers (s2, K, tmp)
     # so the peak stays near 6x the map. Spatial frequencies in 1/Å, axes z, y, x.
@@ -241,12 +239,12 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     else:
         scale = float(output_scale)
     F *= K
-    C = fft.irfftn(F, s=padded, **fkw)[sl].copy()
+    C = fft.irfftn(F, s=padded)[sl].copy()
     C *= xp.float32(scale)
     G = None
     if want_second:
         F *= K
         # discrete correlation with the sampled atom: K_grid^ = K^ / voxel volume
-        G = fft.irfftn(F, s=padded, overwrite_x=True, **fkw)[sl].copy()
+        G = fft.irfftn(F, s=padded, overwrite_x=True)[sl].copy()
         G *= xp.float32(scale / kernel.voxel_volume_A3)
     return (C, G, scale) if return_scale else (C, G)
