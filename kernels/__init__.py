@@ -8,6 +8,8 @@ window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.
                     ptnp_mean_shift
 label_sums.cu       ptnp_label_moments                          label_sums_cpu.py
 local_max.cu        ptnp_local_max                              local_max_cpu.py
+cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
+                    ptnp_cell_pairs_write
 ==================  ==========================================  ======================
 
 The sources are loaded, specialised and compiled per device by

@@ -84,3 +84,24 @@ extern "C" __global__ void ptnp_cell_pairs_write(
                              offsets[i], out_i, out_j, out_d2, true);
     }
 }
+
+// The cell list's first step, one launch: each point's cell (floor((x - lo) / edge) per axis,
+// rounded as NumPy does: a subtraction, then a division, nothing to fuse) and its sort key
+// cell_id * n + i, cell ids numbered as above. Sorting the keys orders the points by
+// (cell, index): unique keys, so every sort gives the same order.
+extern "C" __global__ void ptnp_cell_keys(
+    const double* __restrict__ xyz, const long long n, const double lo_x, const double lo_y,
+    const double lo_z, const double edge, const int dy_n, const int dz_n,
+    int* __restrict__ cell, long long* __restrict__ key)
+{
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        const int cx = (int)floor((xyz[3 * i] - lo_x) / edge);
+        const int cy = (int)floor((xyz[3 * i + 1] - lo_y) / edge);
+        const int cz = (int)floor((xyz[3 * i + 2] - lo_z) / edge);
+        cell[3 * i] = cx;
+        cell[3 * i + 1] = cy;
+        cell[3 * i + 2] = cz;
+        key[i] = (((long long)cx * dy_n + cy) * dz_n + cz) * n + i;
+    }
+}

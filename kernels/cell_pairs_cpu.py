@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["cell_pairs_pass"]
+__all__ = ["cell_pairs_pass", "cell_keys"]
 
 
 @nb.njit(cache=True)
@@ -68,3 +68,26 @@ def cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None
         _count(xyz, cell, order, start, dims, float(r2), counts)
     else:
         _write(xyz, cell, order, start, dims, float(r2), offsets, *out)
+
+
+@nb.njit(parallel=True, cache=True)
+def _cell_keys(xyz, lo, edge, dy, dz, cell, key):
+    n = xyz.shape[0]
+    for i in nb.prange(n):
+        cx = np.int32(np.floor((xyz[i, 0] - lo[0]) / edge))
+        cy = np.int32(np.floor((xyz[i, 1] - lo[1]) / edge))
+        cz = np.int32(np.floor((xyz[i, 2] - lo[2]) / edge))
+        cell[i, 0] = cx
+        cell[i, 1] = cy
+        cell[i, 2] = cz
+        key[i] = ((np.int64(cx) * dy + cy) * dz + cz) * n + i
+
+
+def cell_keys(xyz, lo, edge, dims):
+    """Twin of ``ptnp_cell_keys``: each point's cell (n, 3) int32 and its sort key
+    cell_id * n + i (n,) int64, for ``xyz`` (n, 3) float64 and the grid origin ``lo`` (3,)."""
+    n = xyz.shape[0]
+    cell = np.empty((n, 3), np.int32)
+    key = np.empty(n, np.int64)
+    _cell_keys(xyz, np.asarray(lo, np.float64), float(edge), np.int64(dims[1]), np.int64(dims[2]), cell, key)
+    return cell, key

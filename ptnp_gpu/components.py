@@ -31,15 +31,9 @@ def label_moments(labels, n_labels: int, weights, peakmap=None):
     """
     from .gpu_kernels import label_moments as _fused
     xp = _be.namespace(labels).xp
-    m = _fused(labels, weights, weights if peakmap is None else peakmap, n_labels)
-
-    def pad(a, fill):
-        head = xp.full((1,) + a.shape[1:], fill, dtype=a.dtype)
-        return xp.concatenate([head, a])
-    centre = m.centres_vox_xyz() if n_labels else xp.zeros((0, 3))
-    return {"count": pad(m.count, 0), "wsum": pad(m.sum_w, 0.0),
-            "centre_vox": pad(xp.nan_to_num(centre, nan=0.0), 0.0),
-            "peak_value": pad(m.peak_value, -np.inf), "peak_flat": pad(m.peak_index, -1)}
+    m = _fused(labels, weights, weights if peakmap is None else peakmap, n_labels, background_row=True)
+    return {"count": m.count, "wsum": m.sum_w, "centre_vox": xp.nan_to_num(m.centres_vox_xyz(), nan=0.0),
+            "peak_value": m.peak_value, "peak_flat": m.peak_index}
 
 
 def otsu_threshold(values, nbins: int = 256) -> float:

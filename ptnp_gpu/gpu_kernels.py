@@ -544,7 +544,7 @@ class LabelMoments(NamedTuple):
         return xp.where(sw != 0, self.sum_w_xyz / xp.where(sw != 0, sw, 1.0), xp.nan)
 
 
-def label_moments(labels, weights, peakmap, n_labels):
+def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
     """Count, Σw, Σw·(x, y, z), peak value and argmax of every label in one pass.
 
     Parameters
@@ -559,11 +559,16 @@ def label_moments(labels, weights, peakmap, n_labels):
     n_labels : int
         Number of labels (e.g. from ``ndimage.label``); passing it avoids a
         device sync.
+    background_row : bool
+        Prepend a row for label 0 that holds nothing (count and sums 0, peak
+        −inf at index −1): row i is then label i. On a device the kernel writes
+        after that row, so it costs no extra launch.
 
     Returns
     -------
     LabelMoments
-        Arrays on the backend of ``labels``, row i for label i + 1.
+        Arrays on the backend of ``labels``, row i for label i + 1 (label i with
+        ``background_row``).
 
     Raises
     ------
@@ -604,10 +609,16 @@ def label_moments(labels, weights, peakmap, n_labels):
     if not be.is_gpu:
         from .kernels.label_sums_cpu import label_moments_cpu
         count, sums, pv, pi = label_moments_cpu(lab, w, p, n_labels)
+        if background_row:
+            count, sums = np.concatenate([[0], count]), np.concatenate([np.zeros((1, 4)), sums])
+            pv = np.concatenate([np.array([-np.inf], np.float32), pv])
+            pi = np.concatenate([[-1], pi])
         return LabelMoments(count, sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi)
-    count = xp.zeros(n_labels, dtype=xp.uint64)
-    sums = xp.zeros((n_labels, 4), dtype=xp.float64)
-    key = xp.zeros(n_labels, dtype=xp.uint64)
+    head = 1 if background_row else 0
+    count_all = xp.zeros(head + n_labels, dtype=xp.uint64)
+    sums_all = xp.zeros((head + n_labels, 4), dtype=xp.float64)
+    key_all = xp.zeros(head + n_labels, dtype=xp.uint64)      # key 0 decodes as empty
+    count, sums, key = count_all[head:], sums_all[head:], key_all[head:]   # contiguous views
     if n_labels and lab.size:
         nz, ny, nx = lab.shape
         run = 8
@@ -618,8 +629,8 @@ def label_moments(labels, weights, peakmap, n_labels):
                           ("PTNP_RUN", str(run))))
         k((-(-n_threads // 256),), (256,), (lab, w, p, np.int32(nx), np.int32(ny), np.int32(nz),
                                             np.int64(n_labels), count, sums, key))
-    pv, pi = _decode_peak_keys(key, xp)
-    return LabelMoments(count.astype(xp.int64), sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi)
+    pv, pi = _decode_peak_keys(key_all, xp)
+    return LabelMoments(count_all.astype(xp.int64), sums_all[:, 0].copy(), sums_all[:, 1:].copy(), pv, pi)
 
 
 def _decode_peak_keys(key, xp):
@@ -727,11 +738,27 @@ def _cell_list(xyz, r_A: float):
     while np.prod(np.floor(extent / edge) + 1) > limit:      # any edge >= r finds every pair
         edge *= 1.5
     dims = np.floor(extent / edge).astype(np.int64) + 1
-    cell = xp.floor((xyz - xp.asarray(lo)) / edge).astype(xp.int32)
-    cid = (cell[:, 0].astype(xp.int64) * int(dims[1]) + cell[:, 1]) * int(dims[2]) + cell[:, 2]
-    order = xp.argsort(cid * n + xp.arange(n, dtype=xp.int64))
-    start = xp.searchsorted(cid[order], xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
+    cell, key = _cell_keys(xyz, lo, edge, dims)
+    order = xp.argsort(key)
+    start = xp.searchsorted(key[order] // n, xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
     return cell, order, start, dims
+
+
+def _cell_keys(xyz, lo, edge, dims):
+    """Each point's cell (n, 3) int32 and sort key cell_id * n + i (n,) int64: one launch of
+    ``ptnp_cell_keys`` (its Numba twin on the host); ``lo`` (3,) and ``dims`` are host values."""
+    if not _be.namespace(xyz).is_gpu:
+        from .kernels.cell_pairs_cpu import cell_keys
+        return cell_keys(xyz, lo, edge, dims)
+    xp = _be.namespace(xyz).xp
+    n = int(xyz.shape[0])
+    cell = xp.empty((n, 3), dtype=xp.int32)
+    key = xp.empty(n, dtype=xp.int64)
+    k = get_function("cell_pairs.cu", "ptnp_cell_keys")
+    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+      (xyz, np.int64(n), np.float64(lo[0]), np.float64(lo[1]), np.float64(lo[2]), np.float64(edge),
+       np.int32(dims[1]), np.int32(dims[2]), cell, key))
+    return cell, key
 
 
 def cell_pairs(xyz_A, r_A: float):

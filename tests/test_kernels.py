@@ -478,6 +478,11 @@ extern "C" void emu_cell_pairs(const double* xyz, const int* cell, const long lo
   else
     ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_write,
         xyz, cell, order, start, n, dx, dy, dz, r2, offsets, oi, oj, od);
+}
+extern "C" void emu_cell_keys(const double* xyz, long long n, double lx, double ly, double lz,
+    double edge, int dy, int dz, int* cell, long long* key, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_keys,
+      xyz, n, lx, ly, lz, edge, dy, dz, cell, key);
 }"""),
     "local_max.cu": ((("PTNP_MAP_T", "float"),), """
 extern "C" void emu_local_max(const float* vol, const bool* mask, int nx, int ny, int nz,
@@ -781,6 +786,32 @@ def test_cupy_branches_on_emulated_device(emulated_device):
     np.testing.assert_allclose(m.sum_w_xyz, s[:, 1:], rtol=1e-12)
     np.testing.assert_array_equal(m.peak_value, pv)
     np.testing.assert_array_equal(m.peak_index, pi)
+    # with the background row: written after it by the same single launch
+    n_launch = len(emulated_device.launches)
+    mb = gk.label_moments(lab, w, p, 4, background_row=True)
+    assert len(emulated_device.launches) == n_launch + 1
+    _assert_background_row(mb, m)
+
+
+def _assert_background_row(mb, m):
+    """``mb`` = ``m`` with a row for label 0 that holds nothing in front."""
+    assert mb.count[0] == 0 and mb.sum_w[0] == 0 and np.all(mb.sum_w_xyz[0] == 0)
+    assert mb.peak_value[0] == -np.inf and mb.peak_index[0] == -1
+    for a, b in zip(mb, m):
+        assert a.dtype == b.dtype
+        if a.dtype == np.float64:           # the kernel's atomic sums may add in another order
+            np.testing.assert_allclose(a[1:], b, rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(a[1:], b)
+
+
+def test_label_moments_background_row_twin():
+    rng = np.random.default_rng(44)
+    lab = rng.integers(0, 5, (6, 7, 9)).astype(np.int32)
+    w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
+    _assert_background_row(gk.label_moments(lab, w, w, 4, background_row=True), gk.label_moments(lab, w, w, 4))
+    empty = gk.label_moments(lab, w, w, 0, background_row=True)
+    assert len(empty.count) == 1 and empty.peak_index[0] == -1
 
 
 def test_mean_shift_cupy_branch_on_emulated_device(emulated_device):
@@ -863,6 +894,48 @@ def test_cell_pairs_kernel_on_host(emulated):
         for a, b in zip(out, twin):
             np.testing.assert_array_equal(a, b)
     assert total > 50
+    # the cell keys: the source's cells and keys equal the twin's
+    from ptnp_gpu.kernels.cell_pairs_cpu import cell_keys
+    lo = x.min(axis=0)
+    c_twin, k_twin = cell_keys(x, lo, r, dims)
+    for block, grid in ((32, 1), (16, 3)):
+        c = np.zeros((len(x), 3), np.int32)
+        k = np.zeros(len(x), np.int64)
+        lib.emu_cell_keys(_ptr(x), ctypes.c_longlong(len(x)), ctypes.c_double(lo[0]), ctypes.c_double(lo[1]),
+                          ctypes.c_double(lo[2]), ctypes.c_double(r), int(dims[1]), int(dims[2]), _ptr(c),
+                          _ptr(k), block, grid)
+        np.testing.assert_array_equal(c, c_twin)
+        np.testing.assert_array_equal(k, k_twin)
+    np.testing.assert_array_equal(np.argsort(k_twin), order)
+
+
+def test_cell_pairs_cupy_branch_on_emulated_device(emulated_device):
+    """The CuPy branch end to end (cell keys, count, write: the kernels' C signatures checked
+    at each launch) gives the twin's pairs in the twin's order, and the cell list the array
+    formulation's (cells floor((x - lo) / edge), points sorted by (cell, index))."""
+    rng = np.random.default_rng(37)
+    x = np.ascontiguousarray(rng.uniform(-3.0, 9.0, (90, 3)))
+    x[7] = x[2]
+    r = 2.2
+    i, j, d2 = gk.cell_pairs(x, r)
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_cell_keys", "ptnp_cell_pairs_count",
+                                                          "ptnp_cell_pairs_write"]
+    cell, order, start, dims = gk._cell_list(x, r)
+    lo = x.min(axis=0)
+    ref_cell = np.floor((x - lo) / r).astype(np.int32)
+    cid = (ref_cell[:, 0].astype(np.int64) * dims[1] + ref_cell[:, 1]) * dims[2] + ref_cell[:, 2]
+    np.testing.assert_array_equal(cell, ref_cell)
+    np.testing.assert_array_equal(order, np.lexsort((np.arange(len(x)), cid)))
+    np.testing.assert_array_equal(start, np.searchsorted(np.sort(cid), np.arange(np.prod(dims) + 1)))
+    emulated_device.launches.clear()
+    from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
+    counts = np.zeros(len(x), np.int64)
+    cell_pairs_pass(x, cell, order, start, dims, r * r, counts=counts)
+    twin = [np.zeros(int(counts.sum()), np.int64), np.zeros(int(counts.sum()), np.int64), np.zeros(int(counts.sum()))]
+    cell_pairs_pass(x, cell, order, start, dims, r * r, offsets=np.cumsum(counts) - counts, out=twin)
+    for a, b in zip((i, j, d2), twin):
+        np.testing.assert_array_equal(a, b)
+    assert len(i) > 50 and (2, 7) in set(zip(i.tolist(), j.tolist()))
 
 
 # ---------------------------------------------------------------------- local maxima
