@@ -14,6 +14,7 @@ import numpy as np
 from . import backend as _be
 from .components import label26, label_moments, map_mean_sd
 from .denoise import AtomKernel
+from .host_interp import interp_host
 from .neighbors import pairs_within, segment_sum
 from .solvent import _STEP
 from .threshold_components import threshold_components
@@ -131,7 +132,9 @@ class _Scorer:
         xyz = centre_vox_xyz * xp.asarray(self.vs)
         xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
         i, _, d2 = pairs_within(xyz, self.reach)
-        cross = segment_sum(group[i], [xp.interp(d2, self.d2_grid, self.a_table)], n_groups)[0]
+        kk = (xp.interp(d2, self.d2_grid, self.a_table) if _be.namespace(d2).is_gpu
+              else interp_host(d2, self.d2_grid, self.a_table))     # the same numbers, compiled
+        cross = segment_sum(group[i], [kk], n_groups)[0]
         sss = n_at * self.a0 + 2.0 * cross
         ss = n_at * self.ksum
         cov = ssc - ss * self.sc / self.n

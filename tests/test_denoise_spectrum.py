@@ -6,6 +6,7 @@ import pytest
 import scipy.fft
 
 from ptnp_gpu import denoise
+from ptnp_gpu.host_interp import interp_host
 
 
 @pytest.mark.parametrize("shape,vs", [((24, 30, 27), (0.358, 0.358, 0.358)),
@@ -52,8 +53,20 @@ def test_host_interp_equals_numpy_interp():
     scattered.ravel()[:150] = knots
     scattered.ravel()[150] = knots[-1]
     for x in (grid, scattered):
-        got = denoise._interp_host(x, knots, gain)
+        got = interp_host(x, knots, gain)
         assert got.shape == x.shape and got.dtype == np.float64
         np.testing.assert_array_equal(got, np.interp(x, knots.astype(np.float64), gain.astype(np.float64)))
     shuffled = knots[::-1].copy()
-    np.testing.assert_array_equal(denoise._interp_host(grid, shuffled, gain), np.interp(grid, shuffled, gain))
+    np.testing.assert_array_equal(interp_host(grid, shuffled, gain), np.interp(grid, shuffled, gain))
+
+
+def test_host_interp_on_a_uniform_table_and_unordered_values():
+    """The sweep's use: squared distances in no order on a uniform (linspace) table."""
+    rng = np.random.default_rng(9)
+    grid = np.linspace(0.0, 39.7, 8192)
+    table = np.exp(-grid / 3.0) + 0.01 * np.sin(grid)
+    d2 = rng.uniform(0.0, 39.7, 200_000)
+    d2[:8192] = grid
+    d2[8192:8200] = [39.7, 40.0, 0.0, -0.0, 1e-300, 39.7 - 1e-12, grid[1], np.nextafter(grid[5], 0)]
+    np.testing.assert_array_equal(interp_host(d2, grid, table), np.interp(d2, grid, table))
+    assert interp_host(np.zeros(0), grid, table).shape == (0,)
