@@ -2,8 +2,8 @@
 
 All functions take (N, 3) positions in Å (x, y, z, map frame) as NumPy or
 CuPy arrays and compute on that array's backend: neighbour *pairs*
-(:func:`ptnp_gpu.neighbors.pairs_within`: a k-d tree on NumPy, a cell list
-on CuPy) reduced onto the atoms with vectorised segment sums and maxima,
+(:func:`ptnp_gpu.neighbors.pairs_within`: a cell list, the same pairs in the same
+order on both backends) reduced onto the atoms with vectorised segment sums and maxima,
 never a loop over atoms. Results are on the input's backend, except the
 particle diameter (a host convex hull, one scalar).
 """
