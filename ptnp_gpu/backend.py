@@ -36,9 +36,10 @@ class Backend:
 
 
 def fft_workers() -> int:
-    """Threads of the NumPy backend's FFTs: ``PTNP_FFT_WORKERS``, else ``OMP_NUM_THREADS`` (the
-    limit batch workers and benchmarks set), else the cores this process may run on. The
-    transforms split into independent 1-D ones, so the result does not depend on it."""
+    """Threads of the NumPy backend's FFTs and separable filters (:mod:`ptnp_gpu.host_ndimage`):
+    ``PTNP_FFT_WORKERS``, else ``OMP_NUM_THREADS`` (the limit batch workers and benchmarks set),
+    else the cores this process may run on. Both split into independent 1-D passes, so the
+    result does not depend on it."""
     for var in ("PTNP_FFT_WORKERS", "OMP_NUM_THREADS"):
         v = os.environ.get(var, "").strip()
         if v:
@@ -79,8 +80,8 @@ def _threaded_fft() -> types.ModuleType:
 
 
 def _numpy_backend() -> Backend:
-    import scipy.ndimage
-    return Backend("numpy", np, scipy.ndimage, _threaded_fft())
+    from .host_ndimage import module as threaded_ndimage
+    return Backend("numpy", np, threaded_ndimage(), _threaded_fft())
 
 
 _CUPY_ERROR: str | None = None
