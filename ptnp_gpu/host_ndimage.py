@@ -10,6 +10,7 @@ thread) is passed to SciPy unchanged. Every other name is ``scipy.ndimage``'s.
 """
 from __future__ import annotations
 
+import os
 import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +24,16 @@ _MIN_VOXELS = 1 << 18            # smaller volumes: one thread (slabs cost more 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_SIZE = 0
 _LOCK = threading.Lock()
+
+
+def _forget_pool_in_child() -> None:
+    """A forked child has none of the parent's threads: it starts its own pool when needed."""
+    global _POOL, _POOL_SIZE, _LOCK
+    _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _threads() -> int:

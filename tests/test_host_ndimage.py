@@ -44,3 +44,20 @@ def test_numpy_backend_uses_them():
     nd = _be.get("numpy").ndi
     assert nd.gaussian_filter is H.gaussian_filter and nd.spline_filter is H.spline_filter
     assert nd.label is ndi.label and nd.map_coordinates is ndi.map_coordinates
+
+
+def test_a_forked_child_filters_with_its_own_threads(monkeypatch):
+    """After the parent used the pool, a forked child (multiprocessing's default start method on
+    Linux) must not wait on the parent's threads, which it does not have."""
+    import multiprocessing as mp
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork here")
+    monkeypatch.setenv("PTNP_FFT_WORKERS", "2")
+    want = H.gaussian_filter(VOL, 1.7)                    # the parent's pool now exists
+    with mp.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_child_filter).get(timeout=60)
+    np.testing.assert_array_equal(got, want)
+
+
+def _child_filter():
+    return H.gaussian_filter(VOL, 1.7)
