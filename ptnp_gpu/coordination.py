@@ -192,7 +192,7 @@ def nn_bond_lengths_A(xyz_A, pairs=None, *, search_A: float | None = None):
         return _nearest_A(xyz, xp.arange(n))
     i, k = _directed(pairs, xp)
     d = xyz[i] - xyz[k]
-    bond = xp.sqrt(-segment_max(i, -(d * d).sum(1), n))     # +inf: no pair; d² summed as the k-d tree does
+    bond = xp.sqrt(-segment_max(i, -(d * d).sum(1), n))     # +inf: no pair; d² summed as the pair search does
     lonely = xp.nonzero(~xp.isfinite(bond))[0]
     if lonely.size:                                          # one sync
         bond[lonely] = _nearest_A(xyz, lonely)

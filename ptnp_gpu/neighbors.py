@@ -40,8 +40,8 @@ def pairs_within_grid(xyz_A, r_A: float):
     Points are binned into cubic cells of edge ``r_A``; each point is tested
     against the points of its 27 neighbouring cells through a padded
     cell → points table, so memory and work are O(N · 27 · K) with K the
-    largest cell occupancy, instead of O(N²). Used for CuPy arrays; on NumPy
-    it serves as the cross-check of the KD-tree path.
+    largest cell occupancy, instead of O(N²). Kept as an independent
+    cross-check of the cell-list kernel (same pairs, any backend).
     """
     be = _be.namespace(xyz_A)
     xp = be.xp
