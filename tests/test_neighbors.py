@@ -1,4 +1,5 @@
-"""Pair search: the cell-list path (used on the GPU) equals the KD-tree path."""
+"""Pair search: the cell-list kernel path (both backends) and the array-code cell list equal
+SciPy's k-d tree."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,11 +18,15 @@ def test_grid_pairs_equal_kdtree(seed, r):
     rng = np.random.default_rng(seed)
     pts = np.vstack([fcc_particle(400, 3.924) + rng.normal(scale=0.1, size=(1, 3)),
                      rng.uniform(-15, 15, size=(150, 3))])
+    from scipy.spatial import cKDTree
     i, j, d2 = pairs_within(pts, r)
     gi, gj, gd2 = pairs_within_grid(pts, r)
-    assert _as_set(i, j) == _as_set(gi, gj)
-    assert np.all(gi < gj)
+    ref = cKDTree(pts).query_pairs(r, output_type="ndarray")
+    assert _as_set(i, j) == _as_set(gi, gj) == _as_set(ref[:, 0], ref[:, 1])
+    assert np.all(gi < gj) and np.all(i < j) and np.all(np.diff(i) >= 0)
     assert np.allclose(np.sort(d2), np.sort(gd2))
+    d = pts[i] - pts[j]
+    np.testing.assert_array_equal(d2, (d[:, 0] * d[:, 0] + d[:, 1] * d[:, 1]) + d[:, 2] * d[:, 2])
 
 
 def test_fcc_coordination_is_twelve_inside():
