@@ -58,6 +58,8 @@ if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1 \
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d >> "$LOG" 2>&1; then
         echo "MPS: daemon started" | tee -a "$LOG"
+        # stopped however the script ends (a device timeout included)
+        trap 'echo quit | CUDA_MPS_PIPE_DIRECTORY=/tmp/ptnp_mps/pipe nvidia-cuda-mps-control >/dev/null 2>&1' EXIT TERM INT
         timeout $(( ${MPS_S:-70} - 10 )) python3 benchmarks/run_suite.py --out "$OUT/mps" --backends cupy \
             --stream-only --stream-maps "${MPS_MAPS:-60}" --stream-workers 1 \
             --stream-processes ${MPS_PROCESSES:-4 8 16} >> "$LOG" 2>&1
@@ -66,6 +68,7 @@ if [ "${MPS:-1}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null 2>&1 \
         pkill -f "run_suite.py --out $OUT/mps" 2>/dev/null; pkill -f "multiprocessing.spawn" 2>/dev/null; sleep 1
         echo get_server_list | nvidia-cuda-mps-control >> "$LOG" 2>&1
         echo quit | nvidia-cuda-mps-control >> "$LOG" 2>&1
+        trap - EXIT TERM INT
         rm -f "$OUT/mps/results.md" "$OUT/mps/results.png"   # the device returns at most 8 files
     else
         echo "MPS: the daemon did not start" | tee -a "$LOG"
