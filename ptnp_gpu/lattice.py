@@ -87,8 +87,7 @@ def kabsch_rotation(src, dst, weights=None) -> np.ndarray:
     """
     src = np.asarray(src, float)
     dst = np.asarray(dst, float)
-    w = np.ones(len(src)) if weights is None else np.asarray(weights, float)
-    m = (dst * w[:, None]).T @ src
+    m = (dst if weights is None else dst * np.asarray(weights, float)[:, None]).T @ src   # unit weights: exact
     u, _, vt = np.linalg.svd(m)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     return u @ np.diag([1.0, 1.0, d]) @ vt
@@ -300,8 +299,9 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
     # the best wins); refinement uses every bond
     sample = bonds[::max(1, len(bonds) // 4000)]
     targets = []
+    near = np.flatnonzero(np.isin(bonds_pairs, order).any(axis=1))   # the central atoms' bonds, one scan
     for a in order:
-        sel = np.flatnonzero((bonds_pairs[:, 0] == a) | (bonds_pairs[:, 1] == a))
+        sel = near[(bonds_pairs[near, 0] == a) | (bonds_pairs[near, 1] == a)]
         b = bonds[sel]
         if len(b) < 2:
             continue
