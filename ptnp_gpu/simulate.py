@@ -130,6 +130,41 @@ def _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2, u_
     return (base, frac, inv6, norm, off), shape, vs
 
 
+def _render_inputs_device(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2, weights, cutoff_A, xp):
+    """:func:`_render_inputs` without displacements, the per-atom arrays built on ``xp`` with the
+    same operations in the same order (the same numbers): ``base``, ``frac`` and ``norm`` from
+    the device's positions and weights, ``inv6`` the one row every atom shares."""
+    vs = np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), (3,))
+    org = np.broadcast_to(np.asarray(origin_A, dtype=np.float64), (3,))
+    if b_extra_A2 is None:
+        b_extra_A2 = reference_blur_A2(float(vs.mean()))
+    a, var = gaussian_terms(element, b_extra_A2)
+    xyz = xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3)
+    n = int(xyz.shape[0])
+    shape = tuple(int(s) for s in shape)
+    if n == 0:
+        return None, shape, vs
+    c = var + 0.0                                                        # (T,): u_iso 0
+    inv6 = np.zeros(c.shape + (6,))
+    inv6[:, :3] = (1.0 / c)[:, None]
+    det = c ** 3
+    if cutoff_A is None:
+        cutoff_A = 4.0 * np.sqrt(var.max() + 0.0)
+    off = _window_offsets(cutoff_A, vs)
+    t = len(var)
+    # the host constants in one upload (views of it below cost no launch)
+    k = xp.asarray(np.concatenate([org, vs, a, np.sqrt(det), inv6.ravel()]))
+    k_org, k_vs, k_a, k_sdet, k_inv6 = k[:3], k[3:6], k[6:6 + t], k[6 + t:6 + 2 * t], k[6 + 2 * t:]
+    vox = (xyz - k_org) / k_vs
+    base = xp.rint(vox).astype(xp.int64)
+    frac = vox - base
+    w = (xp.ones(n) if weights is None
+         else xp.broadcast_to(xp.asarray(weights, dtype=xp.float64).reshape(-1), (n,)))
+    norm = k_a[None, :] * w[:, None] * (2 * np.pi) ** -1.5 / k_sdet[None, :]
+    inv6_all = xp.ascontiguousarray(xp.broadcast_to(k_inv6.reshape(t, 6), (n, t, 6)))
+    return (base, frac, inv6_all, norm, off), shape, vs
+
+
 def render_atoms(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0), element="Pt", *,
                  b_extra_A2: float | None = None, u_iso_A2=None, u_aniso_A2=None,
                  weights=None, cutoff_A: float | None = None, backend=None, chunk: int = 512):
@@ -179,8 +214,14 @@ def render_atoms(xyz_A, shape, voxel_size_A, origin_A=(0.0, 0.0, 0.0), element="
     from .gpu_kernels import render_windows
     be = _be.resolve(backend)
     xp = be.xp
-    prep, shape, vs = _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2,
-                                     u_iso_A2, u_aniso_A2, weights, cutoff_A)
+    if be.is_gpu and u_iso_A2 is None and u_aniso_A2 is None:
+        # no displacements: every atom has the same terms, the per-atom inputs are array code
+        # on the device (no read of the positions or weights, no upload of the inputs)
+        prep, shape, vs = _render_inputs_device(xyz_A, shape, voxel_size_A, origin_A, element,
+                                                b_extra_A2, weights, cutoff_A, xp)
+    else:
+        prep, shape, vs = _render_inputs(xyz_A, shape, voxel_size_A, origin_A, element, b_extra_A2,
+                                         u_iso_A2, u_aniso_A2, weights, cutoff_A)
     out = xp.zeros(shape, dtype=xp.float64)
     if prep is not None:
         render_windows(out, *prep[:4], prep[4], vs)

@@ -38,6 +38,7 @@ test_compute_statistics_parity = _parity.test_compute_statistics_parity
 test_sweep_scores_parity = _parity.test_sweep_scores_parity
 test_masked_solvent_and_noise_level_parity = _parity.test_masked_solvent_and_noise_level_parity
 test_map_transfer_parity = _parity.test_map_transfer_parity
+test_render_atoms_weights_only_parity = _parity.test_render_atoms_weights_only_parity
 test_transfer_corrected_map_parity = _parity.test_transfer_corrected_map_parity
 test_prewhitened_denoise_parity = _parity.test_prewhitened_denoise_parity
 test_detect_sharpened_map_parity = _parity.test_detect_sharpened_map_parity
@@ -140,3 +141,21 @@ def test_blur_correction_parity_on_the_emulated_device():
     for k in ("u_iso_A2", "u_A2", "u_eig_A2", "u_dir", "doi", "u_aniso_failed"):
         np.testing.assert_allclose(np.asarray(got[k], float), np.asarray(ref[k], float), rtol=1e-10, atol=1e-12,
                                    equal_nan=True)
+
+
+def test_weights_only_render_reads_nothing_back():
+    """The device builds a weights-only render's inputs itself: no host read, and the same map
+    as NumPy's bit for bit (the same operations; the emulated kernel is the Numba twin)."""
+    from ptnp_gpu.simulate import render_atoms
+    rng = np.random.default_rng(3)
+    xyz = rng.uniform(0.0, 14.0, (150, 3))
+    w = rng.uniform(0.2, 2.0, 150)
+    want = render_atoms(xyz, (40, 42, 44), 0.36, (0.1, 0.2, -0.3), backend="numpy", weights=w)
+    with emulate() as audit:
+        xp = audit.backend.xp
+        xyz_d, w_d = xp.asarray(xyz), xp.asarray(w)
+        audit.reset()
+        got = render_atoms(xyz_d, (40, 42, 44), 0.36, (0.1, 0.2, -0.3), backend=audit.backend, weights=w_d)
+        assert audit.syncs == 0
+        got = got.get()
+    np.testing.assert_array_equal(got, want)

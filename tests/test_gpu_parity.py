@@ -57,6 +57,23 @@ def test_render_atoms_parity(cp, seed, aniso):
     np.testing.assert_allclose(_host(g), _host(r), rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("seed", [5, FRESH_SEED])
+def test_render_atoms_weights_only_parity(cp, seed):
+    """Without displacements the per-atom inputs are built on the device from device positions
+    and weights: the same map as the NumPy path, and no host read of the positions."""
+    rng = np.random.default_rng(seed)
+    xyz, shape, vs, _ = _random_atoms(seed)
+    w = rng.uniform(0.2, 2.0, len(xyz))
+    c = simulate.render_atoms(xyz, shape, vs, (0.3, -0.2, 0.1), backend="numpy", weights=w, b_extra_A2=6.0)
+    g = simulate.render_atoms(cp.asarray(xyz), shape, vs, (0.3, -0.2, 0.1), backend="cupy",
+                              weights=cp.asarray(w), b_extra_A2=6.0)
+    assert isinstance(g, cp.ndarray) and g.dtype == cp.float32
+    np.testing.assert_allclose(_host(g), c, rtol=1e-5, atol=1e-5 * float(c.max()))
+    g1 = simulate.render_atoms(cp.asarray(xyz), shape, vs, backend="cupy")      # unit weights
+    np.testing.assert_allclose(_host(g1), simulate.render_atoms(xyz, shape, vs, backend="numpy"),
+                               rtol=1e-5, atol=1e-5 * float(c.max()))
+
+
 def test_render_windows_float64_parity(cp):
     """Before the float32 cast: float64 atomics agree with the twin to ~1e-12."""
     rng = np.random.default_rng(4)
