@@ -261,6 +261,7 @@ def info() -> dict:
         out["kernel_cache_cold"] = kernel_cache_is_cold()
     else:
         out["device"] = f"CPU ({os.cpu_count()} logical cores)"
+        out["cpu_threads"] = fft_workers()          # FFTs and separable filters of the NumPy backend
         if _CUPY_ERROR:
             out["cupy_unusable_because"] = _CUPY_ERROR
     return out

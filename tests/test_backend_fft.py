@@ -38,3 +38,9 @@ def test_threaded_transforms_equal_scipy(monkeypatch):
     fft.rfftn(a, workers=1)                                  # a caller's choice is kept
     fft.rfftn(a)
     assert len(calls) == 1
+
+
+def test_info_reports_the_cpu_threads(monkeypatch):
+    monkeypatch.setenv("PTNP_FFT_WORKERS", "3")
+    monkeypatch.setattr(_be, "_DEFAULT", _be.get("numpy"))
+    assert _be.info()["cpu_threads"] == 3
