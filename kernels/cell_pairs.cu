@@ -1,42 +1,71 @@
-// ptnp_gpu: all pairs of points closer than a cutoff, from a cell list.
+// ptnp_gpu: all pairs of points closer than a cutoff, from a hashed cell list.
 //
-// The points are binned into cubic cells (edge >= cutoff) by the caller, who
-// also sorts them by cell: the points of cell c are order[start[c]] ..
-// order[start[c + 1] - 1], cells numbered (cx * dims_y + cy) * dims_z + cz.
-// One thread per point i looks through the 27 cells around its own and
-// takes every j > i with |x_i - x_j|^2 <= r2. Two launches of the same code:
+// Every point lies in the cubic cell floor(x / edge) per axis (edge >= cutoff,
+// cells counted from the origin, so no extent of the points is needed and the
+// caller never reads anything back to size a grid). A cell is hashed into one
+// of nbuckets = hmask + 1 buckets (a power of two); the caller sorts the
+// points by (bucket, index), so that the points of bucket b are
+// order[start[b]] .. order[start[b + 1] - 1]. One thread per point i looks
+// through the buckets of the 27 cells around its own, keeps the points that
+// really lie in the cell looked for (a bucket may hold several cells), and
+// takes every j > i with |x_i - x_j|^2 <= r2. Launches:
 //
-//   ptnp_cell_pairs_count   counts[i] = number of such j;
-//   ptnp_cell_pairs_write   writes them from offsets[i] (the exclusive prefix
-//                           sum of the counts) in a fixed order: cells by
-//                           dx, dy, dz from -1 to 1, points by their sorted
-//                           place. The output is the same for any launch shape.
+//   ptnp_cell_keys          each point's cell (int64 x 3) and its sort key
+//                           bucket * n + i;
+//   ptnp_cell_pairs_count   counts[i] = number of such j; a point with a
+//                           non-finite coordinate gets PTNP_CELL_BAD (< 0), so
+//                           that the sum of the counts, which the caller reads
+//                           to size the output, is negative: one read says both;
+//   ptnp_cell_pairs_write   writes them from ends[i] - counts[i] (ends: the
+//                           inclusive prefix sum of the counts) in a fixed
+//                           order: cells by dx, dy, dz from -1 to 1, points of a
+//                           cell by index. The output is the same for any launch
+//                           shape and any bucket count.
 //
-// Nothing but the pairs is written: the array-code search materialised a
-// (points, 27, largest cell) table of candidates, 30-100 bytes each.
-// Squared distances are (dx*dx + dy*dy) + dz*dz rounded as NumPy does
-// (no fused multiply-add), so they equal the host's.
+// Nothing but the pairs is written. Squared distances are (dx*dx + dy*dy) + dz*dz
+// rounded as NumPy does (no fused multiply-add), so they equal the host's.
+
+#define PTNP_CELL_BAD (-(1LL << 40))
+#define PTNP_CELL_CLAMP 4.0e18
+
+// the cell index of one coordinate: floor(x / edge), clamped (NaN to the low end) so that
+// the conversion to an integer is always defined
+__device__ __forceinline__ long long ptnp_cell_coord(const double x, const double edge)
+{
+    double v = floor(x / edge);
+    if (!(v >= -PTNP_CELL_CLAMP)) v = -PTNP_CELL_CLAMP;
+    if (v > PTNP_CELL_CLAMP) v = PTNP_CELL_CLAMP;
+    return (long long)v;
+}
+
+// the bucket of cell (cx, cy, cz): a multiplicative hash in wrapping 64-bit arithmetic
+__device__ __forceinline__ long long ptnp_cell_bucket(const long long cx, const long long cy,
+                                                       const long long cz, const unsigned long long hmask)
+{
+    unsigned long long h = (unsigned long long)cx * 0x9E3779B97F4A7C15ULL
+                         + (unsigned long long)cy * 0xC2B2AE3D27D4EB4FULL
+                         + (unsigned long long)cz * 0x165667B19E3779F9ULL;
+    h ^= h >> 32;
+    return (long long)(h & hmask);
+}
 
 __device__ __forceinline__ long long ptnp_cell_pairs_scan(
-    const long long i, const double* __restrict__ xyz, const int* __restrict__ cell,
+    const long long i, const double* __restrict__ xyz, const long long* __restrict__ cell,
     const long long* __restrict__ order, const long long* __restrict__ start,
-    const int dx_n, const int dy_n, const int dz_n, const double r2,
+    const unsigned long long hmask, const double r2,
     long long pos, long long* __restrict__ out_i, long long* __restrict__ out_j,
     double* __restrict__ out_d2, const bool write)
 {
     const double xi = xyz[3 * i], yi = xyz[3 * i + 1], zi = xyz[3 * i + 2];
-    const int cx = cell[3 * i], cy = cell[3 * i + 1], cz = cell[3 * i + 2];
+    const long long cx = cell[3 * i], cy = cell[3 * i + 1], cz = cell[3 * i + 2];
     long long found = 0;
-    for (int ax = cx - 1; ax <= cx + 1; ++ax) {
-        if (ax < 0 || ax >= dx_n) continue;
-        for (int ay = cy - 1; ay <= cy + 1; ++ay) {
-            if (ay < 0 || ay >= dy_n) continue;
-            for (int az = cz - 1; az <= cz + 1; ++az) {
-                if (az < 0 || az >= dz_n) continue;
-                const long long c = ((long long)ax * dy_n + ay) * dz_n + az;
-                for (long long k = start[c]; k < start[c + 1]; ++k) {
+    for (long long ax = cx - 1; ax <= cx + 1; ++ax) {
+        for (long long ay = cy - 1; ay <= cy + 1; ++ay) {
+            for (long long az = cz - 1; az <= cz + 1; ++az) {
+                const long long b = ptnp_cell_bucket(ax, ay, az, hmask);
+                for (long long k = start[b]; k < start[b + 1]; ++k) {
                     const long long j = order[k];
-                    if (j <= i) continue;
+                    if (j <= i || cell[3 * j] != ax || cell[3 * j + 1] != ay || cell[3 * j + 2] != az) continue;
                     const double ex = xi - xyz[3 * j];
                     const double ey = yi - xyz[3 * j + 1];
                     const double ez = zi - xyz[3 * j + 2];
@@ -59,49 +88,52 @@ __device__ __forceinline__ long long ptnp_cell_pairs_scan(
 }
 
 extern "C" __global__ void ptnp_cell_pairs_count(
-    const double* __restrict__ xyz, const int* __restrict__ cell,
+    const double* __restrict__ xyz, const long long* __restrict__ cell,
     const long long* __restrict__ order, const long long* __restrict__ start,
-    const long long n, const int dx_n, const int dy_n, const int dz_n, const double r2,
+    const long long n, const unsigned long long hmask, const double r2,
     long long* __restrict__ counts)
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        counts[i] = ptnp_cell_pairs_scan(i, xyz, cell, order, start, dx_n, dy_n, dz_n, r2,
+        if (!(isfinite(xyz[3 * i]) && isfinite(xyz[3 * i + 1]) && isfinite(xyz[3 * i + 2]))) {
+            counts[i] = PTNP_CELL_BAD;
+            continue;
+        }
+        counts[i] = ptnp_cell_pairs_scan(i, xyz, cell, order, start, hmask, r2,
                                          0, nullptr, nullptr, nullptr, false);
     }
 }
 
 extern "C" __global__ void ptnp_cell_pairs_write(
-    const double* __restrict__ xyz, const int* __restrict__ cell,
+    const double* __restrict__ xyz, const long long* __restrict__ cell,
     const long long* __restrict__ order, const long long* __restrict__ start,
-    const long long n, const int dx_n, const int dy_n, const int dz_n, const double r2,
-    const long long* __restrict__ offsets, long long* __restrict__ out_i,
-    long long* __restrict__ out_j, double* __restrict__ out_d2)
+    const long long n, const unsigned long long hmask, const double r2,
+    const long long* __restrict__ counts, const long long* __restrict__ ends,
+    long long* __restrict__ out_i, long long* __restrict__ out_j, double* __restrict__ out_d2)
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        ptnp_cell_pairs_scan(i, xyz, cell, order, start, dx_n, dy_n, dz_n, r2,
-                             offsets[i], out_i, out_j, out_d2, true);
+        ptnp_cell_pairs_scan(i, xyz, cell, order, start, hmask, r2,
+                             ends[i] - counts[i], out_i, out_j, out_d2, true);
     }
 }
 
-// The cell list's first step, one launch: each point's cell (floor((x - lo) / edge) per axis,
-// rounded as NumPy does: a subtraction, then a division, nothing to fuse) and its sort key
-// cell_id * n + i, cell ids numbered as above. Sorting the keys orders the points by
-// (cell, index): unique keys, so every sort gives the same order.
+// The cell list's first step, one launch: each point's cell (ptnp_cell_coord per axis: a
+// division, a floor, nothing to fuse, as NumPy rounds it) and its sort key bucket * n + i.
+// Sorting the keys orders the points by (bucket, index): unique keys, so every sort gives
+// the same order.
 extern "C" __global__ void ptnp_cell_keys(
-    const double* __restrict__ xyz, const long long n, const double lo_x, const double lo_y,
-    const double lo_z, const double edge, const int dy_n, const int dz_n,
-    int* __restrict__ cell, long long* __restrict__ key)
+    const double* __restrict__ xyz, const long long n, const double edge,
+    const unsigned long long hmask, long long* __restrict__ cell, long long* __restrict__ key)
 {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const int cx = (int)floor((xyz[3 * i] - lo_x) / edge);
-        const int cy = (int)floor((xyz[3 * i + 1] - lo_y) / edge);
-        const int cz = (int)floor((xyz[3 * i + 2] - lo_z) / edge);
+        const long long cx = ptnp_cell_coord(xyz[3 * i], edge);
+        const long long cy = ptnp_cell_coord(xyz[3 * i + 1], edge);
+        const long long cz = ptnp_cell_coord(xyz[3 * i + 2], edge);
         cell[3 * i] = cx;
         cell[3 * i + 1] = cy;
         cell[3 * i + 2] = cz;
-        key[i] = (((long long)cx * dy_n + cy) * dz_n + cz) * n + i;
+        key[i] = ptnp_cell_bucket(cx, cy, cz, hmask) * n + i;
     }
 }

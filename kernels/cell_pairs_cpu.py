@@ -1,35 +1,53 @@
-"""CPU twin of ``cell_pairs.cu``: the cell-list pair search in Numba.
+"""CPU twin of ``cell_pairs.cu``: the hashed cell-list pair search in Numba.
 
-The same two passes as the kernels (count, then write from the exclusive
-prefix sum of the counts), in the same order, with the same rounding of the
-squared distances, parallel over points; the output equals the kernels'.
+The same launches as the kernels (cell keys; count; write from the prefix sum
+of the counts), in the same order, with the same cells, buckets and rounding
+of the squared distances, parallel over points; the output equals the kernels'.
 """
 from __future__ import annotations
 
 import numba as nb
 import numpy as np
 
-__all__ = ["cell_pairs_pass", "cell_keys"]
+__all__ = ["cell_pairs_pass", "cell_keys", "CELL_BAD"]
+
+CELL_BAD = -(1 << 40)            # the count of a point with a non-finite coordinate
+_CLAMP = 4.0e18
+_H1 = np.uint64(0x9E3779B97F4A7C15)
+_H2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_H3 = np.uint64(0x165667B19E3779F9)
+_S32 = np.uint64(32)
+
+
+@nb.njit(cache=True, inline="always")
+def _coord(x, edge):
+    v = np.floor(x / edge)
+    if not v >= -_CLAMP:
+        v = -_CLAMP
+    if v > _CLAMP:
+        v = _CLAMP
+    return np.int64(v)
+
+
+@nb.njit(cache=True, inline="always")
+def _bucket(cx, cy, cz, hmask):
+    h = np.uint64(cx) * _H1 + np.uint64(cy) * _H2 + np.uint64(cz) * _H3
+    h ^= h >> _S32
+    return np.int64(h & hmask)
 
 
 @nb.njit(cache=True)
-def _scan(i, xyz, cell, order, start, dims, r2, pos, out_i, out_j, out_d2, write):
+def _scan(i, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
     xi, yi, zi = xyz[i, 0], xyz[i, 1], xyz[i, 2]
     cx, cy, cz = cell[i, 0], cell[i, 1], cell[i, 2]
     found = 0
     for ax in range(cx - 1, cx + 2):
-        if ax < 0 or ax >= dims[0]:
-            continue
         for ay in range(cy - 1, cy + 2):
-            if ay < 0 or ay >= dims[1]:
-                continue
             for az in range(cz - 1, cz + 2):
-                if az < 0 or az >= dims[2]:
-                    continue
-                c = (np.int64(ax) * dims[1] + ay) * dims[2] + az
-                for k in range(start[c], start[c + 1]):
+                b = _bucket(ax, ay, az, hmask)
+                for k in range(start[b], start[b + 1]):
                     j = order[k]
-                    if j <= i:
+                    if j <= i or cell[j, 0] != ax or cell[j, 1] != ay or cell[j, 2] != az:
                         continue
                     ex = xi - xyz[j, 0]
                     ey = yi - xyz[j, 1]
@@ -46,48 +64,52 @@ def _scan(i, xyz, cell, order, start, dims, r2, pos, out_i, out_j, out_d2, write
 
 
 @nb.njit(parallel=True, cache=True)
-def _count(xyz, cell, order, start, dims, r2, counts):
+def _count(xyz, cell, order, start, hmask, r2, counts):
     e = np.zeros(0, np.int64)
     f = np.zeros(0, np.float64)
     for i in nb.prange(xyz.shape[0]):
-        counts[i] = _scan(i, xyz, cell, order, start, dims, r2, 0, e, e, f, False)
+        if not (np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])):
+            counts[i] = CELL_BAD
+        else:
+            counts[i] = _scan(i, xyz, cell, order, start, hmask, r2, 0, e, e, f, False)
 
 
 @nb.njit(parallel=True, cache=True)
-def _write(xyz, cell, order, start, dims, r2, offsets, out_i, out_j, out_d2):
+def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d2):
     for i in nb.prange(xyz.shape[0]):
-        _scan(i, xyz, cell, order, start, dims, r2, offsets[i], out_i, out_j, out_d2, True)
+        _scan(i, xyz, cell, order, start, hmask, r2, ends[i] - counts[i], out_i, out_j, out_d2, True)
 
 
-def cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None, out=()):
-    """One pass of the twin: ``counts`` (n,) int64 filled when given, else the pairs written
-    into ``out`` = (out_i, out_j, out_d2) from ``offsets``. Arguments as in ``cell_pairs.cu``
-    (``xyz`` (n, 3) float64, ``cell`` (n, 3) int32, ``dims`` (3,) int64)."""
-    dims = np.asarray(dims, np.int64)
-    if counts is not None:
-        _count(xyz, cell, order, start, dims, float(r2), counts)
+def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=()):
+    """One pass of the twin: without ``ends``, ``counts`` (n,) int64 is filled (``CELL_BAD`` for
+    a point with a non-finite coordinate); with ``ends`` (the inclusive prefix sum of
+    ``counts``) the pairs are written into ``out`` = (out_i, out_j, out_d2). Arguments as in
+    ``cell_pairs.cu`` (``xyz`` (n, 3) float64, ``cell`` (n, 3) int64, ``hmask`` buckets - 1)."""
+    hmask = np.uint64(hmask)
+    if ends is None:
+        _count(xyz, cell, order, start, hmask, float(r2), counts)
     else:
-        _write(xyz, cell, order, start, dims, float(r2), offsets, *out)
+        _write(xyz, cell, order, start, hmask, float(r2), counts, ends, *out)
 
 
 @nb.njit(parallel=True, cache=True)
-def _cell_keys(xyz, lo, edge, dy, dz, cell, key):
+def _cell_keys(xyz, edge, hmask, cell, key):
     n = xyz.shape[0]
     for i in nb.prange(n):
-        cx = np.int32(np.floor((xyz[i, 0] - lo[0]) / edge))
-        cy = np.int32(np.floor((xyz[i, 1] - lo[1]) / edge))
-        cz = np.int32(np.floor((xyz[i, 2] - lo[2]) / edge))
+        cx = _coord(xyz[i, 0], edge)
+        cy = _coord(xyz[i, 1], edge)
+        cz = _coord(xyz[i, 2], edge)
         cell[i, 0] = cx
         cell[i, 1] = cy
         cell[i, 2] = cz
-        key[i] = ((np.int64(cx) * dy + cy) * dz + cz) * n + i
+        key[i] = _bucket(cx, cy, cz, hmask) * n + i
 
 
-def cell_keys(xyz, lo, edge, dims):
-    """Twin of ``ptnp_cell_keys``: each point's cell (n, 3) int32 and its sort key
-    cell_id * n + i (n,) int64, for ``xyz`` (n, 3) float64 and the grid origin ``lo`` (3,)."""
+def cell_keys(xyz, edge, hmask):
+    """Twin of ``ptnp_cell_keys``: each point's cell (n, 3) int64 (floor(x / edge) per axis,
+    clamped) and its sort key bucket * n + i (n,) int64, for ``xyz`` (n, 3) float64."""
     n = xyz.shape[0]
-    cell = np.empty((n, 3), np.int32)
+    cell = np.empty((n, 3), np.int64)
     key = np.empty(n, np.int64)
-    _cell_keys(xyz, np.asarray(lo, np.float64), float(edge), np.int64(dims[1]), np.int64(dims[2]), cell, key)
+    _cell_keys(xyz, float(edge), np.uint64(hmask), cell, key)
     return cell, key

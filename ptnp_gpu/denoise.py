@@ -70,18 +70,31 @@ def _band_inplace(s, xp, res_A=1.0, shells=3, ds=None):
     return s
 
 
+def _shell_grid(shape, vs):
+    """Host float32 frequencies (1/Å) of an ``rfftn`` of ``shape`` along z, y, x, the shell
+    width ``ds`` (one step of the longest box side) and the largest |s| (the grid's corner:
+    each term is largest there, and float32 rounding is monotonic)."""
+    fz = np.fft.fftfreq(shape[0], d=vs[2]).astype(np.float32)
+    fy = np.fft.fftfreq(shape[1], d=vs[1]).astype(np.float32)
+    fx = np.fft.rfftfreq(shape[2], d=vs[0]).astype(np.float32)
+    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
+    s_max = np.sqrt((np.max(fz * fz) + np.max(fy * fy)) + np.max(fx * fx))
+    return fz, fy, fx, ds, s_max
+
+
 def rfft_shells(shape, voxel_size_A, xp):
     """Radial Fourier shells of an ``rfftn`` of ``shape`` (z, y, x): the shell index of every
     coefficient (int64, the rfft's shape), the number of shells and their width (1/Å; one
-    step of the longest box side)."""
+    step of the longest box side). The number of shells comes from the host's frequencies
+    (the outermost coefficient's shell), so a device computes the shells without a host
+    read; indices are clipped to it."""
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-    fz = xp.fft.fftfreq(shape[0], d=vs[2]).astype(xp.float32)
-    fy = xp.fft.fftfreq(shape[1], d=vs[1]).astype(xp.float32)
-    fx = xp.fft.rfftfreq(shape[2], d=vs[0]).astype(xp.float32)
-    s = xp.sqrt((fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :])
-    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
-    shell = xp.minimum((s / ds).astype(xp.int64), int(np.ceil(float(s.max()) / ds)))
-    return shell, int(shell.max()) + 1, ds
+    fz, fy, fx, ds, s_max = _shell_grid(shape, vs)
+    top = int(s_max / np.float32(ds))                   # the float32 division of the device's s / ds
+    fz, fy, fx = (xp.asarray(f) for f in (fz, fy, fx))
+    s = xp.sqrt((fz[:, None] * fz[:, None] + fy[None, :] * fy[None, :])[:, :, None] + (fx * fx)[None, None, :])
+    shell = xp.minimum((s / ds).astype(xp.int64), top)
+    return shell, top + 1, ds
 
 
 @nb.njit(cache=True)
@@ -109,13 +122,8 @@ def _shell_power_host(F, shape, vs):
     compiled pass over a NumPy rfft, without the (rfft-sized) shell, power and weight arrays:
     the same float32 arithmetic and the same summation order, so the same numbers (5-10×
     faster on 2 cores). Returns (Σ|F|² per shell, count per shell, shell width 1/Å)."""
-    fz = np.fft.fftfreq(shape[0], d=vs[2]).astype(np.float32)
-    fy = np.fft.fftfreq(shape[1], d=vs[1]).astype(np.float32)
-    fx = np.fft.rfftfreq(shape[2], d=vs[0]).astype(np.float32)
-    ds = 1.0 / float((np.array(shape) * vs[::-1]).max())
-    # the largest |s| (the grid's corner: each term is largest there) and rfft_shells' cap
-    s_max = np.sqrt((np.max(fz * fz) + np.max(fy * fy)) + np.max(fx * fx))
-    cap = int(np.ceil(float(s_max) / ds))
+    fz, fy, fx, ds, s_max = _shell_grid(shape, vs)
+    cap = int(s_max / np.float32(ds))                 # rfft_shells' number of shells - 1
     tot = np.zeros(cap + 1)
     cnt = np.zeros(cap + 1)
     top = _shell_power_loop(np.ascontiguousarray(F, dtype=np.complex64), fz, fy, fx, np.float32(ds), cap,
@@ -143,18 +151,27 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
     xp, fft = be.xp, be.fft
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
     m = solvent_mask.astype(xp.float32)
-    frac = float(m.mean())
+    # one host read for the three sums (fraction, weighted sum, weight)
+    frac, dm, msum = (float(v) for v in _be.to_host(xp.stack([m.mean().astype(xp.float64),
+                                                               (data * m).sum(dtype=xp.float64),
+                                                               m.sum(dtype=xp.float64)])))
     if frac <= 0:
         raise ValueError("noise_power_spectrum: the solvent mask is empty")
-    mean = float((data * m).sum(dtype=xp.float64)) / float(m.sum(dtype=xp.float64))
+    mean = dm / msum
     F = fft.rfftn((data - xp.float32(mean)) * m)      # NumPy: on backend.fft_workers() threads
     shape = data.shape
     if be.is_gpu:
         pw = (F.real ** 2 + F.imag ** 2).astype(xp.float32)
         del F
         shell, nb, ds = rfft_shells(shape, vs, xp)
-        tot = _be.to_host(xp.bincount(shell.ravel(), weights=pw.ravel().astype(xp.float64), minlength=nb))
-        cnt = _be.to_host(xp.bincount(shell.ravel(), minlength=nb)).astype(np.float64)
+        # per-shell sums by scatter-add (cupy.bincount reads the largest index back: a sync
+        # each), both read back at once
+        from .neighbors import _scatter
+        idx = shell.ravel()
+        sums = xp.zeros((2, nb), dtype=xp.float64)
+        _scatter(be, "add", sums[0], idx, pw.ravel().astype(xp.float64))
+        _scatter(be, "add", sums[1], idx, xp.broadcast_to(xp.ones((), dtype=xp.float64), idx.shape))
+        tot, cnt = _be.to_host(sums)
     else:
         tot, cnt, ds = _shell_power_host(F, shape, vs)
         nb = len(tot)

@@ -701,75 +701,78 @@ def local_maxima(volume, mask=None):
 
 # --------------------------------------------------------------------------- pairs
 
-# cells per point at most (plus a floor): sparse point sets get cells wider than the cutoff
-_CELLS_PER_POINT = 8
-_MIN_CELLS = 4096
+# buckets of the hashed cell list: the next power of two >= _BUCKETS_PER_POINT * n (at least
+# _MIN_BUCKETS); the cell edge: the cutoff widened by _EDGE_MARGIN (relative), so that two points
+# within the cutoff never lie two cells apart through the rounding of x / edge, and at least
+# _MIN_EDGE (a zero cutoff finds coincident points, which share every cell)
+_BUCKETS_PER_POINT = 2
+_MIN_BUCKETS = 64
+_EDGE_MARGIN = 2.0 ** -30
+_MIN_EDGE = 1e-6
 
 
-def _cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=None, offsets=None, out=()):
-    """One pass of ``cell_pairs.cu`` (or its Numba twin): with ``counts``, each point's
-    partners counted into it (``ptnp_cell_pairs_count``); else the pairs written into
-    ``out`` = (i, j, d2) from ``offsets`` (``ptnp_cell_pairs_write``)."""
+def _cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=()):
+    """One pass of ``cell_pairs.cu`` (or its Numba twin): without ``ends``, each point's
+    partners counted into ``counts`` (``ptnp_cell_pairs_count``); else the pairs written into
+    ``out`` = (i, j, d2) from ``ends - counts`` (``ptnp_cell_pairs_write``)."""
     if not _be.namespace(xyz).is_gpu:
         from .kernels.cell_pairs_cpu import cell_pairs_pass
-        return cell_pairs_pass(xyz, cell, order, start, dims, r2, counts=counts, offsets=offsets, out=out)
+        return cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=ends, out=out)
     n = int(xyz.shape[0])
-    name, tail = (("ptnp_cell_pairs_count", (counts,)) if counts is not None
-                  else ("ptnp_cell_pairs_write", (offsets, *out)))
+    name, tail = (("ptnp_cell_pairs_count", (counts,)) if ends is None
+                  else ("ptnp_cell_pairs_write", (counts, ends, *out)))
     k = get_function("cell_pairs.cu", name)
     k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
-      (xyz, cell, order, start, np.int64(n), np.int32(dims[0]), np.int32(dims[1]),
-       np.int32(dims[2]), np.float64(r2), *tail))
+      (xyz, cell, order, start, np.int64(n), np.uint64(hmask), np.float64(r2), *tail))
+
+
+def _cell_edge(r_A: float) -> float:
+    """The cell edge for the cutoff ``r_A``: a little wider (see ``_EDGE_MARGIN``)."""
+    return max(float(r_A) * (1.0 + _EDGE_MARGIN), _MIN_EDGE)
 
 
 def _cell_list(xyz, r_A: float):
-    """The cell list of ``cell_pairs``: (cell (N, 3) int32, order (N,), start (ncell + 1,),
-    dims (3,) host ints). Cells have an edge of at least ``r_A`` (wider for sparse points,
-    at most ``_CELLS_PER_POINT`` cells per point); points are sorted by (cell, index), unique
-    keys, so every backend's sort gives the same order. One host read (the extent)."""
+    """The hashed cell list of ``cell_pairs``: (cell (N, 3) int64, order (N,), start
+    (buckets + 1,), hmask = buckets - 1). Cells have the edge :func:`_cell_edge` and are
+    counted from the origin; points are sorted by (bucket, index), unique keys, so every
+    backend's sort gives the same order. No host read: nothing about the points sizes it."""
     xp = _be.namespace(xyz).xp
     n = int(xyz.shape[0])
-    lo, hi = _be.to_host(xp.stack([xyz.min(axis=0), xyz.max(axis=0)]))       # host read
-    if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-        raise ValueError("cell_pairs: non-finite coordinates")
-    extent = hi - lo
-    edge = max(r_A, 1e-9 * max(float(extent.max()), 1.0))
-    limit = _CELLS_PER_POINT * n + _MIN_CELLS
-    while np.prod(np.floor(extent / edge) + 1) > limit:      # any edge >= r finds every pair
-        edge *= 1.5
-    dims = np.floor(extent / edge).astype(np.int64) + 1
-    cell, key = _cell_keys(xyz, lo, edge, dims)
+    buckets = 1 << max(int(_BUCKETS_PER_POINT * n - 1).bit_length(), _MIN_BUCKETS.bit_length() - 1)
+    hmask = buckets - 1
+    cell, key = _cell_keys(xyz, _cell_edge(r_A), hmask)
     order = xp.argsort(key)
-    start = xp.searchsorted(key[order] // n, xp.arange(int(np.prod(dims)) + 1, dtype=xp.int64))
-    return cell, order, start, dims
+    start = xp.searchsorted(key[order] // n, xp.arange(buckets + 1, dtype=xp.int64))
+    return cell, order, start, hmask
 
 
-def _cell_keys(xyz, lo, edge, dims):
-    """Each point's cell (n, 3) int32 and sort key cell_id * n + i (n,) int64: one launch of
-    ``ptnp_cell_keys`` (its Numba twin on the host); ``lo`` (3,) and ``dims`` are host values."""
+def _cell_keys(xyz, edge, hmask):
+    """Each point's cell (n, 3) int64 and sort key bucket * n + i (n,) int64: one launch of
+    ``ptnp_cell_keys`` (its Numba twin on the host)."""
     if not _be.namespace(xyz).is_gpu:
         from .kernels.cell_pairs_cpu import cell_keys
-        return cell_keys(xyz, lo, edge, dims)
+        return cell_keys(xyz, edge, hmask)
     xp = _be.namespace(xyz).xp
     n = int(xyz.shape[0])
-    cell = xp.empty((n, 3), dtype=xp.int32)
+    cell = xp.empty((n, 3), dtype=xp.int64)
     key = xp.empty(n, dtype=xp.int64)
     k = get_function("cell_pairs.cu", "ptnp_cell_keys")
     k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
-      (xyz, np.int64(n), np.float64(lo[0]), np.float64(lo[1]), np.float64(lo[2]), np.float64(edge),
-       np.int32(dims[1]), np.int32(dims[2]), cell, key))
+      (xyz, np.int64(n), np.float64(edge), np.uint64(hmask), cell, key))
     return cell, key
 
 
 def cell_pairs(xyz_A, r_A: float):
     """All pairs ``i < j`` of points with ``|x_i - x_j| <= r_A``, from a cell list.
 
-    The points are binned and sorted by cell with array code; one kernel pass
-    counts each point's partners in the 27 cells around it, a prefix sum
-    places them, a second pass writes them (``kernels/cell_pairs.cu``; the
-    Numba twin on the host). Memory is the points, the cells and the pairs.
-    Two host reads: the points' extent (sizes the grid) and the number of
-    pairs (sizes the output).
+    The points are binned into cells of edge ``r_A`` (a hair wider) counted
+    from the origin, the cells hashed into about two buckets per point, and
+    the points sorted by bucket; one kernel pass counts each point's partners
+    in the 27 cells around it, a prefix sum places them, a second pass writes
+    them (``kernels/cell_pairs.cu``; the Numba twin on the host). Memory is the
+    points, the buckets and the pairs, for any spread of the points. One host
+    read: the number of pairs (sizes the output; it also flags non-finite
+    coordinates).
 
     Parameters
     ----------
@@ -780,7 +783,8 @@ def cell_pairs(xyz_A, r_A: float):
     Returns
     -------
     i, j : (P,) int64, d2 : (P,) float64 squared distances, on the points' backend; ordered
-        by ``i``, the same on every backend and launch shape.
+        by ``i``, then by cell and index: the same on every backend, launch shape and bucket
+        count.
 
     Examples
     --------
@@ -799,14 +803,16 @@ def cell_pairs(xyz_A, r_A: float):
     if n < 2:
         e = xp.zeros(0, dtype=xp.int64)
         return e, e.copy(), xp.zeros(0)
-    cell, order, start, dims = _cell_list(xyz, r)                              # host read 1
+    cell, order, start, hmask = _cell_list(xyz, r)
     counts = xp.empty(n, dtype=xp.int64)
-    _cell_pairs_pass(xyz, cell, order, start, dims, r * r, counts=counts)
+    _cell_pairs_pass(xyz, cell, order, start, hmask, r * r, counts)
     ends = xp.cumsum(counts)
-    total = int(_be.to_host(ends[-1:])[0])                                      # host read 2
+    total = int(_be.to_host(ends[-1:])[0])                                      # the one host read
+    if total < 0:                                # a point's count is CELL_BAD: a non-finite coordinate
+        raise ValueError("cell_pairs: non-finite coordinates")
     out_i = xp.empty(total, dtype=xp.int64)
     out_j = xp.empty(total, dtype=xp.int64)
     out_d2 = xp.empty(total, dtype=xp.float64)
     if total:
-        _cell_pairs_pass(xyz, cell, order, start, dims, r * r, offsets=ends - counts, out=(out_i, out_j, out_d2))
+        _cell_pairs_pass(xyz, cell, order, start, hmask, r * r, counts, ends=ends, out=(out_i, out_j, out_d2))
     return out_i, out_j, out_d2

@@ -469,20 +469,20 @@ import ctypes  # noqa: E402
 
 _DRIVERS = {
     "cell_pairs.cu": ((), """
-extern "C" void emu_cell_pairs(const double* xyz, const int* cell, const long long* order,
-    const long long* start, long long n, int dx, int dy, int dz, double r2, long long* counts,
-    const long long* offsets, long long* oi, long long* oj, double* od, int block, int grid) {
-  if (counts)
+extern "C" void emu_cell_pairs(const double* xyz, const long long* cell, const long long* order,
+    const long long* start, long long n, unsigned long long hmask, double r2, long long* counts,
+    const long long* ends, long long* oi, long long* oj, double* od, int block, int grid) {
+  if (!ends)
     ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_count,
-        xyz, cell, order, start, n, dx, dy, dz, r2, counts);
+        xyz, cell, order, start, n, hmask, r2, counts);
   else
     ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_write,
-        xyz, cell, order, start, n, dx, dy, dz, r2, offsets, oi, oj, od);
+        xyz, cell, order, start, n, hmask, r2, counts, ends, oi, oj, od);
 }
-extern "C" void emu_cell_keys(const double* xyz, long long n, double lx, double ly, double lz,
-    double edge, int dy, int dz, int* cell, long long* key, int block, int grid) {
+extern "C" void emu_cell_keys(const double* xyz, long long n, double edge, unsigned long long hmask,
+    long long* cell, long long* key, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_keys,
-      xyz, n, lx, ly, lz, edge, dy, dz, cell, key);
+      xyz, n, edge, hmask, cell, key);
 }"""),
     "local_max.cu": ((("PTNP_MAP_T", "float"),), """
 extern "C" void emu_local_max(const float* vol, const bool* mask, int nx, int ny, int nz,
@@ -665,7 +665,8 @@ def test_label_kernel_on_host(emulated):
 
 import re  # noqa: E402
 
-_C_SCALARS = {"int": np.int32, "long long": np.int64, "double": np.float64, "float": np.float32}
+_C_SCALARS = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64, "double": np.float64,
+              "float": np.float32}
 _C_POINTEES = {"int": np.int32, "long long": np.int64, "unsigned long long": np.uint64,
                "double": np.float64, "float": np.float32, "unsigned int": np.uint32,
                "unsigned char": np.uint8, "short": np.int16, "unsigned short": np.uint16, "bool": np.bool_}
@@ -723,7 +724,8 @@ class _EmulatedDevice:
                 else:
                     assert type(a) is _C_SCALARS[ctype], f"{name} arg {i}: {type(a)} for {ctype}"
                     c_args.append({"int": ctypes.c_int, "long long": ctypes.c_longlong,
-                                   "double": ctypes.c_double, "float": ctypes.c_float}[ctype](a))
+                                   "unsigned long long": ctypes.c_ulonglong, "double": ctypes.c_double,
+                                   "float": ctypes.c_float}[ctype](a))
             grid = tuple(grid) + (1,) * (2 - len(grid))
             assert all(0 < g < 2 ** 31 for g in grid) and 0 < block[0] <= 1024
             self.launches.append((name, grid, block))
@@ -866,53 +868,115 @@ def test_cell_pairs_edge_cases():
         gk.cell_pairs(np.zeros((3, 3)), -1.0)
 
 
+def _twin_pairs(x, cell, order, start, hmask, r):
+    """The twin's counts and pairs for a given cell list."""
+    from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
+    counts = np.zeros(len(x), np.int64)
+    cell_pairs_pass(x, cell, order, start, hmask, r * r, counts)
+    ends = np.cumsum(counts)
+    total = int(ends[-1])
+    twin = [np.zeros(total, np.int64), np.zeros(total, np.int64), np.zeros(total)]
+    cell_pairs_pass(x, cell, order, start, hmask, r * r, counts, ends=ends, out=twin)
+    return counts, ends, twin
+
+
+def _ref_bucket(c, hmask):
+    """The kernels' cell hash in Python integers (64-bit wrapping arithmetic)."""
+    m = (1 << 64) - 1
+    h = (int(c[0]) * 0x9E3779B97F4A7C15 + int(c[1]) * 0xC2B2AE3D27D4EB4F + int(c[2]) * 0x165667B19E3779F9) & m
+    return (h ^ (h >> 32)) & hmask
+
+
 def test_cell_pairs_kernel_on_host(emulated):
     """The CUDA source itself (host build) writes the twin's pairs, in the twin's order,
-    for several launch shapes (grid-stride loop)."""
-    from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
+    for several launch shapes (grid-stride loop), with coordinates on both sides of the
+    origin (negative cells) and a bucket count small enough that buckets hold several cells."""
     rng = np.random.default_rng(34)
-    x = np.ascontiguousarray(rng.uniform(0.0, 12.0, (70, 3)))
+    x = np.ascontiguousarray(rng.uniform(-6.0, 7.0, (70, 3)))
     r = 2.5
-    cell, order, start, dims = gk._cell_list(x, r)                # the wrapper's own cell list
-    counts = np.zeros(len(x), np.int64)
-    cell_pairs_pass(x, cell, order, start, dims, r * r, counts=counts)
-    offsets = np.cumsum(counts) - counts
-    total = int(counts.sum())
-    twin = [np.zeros(total, np.int64), np.zeros(total, np.int64), np.zeros(total)]
-    cell_pairs_pass(x, cell, order, start, dims, r * r, offsets=offsets, out=twin)
     lib = emulated["cell_pairs.cu"]
-    for block, grid in ((32, 1), (16, 3), (64, 2)):
-        c = np.zeros(len(x), np.int64)
-        lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
-                           int(dims[0]), int(dims[1]), int(dims[2]), ctypes.c_double(r * r), _ptr(c),
-                           None, None, None, None, block, grid)
-        np.testing.assert_array_equal(c, counts)
-        out = [np.full(total, -1, np.int64), np.full(total, -1, np.int64), np.zeros(total)]
-        lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
-                           int(dims[0]), int(dims[1]), int(dims[2]), ctypes.c_double(r * r), None,
-                           _ptr(offsets), _ptr(out[0]), _ptr(out[1]), _ptr(out[2]), block, grid)
-        for a, b in zip(out, twin):
-            np.testing.assert_array_equal(a, b)
-    assert total > 50
-    # the cell keys: the source's cells and keys equal the twin's
+    from ptnp_gpu.kernels.cell_pairs_cpu import CELL_BAD, cell_keys
+    for hmask in (7, 255):
+        cell, key = cell_keys(x, gk._cell_edge(r), hmask)
+        order = np.argsort(key)
+        start = np.searchsorted(key[order] // len(x), np.arange(hmask + 2))
+        counts, ends, twin = _twin_pairs(x, cell, order, start, hmask, r)
+        total = int(ends[-1])
+        for block, grid in ((32, 1), (16, 3), (64, 2)):
+            c = np.zeros(len(x), np.int64)
+            lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
+                               ctypes.c_ulonglong(hmask), ctypes.c_double(r * r), _ptr(c),
+                               None, None, None, None, block, grid)
+            np.testing.assert_array_equal(c, counts)
+            out = [np.full(total, -1, np.int64), np.full(total, -1, np.int64), np.zeros(total)]
+            lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
+                               ctypes.c_ulonglong(hmask), ctypes.c_double(r * r), _ptr(counts),
+                               _ptr(ends), _ptr(out[0]), _ptr(out[1]), _ptr(out[2]), block, grid)
+            for a, b in zip(out, twin):
+                np.testing.assert_array_equal(a, b)
+        assert total > 50
+        # the cell keys: the source's cells and keys equal the twin's
+        for block, grid in ((32, 1), (16, 3)):
+            c = np.zeros((len(x), 3), np.int64)
+            k = np.zeros(len(x), np.int64)
+            lib.emu_cell_keys(_ptr(x), ctypes.c_longlong(len(x)), ctypes.c_double(gk._cell_edge(r)),
+                              ctypes.c_ulonglong(hmask), _ptr(c), _ptr(k), block, grid)
+            np.testing.assert_array_equal(c, cell)
+            np.testing.assert_array_equal(k, key)
+    # a non-finite coordinate: the count kernel flags the point (its count is negative)
+    y = x.copy()
+    y[4, 1] = np.nan
+    cell, key = cell_keys(y, gk._cell_edge(r), 255)
+    order = np.argsort(key)
+    start = np.searchsorted(key[order] // len(y), np.arange(257))
+    c = np.zeros(len(y), np.int64)
+    lib.emu_cell_pairs(_ptr(y), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(y)),
+                       ctypes.c_ulonglong(255), ctypes.c_double(r * r), _ptr(c), None, None, None, None, 32, 2)
+    assert c[4] == CELL_BAD and np.all(c[np.arange(len(y)) != 4] >= 0) and c.sum() < 0
+
+
+def test_cell_list_formula():
+    """The cell list against its definition: cells floor(x / edge) with the edge a hair wider
+    than the cutoff, buckets the 64-bit hash of the cell, points sorted by (bucket, index),
+    bucket starts by search; about two buckets per point, a power of two."""
+    rng = np.random.default_rng(36)
+    x = np.ascontiguousarray(rng.uniform(-30.0, 25.0, (300, 3)))
+    r = 2.7
+    cell, order, start, hmask = gk._cell_list(x, r)
+    edge = gk._cell_edge(r)
+    assert r < edge < r * (1 + 1e-8)
+    assert hmask + 1 == 1024
+    np.testing.assert_array_equal(cell, np.floor(x / edge).astype(np.int64))
+    bucket = np.array([_ref_bucket(c, hmask) for c in cell])
+    np.testing.assert_array_equal(order, np.lexsort((np.arange(len(x)), bucket)))
+    np.testing.assert_array_equal(start, np.searchsorted(np.sort(bucket), np.arange(hmask + 2)))
+    assert gk._cell_list(x[:3], r)[3] + 1 == 64                  # the floor on the buckets
+
+
+def test_cell_pairs_order_independent_of_buckets():
+    """The pairs' order is a property of the points and the cutoff: any bucket count (hash
+    collisions or none) writes the same arrays."""
+    rng = np.random.default_rng(38)
+    x = np.ascontiguousarray(rng.uniform(-10.0, 10.0, (400, 3)))
+    r = 3.0
     from ptnp_gpu.kernels.cell_pairs_cpu import cell_keys
-    lo = x.min(axis=0)
-    c_twin, k_twin = cell_keys(x, lo, r, dims)
-    for block, grid in ((32, 1), (16, 3)):
-        c = np.zeros((len(x), 3), np.int32)
-        k = np.zeros(len(x), np.int64)
-        lib.emu_cell_keys(_ptr(x), ctypes.c_longlong(len(x)), ctypes.c_double(lo[0]), ctypes.c_double(lo[1]),
-                          ctypes.c_double(lo[2]), ctypes.c_double(r), int(dims[1]), int(dims[2]), _ptr(c),
-                          _ptr(k), block, grid)
-        np.testing.assert_array_equal(c, c_twin)
-        np.testing.assert_array_equal(k, k_twin)
-    np.testing.assert_array_equal(np.argsort(k_twin), order)
+    runs = []
+    for hmask in (0, 15, 1023, (1 << 16) - 1):
+        cell, key = cell_keys(x, gk._cell_edge(r), hmask)
+        order = np.argsort(key)
+        start = np.searchsorted(key[order] // len(x), np.arange(hmask + 2))
+        runs.append(_twin_pairs(x, cell, order, start, hmask, r)[2])
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[0], gk.cell_pairs(x, r)):
+        np.testing.assert_array_equal(a, b)
+    assert len(runs[0][0]) > 500
 
 
 def test_cell_pairs_cupy_branch_on_emulated_device(emulated_device):
     """The CuPy branch end to end (cell keys, count, write: the kernels' C signatures checked
-    at each launch) gives the twin's pairs in the twin's order, and the cell list the array
-    formulation's (cells floor((x - lo) / edge), points sorted by (cell, index))."""
+    at each launch) gives the twin's pairs in the twin's order."""
     rng = np.random.default_rng(37)
     x = np.ascontiguousarray(rng.uniform(-3.0, 9.0, (90, 3)))
     x[7] = x[2]
@@ -920,22 +984,16 @@ def test_cell_pairs_cupy_branch_on_emulated_device(emulated_device):
     i, j, d2 = gk.cell_pairs(x, r)
     assert [k[0] for k in emulated_device.launches] == ["ptnp_cell_keys", "ptnp_cell_pairs_count",
                                                           "ptnp_cell_pairs_write"]
-    cell, order, start, dims = gk._cell_list(x, r)
-    lo = x.min(axis=0)
-    ref_cell = np.floor((x - lo) / r).astype(np.int32)
-    cid = (ref_cell[:, 0].astype(np.int64) * dims[1] + ref_cell[:, 1]) * dims[2] + ref_cell[:, 2]
-    np.testing.assert_array_equal(cell, ref_cell)
-    np.testing.assert_array_equal(order, np.lexsort((np.arange(len(x)), cid)))
-    np.testing.assert_array_equal(start, np.searchsorted(np.sort(cid), np.arange(np.prod(dims) + 1)))
     emulated_device.launches.clear()
-    from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
-    counts = np.zeros(len(x), np.int64)
-    cell_pairs_pass(x, cell, order, start, dims, r * r, counts=counts)
-    twin = [np.zeros(int(counts.sum()), np.int64), np.zeros(int(counts.sum()), np.int64), np.zeros(int(counts.sum()))]
-    cell_pairs_pass(x, cell, order, start, dims, r * r, offsets=np.cumsum(counts) - counts, out=twin)
+    cell, order, start, hmask = gk._cell_list(x, r)
+    twin = _twin_pairs(x, cell, order, start, hmask, r)[2]
     for a, b in zip((i, j, d2), twin):
         np.testing.assert_array_equal(a, b)
     assert len(i) > 50 and (2, 7) in set(zip(i.tolist(), j.tolist()))
+    with pytest.raises(ValueError, match="non-finite"):
+        y = x.copy()
+        y[3, 0] = np.inf
+        gk.cell_pairs(y, r)
 
 
 # ---------------------------------------------------------------------- local maxima
