@@ -10,6 +10,8 @@ label_sums.cu       ptnp_label_moments                          label_sums_cpu.p
 local_max.cu        ptnp_local_max                              local_max_cpu.py
 cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
                     ptnp_cell_pairs_write
+reduce.cu           ptnp_segment_sum, ptnp_shifted_moments      reduce_cpu.py
+thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.py
 ==================  ==========================================  ======================
 
 The sources are loaded, specialised and compiled per device by

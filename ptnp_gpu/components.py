@@ -71,8 +71,11 @@ def map_mean_sd(data, slab_voxels: int | None = None):
     data : array
         The map (any shape; float32 or float64).
     slab_voxels : int, optional
-        Voxels per slab: default 2¹⁸ on NumPy (the buffer stays in cache),
-        2²² on CuPy (few kernel launches, 32 MiB buffer).
+            Voxels per slab of the NumPy path: default 2¹⁸ (the buffer stays in
+        cache). On CuPy (without ``slab_voxels``) the whole map is summed in
+        one launch of ``ptnp_shifted_moments``
+        (:func:`ptnp_gpu.gpu_kernels.shifted_moments`: float64 sums, no buffer),
+        the shift being the mean of the first 2²² voxels' planes.
 
     Returns
     -------
@@ -80,11 +83,20 @@ def map_mean_sd(data, slab_voxels: int | None = None):
     """
     be = _be.namespace(data)
     xp = be.xp
+    fused = be.is_gpu and slab_voxels is None
     if slab_voxels is None:
         slab_voxels = 1 << 22 if be.is_gpu else 1 << 18
     plane = int(np.prod(data.shape[1:]))                        # voxels per slice along axis 0
     step = max(1, slab_voxels // max(plane, 1))
     shift = xp.mean(data[:step], dtype=xp.float64)             # 0-d on the backend: no sync
+    if fused:                                                   # one launch, no float64 buffer
+        from .gpu_kernels import shifted_moments
+        sums = shifted_moments(data, shift)
+        s1, s2 = sums[0], sums[1]
+        m = s1 / data.size
+        sd = xp.sqrt(xp.maximum(s2 / data.size - m * m, 0.0))
+        mean, sd = _be.to_host(xp.stack([shift + m, sd]))
+        return float(mean), float(sd)
     buf = xp.empty((min(step, data.shape[0]),) + tuple(data.shape[1:]), dtype=xp.float64)
     s1 = s2 = 0.0
     for z in range(0, data.shape[0], step):                     # slabs bound the float64 buffer

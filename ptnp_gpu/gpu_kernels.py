@@ -69,7 +69,8 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "cell_pairs", "local_maxima", "C_TYPES"]
+           "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
+           "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -644,6 +645,149 @@ def _decode_peak_keys(key, xp):
     val = xp.where(empty, xp.float32(-np.inf), val).astype(xp.float32)
     idx = xp.where(empty, -1, np.uint32(0xFFFFFFFF) - lo.astype(xp.int64)).astype(xp.int64)
     return val, idx
+
+
+# --------------------------------------------------------------------------- fused reductions
+
+def segment_sum_columns(index, values, n: int):
+    """Per-segment sums of K columns at once: ``out[c, s] = Σ values[c, index == s]``.
+
+    One launch of ``ptnp_segment_sum`` (float64 atomics, no host read) on CuPy
+    arrays; the Numba twin (bincount's order, bincount's numbers) on NumPy arrays.
+    Indices outside ``[0, n)`` are skipped.
+
+    Parameters
+    ----------
+    index : (P,) int32 or int64 array
+    values : (K, P) float64 array, same backend
+    n : int
+        Number of segments.
+
+    Returns
+    -------
+    (K, n) float64 array on the inputs' backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> segment_sum_columns(np.array([0, 2, 0]), np.array([[1.0, 2.0, 3.0], [1.0, 1.0, 1.0]]), 3).tolist()
+    [[4.0, 0.0, 2.0], [2.0, 0.0, 1.0]]
+    """
+    be = _be.namespace(index, values)
+    xp = be.xp
+    index = xp.asarray(index)
+    if index.dtype not in (xp.int32, xp.int64):
+        index = index.astype(xp.int64)
+    values = xp.ascontiguousarray(xp.asarray(values, dtype=xp.float64))
+    if values.ndim != 2 or values.shape[1] != index.shape[0]:
+        raise ValueError(f"segment_sum_columns: values must be (K, {index.shape[0]}), got {tuple(values.shape)}")
+    index = xp.ascontiguousarray(index)
+    if not be.is_gpu:
+        from .kernels.reduce_cpu import segment_sum
+        return segment_sum(index, values, int(n))
+    k, p = values.shape
+    out = xp.zeros((k, int(n)), dtype=xp.float64)
+    if k * p and n:
+        f = get_function("reduce.cu", "ptnp_segment_sum", (("PTNP_INDEX_T", _c_type(index.dtype, "index")),))
+        f((min(-(-(k * p) // 256), 1 << 16),), (256,),
+          (index, values, np.int64(p), np.int32(k), np.int64(n), out))
+    return out
+
+
+def shifted_moments(data, shift):
+    """Σ(x − shift) and Σ(x − shift)² in float64 over an array of up to three dimensions.
+
+    One launch of ``ptnp_shifted_moments`` on CuPy arrays (any element strides:
+    a crop is read in place; ``shift`` stays on the device, no host read); the
+    Numba twin on NumPy arrays. Other arrays are copied to contiguous first.
+
+    Parameters
+    ----------
+    data : float32 or float64 array, NumPy or CuPy
+    shift : 0-d or one-element float array on the same backend (or a float)
+
+    Returns
+    -------
+    (2,) float64 array on the data's backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> shifted_moments(np.array([[1.0, 2.0, 3.0]]), 2.0).tolist()
+    [0.0, 2.0]
+    """
+    be = _be.namespace(data)
+    xp = be.xp
+    if data.ndim > 3:
+        data = xp.ascontiguousarray(data).reshape(-1)
+    data3 = data.reshape((1,) * (3 - data.ndim) + tuple(data.shape))
+    if data3.dtype not in (xp.float32, xp.float64) or any(st < 0 or st % data3.itemsize
+                                                          for st in data3.strides):
+        data3 = xp.ascontiguousarray(data3, dtype=xp.float64)
+    if not be.is_gpu:
+        from .kernels.reduce_cpu import shifted_moments as twin
+        return twin(data3, shift)
+    out = xp.zeros(2, dtype=xp.float64)
+    n = int(data3.size)
+    if n:
+        sh = xp.asarray(shift, dtype=xp.float64).reshape(-1)
+        st = [np.int64(s // data3.itemsize) for s in data3.strides]
+        f = get_function("reduce.cu", "ptnp_shifted_moments", (("PTNP_MAP_T", _c_type(data3.dtype, "data")),))
+        f((min(-(-n // 256), 2048),), (256,),
+          (data3, *(np.int64(v) for v in data3.shape), *st, sh, out))
+    return out
+
+
+# --------------------------------------------------------------------------- peak thinning
+
+def thin_peaks(pair_i, pair_j, values, n: int, group=None, max_rounds: int = 100):
+    """Non-maximum suppression of ``n`` peaks over their close pairs.
+
+    A peak is kept when no kept peak it pairs with (of the same ``group``, when
+    groups are given) is higher; ties go to the lower index. The fixed point is
+    found in rounds, each from the previous round's kept set (at most
+    ``max_rounds``). One launch of ``ptnp_thin_peaks`` (one block, every round
+    inside, no host read) on CuPy arrays; its Numba twin on NumPy arrays.
+
+    Parameters
+    ----------
+    pair_i, pair_j : (P,) int64 arrays
+        Pairs of peaks closer than the separation (e.g. from :func:`cell_pairs`).
+    values : (n,) float array
+        Peak heights.
+    n : int
+    group : (n,) int array, optional
+        Pairs of different groups do not suppress each other.
+    max_rounds : int
+
+    Returns
+    -------
+    (n,) bool array on the inputs' backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> thin_peaks(np.array([0, 1]), np.array([1, 2]), np.array([3.0, 2.0, 1.0]), 3).tolist()
+    [True, False, True]
+    """
+    be = _be.namespace(pair_i, pair_j, values)
+    xp = be.xp
+    if not be.is_gpu:
+        from .kernels.thin_peaks_cpu import thin_peaks as twin
+        return twin(pair_i, pair_j, values, n, group, max_rounds)
+    n = int(n)
+    kept = xp.empty(n, dtype=xp.uint8)
+    if n == 0:
+        return kept.view(xp.bool_)
+    sup = xp.empty(n, dtype=xp.uint8)
+    pi = xp.ascontiguousarray(pair_i, dtype=xp.int64)
+    pj = xp.ascontiguousarray(pair_j, dtype=xp.int64)
+    v = xp.ascontiguousarray(values, dtype=xp.float64)
+    g = pi[:1] if group is None else xp.ascontiguousarray(group, dtype=xp.int64)
+    f = get_function("thin_peaks.cu", "ptnp_thin_peaks")
+    f((1,), (1024,), (pi, pj, np.int64(pi.shape[0]), v, g, np.int32(group is not None), np.int64(n),
+                      np.int32(max_rounds), kept, sup))
+    return kept.view(xp.bool_)
 
 
 # --------------------------------------------------------------------------- local maxima

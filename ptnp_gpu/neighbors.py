@@ -103,9 +103,10 @@ def segment_sum(index, columns, n: int, *, flat: bool | None = None):
     * per column (NumPy default): one ``bincount`` per column, contiguous
       weights: the fastest host path, in the summation order of a plain
       ``np.bincount``;
-    * flat (CuPy default): one scatter-add over the flattened
-      (column, segment) index ``k·n + s``: a single kernel launch and no
-      device sync (``cupy.bincount`` syncs twice per call).
+    * flat (CuPy default): every column in one launch of the
+      ``ptnp_segment_sum`` kernel (:func:`ptnp_gpu.gpu_kernels.segment_sum_columns`:
+      float64 atomics, no device sync; ``cupy.bincount`` syncs twice per call;
+      on NumPy arrays its Numba twin, in bincount's order).
 
     Parameters
     ----------
@@ -131,10 +132,8 @@ def segment_sum(index, columns, n: int, *, flat: bool | None = None):
         values = xp.ascontiguousarray(columns, dtype=xp.float64)
     else:
         values = xp.stack([xp.asarray(c, dtype=xp.float64) for c in columns])
-    out = xp.zeros(k * n, dtype=xp.float64)
-    flat_index = (xp.arange(k, dtype=xp.int64)[:, None] * n + index[None, :]).ravel()
-    _scatter(be, "add", out, flat_index, values.ravel())
-    return out.reshape(k, n)
+    from .gpu_kernels import segment_sum_columns
+    return segment_sum_columns(index, values, n)
 
 
 def _scatter(be, op: str, out, index, values):

@@ -16,7 +16,7 @@ import numpy as np
 from . import backend as _be
 from .components import label_moments
 from .denoise import rfft_shells
-from .gpu_kernels import local_maxima
+from .gpu_kernels import local_maxima, thin_peaks
 from .neighbors import pairs_within, segment_sum
 from .simulate import render_atoms
 
@@ -89,27 +89,11 @@ def _flat_to_xyz_A(flat, shape, voxel_size_A):
 
 
 def _thin_peaks(pxyz_A, pval, min_sep_A, group=None):
-    """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``."""
-    xp = _be.namespace(pxyz_A).xp
+    """Keep peaks with no higher kept peak (of the same group) within ``min_sep_A``: the
+    pairs from the cell list, the suppression rounds in one launch
+    (:func:`ptnp_gpu.gpu_kernels.thin_peaks`; its Numba twin on NumPy)."""
     i, j, _ = pairs_within(pxyz_A, min_sep_A)
-    if group is not None:
-        same = group[i] == group[j]
-        i, j = i[same], j[same]
-    i_lower = (pval[i] < pval[j]) | ((pval[i] == pval[j]) & (i > j))   # ties: lower index wins
-    lo = xp.where(i_lower, i, j)
-    hi = xp.where(i_lower, j, i)
-    n = pxyz_A.shape[0]
-    kept = xp.ones(n, dtype=bool)
-    for _ in range(100):   # converges in a few rounds; each round is vectorised
-        # suppressed: the lower of a pair whose higher peak is kept (every write is True, so
-        # repeated indices are harmless; slot n takes the pairs that suppress nothing)
-        sup = xp.zeros(n + 1, dtype=bool)
-        sup[xp.where(kept[hi], lo, n)] = True
-        sup = sup[:n]
-        if bool((~sup == kept).all()):  # sync: one flag per round
-            break
-        kept = ~sup
-    return kept
+    return thin_peaks(i, j, pval, pxyz_A.shape[0], group=group)
 
 
 def _model_box(cen_vox, raw_box, base, el, b_extra_A2, vs):

@@ -196,6 +196,34 @@ def test_cell_pairs_parity(cp, seed, r):
         np.testing.assert_array_equal(_host(a), b)
 
 
+@pytest.mark.parametrize("seed", [22, FRESH_SEED])
+def test_fused_reductions_parity(cp, seed):
+    """Segment sums of several columns (atomics on the device, bincount's order on the host),
+    the shifted moments of a strided crop, and peak thinning: the kernels against the twins."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, 3000, 200_000)
+    vals = rng.normal(size=(4, 200_000))
+    np.testing.assert_allclose(_host(gk.segment_sum_columns(cp.asarray(idx), cp.asarray(vals), 3000)),
+                               gk.segment_sum_columns(idx, vals, 3000), rtol=1e-10, atol=1e-10)
+    for dtype in (np.float32, np.float64):
+        vol = rng.normal(7.0, 2.0, (70, 81, 93)).astype(dtype)
+        crop = (slice(3, 66), slice(None, None, 2), slice(5, 90))
+        host = gk.shifted_moments(vol[crop], np.array(6.5))
+        dev = gk.shifted_moments(cp.asarray(vol)[crop], cp.asarray(6.5))
+        np.testing.assert_allclose(_host(dev), host, rtol=1e-10)
+    xyz = rng.uniform(0.0, 60.0, (5000, 3))
+    val = np.round(rng.normal(size=5000), 1)                    # ties
+    group = rng.integers(0, 5, 5000)
+    i, j, _ = gk.cell_pairs(xyz, 2.8)
+    for g in (None, group):
+        host = gk.thin_peaks(i, j, val, 5000, group=g)
+        dev = gk.thin_peaks(cp.asarray(i), cp.asarray(j), cp.asarray(val), 5000,
+                            group=None if g is None else cp.asarray(g))
+        assert dev.dtype == cp.bool_
+        np.testing.assert_array_equal(_host(dev), host)
+        assert 0 < host.sum() < 5000
+
+
 # ---------------------------------------------------------------------- pipeline stages
 
 @pytest.fixture(scope="module")

@@ -32,6 +32,9 @@ SPECIALISATIONS = {
     "cell_pairs.cu": [()],
     "local_max.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "render_atoms.cu": [()],
+    "reduce.cu": [(("PTNP_INDEX_T", it), ("PTNP_MAP_T", mt)) for it in ("int", "long long")
+                  for mt in ("float", "double")],
+    "thin_peaks.cu": [()],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
                       for lt, wt in (("int", "float"), ("long long", "double"),
@@ -514,6 +517,24 @@ extern "C" void emu_mean_shift(const float* map, int nx, int ny, int nz, const d
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_mean_shift,
       map, nx, ny, nz, c, n, off, n_off, base, sigma2, n_iter, out);
 }"""),
+    "reduce.cu": ((("PTNP_INDEX_T", "int"), ("PTNP_MAP_T", "float")), """
+extern "C" void emu_segment_sum(const int* index, const double* values, long long p, int k, long long n,
+    double* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_segment_sum,
+      index, values, p, k, n, out);
+}
+extern "C" void emu_moments(const float* data, long long n0, long long n1, long long n2, long long s0,
+    long long s1, long long s2, const double* shift, double* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_shifted_moments,
+      data, n0, n1, n2, s0, s1, s2, shift, out);
+}"""),
+    "thin_peaks.cu": ((), """
+extern "C" void emu_thin_peaks(const long long* pi, const long long* pj, long long n_pairs,
+    const double* value, const long long* group, int use_group, long long n, int max_rounds,
+    unsigned char* kept, unsigned char* sup, int block) {
+  ptnp_emu_launch({1, 1, 1}, {(unsigned)block, 1, 1}, ptnp_thin_peaks,
+      pi, pj, n_pairs, value, group, use_group, n, max_rounds, kept, sup);
+}"""),
     "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
 extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
     int nz, long long n_labels, unsigned long long* count, double* sums, unsigned long long* key,
@@ -688,6 +709,10 @@ def _kernel_signatures(src, defines):
     return out
 
 
+# kernel arguments read through strides passed beside them (a view is fine)
+_STRIDED_ARGS = {("ptnp_shifted_moments", 0)}
+
+
 class _EmulatedDevice:
     def __init__(self, tmp):
         self.tmp = tmp
@@ -718,7 +743,8 @@ class _EmulatedDevice:
             c_args = []
             for i, (a, (ctype, ptr, _)) in enumerate(zip(args, sig)):
                 if ptr:
-                    assert isinstance(a, np.ndarray) and a.flags.c_contiguous, f"{name} arg {i}"
+                    assert isinstance(a, np.ndarray), f"{name} arg {i}"
+                    assert a.flags.c_contiguous or (name, i) in _STRIDED_ARGS, f"{name} arg {i}: not contiguous"
                     assert a.dtype == _C_POINTEES[ctype], f"{name} arg {i}: {a.dtype} for {ctype}*"
                     c_args.append(ctypes.c_void_p(a.ctypes.data))
                 else:
@@ -1053,3 +1079,128 @@ def test_local_maxima_cupy_branch_on_emulated_device(emulated_device, dtype):
     np.testing.assert_array_equal(gk.local_maxima(v, m),
                                   m & (v == ndi.maximum_filter(v, size=3, mode="constant", cval=-np.inf)))
     assert [x[0] for x in emulated_device.launches] == ["ptnp_local_max"] * 2
+
+
+# ---------------------------------------------------------------------- fused reductions, peak thinning
+
+def test_segment_sum_twin_equals_bincount():
+    """The twin adds in bincount's order: the same numbers, bit for bit; indices outside
+    [0, n) are skipped."""
+    rng = np.random.default_rng(50)
+    idx = rng.integers(0, 40, 3000)
+    vals = rng.normal(size=(3, 3000))
+    out = gk.segment_sum_columns(idx, vals, 40)
+    for c in range(3):
+        np.testing.assert_array_equal(out[c], np.bincount(idx, weights=vals[c], minlength=40))
+    bad = idx.copy()
+    bad[:5] = [-1, 40, 41, -7, 100]
+    out = gk.segment_sum_columns(bad.astype(np.int32), vals, 40)
+    ok = (bad >= 0) & (bad < 40)
+    np.testing.assert_allclose(out[1], np.bincount(bad[ok], weights=vals[1][ok], minlength=40), rtol=1e-12)
+    with pytest.raises(ValueError):
+        gk.segment_sum_columns(idx, vals[:, :10], 40)
+
+
+def test_reduce_kernels_on_host(emulated):
+    """The CUDA source (host build, atomics in thread order) against the twins: segment sums
+    of three columns with int32 indices; shifted moments of a strided float32 crop."""
+    rng = np.random.default_rng(51)
+    lib = emulated["reduce.cu"]
+    idx = rng.integers(-2, 30, 700).astype(np.int32)
+    vals = np.ascontiguousarray(rng.normal(size=(3, 700)))
+    twin = gk.segment_sum_columns(idx, vals, 28)
+    for block, grid in ((64, 3), (32, 100)):
+        out = np.zeros((3, 28))
+        lib.emu_segment_sum(_ptr(idx), _ptr(vals), ctypes.c_longlong(700), 3, ctypes.c_longlong(28), _ptr(out),
+                            block, grid)
+        np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-12)
+    vol = rng.normal(5.0, 2.0, (9, 14, 17)).astype(np.float32)
+    crop = vol[2:8, ::3, 4:15]                              # a strided view, read in place
+    shift = np.array([4.75])
+    ref = (crop.astype(np.float64) - 4.75)
+    t = gk.shifted_moments(crop, shift)
+    np.testing.assert_allclose(t, [ref.sum(), (ref * ref).sum()], rtol=1e-12)
+    st = [s // 4 for s in crop.strides]
+    for block, grid in ((64, 2), (32, 7)):
+        out = np.zeros(2)
+        lib.emu_moments(ctypes.c_void_p(crop.ctypes.data), *(ctypes.c_longlong(v) for v in crop.shape),
+                        *(ctypes.c_longlong(v) for v in st), _ptr(shift), _ptr(out), block, grid)
+        np.testing.assert_allclose(out, t, rtol=1e-12)
+
+
+def _thin_reference(i, j, val, n, group=None):
+    """The suppression rounds in array code (the library's former NumPy path)."""
+    if group is not None:
+        same = group[i] == group[j]
+        i, j = i[same], j[same]
+    i_lower = (val[i] < val[j]) | ((val[i] == val[j]) & (i > j))
+    lo, hi = np.where(i_lower, i, j), np.where(i_lower, j, i)
+    kept = np.ones(n, bool)
+    for _ in range(100):
+        sup = np.zeros(n + 1, bool)
+        sup[np.where(kept[hi], lo, n)] = True
+        sup = sup[:n]
+        if (~sup == kept).all():
+            break
+        kept = ~sup
+    return kept
+
+
+def _peak_case(rng, n=400):
+    """Random peaks in a box, values with ties (rounded), groups, their close pairs."""
+    xyz = rng.uniform(0, 25.0, (n, 3))
+    val = np.round(rng.normal(size=n), 1)
+    group = rng.integers(0, 4, n)
+    i, j, _ = gk.cell_pairs(xyz, 2.6)
+    return i, j, val, group
+
+
+def test_thin_peaks_twin_matches_array_rounds():
+    rng = np.random.default_rng(52)
+    for _ in range(3):
+        i, j, val, group = _peak_case(rng)
+        assert len(i) > 300
+        for g in (None, group):
+            kept = gk.thin_peaks(i, j, val, len(val), group=g)
+            np.testing.assert_array_equal(kept, _thin_reference(i, j, val, len(val), g))
+            assert 0 < kept.sum() < len(val)
+    # a chain a > b > c: b is suppressed, so c is kept (the fixed point, not one pass)
+    assert gk.thin_peaks(np.array([0, 1]), np.array([1, 2]), np.array([3.0, 2.0, 1.0]), 3).tolist() == \
+        [True, False, True]
+    assert gk.thin_peaks(np.zeros(0, np.int64), np.zeros(0, np.int64), np.ones(2), 2).tolist() == [True, True]
+
+
+def test_thin_peaks_kernel_on_host(emulated):
+    rng = np.random.default_rng(53)
+    i, j, val, group = _peak_case(rng, 300)
+    lib = emulated["thin_peaks.cu"]
+    n = len(val)
+    for g, use in ((np.zeros(1, np.int64), 0), (group.astype(np.int64), 1)):
+        twin = gk.thin_peaks(i, j, val, n, group=g if use else None)
+        for block in (32, 96):
+            kept = np.full(n, 7, np.uint8)
+            sup = np.full(n, 7, np.uint8)
+            lib.emu_thin_peaks(_ptr(i), _ptr(j), ctypes.c_longlong(len(i)), _ptr(val), _ptr(g), use,
+                               ctypes.c_longlong(n), 100, _ptr(kept), _ptr(sup), block)
+            np.testing.assert_array_equal(kept.astype(bool), twin)
+
+
+def test_fused_cupy_branches_on_emulated_device(emulated_device):
+    """The CuPy branches of the fused reductions and the thinning (C signatures checked at
+    each launch) give the twins' results."""
+    rng = np.random.default_rng(54)
+    idx = rng.integers(0, 50, 900)
+    vals = rng.normal(size=(2, 900))
+    out = gk.segment_sum_columns(idx, vals, 50)
+    vol = rng.normal(1.0, 3.0, (11, 12, 13))
+    mom = gk.shifted_moments(vol[1:, 2:, ::2], np.array(0.5))
+    i, j, val, group = _peak_case(rng, 200)
+    kept = gk.thin_peaks(i, j, val, len(val), group=group)
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_segment_sum", "ptnp_shifted_moments",
+                                                          "ptnp_cell_keys", "ptnp_cell_pairs_count",
+                                                          "ptnp_cell_pairs_write", "ptnp_thin_peaks"]
+    for c in range(2):
+        np.testing.assert_allclose(out[c], np.bincount(idx, weights=vals[c], minlength=50), rtol=1e-12)
+    ref = vol[1:, 2:, ::2] - 0.5
+    np.testing.assert_allclose(mom, [ref.sum(), (ref * ref).sum()], rtol=1e-12)
+    np.testing.assert_array_equal(kept, _thin_reference(i, j, val, len(val), group))

@@ -1,0 +1,70 @@
+// ptnp_gpu: fused reductions that array code spreads over several launches.
+//
+//   ptnp_segment_sum       out[c, index[p]] += values[c, p] for K value columns at once
+//                          (float64 atomics; indices outside [0, n) are skipped). Array code
+//                          built a flat (K * P) index and scattered: four launches more.
+//   ptnp_shifted_moments   sum(x - shift) and sum((x - shift)^2) in float64 over a 3-D
+//                          array of any element strides (a crop is read in place), shift
+//                          read from device memory (no host read); each block reduces
+//                          with warp shuffles and adds its two sums to out with atomics.
+//                          Array code needed a float64 slab buffer and five launches per
+//                          slab.
+//
+// Element types come from defines the loader prepends: PTNP_INDEX_T (int, long long) and
+// PTNP_MAP_T (float, double).
+
+#ifndef PTNP_INDEX_T
+#define PTNP_INDEX_T long long
+#endif
+#ifndef PTNP_MAP_T
+#define PTNP_MAP_T float
+#endif
+#define PTNP_RED_MAX_WARPS 32
+
+extern "C" __global__ void ptnp_segment_sum(
+    const PTNP_INDEX_T* __restrict__ index, const double* __restrict__ values,
+    const long long p, const int k, const long long n, double* __restrict__ out)
+{
+    const long long total = p * (long long)k;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long c = t / p;
+        const long long s = (long long)index[t - c * p];
+        if (s >= 0 && s < n) atomicAdd(out + c * n + s, values[t]);
+    }
+}
+
+extern "C" __global__ void ptnp_shifted_moments(
+    const PTNP_MAP_T* __restrict__ data, const long long n0, const long long n1, const long long n2,
+    const long long s0, const long long s1, const long long s2,   // element strides
+    const double* __restrict__ shift, double* __restrict__ out)   // out: (2,) zeroed by the caller
+{
+    __shared__ double part[2 * PTNP_RED_MAX_WARPS];
+    const double sh = shift[0];
+    const long long total = n0 * n1 * n2;
+    double a = 0.0, b = 0.0;
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long i2 = t % n2, r = t / n2;
+        const long long i1 = r % n1, i0 = r / n1;
+        const double x = (double)data[i0 * s0 + i1 * s1 + i2 * s2] - sh;
+        a += x;
+        b += x * x;
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int n_warps = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        a += __shfl_down_sync(0xffffffffu, a, o);
+        b += __shfl_down_sync(0xffffffffu, b, o);
+    }
+    if (lane == 0) {
+        part[2 * warp] = a;
+        part[2 * warp + 1] = b;
+    }
+    __syncthreads();
+    if (threadIdx.x < 2) {
+        double s = 0.0;
+        for (int w = 0; w < n_warps; ++w) s += part[2 * w + threadIdx.x];
+        atomicAdd(out + threadIdx.x, s);
+    }
+}
