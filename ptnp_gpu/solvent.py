@@ -211,9 +211,11 @@ def _near_particle_level(Cr, occupied, voxel_size_A, reach_A: float = _NEAR_A, s
 
 
 def _robust_level(sample, xp):
-    """Median and robust SD (1.4826 × median absolute deviation) of ``sample``."""
-    med = float(xp.median(sample))
-    return med, 1.4826 * float(xp.median(xp.abs(sample - med)))
+    """Median and robust SD (1.4826 × median absolute deviation) of ``sample``: both medians
+    on the backend, one host read."""
+    med = xp.median(sample)
+    med, mad = (float(v) for v in _be.to_host(xp.stack([med, xp.median(xp.abs(sample - med))])))
+    return med, 1.4826 * mad
 
 
 def _noise_rises(psd, resolution_A) -> bool:
