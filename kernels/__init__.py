@@ -12,6 +12,7 @@ cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.p
                     ptnp_cell_pairs_write
 reduce.cu           ptnp_segment_sum, ptnp_shifted_moments      reduce_cpu.py
 thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.py
+fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py (array code)
 ==================  ==========================================  ======================
 
 The sources are loaded, specialised and compiled per device by

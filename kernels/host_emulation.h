@@ -13,12 +13,14 @@
 #include <algorithm>
 #include <barrier>
 #include <cmath>
+#include <math.h>   // expf, cosf, sqrtf, fminf, fmaxf (the float functions at global scope)
 #include <cstring>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 using std::exp;
+using std::isnan;
 using std::floor;
 using std::fmax;
 using std::fmin;
@@ -76,6 +78,10 @@ inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
 // round-to-nearest arithmetic without contraction into fused multiply-adds
 inline double __dmul_rn(double a, double b) { volatile double r = a * b; return r; }
 inline double __dadd_rn(double a, double b) { volatile double r = a + b; return r; }
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
 
 inline unsigned int __float_as_uint(float f)
 {

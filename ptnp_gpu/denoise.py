@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from . import backend as _be
-from .host_interp import interp_host
+from .gpu_kernels import atom_filter, rfft_shell_index
 from .simulate import gaussian_terms
 
 __all__ = ["AtomKernel", "denoise_map", "noise_power_spectrum", "rfft_shells"]
@@ -58,18 +58,6 @@ class AtomKernel:
         return float(np.sqrt(-2 * v * np.log(tol)))
 
 
-def _band_inplace(s, xp, res_A=1.0, shells=3, ds=None):
-    """Cosine low-pass, overwriting ``s`` (|s| in 1/Å): 1 below 1/res, 0 above 1/res + shells·ds."""
-    s -= xp.float32(1.0 / res_A)
-    s *= xp.float32(1.0 / (shells * ds))
-    xp.clip(s, 0.0, 1.0, out=s)
-    s *= xp.float32(np.pi)
-    xp.cos(s, out=s)
-    s += xp.float32(1.0)
-    s *= xp.float32(0.5)
-    return s
-
-
 def _shell_grid(shape, vs):
     """Host float32 frequencies (1/Å) of an ``rfftn`` of ``shape`` along z, y, x, the shell
     width ``ds`` (one step of the longest box side) and the largest |s| (the grid's corner:
@@ -91,9 +79,8 @@ def rfft_shells(shape, voxel_size_A, xp):
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
     fz, fy, fx, ds, s_max = _shell_grid(shape, vs)
     top = int(s_max / np.float32(ds))                   # the float32 division of the device's s / ds
-    fz, fy, fx = (xp.asarray(f) for f in (fz, fy, fx))
-    s = xp.sqrt((fz[:, None] * fz[:, None] + fy[None, :] * fy[None, :])[:, :, None] + (fx * fx)[None, None, :])
-    shell = xp.minimum((s / ds).astype(xp.int64), top)
+    f = xp.asarray(np.concatenate([fz, fy, fx]))                                # one upload
+    shell = rfft_shell_index(f[:len(fz)], f[len(fz):len(fz) + len(fy)], f[len(fz) + len(fy):], ds, top)
     return shell, top + 1, ds
 
 
@@ -241,54 +228,21 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     work[sl] -= work[sl].mean(dtype=xp.float64)
     F = fft.rfftn(work)                  # NumPy: on backend.fft_workers() threads
     del work
-    # Memory: everything below is in place on rfft-sized float32 buffers (s2, K, tmp)
-    # so the peak stays near 6x the map. Spatial frequencies in 1/Å, axes z, y, x.
-    fz = xp.fft.fftfreq(padded[0], d=vs[2]).astype(xp.float32)
-    fy = xp.fft.fftfreq(padded[1], d=vs[1]).astype(xp.float32)
-    fx = xp.fft.rfftfreq(padded[2], d=vs[0]).astype(xp.float32)
-    s2 = (fz[:, None] ** 2 + fy[None, :] ** 2)[:, :, None] + (fx ** 2)[None, None, :]
-    K = xp.zeros_like(s2)
-    tmp = xp.empty_like(s2)
-    for ai, vi in zip(kernel.a, kernel.var):
-        xp.multiply(s2, xp.float32(-2.0 * np.pi ** 2 * vi), out=tmp)
-        xp.exp(tmp, out=tmp)
-        tmp *= xp.float32(ai)
-        K += tmp
+    # the filter built and applied in one pass (CuPy: one kernel launch; NumPy: array code in
+    # place on rfft-sized float32 buffers, the peak near 6× the map). Frequencies in 1/Å.
+    fz = np.fft.fftfreq(padded[0], d=vs[2]).astype(np.float32)
+    fy = np.fft.fftfreq(padded[1], d=vs[1]).astype(np.float32)
+    fx = np.fft.rfftfreq(padded[2], d=vs[0]).astype(np.float32)
     ds = 1.0 / (np.array(padded) * vs[::-1]).max()
-    band = xp.sqrt(s2, out=s2)                     # s2 now holds |s|, then the band
     white = None
     if noise_psd is not None:
         s_c, power = (np.asarray(v, dtype=np.float64) for v in noise_psd)
         # gain capped at _MAX_WHITEN_GAIN: no band where the map holds (nearly) nothing is blown up
         inv = (power.max() / np.maximum(power, power.max() / _MAX_WHITEN_GAIN)) ** whiten_exponent
-        inv = inv.astype(np.float32)
-        if be.is_gpu:
-            white = xp.interp(band.ravel(), xp.asarray(s_c, dtype=xp.float32),   # 1-D x for CuPy
-                              xp.asarray(inv)).reshape(band.shape)
-        else:
-            white = interp_host(band, s_c.astype(np.float32), inv)
-    if highpass_A and highpass_A > 0:
-        lo = 0.5 / highpass_A
-        xp.subtract(band, xp.float32(lo), out=tmp)
-        tmp *= xp.float32(1.0 / lo)
-        xp.clip(tmp, 0.0, 1.0, out=tmp)
-        tmp *= xp.float32(np.pi)
-        xp.cos(tmp, out=tmp)
-        xp.subtract(xp.float32(1.0), tmp, out=tmp)
-        tmp *= xp.float32(0.5)
-    else:
-        tmp.fill(1.0)
-    band = _band_inplace(band, xp, resolution_A, 3, ds)
-    band *= tmp
-    del tmp, s2
-    F *= band
-    K *= band
-    del band
-    K[0, 0, 0] = 0.0                                # DC removed
-    F[0, 0, 0] = 0.0
-    if white is not None:                           # C from F·K/P; G below from C·K
-        F *= white
-        del white
+        white = (s_c.astype(np.float32), inv.astype(np.float32))      # C from F·K/P; G below from C·K
+    highpass = (0.5 / highpass_A, 1.0 / (0.5 / highpass_A)) if highpass_A and highpass_A > 0 else None
+    K = atom_filter(F, fz, fy, fx, kernel.a, [-2.0 * np.pi ** 2 * v for v in kernel.var],
+                    1.0 / resolution_A, 1.0 / (3 * ds), highpass=highpass, white=white)
     even = padded[2] % 2 == 0
 
     def herm_norm2(a):

@@ -70,7 +70,7 @@ __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEq
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
-           "C_TYPES"]
+           "atom_filter", "rfft_shell_index", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -788,6 +788,83 @@ def thin_peaks(pair_i, pair_j, values, n: int, group=None, max_rounds: int = 100
     f((1,), (1024,), (pi, pj, np.int64(pi.shape[0]), v, g, np.int32(group is not None), np.int64(n),
                       np.int32(max_rounds), kept, sup))
     return kept.view(xp.bool_)
+
+
+# --------------------------------------------------------------------------- Fourier grids
+
+def atom_filter(F, fz, fy, fx, term_a, term_m, band_lo: float, band_scale: float, highpass=None,
+                white=None):
+    """Build one atom's denoising filter on an rfft grid and apply it, in one pass.
+
+    For every coefficient of ``F`` (complex64, rfft of shape (len(fz), len(fy),
+    len(fx))) with |s|² = (fz² + fy²) + fx² (1/Å², float32): the atom's transform
+    K = Σ a_i·exp(m_i·|s|²), a cosine band taper b = ½(1 + cos(π·clip((|s| − lo)·scale,
+    0, 1))) times an optional high-pass rise (``highpass`` = (lo, scale)), then
+    F ← F·b (·gain(|s|) when ``white`` = (s table, gain table) is given: NumPy's
+    interp) and K ← K·b, both zero at DC. One launch of ``ptnp_atom_filter`` on
+    CuPy arrays (F in place; the array code took ~45 launches and three rfft-sized
+    temporaries), the array code (``kernels/fourier_cpu.py``) on NumPy arrays; the
+    same float32 operations in the same order.
+
+    Parameters
+    ----------
+    F : (nz, ny, nx) complex64 array, modified in place
+    fz, fy, fx : 1-D float32 frequencies (1/Å) along z, y and the half axis x (host arrays)
+    term_a, term_m : the Gaussian terms' weights and exponent factors −2π²·var (host)
+    band_lo, band_scale : the band taper's start (1/Å) and 1 / its width
+    highpass : (lo, scale) or None
+    white : (s table, gain table) 1-D host arrays or None
+
+    Returns
+    -------
+    K : (nz, ny, nx) float32 array on F's backend.
+    """
+    be = _be.namespace(F)
+    xp = be.xp
+    if not be.is_gpu:
+        from .kernels.fourier_cpu import atom_filter as twin
+        return twin(F, *(np.asarray(f, np.float32) for f in (fz, fy, fx)), term_a, term_m, band_lo, band_scale,
+                    highpass, white)
+    if F.dtype != xp.complex64 or not F.flags.c_contiguous:
+        raise ValueError("atom_filter: F must be a C-contiguous complex64 array")
+    nz, ny, nx = F.shape
+    if (len(fz), len(fy), len(fx)) != (nz, ny, nx):
+        raise ValueError(f"atom_filter: frequencies of lengths {(len(fz), len(fy), len(fx))} for F of shape {F.shape}")
+    K = xp.empty(F.shape, dtype=xp.float32)
+    nt = len(term_a)
+    nw = 0 if white is None else len(white[0])
+    parts = [fz, fy, fx, term_a, term_m] + ([white[0], white[1]] if white is not None else [])
+    tab = xp.asarray(np.concatenate([np.asarray(v, np.float32).ravel() for v in parts]))   # one upload
+    cuts = np.cumsum([0, nz, ny, nx, nt, nt, nw, nw])
+    fz_d, fy_d, fx_d, a_d, m_d, ws_d, wg_d = (tab[cuts[k]:cuts[k + 1]] for k in range(7))
+    hp_lo, hp_scale = (0.0, 0.0) if highpass is None else highpass
+    f = get_function("fourier.cu", "ptnp_atom_filter")
+    n = int(F.size)
+    f((min(-(-n // 256), 1 << 16),), (256,),
+      (F.view(xp.float32), K, fz_d, fy_d, fx_d, np.int32(nz), np.int32(ny), np.int32(nx),
+       a_d, m_d, np.int32(nt), np.float32(band_lo), np.float32(band_scale),
+       np.int32(highpass is not None), np.float32(hp_lo), np.float32(hp_scale), ws_d, wg_d, np.int32(nw)))
+    return K
+
+
+def rfft_shell_index(fz, fy, fx, ds: float, top: int):
+    """Radial shell of every rfft coefficient: min(int(|s| / ds), ``top``) (int64, shape
+    (len(fz), len(fy), len(fx))), |s| and the division in float32. ``fz``, ``fy``, ``fx``:
+    float32 frequencies (1/Å) on the backend wanted. One launch of ``ptnp_rfft_shells`` on
+    CuPy; the array code on NumPy."""
+    be = _be.namespace(fz, fy, fx)
+    xp = be.xp
+    if not be.is_gpu:
+        from .kernels.fourier_cpu import rfft_shells
+        return rfft_shells(fz, fy, fx, ds, top)
+    shell = xp.empty((len(fz), len(fy), len(fx)), dtype=xp.int64)
+    f = get_function("fourier.cu", "ptnp_rfft_shells")
+    n = int(shell.size)
+    f((min(-(-n // 256), 1 << 16),), (256,),
+      (*(xp.ascontiguousarray(f, dtype=xp.float32) for f in (fz, fy, fx)),
+       np.int32(len(fz)), np.int32(len(fy)), np.int32(len(fx)),
+       np.float32(ds), np.int64(top), shell))
+    return shell
 
 
 # --------------------------------------------------------------------------- local maxima

@@ -35,6 +35,7 @@ SPECIALISATIONS = {
     "reduce.cu": [(("PTNP_INDEX_T", it), ("PTNP_MAP_T", mt)) for it in ("int", "long long")
                   for mt in ("float", "double")],
     "thin_peaks.cu": [()],
+    "fourier.cu": [()],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
                       for lt, wt in (("int", "float"), ("long long", "double"),
@@ -527,6 +528,18 @@ extern "C" void emu_moments(const float* data, long long n0, long long n1, long 
     long long s1, long long s2, const double* shift, double* out, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_shifted_moments,
       data, n0, n1, n2, s0, s1, s2, shift, out);
+}"""),
+    "fourier.cu": ((), """
+extern "C" void emu_atom_filter(float* F, float* K, const float* fz, const float* fy, const float* fx,
+    int nz, int ny, int nx, const float* a, const float* m, int nt, float blo, float bsc, int hp,
+    float hlo, float hsc, const float* ws, const float* wg, int nw, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_atom_filter,
+      F, K, fz, fy, fx, nz, ny, nx, a, m, nt, blo, bsc, hp, hlo, hsc, ws, wg, nw);
+}
+extern "C" void emu_rfft_shells(const float* fz, const float* fy, const float* fx, int nz, int ny,
+    int nx, float ds, long long top, long long* shell, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_rfft_shells,
+      fz, fy, fx, nz, ny, nx, ds, top, shell);
 }"""),
     "thin_peaks.cu": ((), """
 extern "C" void emu_thin_peaks(const long long* pi, const long long* pj, long long n_pairs,
@@ -1204,3 +1217,89 @@ def test_fused_cupy_branches_on_emulated_device(emulated_device):
     ref = vol[1:, 2:, ::2] - 0.5
     np.testing.assert_allclose(mom, [ref.sum(), (ref * ref).sum()], rtol=1e-12)
     np.testing.assert_array_equal(kept, _thin_reference(i, j, val, len(val), group))
+
+
+# ---------------------------------------------------------------------- Fourier-grid kernels
+
+def _filter_case(rng, shape=(12, 10, 7), white=True, highpass=True):
+    """A random complex64 rfft grid, its frequencies, five Gaussian terms, the tapers and a gain."""
+    vs = np.array([0.36, 0.4, 0.38])
+    full = (shape[0], shape[1], 2 * (shape[2] - 1))
+    fz = np.fft.fftfreq(full[0], d=vs[2]).astype(np.float32)
+    fy = np.fft.fftfreq(full[1], d=vs[1]).astype(np.float32)
+    fx = np.fft.rfftfreq(full[2], d=vs[0]).astype(np.float32)
+    F = (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
+    a = rng.uniform(0.5, 3.0, 5)
+    m = [-2.0 * np.pi ** 2 * v for v in rng.uniform(0.02, 0.4, 5)]
+    ds = 1.0 / (np.array(full) * vs[::-1]).max()
+    wt = None
+    if white:
+        s_tab = np.linspace(0.0, 2.0, 40).astype(np.float32)
+        wt = (s_tab, rng.uniform(0.5, 4.0, 40).astype(np.float32))
+    hp = (0.5 / 6.0, 12.0) if highpass else None
+    return F, fz, fy, fx, a, m, 1.0 / 1.2, 1.0 / (3 * ds), hp, wt, ds
+
+
+def test_atom_filter_twin_matches_formula():
+    """The array code against the formula in float64: K = Σ a·exp(m·s²)·b, F·b·gain, zero at DC."""
+    rng = np.random.default_rng(60)
+    F, fz, fy, fx, a, m, blo, bsc, hp, wt, _ = _filter_case(rng)
+    F0 = F.astype(np.complex128)
+    K = gk.atom_filter(F, fz, fy, fx, a, m, blo, bsc, highpass=hp, white=wt)
+    s2 = (fz[:, None, None].astype(float) ** 2 + fy[None, :, None] ** 2) + fx[None, None, :] ** 2
+    s = np.sqrt(s2)
+    band = 0.5 * (1 + np.cos(np.pi * np.clip((s - blo) * bsc, 0, 1)))
+    rise = 0.5 * (1 - np.cos(np.pi * np.clip((s - hp[0]) * hp[1], 0, 1)))
+    k_ref = sum(ai * np.exp(mi * s2) for ai, mi in zip(a, m)) * band * rise
+    f_ref = F0 * band * rise * np.interp(s, wt[0], wt[1])
+    k_ref[0, 0, 0] = f_ref[0, 0, 0] = 0.0
+    assert K.dtype == np.float32 and K.shape == F.shape
+    np.testing.assert_allclose(K, k_ref, rtol=2e-5, atol=1e-6 * np.abs(k_ref).max())
+    np.testing.assert_allclose(F, f_ref, rtol=2e-5, atol=1e-5 * np.abs(f_ref).max())
+    assert 0.05 < (band * rise)[1:].mean() < 0.95           # the tapers cut inside the grid
+
+
+@pytest.mark.parametrize("white,highpass", [(True, True), (False, False), (True, False)])
+def test_fourier_kernels_on_host(emulated, white, highpass):
+    """The CUDA source (host build, the C library's expf/cosf) against the array code:
+    float32 operations in the same order, so equal to a few ulp; the shells exactly."""
+    rng = np.random.default_rng(61)
+    F, fz, fy, fx, a, m, blo, bsc, hp, wt, ds = _filter_case(rng, white=white, highpass=highpass)
+    lib = emulated["fourier.cu"]
+    twin_F = F.copy()
+    twin_K = gk.atom_filter(twin_F, fz, fy, fx, a, m, blo, bsc, highpass=hp, white=wt)
+    a32, m32 = np.asarray(a, np.float32), np.asarray(m, np.float32)
+    ws, wg = wt if wt is not None else (np.zeros(1, np.float32), np.zeros(1, np.float32))
+    for block, grid in ((64, 3), (32, 40)):
+        Fh = F.copy()
+        Kh = np.full(F.shape, np.nan, np.float32)
+        lib.emu_atom_filter(_ptr(Fh), _ptr(Kh), _ptr(fz), _ptr(fy), _ptr(fx), *F.shape, _ptr(a32), _ptr(m32), 5,
+                            ctypes.c_float(blo), ctypes.c_float(bsc), int(hp is not None),
+                            ctypes.c_float(hp[0] if hp else 0.0), ctypes.c_float(hp[1] if hp else 0.0),
+                            _ptr(ws), _ptr(wg), len(ws) if wt is not None else 0, block, grid)
+        np.testing.assert_allclose(Kh, twin_K, rtol=1e-5, atol=1e-6 * np.abs(twin_K).max())
+        np.testing.assert_allclose(Fh, twin_F, rtol=1e-5, atol=1e-6 * np.abs(twin_F).max())
+        assert Kh[0, 0, 0] == 0 and Fh[0, 0, 0] == 0
+    top = 9
+    twin_shell = gk.rfft_shell_index(fz, fy, fx, ds, top)
+    sh = np.full(F.shape, -1, np.int64)
+    lib.emu_rfft_shells(_ptr(fz), _ptr(fy), _ptr(fx), *F.shape, ctypes.c_float(ds), ctypes.c_longlong(top),
+                        _ptr(sh), 64, 5)
+    np.testing.assert_array_equal(sh, twin_shell)
+    assert twin_shell.max() == top and twin_shell.min() == 0
+
+
+def test_fourier_cupy_branches_on_emulated_device(emulated_device):
+    """The CuPy branches (C signatures checked at each launch): one launch each, the twins'
+    numbers to a few ulp (expf / cosf of the host C library against NumPy's)."""
+    rng = np.random.default_rng(62)
+    F, fz, fy, fx, a, m, blo, bsc, hp, wt, ds = _filter_case(rng)
+    twin_F = F.copy()
+    from ptnp_gpu.kernels.fourier_cpu import atom_filter, rfft_shells
+    twin_K = atom_filter(twin_F, fz, fy, fx, a, m, blo, bsc, hp, wt)
+    K = gk.atom_filter(F, fz, fy, fx, a, m, blo, bsc, highpass=hp, white=wt)
+    shell = gk.rfft_shell_index(fz, fy, fx, ds, 7)
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_atom_filter", "ptnp_rfft_shells"]
+    np.testing.assert_allclose(K, twin_K, rtol=1e-5, atol=1e-6 * np.abs(twin_K).max())
+    np.testing.assert_allclose(F, twin_F, rtol=1e-5, atol=1e-6 * np.abs(twin_F).max())
+    np.testing.assert_array_equal(shell, rfft_shells(fz, fy, fx, ds, 7))
