@@ -88,6 +88,11 @@ def kabsch_rotation(src, dst, weights=None) -> np.ndarray:
     src = np.asarray(src, float)
     dst = np.asarray(dst, float)
     m = (dst if weights is None else dst * np.asarray(weights, float)[:, None]).T @ src   # unit weights: exact
+    return _rotation_of(m)
+
+
+def _rotation_of(m):
+    """The rotation R maximising trace(R^T m), m = Σ w dst_k src_k^T (Kabsch)."""
     u, _, vt = np.linalg.svd(m)
     d = np.sign(np.linalg.det(u @ vt)) or 1.0
     return u @ np.diag([1.0, 1.0, d]) @ vt
@@ -178,79 +183,165 @@ class LatticeFit:
         }
 
 
+@nb.njit(cache=True)
+def _pair_d2_nn(xyz, pairs):
+    """Squared length of each pair, summed as cKDTree does ((dx² + dy²) + dz²), and each
+    atom's shortest pair length (inf for an atom in no pair; a NaN sticks, as np.minimum's):
+    the root of the shortest squared length, the same number (the rounded root is monotonic)."""
+    d2 = np.empty(pairs.shape[0])
+    d = np.full(xyz.shape[0], np.inf)
+    for e in range(pairs.shape[0]):
+        i, j = pairs[e, 0], pairs[e, 1]
+        vx = xyz[i, 0] - xyz[j, 0]
+        vy = xyz[i, 1] - xyz[j, 1]
+        vz = xyz[i, 2] - xyz[j, 2]
+        s = (vx * vx + vy * vy) + vz * vz
+        d2[e] = s
+        di = d[i]                      # branch-free minimum: the comparison is unpredictable
+        d[i] = s if (s < di or np.isnan(s)) else di
+        dj = d[j]
+        d[j] = s if (s < dj or np.isnan(s)) else dj
+    return d2, np.sqrt(d)
+
+
 def _near_pairs(xyz, tree, r0):
     """Pairs within ``r0`` (cKDTree's order), their squared distances summed as cKDTree
     does, and each atom's nearest-neighbour distance: the shortest of its pairs, a k-nearest
     query only for atoms with none (several times faster than querying every atom)."""
-    d = np.full(len(xyz), np.inf)
-    p = tree.query_pairs(r0, output_type="ndarray")
-    v = xyz[p[:, 0]] - xyz[p[:, 1]]
-    d2 = (v[:, 0] * v[:, 0] + v[:, 1] * v[:, 1]) + v[:, 2] * v[:, 2]
-    if len(p):
-        dist = np.sqrt(d2)
-        np.minimum.at(d, p[:, 0], dist)
-        np.minimum.at(d, p[:, 1], dist)
+    p = np.ascontiguousarray(tree.query_pairs(r0, output_type="ndarray"), dtype=np.int64).reshape(-1, 2)
+    d2, d = _pair_d2_nn(xyz, p)
     lone = ~np.isfinite(d)
     if lone.any():
         d[lone] = tree.query(xyz[lone], k=2)[0][:, 1]
     return p, d2, d
 
 
+@nb.njit(cache=True)
+def _unit_bonds(xyz, pairs, d2, cut2):
+    """The pairs with ``d2 <= cut2`` (in their order) and their unit vectors xyz[j] − xyz[i]
+    as columns (3 × M), normalised as ``v / np.linalg.norm(v)`` ((x² + y²) + z²)."""
+    m = 0
+    for e in range(d2.shape[0]):
+        if d2[e] <= cut2:
+            m += 1
+    out = np.empty((m, 2), np.int64)
+    u = np.empty((3, m))
+    k = 0
+    for e in range(d2.shape[0]):
+        if d2[e] <= cut2:
+            i, j = pairs[e, 0], pairs[e, 1]
+            out[k, 0], out[k, 1] = i, j
+            vx = xyz[j, 0] - xyz[i, 0]
+            vy = xyz[j, 1] - xyz[i, 1]
+            vz = xyz[j, 2] - xyz[i, 2]
+            r = np.sqrt((vx * vx + vy * vy) + vz * vz)
+            u[0, k], u[1, k], u[2, k] = vx / r, vy / r, vz / r
+            k += 1
+    return out, u
+
+
 def _bonds(xyz, tree, cut, near=None):
     """Bonds (pairs within ``cut``) and their unit vectors; ``near`` = (pairs, squared
     distances) of a search at a radius >= ``cut``, filtered instead of searching again
     (the same pairs in the same order)."""
-    if near is not None:
-        pairs = near[0][near[1] <= cut * cut]
-    else:
-        pairs = tree.query_pairs(cut, output_type="ndarray")
-    if len(pairs) == 0:
-        return pairs, np.zeros((0, 3))
-    v = xyz[pairs[:, 1]] - xyz[pairs[:, 0]]
-    return pairs, v / np.linalg.norm(v, axis=1, keepdims=True)
+    if near is None:
+        p = np.ascontiguousarray(tree.query_pairs(cut, output_type="ndarray"), dtype=np.int64).reshape(-1, 2)
+        near = (p, np.zeros(len(p)))          # keep them all
+    pairs, ut = _unit_bonds(xyz, near[0], near[1], cut * cut)
+    return pairs, ut.T                        # (M, 3) rows, a view of the columns' layout
+
+
+def _columns(bonds):
+    """Bond vectors as three contiguous coordinate rows (3 × N), the compiled passes' layout."""
+    return np.ascontiguousarray(np.asarray(bonds, dtype=np.float64).reshape(-1, 3).T)
 
 
 @nb.njit(cache=True)
-def _best_rows(M, bonds, want_index, idx):
-    """For each bond b (rows of ``bonds``, N × 3): the largest |M[r] · b| over the h rows of
-    ``M`` (the half set of ideal directions, rotated into the map frame) and, when
-    ``want_index``, into ``idx`` the first row that reaches it, plus h when that row's cosine
-    is negative (the opposite direction)."""
+def _best_rows(M, bt, idx):
+    """For each bond b (columns of ``bt``, 3 × N): the largest |M[r] · b| over the h rows of
+    ``M`` (the half set of ideal directions, rotated into the map frame) and into ``idx`` the
+    first row that reaches it, plus h when that row's cosine is negative (the opposite
+    direction). Row by row over the bonds (a loop the compiler vectorises)."""
     h = M.shape[0]
-    n = bonds.shape[0]
+    n = bt.shape[1]
+    bx, by, bz = bt[0], bt[1], bt[2]
     best = np.empty(n)
+    signed = np.empty(n)
     for j in range(n):
-        bx, by, bz = bonds[j, 0], bonds[j, 1], bonds[j, 2]
-        c0 = M[0, 0] * bx + M[0, 1] * by + M[0, 2] * bz
-        b = abs(c0)
-        k = 0
-        ck = c0
-        for r in range(1, h):
-            c = M[r, 0] * bx + M[r, 1] * by + M[r, 2] * bz
-            if abs(c) > b:
-                b = abs(c)
-                k = r
-                ck = c
-        best[j] = b
-        if want_index:
-            idx[j] = k + h if ck < 0 else k
+        c = M[0, 0] * bx[j] + M[0, 1] * by[j] + M[0, 2] * bz[j]
+        signed[j] = c
+        best[j] = abs(c)
+        idx[j] = 0
+    for r in range(1, h):
+        mx, my, mz = M[r, 0], M[r, 1], M[r, 2]
+        for j in range(n):
+            c = mx * bx[j] + my * by[j] + mz * bz[j]
+            a = abs(c)
+            up = a > best[j]
+            best[j] = a if up else best[j]
+            signed[j] = c if up else signed[j]
+            idx[j] = r if up else idx[j]
+    for j in range(n):
+        if signed[j] < 0:
+            idx[j] += h
     return best
 
 
 @nb.njit(cache=True)
-def _count_matched(Ms, bonds, cos_tol):
-    """For each rotation's direction rows ``Ms[k]`` (K, h, 3): how many bonds lie within
-    ``cos_tol`` of one of them (either sign)."""
+def _count_matched(Ms, bt, cos_tol):
+    """For each rotation's direction rows ``Ms[k]`` (K, h, 3): how many bonds (columns of
+    ``bt``, 3 × N) lie within ``cos_tol`` of one of them (either sign): the largest |cos| of
+    each bond, row by row over the bonds (a loop the compiler vectorises)."""
     K, h, _ = Ms.shape
+    n = bt.shape[1]
+    bx, by, bz = bt[0], bt[1], bt[2]
+    big = np.empty(n)
     out = np.zeros(K, np.int64)
     for k in range(K):
-        for j in range(bonds.shape[0]):
-            bx, by, bz = bonds[j, 0], bonds[j, 1], bonds[j, 2]
-            for r in range(h):
-                if abs(Ms[k, r, 0] * bx + Ms[k, r, 1] * by + Ms[k, r, 2] * bz) > cos_tol:
-                    out[k] += 1
-                    break
+        big[:] = 0.0
+        for r in range(h):
+            mx, my, mz = Ms[k, r, 0], Ms[k, r, 1], Ms[k, r, 2]
+            for j in range(n):
+                a = abs(mx * bx[j] + my * by[j] + mz * bz[j])
+                big[j] = max(big[j], a)
+        c = 0
+        for j in range(n):
+            if big[j] > cos_tol:
+                c += 1
+        out[k] = c
     return out
+
+
+@nb.njit(cache=True)
+def _match_pass(M, bt, dirs, cos_tol, key):
+    """One refinement pass of :func:`_orientation` for the ideal directions ``M`` (h × 3,
+    rotated into the map frame): every bond's (columns of ``bt``) closest ideal direction
+    (:func:`_best_rows`), ``key`` set in place to its index in ``dirs`` or −1 beyond
+    ``cos_tol``. Returns how many bonds match, whether ``key`` changed and Σ bond ⊗ ideal
+    direction over the matched bonds (the Kabsch correlation matrix, from the sum of the bonds
+    matched to each direction)."""
+    n = bt.shape[1]
+    idx = np.empty(n, np.int64)
+    best = _best_rows(M, bt, idx)
+    g = np.zeros((dirs.shape[0], 3))
+    n_ok = 0
+    changed = False
+    for j in range(n):
+        kj = idx[j] if best[j] > cos_tol else -1
+        if kj != key[j]:
+            changed = True
+            key[j] = kj
+        if kj >= 0:
+            n_ok += 1
+            g[kj, 0] += bt[0, j]
+            g[kj, 1] += bt[1, j]
+            g[kj, 2] += bt[2, j]
+    m = np.zeros((3, 3))
+    for d in range(dirs.shape[0]):
+        for a in range(3):
+            for b in range(3):
+                m[a, b] += g[d, a] * dirs[d, b]
+    return n_ok, changed, m
 
 
 def _half(dirs):
@@ -265,9 +356,9 @@ def _score(rot, bonds, dirs, cos_tol):
     directions are rotated into the map frame (h × 3) instead of every bond into the cubic
     frame."""
     M = np.ascontiguousarray(_half(dirs) @ rot.T)
-    b = np.ascontiguousarray(bonds, dtype=np.float64)
-    idx = np.empty(len(b), dtype=np.int64)
-    best = _best_rows(M, b, True, idx)
+    bt = _columns(bonds)
+    idx = np.empty(bt.shape[1], dtype=np.int64)
+    best = _best_rows(M, bt, idx)
     return best, idx, int(np.count_nonzero(best > cos_tol))
 
 
@@ -282,24 +373,40 @@ def _kabsch_batch(src, dst):
 def _n_matched(rots, bonds, dirs, cos_tol):
     """For each rotation (K, 3, 3): how many bonds lie within ``cos_tol`` of an ideal direction."""
     Ms = np.ascontiguousarray(_half(dirs)[None] @ np.swapaxes(rots, 1, 2))     # (K, h, 3)
-    return _count_matched(Ms, np.ascontiguousarray(bonds, dtype=np.float64), float(cos_tol))
+    return _count_matched(Ms, _columns(bonds), float(cos_tol))
 
 
-def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
-    """Rotation (columns = cubic axes in map frame) from bond directions."""
+def _first_k(values, k):
+    """``np.argsort(values)[:k]`` without sorting them all when the k + 1 smallest values are
+    distinct (then every sort puts the same k first, in the same order); ties: argsort."""
+    if len(values) > k:
+        part = np.argpartition(values, k)[:k + 1]
+        part = part[np.argsort(values[part])]
+        v = values[part]
+        if np.all(v[1:] > v[:-1]):
+            return part[:k]
+    return np.argsort(values)[:k]
+
+
+def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0, r_centre=None):
+    """Rotation (columns = cubic axes in map frame) from bond directions; ``r_centre``: each
+    atom's distance from the centroid, when already at hand."""
     cos_tol = np.cos(np.radians(tol_deg))
     # the angle of the first ideal pair that is neither parallel nor antiparallel
     dots = dirs @ dirs[0]
     j0 = int(np.argmax(np.where(np.abs(dots) < 0.99, dots, -2.0)))
     pair_cos = float(dots[j0])
-    centre = xyz.mean(0)
-    order = np.argsort(np.linalg.norm(xyz - centre, axis=1))[:n_centre]
+    if r_centre is None:
+        r_centre = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+    order = _first_k(r_centre, n_centre)
     # candidates: two bonds of a central atom at the ideal pair angle, matched to the first
     # ideal pair; all are scored at once on an evenly spread subset of bonds (the first of
     # the best wins); refinement uses every bond
     sample = bonds[::max(1, len(bonds) // 4000)]
     targets = []
-    near = np.flatnonzero(np.isin(bonds_pairs, order).any(axis=1))   # the central atoms' bonds, one scan
+    central = np.zeros(len(xyz), dtype=bool)
+    central[order] = True
+    near = np.flatnonzero(central[bonds_pairs[:, 0]] | central[bonds_pairs[:, 1]])   # their bonds, one scan
     for a in order:
         sel = near[(bonds_pairs[near, 0] == a) | (bonds_pairs[near, 1] == a)]
         b = bonds[sel]
@@ -313,25 +420,151 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0):
     src = np.broadcast_to(np.stack([dirs[0], dirs[j0]]), (len(targets), 2, 3))
     rots = _kabsch_batch(src, np.stack(targets))
     rot = rots[int(np.argmax(_n_matched(rots, sample, dirs, cos_tol)))]
-    matched = None
+    bt = _columns(bonds)
+    key = np.full(bt.shape[1], -2, dtype=np.int64)      # the ideal direction each bond matched (none yet)
     for _ in range(4):   # refine on every bond matched to an ideal direction
-        cbest, idx, _ = _score(rot, bonds, dirs, cos_tol)
-        ok = cbest > cos_tol
-        if ok.sum() < 3:
-            break
-        key = np.where(ok, idx, -1)
-        if matched is not None and np.array_equal(key, matched):
+        M = np.ascontiguousarray(_half(dirs) @ rot.T)
+        n_ok, changed, m = _match_pass(M, bt, dirs, float(cos_tol), key)
+        if n_ok < 3 or not changed:
             break                   # the same matches give the same rotation: converged
-        matched = key
-        rot = kabsch_rotation(dirs[idx[ok]], bonds[ok])
+        rot = _rotation_of(m)
     return rot
 
 
-def _index_sites(p_cells, basis):
-    """Nearest lattice site (cell units) for positions in cell units."""
-    cand = np.stack([np.rint(p_cells - b) + b for b in basis], axis=1)   # (N, M, 3)
-    d2 = ((cand - p_cells[:, None, :]) ** 2).sum(-1)
-    return cand[np.arange(len(p_cells)), d2.argmin(1)]
+@nb.njit(cache=True)
+def _index_sites(xyz, origin, inv_basis, cells):
+    """Nearest lattice site (cell units) of every atom: its position in cell units
+    p = (x − origin) @ inv_basis, then per sub-lattice offset b (rows of ``cells``) the site
+    rint(p − b) + b; the closest one, the first on a tie."""
+    n = xyz.shape[0]
+    out = np.empty((n, 3))
+    for i in range(n):
+        x0, x1, x2 = xyz[i, 0] - origin[0], xyz[i, 1] - origin[1], xyz[i, 2] - origin[2]
+        p0 = x0 * inv_basis[0, 0] + x1 * inv_basis[1, 0] + x2 * inv_basis[2, 0]
+        p1 = x0 * inv_basis[0, 1] + x1 * inv_basis[1, 1] + x2 * inv_basis[2, 1]
+        p2 = x0 * inv_basis[0, 2] + x1 * inv_basis[1, 2] + x2 * inv_basis[2, 2]
+        best = np.inf
+        for m in range(cells.shape[0]):
+            b0, b1, b2 = cells[m, 0], cells[m, 1], cells[m, 2]
+            c0 = np.rint(p0 - b0) + b0
+            c1 = np.rint(p1 - b1) + b1
+            c2 = np.rint(p2 - b2) + b2
+            d2 = ((c0 - p0) ** 2 + (c1 - p1) ** 2) + (c2 - p2) ** 2
+            if d2 < best:
+                best = d2
+                out[i, 0], out[i, 1], out[i, 2] = c0, c1, c2
+    return out
+
+
+_BLOCK = 64    # terms per partial sum (two-level summation: rounding error ~ (64 + n/64) eps, not n eps)
+
+
+@nb.njit(cache=True)
+def _inlier_means(xyz, sites, inlier):
+    """Number of ``inlier`` atoms and the means of their sites and positions (zeros for none)."""
+    k = 0
+    t = np.zeros(6)            # running totals: sites, positions
+    q = np.zeros(6)            # the current block's partial sums
+    for i in range(xyz.shape[0]):
+        if inlier[i]:
+            k += 1
+            q[0] += sites[i, 0]
+            q[1] += sites[i, 1]
+            q[2] += sites[i, 2]
+            q[3] += xyz[i, 0]
+            q[4] += xyz[i, 1]
+            q[5] += xyz[i, 2]
+            if k % _BLOCK == 0:
+                t += q
+                q[:] = 0.0
+    t += q
+    if k:
+        t /= k
+    return k, t[:3].copy(), t[3:].copy()
+
+
+@nb.njit(cache=True)
+def _centred_moments(xyz, sites, inlier):
+    """Over the ``inlier`` atoms: their number, the means of sites and positions, and the
+    centred sums Σ (s − s̄)(s − s̄)ᵀ and Σ (s − s̄)(x − x̄)ᵀ (the normal equations of the
+    lattice fit x ≈ origin + s @ basis); each sum in blocks of ``_BLOCK`` terms."""
+    k, sm, xm = _inlier_means(xyz, sites, inlier)
+    t = np.zeros(15)           # totals: the 6 distinct terms of the site sum, then the 9 of the cross sum
+    s0m, s1m, s2m, x0m, x1m, x2m = sm[0], sm[1], sm[2], xm[0], xm[1], xm[2]
+    j = 0
+    q00 = q01 = q02 = q11 = q12 = q22 = 0.0
+    r00 = r01 = r02 = r10 = r11 = r12 = r20 = r21 = r22 = 0.0
+    for i in range(xyz.shape[0]):
+        if inlier[i]:
+            j += 1
+            s0, s1, s2 = sites[i, 0] - s0m, sites[i, 1] - s1m, sites[i, 2] - s2m
+            x0, x1, x2 = xyz[i, 0] - x0m, xyz[i, 1] - x1m, xyz[i, 2] - x2m
+            q00 += s0 * s0
+            q01 += s0 * s1
+            q02 += s0 * s2
+            q11 += s1 * s1
+            q12 += s1 * s2
+            q22 += s2 * s2
+            r00 += s0 * x0
+            r01 += s0 * x1
+            r02 += s0 * x2
+            r10 += s1 * x0
+            r11 += s1 * x1
+            r12 += s1 * x2
+            r20 += s2 * x0
+            r21 += s2 * x1
+            r22 += s2 * x2
+            if j % _BLOCK == 0 or j == k:
+                t[0] += q00
+                t[1] += q01
+                t[2] += q02
+                t[3] += q11
+                t[4] += q12
+                t[5] += q22
+                t[6] += r00
+                t[7] += r01
+                t[8] += r02
+                t[9] += r10
+                t[10] += r11
+                t[11] += r12
+                t[12] += r20
+                t[13] += r21
+                t[14] += r22
+                q00 = q01 = q02 = q11 = q12 = q22 = 0.0
+                r00 = r01 = r02 = r10 = r11 = r12 = r20 = r21 = r22 = 0.0
+    sss = np.array([[t[0], t[1], t[2]], [t[1], t[3], t[4]], [t[2], t[4], t[5]]])
+    ssx = t[6:].copy().reshape(3, 3)
+    return k, sm, xm, sss, ssx
+
+
+_MAX_COND = 1e6    # normal equations only when well conditioned (their error ~ cond × 1e-16)
+
+
+def _fit_sites(xyz, sites, inlier):
+    """Least-squares ``xyz ≈ origin + sites @ basis`` over the ``inlier`` atoms: (origin, basis).
+    Centred normal equations (3 × 3); an ill-conditioned fit (the atoms nearly on a plane)
+    takes np.linalg.lstsq's minimum-norm solution."""
+    k, s_mean, x_mean, sss, ssx = _centred_moments(xyz, sites, inlier)
+    if k >= 4 and np.linalg.cond(sss) < _MAX_COND:
+        basis = np.linalg.solve(sss, ssx)
+        return x_mean - s_mean @ basis, basis
+    design = np.hstack([np.ones((len(xyz), 1)), sites])
+    sol, *_ = np.linalg.lstsq(design[inlier], xyz[inlier], rcond=None)
+    return sol[0], sol[1:]
+
+
+@nb.njit(cache=True)
+def _site_residuals(xyz, sites, origin, basis):
+    """|origin + s @ basis − x| of every atom."""
+    out = np.empty(xyz.shape[0])
+    for i in range(xyz.shape[0]):
+        s0, s1, s2 = sites[i, 0], sites[i, 1], sites[i, 2]
+        r2 = 0.0
+        for k in range(3):
+            r = origin[k] + s0 * basis[0, k] + s1 * basis[1, k] + s2 * basis[2, k] - xyz[i, k]
+            r2 += r * r
+        out[i] = np.sqrt(r2)
+    return out
 
 
 @nb.njit(cache=True)
@@ -412,7 +645,7 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     3.924
     """
     el = get_element(element) if isinstance(element, str) else element
-    xyz = np.asarray(xyz_A, dtype=np.float64).reshape(-1, 3)
+    xyz = np.ascontiguousarray(np.asarray(xyz_A, dtype=np.float64).reshape(-1, 3))
     lattice = el.lattice
     if lattice == "hcp":
         log.warning("%s is hcp; fitting an fcc lattice (same first shell)", el.symbol)
@@ -428,29 +661,37 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     pairs, bonds = _bonds(xyz, tree, cut, (p0, d2_0) if cut <= r0 else None)
     if len(bonds) < 3:
         return _fallback(xyz, el, geo["type"], nn, "no nearest-neighbour bonds found")
-    rot = _orientation(xyz, pairs, bonds, geo["bond_dirs"])
+    r_centre = np.linalg.norm(xyz - xyz.mean(0), axis=1)
+    rot = _orientation(xyz, pairs, bonds, geo["bond_dirs"], r_centre=r_centre)
     if rot is None:
         return _fallback(xyz, el, geo["type"], nn, "bond directions do not match the lattice")
     a0 = nn / geo["d1"]
     outlier = 0.3 * nn if outlier_A is None else float(outlier_A)
-    centre = xyz.mean(0)
-    o_atom = int(np.argmin(np.linalg.norm(xyz - centre, axis=1)))
+    o_atom = int(np.argmin(r_centre))
     origin = xyz[o_atom].copy()
     basis = rot.T * a0                                 # rows: a1, a2, a3 in map frame
     inlier = np.ones(n, bool)
     sites = None
+    cells = np.ascontiguousarray(geo["basis"], dtype=np.float64)
+    settled = False       # the last fit was made on the current inliers, and left them as they are
+    last_near = None
     for _ in range(n_iter):
-        p_cells = np.linalg.solve(basis.T, (xyz - origin).T).T
-        sites = _index_sites(p_cells, geo["basis"])
+        new_sites = _index_sites(xyz, origin, np.linalg.inv(basis), cells)
+        if settled and np.array_equal(new_sites, sites):
+            break             # the same sites and inliers would give the same fit again: a fixed point
+        sites = new_sites
+        settled = False
         for _inner in range(3):
-            design = np.hstack([np.ones((n, 1)), sites])
-            sol, *_ = np.linalg.lstsq(design[inlier], xyz[inlier], rcond=None)
-            resid = np.linalg.norm(design @ sol - xyz, axis=1)
-            new = _largest_cluster(resid <= outlier, pairs)
+            fit_origin, fit_basis = _fit_sites(xyz, sites, inlier)
+            resid = _site_residuals(xyz, sites, fit_origin, fit_basis)
+            near_site = resid <= outlier
+            if not np.array_equal(near_site, last_near):     # else: the same cluster as last time
+                last_near, new = near_site, _largest_cluster(near_site, pairs)
             if new.sum() < 4 or np.array_equal(new, inlier):
+                settled = True
                 break
             inlier = new
-        origin, basis = sol[0], sol[1:]
+        origin, basis = fit_origin, fit_basis
         if not np.all(np.isfinite(basis)) or abs(np.linalg.det(basis)) < 1e-3 * a0 ** 3:
             # the atoms left on the lattice do not span three dimensions (e.g. a noisy, sparse model)
             return _fallback(xyz, el, geo["type"], nn, "degenerate lattice fit: the atoms on the lattice "
