@@ -190,33 +190,48 @@ class MapTransfer:
 
 
 
+def _rescue_candidates(C_box, t_low, vs, min_sep_A):
+    """The rescue's peaks before the labels rule any out: local maxima of ``C_box`` above
+    ``t_low`` off the box faces (edge artefacts), as (flat indices ascending, positions Å,
+    values float64, and their pairs closer than ``min_sep_A``). Computed once per map;
+    a round of the rescue only asks which of them lie outside every component."""
+    xp = _be.namespace(C_box).xp
+    peaks = (C_box > t_low) & local_maxima(C_box)
+    peaks[0], peaks[-1] = False, False
+    peaks[:, 0], peaks[:, -1] = False, False
+    peaks[:, :, 0], peaks[:, :, -1] = False, False
+    cidx = xp.nonzero(peaks.ravel())[0]
+    del peaks
+    cxyz = _flat_to_xyz_A(cidx, C_box.shape, vs)
+    i, j, _ = pairs_within(cxyz, min_sep_A)
+    return cidx, cxyz, C_box.ravel()[cidx].astype(xp.float64), i, j
+
+
 def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2, centre_map=None,
-            maxima=None):
+            candidates=None):
     """Weak atoms missed by the global threshold: significant peaks of ``C`` away from atoms.
 
     A local maximum of ``C`` above ``t_low`` that lies outside every labelled
     component, at least ``min_sep_A`` from every existing atom centre and within
     ``bond_A`` of at least ``min_bonds`` of them (bonded to the particle: noise
     far from it is never rescued) becomes a new atom; it claims the unlabelled
-    voxels above ``t_low`` within ``r_claim_A``. ``maxima``: :func:`local_maxima` of
-    ``C_box``, when already computed.
+    voxels above ``t_low`` within ``r_claim_A``. ``candidates``:
+    :func:`_rescue_candidates` of ``C_box`` and ``t_low``, when already computed
+    (rounds on one map pass them in: only their labels change between rounds).
     """
     xp = _be.namespace(lab).xp
-    if maxima is None:                                # rounds on the same map pass it in
-        maxima = local_maxima(C_box)
-    peaks = (lab == 0) & (C_box > t_low) & maxima
-    interior = xp.zeros(peaks.shape, dtype=bool)      # no rescue on the box faces (edge artefacts)
-    interior[1:-1, 1:-1, 1:-1] = True
-    peaks &= interior
-    pidx = xp.nonzero(peaks.ravel())[0]
-    if pidx.size == 0:
+    if candidates is None:
+        candidates = _rescue_candidates(C_box, t_low, vs, min_sep_A)
+    cidx, cxyz, cval, ci, cj = candidates
+    # the candidates outside every component, thinned among themselves (the others are a
+    # group of their own: pairs across groups suppress nothing), in flat order
+    free = lab.ravel()[cidx] == 0
+    kept = xp.nonzero(thin_peaks(ci, cj, cval, cidx.shape[0], group=free) & free)[0]   # one sync
+    if kept.size == 0:
         return lab, n, 0
     _, ny, nx = lab.shape
     vsx = xp.asarray(vs)
-    pxyz = _flat_to_xyz_A(pidx, lab.shape, vs)
-    pval = C_box.ravel()[pidx].astype(xp.float64)
-    kept = xp.nonzero(_thin_peaks(pxyz, pval, min_sep_A))[0]    # one sync for both gathers
-    pidx, pxyz = pidx[kept], pxyz[kept]
+    pidx, pxyz = cidx[kept], cxyz[kept]
     # distance to existing atoms: voxels of labelled components near the peak
     mom = label_moments(lab, n, C_box if centre_map is None else centre_map)
     ex = mom["centre_vox"][1:][mom["count"][1:] > 0] * vsx
@@ -263,12 +278,12 @@ def rescue_rounds(lab, n, C_box, t_low, vs, el, rounds: int, centre_map=None):
 
     Returns (labels, n, atoms added).
     """
-    maxima = local_maxima(C_box)                      # the same map every round
+    candidates = _rescue_candidates(C_box, t_low, vs, 0.7 * el.nn_distance_A)   # the same map every round
     added = 0
     for rnd in range(max(1, rounds)):
         lab, n, n_new = _rescue(lab, n, C_box, t_low, vs, 0.7 * el.nn_distance_A, el.radius_A,
                                 1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3,
-                                centre_map=centre_map, maxima=maxima)
+                                centre_map=centre_map, candidates=candidates)
         added += n_new
         if n_new == 0:
             break
