@@ -137,3 +137,19 @@ extern "C" __global__ void ptnp_cell_keys(
         key[i] = ptnp_cell_bucket(cx, cy, cz, hmask) * n + i;
     }
 }
+
+// The cell list's bucket starts, one launch: with sorted = the keys in sorted order (bucket
+// b_k = sorted[k] / n), start[b] = the first k with b_k >= b for every b in 0..nbuckets (a
+// left search of each bucket, every entry written once: thread k writes the buckets after
+// b_(k-1) up to b_k; b_(-1) = -1, b_n = nbuckets).
+extern "C" __global__ void ptnp_bucket_starts(
+    const long long* __restrict__ key, const long long* __restrict__ order, const long long n,
+    const long long nbuckets, long long* __restrict__ start)
+{
+    for (long long k = (long long)blockIdx.x * blockDim.x + threadIdx.x; k <= n;
+         k += (long long)gridDim.x * blockDim.x) {
+        const long long lo = k == 0 ? -1 : key[order[k - 1]] / n;
+        const long long hi = k == n ? nbuckets : key[order[k]] / n;
+        for (long long b = lo + 1; b <= hi; ++b) start[b] = k;
+    }
+}

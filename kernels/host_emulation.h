@@ -88,6 +88,21 @@ inline unsigned int __float_as_uint(float f)
     unsigned int u; std::memcpy(&u, &f, sizeof u); return u;
 }
 
+inline float __uint_as_float(unsigned int u)
+{
+    float f; std::memcpy(&f, &u, sizeof f); return f;
+}
+
+inline float __int_as_float(int i)
+{
+    float f; std::memcpy(&f, &i, sizeof f); return f;
+}
+
+inline double __longlong_as_double(long long i)
+{
+    double d; std::memcpy(&d, &i, sizeof d); return d;
+}
+
 template <typename Kernel, typename... Args>
 void ptnp_emu_launch(ptnp_emu_dim3 grid, ptnp_emu_dim3 block, Kernel kernel, Args... args)
 {

@@ -94,3 +94,36 @@ extern "C" __global__ void ptnp_label_moments(
     }
     if (cur > 0) ptnp_flush(cur, n, sw, sx, sy, sz, key, count, sums, peak_key);
 }
+
+// The moments' last step, one launch over the m rows (a background row included when the
+// caller made one): integer counts, the weight sums split out, the weighted centres
+// Sw*x / Sw (NaN where Sw = 0, the division as array code does it) and the peaks decoded from
+// their keys (key 0: an empty label, value -inf and index -1). Array code took ~16 launches.
+extern "C" __global__ void ptnp_label_finish(
+    const unsigned long long* __restrict__ count, const double* __restrict__ sums,
+    const unsigned long long* __restrict__ peak_key, const long long m,
+    long long* __restrict__ count_out, double* __restrict__ sw_out, double* __restrict__ sxyz_out,
+    double* __restrict__ centre_out, float* __restrict__ peak_value, long long* __restrict__ peak_index)
+{
+    for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < m;
+         r += (long long)gridDim.x * blockDim.x) {
+        count_out[r] = (long long)count[r];
+        const double sw = sums[4 * r];
+        sw_out[r] = sw;
+        for (int a = 0; a < 3; ++a) {
+            const double s = sums[4 * r + 1 + a];
+            sxyz_out[3 * r + a] = s;
+            centre_out[3 * r + a] = sw != 0.0 ? s / sw : __longlong_as_double(0x7ff8000000000000LL);
+        }
+        const unsigned long long key = peak_key[r];
+        if (key == 0ULL) {
+            peak_value[r] = -__int_as_float(0x7f800000);
+            peak_index[r] = -1;
+        } else {
+            const unsigned int hi = (unsigned int)(key >> 32), lo = (unsigned int)(key & 0xffffffffULL);
+            const unsigned int bits = (hi & 0x80000000u) == 0u ? ~hi : (hi & 0x7fffffffu);
+            peak_value[r] = __uint_as_float(bits);
+            peak_index[r] = (long long)0xffffffffu - (long long)lo;
+        }
+    }
+}

@@ -531,18 +531,29 @@ class LabelMoments(NamedTuple):
         Largest ``peakmap`` value in the label (-inf if empty).
     peak_index : (n,) int64
         Flat (C-order) index of the first voxel holding it (-1 if empty).
+    centre_vox : (n, 3) float64 or None
+        Σw·(x, y, z) / Σw (NaN where Σw = 0), when the moments' pass wrote it
+        (``ptnp_label_finish`` on a device, the same formula on the host);
+        :meth:`centres_vox_xyz` returns it, or computes it.
     """
     count: object
     sum_w: object
     sum_w_xyz: object
     peak_value: object
     peak_index: object
+    centre_vox: object = None          # the centres when a kernel wrote them with the sums
 
     def centres_vox_xyz(self):
         """Weighted centres of mass, (n, 3) voxel x y z (NaN where Σw = 0)."""
-        xp = _be.namespace(self.sum_w).xp
-        sw = self.sum_w[:, None]
-        return xp.where(sw != 0, self.sum_w_xyz / xp.where(sw != 0, sw, 1.0), xp.nan)
+        if self.centre_vox is not None:
+            return self.centre_vox
+        return _weighted_centres(self.sum_w, self.sum_w_xyz, _be.namespace(self.sum_w).xp)
+
+
+def _weighted_centres(sum_w, sum_w_xyz, xp):
+    """Σw·x / Σw per row, NaN where Σw = 0 (what ``ptnp_label_finish`` writes)."""
+    sw = sum_w[:, None]
+    return xp.where(sw != 0, sum_w_xyz / xp.where(sw != 0, sw, 1.0), xp.nan)
 
 
 def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
@@ -614,7 +625,8 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
             count, sums = np.concatenate([[0], count]), np.concatenate([np.zeros((1, 4)), sums])
             pv = np.concatenate([np.array([-np.inf], np.float32), pv])
             pi = np.concatenate([[-1], pi])
-        return LabelMoments(count, sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi)
+        return LabelMoments(count, sums[:, 0].copy(), sums[:, 1:].copy(), pv, pi,
+                            _weighted_centres(sums[:, 0], sums[:, 1:], np))
     head = 1 if background_row else 0
     count_all = xp.zeros(head + n_labels, dtype=xp.uint64)
     sums_all = xp.zeros((head + n_labels, 4), dtype=xp.float64)
@@ -630,8 +642,14 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
                           ("PTNP_RUN", str(run))))
         k((-(-n_threads // 256),), (256,), (lab, w, p, np.int32(nx), np.int32(ny), np.int32(nz),
                                             np.int64(n_labels), count, sums, key))
-    pv, pi = _decode_peak_keys(key_all, xp)
-    return LabelMoments(count_all.astype(xp.int64), sums_all[:, 0].copy(), sums_all[:, 1:].copy(), pv, pi)
+    m = head + n_labels
+    out = (xp.empty(m, dtype=xp.int64), xp.empty(m, dtype=xp.float64), xp.empty((m, 3), dtype=xp.float64),
+           xp.empty((m, 3), dtype=xp.float64), xp.empty(m, dtype=xp.float32), xp.empty(m, dtype=xp.int64))
+    if m:
+        k = get_function("label_sums.cu", "ptnp_label_finish")
+        k((min(-(-m // 256), 65535),), (256,), (count_all, sums_all, key_all, np.int64(m), *out))
+    count_o, sw, sxyz, centre, pv, pi = out
+    return LabelMoments(count_o, sw, sxyz, pv, pi, centre)
 
 
 def _decode_peak_keys(key, xp):
@@ -963,8 +981,21 @@ def _cell_list(xyz, r_A: float):
     hmask = buckets - 1
     cell, key = _cell_keys(xyz, _cell_edge(r_A), hmask)
     order = xp.argsort(key)
-    start = xp.searchsorted(key[order] // n, xp.arange(buckets + 1, dtype=xp.int64))
-    return cell, order, start, hmask
+    return cell, order, _bucket_starts(key, order, buckets), hmask
+
+
+def _bucket_starts(key, order, buckets: int):
+    """start[b] = the first sorted place whose bucket (key // n) is >= b, b = 0..buckets: one
+    launch of ``ptnp_bucket_starts`` on CuPy; a search of the sorted buckets on NumPy."""
+    be = _be.namespace(key, order)
+    xp = be.xp
+    n = int(key.shape[0])
+    if not be.is_gpu:
+        return xp.searchsorted(key[order] // n, xp.arange(buckets + 1, dtype=xp.int64))
+    start = xp.empty(buckets + 1, dtype=xp.int64)
+    k = get_function("cell_pairs.cu", "ptnp_bucket_starts")
+    k((min(-(-(n + 1) // _BLOCK), 65535),), (_BLOCK,), (key, order, np.int64(n), np.int64(buckets), start))
+    return start
 
 
 def _cell_keys(xyz, edge, hmask):

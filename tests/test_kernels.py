@@ -827,10 +827,16 @@ def test_cupy_branches_on_emulated_device(emulated_device):
     np.testing.assert_allclose(m.sum_w_xyz, s[:, 1:], rtol=1e-12)
     np.testing.assert_array_equal(m.peak_value, pv)
     np.testing.assert_array_equal(m.peak_index, pi)
-    # with the background row: written after it by the same single launch
+    # the finishing kernel's centres: Σw·x / Σw, NaN for an empty label (label 3 is made empty)
+    ref = gk.LabelMoments(count, s[:, 0], s[:, 1:], pv, pi).centres_vox_xyz()
+    np.testing.assert_allclose(m.centres_vox_xyz(), ref, rtol=1e-12)
+    lab3 = np.where(lab == 3, 0, lab).astype(np.uint8)
+    m3 = gk.label_moments(lab3, w, p, 4)
+    assert np.all(np.isnan(m3.centres_vox_xyz()[2])) and m3.peak_index[2] == -1 and m3.peak_value[2] == -np.inf
+    # with the background row: written after it by the same two launches (sums, finish)
     n_launch = len(emulated_device.launches)
     mb = gk.label_moments(lab, w, p, 4, background_row=True)
-    assert len(emulated_device.launches) == n_launch + 1
+    assert [x[0] for x in emulated_device.launches[n_launch:]] == ["ptnp_label_moments", "ptnp_label_finish"]
     _assert_background_row(mb, m)
 
 
@@ -838,6 +844,7 @@ def _assert_background_row(mb, m):
     """``mb`` = ``m`` with a row for label 0 that holds nothing in front."""
     assert mb.count[0] == 0 and mb.sum_w[0] == 0 and np.all(mb.sum_w_xyz[0] == 0)
     assert mb.peak_value[0] == -np.inf and mb.peak_index[0] == -1
+    assert np.all(np.isnan(mb.centre_vox[0]))
     for a, b in zip(mb, m):
         assert a.dtype == b.dtype
         if a.dtype == np.float64:           # the kernel's atomic sums may add in another order
@@ -1021,8 +1028,8 @@ def test_cell_pairs_cupy_branch_on_emulated_device(emulated_device):
     x[7] = x[2]
     r = 2.2
     i, j, d2 = gk.cell_pairs(x, r)
-    assert [k[0] for k in emulated_device.launches] == ["ptnp_cell_keys", "ptnp_cell_pairs_count",
-                                                          "ptnp_cell_pairs_write"]
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_cell_keys", "ptnp_bucket_starts",
+                                                          "ptnp_cell_pairs_count", "ptnp_cell_pairs_write"]
     emulated_device.launches.clear()
     cell, order, start, hmask = gk._cell_list(x, r)
     twin = _twin_pairs(x, cell, order, start, hmask, r)[2]
@@ -1210,8 +1217,9 @@ def test_fused_cupy_branches_on_emulated_device(emulated_device):
     i, j, val, group = _peak_case(rng, 200)
     kept = gk.thin_peaks(i, j, val, len(val), group=group)
     assert [k[0] for k in emulated_device.launches] == ["ptnp_segment_sum", "ptnp_shifted_moments",
-                                                          "ptnp_cell_keys", "ptnp_cell_pairs_count",
-                                                          "ptnp_cell_pairs_write", "ptnp_thin_peaks"]
+                                                          "ptnp_cell_keys", "ptnp_bucket_starts",
+                                                          "ptnp_cell_pairs_count", "ptnp_cell_pairs_write",
+                                                          "ptnp_thin_peaks"]
     for c in range(2):
         np.testing.assert_allclose(out[c], np.bincount(idx, weights=vals[c], minlength=50), rtol=1e-12)
     ref = vol[1:, 2:, ::2] - 0.5
@@ -1303,3 +1311,19 @@ def test_fourier_cupy_branches_on_emulated_device(emulated_device):
     np.testing.assert_allclose(K, twin_K, rtol=1e-5, atol=1e-6 * np.abs(twin_K).max())
     np.testing.assert_allclose(F, twin_F, rtol=1e-5, atol=1e-6 * np.abs(twin_F).max())
     np.testing.assert_array_equal(shell, rfft_shells(fz, fy, fx, ds, 7))
+
+
+def test_bucket_starts_kernel_on_emulated_device(emulated_device):
+    """``ptnp_bucket_starts`` equals the left search of every bucket in the sorted buckets:
+    empty buckets before, between and after the occupied ones, one point, every point in one
+    bucket."""
+    rng = np.random.default_rng(63)
+    for n, buckets, hi in ((300, 64, 64), (300, 1024, 40), (1, 64, 64), (50, 64, 1), (200, 256, 256)):
+        b = rng.integers(max(0, hi - 30) if hi < buckets else 0, hi, n)
+        key = (b * n + np.arange(n)).astype(np.int64)
+        order = np.argsort(key)
+        got = gk._bucket_starts(key, order, buckets)
+        ref = np.searchsorted(np.sort(b), np.arange(buckets + 1))
+        np.testing.assert_array_equal(got, ref)
+        assert got[-1] == n
+    assert {x[0] for x in emulated_device.launches} == {"ptnp_bucket_starts"}
