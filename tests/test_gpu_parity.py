@@ -165,6 +165,9 @@ def test_label_moments_parity(cp, seed):
     np.testing.assert_allclose(_host(mg.sum_w_xyz), m.sum_w_xyz, rtol=1e-12)
     np.testing.assert_array_equal(_host(mg.peak_value), m.peak_value)
     np.testing.assert_array_equal(_host(mg.peak_index), m.peak_index)
+    np.testing.assert_allclose(_host(mg.centres_vox_xyz()), m.centres_vox_xyz(), rtol=1e-12)   # ptnp_label_finish
+    mb = gk.label_moments(cp.asarray(lab), cp.asarray(w), cp.asarray(p), n, background_row=True)
+    assert int(mb.count[0]) == 0 and int(mb.peak_index[0]) == -1 and bool(cp.isnan(mb.centre_vox[0]).all())
 
 
 @pytest.mark.parametrize("seed", [12, FRESH_SEED])
