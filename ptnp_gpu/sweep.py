@@ -112,20 +112,21 @@ class _Scorer:
         self.d2_grid = self.xp.asarray(d2_grid)
         self.a_table = self.xp.asarray(kernel.autocorr(d2_grid))
 
-    def scores(self, centre_vox_xyz, group, n_groups: int):
-        """Scores of ``n_groups`` models at once (one model per threshold), on the backend.
+    def sums(self, centre_vox_xyz, group, n_groups: int):
+        """Per-model sums of ``n_groups`` models at once (one model per threshold), on the
+        backend: a (3, n_groups) float64 array of the atom counts, Σ G at the atoms and the
+        atoms' pair sum Σ K⋆K. No host round trip; :meth:`correlations` turns them into
+        the scores.
 
-        ``centre_vox_xyz`` (N, 3) holds the atoms of every model; ``group`` (N,)
-        says which model each atom belongs to. Pairs never cross models: each
-        model is shifted along z by more than the pair reach. Returns two
-        backend arrays (n_groups,): the correlations (−1 for an empty model)
-        and the atom counts. No host round trip.
+        ``centre_vox_xyz`` (N, 3) holds the atoms of every model; ``group`` (N,) says which
+        model each atom belongs to. Pairs never cross models: each model is shifted along z
+        by more than the pair reach.
         """
         xp = self.xp
         group = group.astype(xp.int64)
         coords = centre_vox_xyz[:, ::-1].T             # (3, N) z, y, x
         g = self.ndi.map_coordinates(self.G, coords, order=3, mode="nearest", prefilter=False)
-        # per-model sums: bincounts on the host, one sync-free scatter-add on a GPU
+        # per-model sums: bincounts on the host, one sync-free kernel launch on a GPU
         n_at, ssc = segment_sum(group, [xp.ones(g.shape[0]), g.astype(xp.float64)], n_groups)
         # models side by side along z, further apart than the reach: no cross pairs
         span = float(self.extent_A) + 2.0 * self.reach
@@ -135,13 +136,24 @@ class _Scorer:
         kk = (xp.interp(d2, self.d2_grid, self.a_table) if _be.namespace(d2).is_gpu
               else interp_host(d2, self.d2_grid, self.a_table))     # the same numbers, compiled
         cross = segment_sum(group[i], [kk], n_groups)[0]
+        return xp.stack([n_at, ssc, cross])
+
+    def correlations(self, sums):
+        """Host (r, n_atoms) from :meth:`sums` read back ((3, M) host array): the exact Pearson
+        correlation of each model's simulated map with C (−1 for an empty model)."""
+        n_at, ssc, cross = (np.asarray(v, dtype=np.float64) for v in sums)
         sss = n_at * self.a0 + 2.0 * cross
         ss = n_at * self.ksum
         cov = ssc - ss * self.sc / self.n
         var_s = sss - ss * ss / self.n
         var_c = self.scc - self.sc * self.sc / self.n
-        r = cov / xp.sqrt(xp.maximum(var_s * var_c, 1e-300))
-        return xp.where(n_at > 0, r, -1.0), n_at
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = cov / np.sqrt(np.maximum(var_s * var_c, 1e-300))
+        return np.where(n_at > 0, r, -1.0), n_at
+
+    def scores(self, centre_vox_xyz, group, n_groups: int):
+        """Scores of ``n_groups`` models at once: host arrays (r, n_atoms) (one host read)."""
+        return self.correlations(_be.to_host(self.sums(centre_vox_xyz, group, n_groups)))
 
     def __call__(self, centre_vox_xyz):
         """Score of one model (host float; one sync)."""
@@ -194,8 +206,9 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
 def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int = 1):
     """Correlations and atom counts of the models built at ``thresholds`` (host arrays).
 
-    On a GPU, ``batch`` thresholds are binarised, labelled and scored together
-    (:func:`_stacked_centres`, :meth:`_Scorer.scores`); one host transfer per batch.
+    On a GPU, ``batch`` thresholds are binarised, labelled and summed together
+    (:func:`_stacked_centres`, :meth:`_Scorer.sums`); the sums of every batch come to the
+    host in one transfer, where :meth:`_Scorer.correlations` makes the scores.
     On the host with ``batch == 1`` (its default) one union-find pass finds the
     components of all thresholds (:func:`ptnp_gpu.threshold_components.threshold_components`);
     a larger ``batch`` takes the stacked labelling there too (the tests compare the two).
@@ -208,13 +221,11 @@ def sweep_scores(C_box, weights_box, scorer, thresholds, min_voxels, batch: int 
         cen, k = threshold_components(C_box, weights_box, thresholds, min_voxels)
         r, n_at = scorer.scores(cen, k, len(thresholds))
         return np.asarray(r, float), np.asarray(n_at, float)
-    out_r, out_n = [], []
+    out = []
     batch = max(1, int(batch))
     for s in range(0, len(thresholds), batch):
         ts = thresholds[s:s + batch]
         cen, k = _stacked_centres(C_box, weights_box, ts, min_voxels)
-        r, n_at = scorer.scores(cen, k, len(ts))
-        out_r.append(r)
-        out_n.append(n_at)
-    r, n_at = _be.to_host(xp.stack([xp.concatenate(out_r), xp.concatenate(out_n)]))   # one transfer
+        out.append(scorer.sums(cen, k, len(ts)))
+    r, n_at = scorer.correlations(_be.to_host(xp.concatenate(out, axis=1)))   # one transfer
     return np.asarray(r, float), np.asarray(n_at, float)
