@@ -202,3 +202,68 @@ extern "C" __global__ void ptnp_mean_shift(
         out[3 * atom] = cx; out[3 * atom + 1] = cy; out[3 * atom + 2] = cz;
     }
 }
+
+// Solve every atom's normal equations (P <= 7 parameters), one thread per atom: the ridged
+// system (A + ridge * max diag(A) * I) beta = b by Gaussian elimination with partial pivoting
+// (LAPACK's getrf/getrs order for one small matrix), then the weighted R^2 from the same sums:
+// SS_res = yy - 2 beta.b + beta^T A beta, SS_tot = yy - b_0^2 / max(A_00, 1e-300). Rows with
+// fewer than P + min_extra voxels, or with a non-finite solution, get NaN and ok = 0. The array
+// code it replaces took ~14 launches per call (batched solve and einsums).
+extern "C" __global__ void ptnp_solve_normal(
+    const double* __restrict__ A, const double* __restrict__ rhs, const double* __restrict__ yy,
+    const long long* __restrict__ count, const long long n, const int p, const long long min_count,
+    const double ridge, double* __restrict__ beta, double* __restrict__ r2, unsigned char* __restrict__ ok)
+{
+    for (long long a = (long long)blockIdx.x * blockDim.x + threadIdx.x; a < n;
+         a += (long long)gridDim.x * blockDim.x) {
+        const double* Aa = A + a * p * p;
+        const double* ba = rhs + a * p;
+        double* out = beta + a * p;
+        double M[7][8];
+        double scale = Aa[0];
+        for (int i = 1; i < p; ++i) scale = fmax(scale, Aa[i * p + i]);
+        const double rid = ridge * fmax(scale, 1e-300);
+        const bool solvable = count[a] >= min_count;
+        for (int i = 0; i < p; ++i) {
+            for (int j = 0; j < p; ++j)
+                M[i][j] = solvable ? (i == j ? Aa[i * p + j] + rid : Aa[i * p + j]) : (i == j ? 1.0 : 0.0);
+            M[i][p] = solvable ? ba[i] : 0.0;
+        }
+        for (int k = 0; k < p; ++k) {
+            int piv = k;
+            for (int i = k + 1; i < p; ++i)
+                if (fabs(M[i][k]) > fabs(M[piv][k])) piv = i;
+            if (piv != k)
+                for (int j = 0; j <= p; ++j) { const double t = M[k][j]; M[k][j] = M[piv][j]; M[piv][j] = t; }
+            for (int i = k + 1; i < p; ++i) {
+                const double f = M[i][k] / M[k][k];
+                for (int j = k + 1; j <= p; ++j) M[i][j] -= f * M[k][j];
+            }
+        }
+        bool finite = true;
+        for (int i = p - 1; i >= 0; --i) {
+            double s = M[i][p];
+            for (int j = i + 1; j < p; ++j) s -= M[i][j] * out[j];
+            out[i] = s / M[i][i];
+            finite = finite && isfinite(out[i]);
+        }
+        const bool good = solvable && finite;
+        ok[a] = good ? 1 : 0;
+        if (!good) {
+            for (int i = 0; i < p; ++i) out[i] = __longlong_as_double(0x7ff8000000000000LL);
+            r2[a] = __longlong_as_double(0x7ff8000000000000LL);
+            continue;
+        }
+        double bb = 0.0, q = 0.0;
+        for (int i = 0; i < p; ++i) {
+            bb += out[i] * ba[i];
+            double row = 0.0;
+            for (int j = 0; j < p; ++j) row += Aa[i * p + j] * out[j];
+            q += out[i] * row;
+        }
+        const double sw = fmax(Aa[0], 1e-300);
+        const double ss_tot = yy[a] - ba[0] * ba[0] / sw;
+        const double ss_res = yy[a] - 2.0 * bb + q;
+        r2[a] = 1.0 - ss_res / fmax(ss_tot, 1e-300);
+    }
+}

@@ -335,22 +335,50 @@ def solve_normal_equations(ne: NormalEquations, *, min_extra: int = 3, ridge: fl
     r2 : (N,) float64
     ok : (N,) bool
     """
-    xp = _be.namespace(ne.A).xp
-    A, b = ne.A, ne.rhs
+    if _be.namespace(ne.A).is_gpu and 0 < ne.A.shape[-1] <= 7:
+        return _solve_normal_device(ne.A, ne.rhs, ne.yy, ne.count, min_extra, ridge)
+    return _solve_normal_array(ne.A, ne.rhs, ne.yy, ne.count, min_extra, ridge)
+
+
+def _solve_normal_array(A, b, yy, count, min_extra, ridge):
+    """The array code of :func:`solve_normal_equations` (the host path, and the twin of
+    ``ptnp_solve_normal``)."""
+    xp = _be.namespace(A).xp
     p = A.shape[-1]
     eye = xp.eye(p, dtype=xp.float64)
-    solvable = ne.count >= p + min_extra
+    solvable = count >= p + min_extra
     scale = xp.einsum("npp->np", A).max(axis=1) if A.shape[0] else xp.zeros(0)
     A_r = A + (ridge * xp.maximum(scale, 1e-300))[:, None, None] * eye
     A_r = xp.where(solvable[:, None, None], A_r, eye)
     beta = xp.linalg.solve(A_r, xp.where(solvable[:, None], b, 0.0)[..., None])[..., 0]
     ok = solvable & xp.all(xp.isfinite(beta), axis=1)
     sw = xp.maximum(A[:, 0, 0], 1e-300)
-    ss_tot = ne.yy - b[:, 0] ** 2 / sw
-    ss_res = ne.yy - 2.0 * xp.einsum("np,np->n", beta, b) + xp.einsum("np,npq,nq->n", beta, A, beta)
+    ss_tot = yy - b[:, 0] ** 2 / sw
+    ss_res = yy - 2.0 * xp.einsum("np,np->n", beta, b) + xp.einsum("np,npq,nq->n", beta, A, beta)
     r2 = 1.0 - ss_res / xp.maximum(ss_tot, 1e-300)
     beta = xp.where(ok[:, None], beta, xp.nan)
     return beta, xp.where(ok, r2, xp.nan), ok
+
+
+def _solve_normal_device(A, rhs, yy, count, min_extra: int, ridge: float):
+    """:func:`solve_normal_equations` in one launch of ``ptnp_solve_normal`` (one thread per
+    atom: ridged Gaussian elimination with partial pivoting, then R²); its twin, on NumPy
+    arrays, is the array code."""
+    be = _be.namespace(A)
+    if not be.is_gpu:
+        return _solve_normal_array(A, rhs, yy, count, min_extra, ridge)
+    xp = be.xp
+    n, p = int(A.shape[0]), int(A.shape[-1])
+    beta = xp.empty((n, p), dtype=xp.float64)
+    r2 = xp.empty(n, dtype=xp.float64)
+    ok = xp.empty(n, dtype=xp.uint8)
+    if n:
+        f = get_function("window_fits.cu", "ptnp_solve_normal", (("PTNP_MAP_T", "float"),))
+        f((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+          (xp.ascontiguousarray(A, dtype=xp.float64), xp.ascontiguousarray(rhs, dtype=xp.float64),
+           xp.ascontiguousarray(yy, dtype=xp.float64), xp.ascontiguousarray(count, dtype=xp.int64),
+           np.int64(n), np.int32(p), np.int64(p + min_extra), np.float64(ridge), beta, r2, ok))
+    return beta, r2, ok.view(xp.bool_)
 
 
 def window_pearson(map_a, map_b, centres_vox_xyz, radius_vox, *, return_sums=False):

@@ -254,6 +254,25 @@ def test_fourier_kernels_parity(cp, seed, white):
     np.testing.assert_array_equal(_host(dev), gk.rfft_shell_index(fz, fy, fx, ds, top))
 
 
+@pytest.mark.parametrize("seed,p", [(24, 7), (FRESH_SEED, 2)])
+def test_solve_normal_parity(cp, seed, p):
+    """``ptnp_solve_normal`` (one thread per atom) against the host's batched LAPACK solve."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    X = rng.normal(size=(n, 20, p))
+    X[:, :, 0] = 1.0
+    w = rng.uniform(0.2, 1.0, (n, 20))
+    y = X @ rng.normal(size=p) + rng.normal(scale=0.3, size=(n, 20))
+    ne = gk.NormalEquations(np.einsum("nki,nk,nkj->nij", X, w, X), np.einsum("nki,nk,nk->ni", X, w, y),
+                            np.einsum("nk,nk->n", w * y, y), rng.integers(p, 60, n).astype(np.int64))
+    host = gk.solve_normal_equations(ne)
+    dev = gk.solve_normal_equations(gk.NormalEquations(*(cp.asarray(a) for a in ne)))
+    np.testing.assert_array_equal(_host(dev[2]), host[2])
+    assert 0 < host[2].sum() < n
+    np.testing.assert_allclose(_host(dev[0]), host[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(_host(dev[1]), host[1], rtol=1e-9, atol=1e-12)
+
+
 # ---------------------------------------------------------------------- pipeline stages
 
 @pytest.fixture(scope="module")

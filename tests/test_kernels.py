@@ -517,6 +517,12 @@ extern "C" void emu_mean_shift(const float* map, int nx, int ny, int nz, const d
     const int* off, int n_off, float base, double sigma2, int n_iter, double* out, int block) {
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_mean_shift,
       map, nx, ny, nz, c, n, off, n_off, base, sigma2, n_iter, out);
+}
+extern "C" void emu_solve_normal(const double* A, const double* rhs, const double* yy,
+    const long long* count, long long n, int p, long long min_count, double ridge, double* beta,
+    double* r2, unsigned char* ok, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_solve_normal,
+      A, rhs, yy, count, n, p, min_count, ridge, beta, r2, ok);
 }"""),
     "reduce.cu": ((("PTNP_INDEX_T", "int"), ("PTNP_MAP_T", "float")), """
 extern "C" void emu_segment_sum(const int* index, const double* values, long long p, int k, long long n,
@@ -1327,3 +1333,51 @@ def test_bucket_starts_kernel_on_emulated_device(emulated_device):
         np.testing.assert_array_equal(got, ref)
         assert got[-1] == n
     assert {x[0] for x in emulated_device.launches} == {"ptnp_bucket_starts"}
+
+
+
+def _normal_case(rng, n, p):
+    """Random weighted least-squares sums (A = XᵀWX, b = XᵀWy, yy = yᵀWy) with some rows too
+    small to solve and one singular row."""
+    X = rng.normal(size=(n, 12, p))
+    w = rng.uniform(0.2, 1.0, (n, 12))
+    y = X @ rng.normal(size=p) + rng.normal(scale=0.3, size=(n, 12))
+    X[:, :, 0] = 1.0
+    A = np.einsum("nki,nk,nkj->nij", X, w, X)
+    b = np.einsum("nki,nk,nk->ni", X, w, y)
+    yy = np.einsum("nk,nk->n", w * y, y)
+    count = rng.integers(p - 1, 40, n).astype(np.int64)
+    A[3] = 0.0                                          # singular: no finite solution
+    count[3] = 40
+    return gk.NormalEquations(np.ascontiguousarray(A), np.ascontiguousarray(b), yy, count)
+
+
+@pytest.mark.parametrize("p", [7, 2])
+def test_solve_normal_kernel_on_host(emulated, p):
+    """``ptnp_solve_normal`` (host build) against the array code: β and R² to 1e-9, the same
+    rows solved (too few voxels, a singular system: NaN, not ok)."""
+    rng = np.random.default_rng(64 + p)
+    ne = _normal_case(rng, 40, p)
+    beta_ref, r2_ref, ok_ref = gk.solve_normal_equations(ne)
+    assert 0 < ok_ref.sum() < 40 and not ok_ref[3]
+    for block, grid in ((32, 1), (16, 3)):
+        beta = np.zeros((40, p))
+        r2 = np.zeros(40)
+        ok = np.full(40, 7, np.uint8)
+        emulated["window_fits.cu"].emu_solve_normal(
+            _ptr(ne.A), _ptr(ne.rhs), _ptr(ne.yy), _ptr(ne.count), ctypes.c_longlong(40), p,
+            ctypes.c_longlong(p + 3), ctypes.c_double(1e-12), _ptr(beta), _ptr(r2), _ptr(ok), block, grid)
+        np.testing.assert_array_equal(ok.astype(bool), ok_ref)
+        np.testing.assert_allclose(beta, beta_ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(r2, r2_ref, rtol=1e-9, atol=1e-12)
+
+
+def test_solve_normal_cupy_branch_on_emulated_device(emulated_device):
+    rng = np.random.default_rng(66)
+    ne = _normal_case(rng, 30, 7)
+    beta, r2, ok = gk.solve_normal_equations(ne)
+    assert [x[0] for x in emulated_device.launches] == ["ptnp_solve_normal"]
+    ref = gk._solve_normal_array(ne.A, ne.rhs, ne.yy, ne.count, 3, 1e-12)
+    np.testing.assert_array_equal(ok, ref[2])
+    np.testing.assert_allclose(beta, ref[0], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(r2, ref[1], rtol=1e-9, atol=1e-12)
