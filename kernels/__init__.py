@@ -1,19 +1,24 @@
 """Custom CUDA kernels (.cu sources) and their CPU twins.
 
 ==================  ==========================================  ======================
-CUDA source         kernels (``ptnp_`` prefix)                  CPU twin (Numba)
+CUDA source         kernels (``ptnp_`` prefix)                  CPU twin
 ==================  ==========================================  ======================
 render_atoms.cu     ptnp_render_atoms                           render_atoms_cpu.py
 window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.py
-                    ptnp_mean_shift, ptnp_solve_normal         (solve: array code)
+                    ptnp_mean_shift, ptnp_solve_normal          (solve: array code)
 label_sums.cu       ptnp_label_moments, ptnp_label_finish       label_sums_cpu.py
 local_max.cu        ptnp_local_max                              local_max_cpu.py
 cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
                     ptnp_cell_pairs_write, ptnp_bucket_starts
-reduce.cu           ptnp_segment_sum, ptnp_shifted_moments      reduce_cpu.py
+reduce.cu           ptnp_segment_sum, ptnp_shifted_moments,     reduce_cpu.py
+                    ptnp_pair_affine_sums
 thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.py
-fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py (array code)
+fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py
 ==================  ==========================================  ======================
+
+Twins are Numba where a loop is needed, NumPy array code otherwise (``fourier_cpu.py``,
+the solve of ``ptnp_solve_normal``, ``ptnp_pair_affine_sums`` in ``reduce_cpu.py``): the
+host path computes the same numbers in the same order as before the kernel existed.
 
 The sources are loaded, specialised and compiled per device by
 :mod:`ptnp_gpu.gpu_kernels`, which also holds the public functions that

@@ -68,3 +68,36 @@ extern "C" __global__ void ptnp_shifted_moments(
         atomicAdd(out + threadIdx.x, s);
     }
 }
+
+// The sums of the local affine strain fit, one launch: for every neighbour pair (a, b) with
+// weight w, dx = x_b - x_a and du = u_b - u_a, the 18 products (w dx_p) dx_q and (w du_p) dx_q
+// (p, q = x, y, z) added to both atoms' rows: out[k, a] and out[k, b], k = 3p + q (dx) and
+// 9 + 3p + q (du). Array code built an (18, 2 x pairs) table first: ~30 launches.
+extern "C" __global__ void ptnp_pair_affine_sums(
+    const double* __restrict__ xyz, const double* __restrict__ u, const long long* __restrict__ pa,
+    const long long* __restrict__ pb, const double* __restrict__ w, const long long n_pairs,
+    const long long n, double* __restrict__ out)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n_pairs;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long a = pa[e], b = pb[e];
+        const double we = w[e];
+        double dx[3], wdx[3], wdu[3];
+        for (int k = 0; k < 3; ++k) {
+            dx[k] = xyz[3 * b + k] - xyz[3 * a + k];
+            wdx[k] = we * dx[k];
+            wdu[k] = we * (u[3 * b + k] - u[3 * a + k]);
+        }
+        for (int p = 0; p < 3; ++p) {
+            for (int q = 0; q < 3; ++q) {
+                const double v1 = wdx[p] * dx[q], v2 = wdu[p] * dx[q];
+                double* r1 = out + (long long)(3 * p + q) * n;
+                double* r2 = out + (long long)(9 + 3 * p + q) * n;
+                atomicAdd(r1 + a, v1);
+                atomicAdd(r1 + b, v1);
+                atomicAdd(r2 + a, v2);
+                atomicAdd(r2 + b, v2);
+            }
+        }
+    }
+}

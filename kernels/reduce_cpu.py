@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["segment_sum", "shifted_moments"]
+__all__ = ["segment_sum", "shifted_moments", "pair_affine_sums"]
 
 
 @nb.njit(cache=True)
@@ -49,3 +49,22 @@ def shifted_moments(data, shift):
     3-D array (any strides); ``shift`` a float or a one-element array."""
     a, b = _moments(data, float(np.asarray(shift).reshape(-1)[0]))
     return np.array([a, b])
+
+
+def pair_affine_sums(xyz, u, a, b, w, n):
+    """Twin of ``ptnp_pair_affine_sums``: (18, n) sums of (w·dx_p)·dx_q and (w·du_p)·dx_q over
+    each atom's pairs, in array code: the products of both directions in one (18, 2P) table,
+    then one ``bincount`` per row (the host path of the strain fit, unchanged)."""
+    dx = np.ascontiguousarray((xyz[b] - xyz[a]).T)                 # (3, P)
+    wdx = w * dx
+    wdu = w * np.ascontiguousarray((u[b] - u[a]).T)
+    terms = [(wd[p], dx[q]) for wd in (wdx, wdu) for p in range(3) for q in range(3)]
+    n_pairs = len(a)
+    cols = np.empty((len(terms), 2 * n_pairs))
+    for k, (left, right) in enumerate(terms):
+        np.multiply(left, right, out=cols[k, :n_pairs])
+    cols[:, n_pairs:] = cols[:, :n_pairs]                         # the second direction
+    i = np.concatenate([a, b])
+    if i.size == 0:
+        return np.zeros((len(terms), int(n)))
+    return np.stack([np.bincount(i, weights=c, minlength=int(n)) for c in cols])

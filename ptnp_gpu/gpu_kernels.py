@@ -70,7 +70,7 @@ __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEq
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
-           "atom_filter", "rfft_shell_index", "C_TYPES"]
+           "atom_filter", "rfft_shell_index", "pair_affine_sums", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -781,6 +781,43 @@ def shifted_moments(data, shift):
         f = get_function("reduce.cu", "ptnp_shifted_moments", (("PTNP_MAP_T", _c_type(data3.dtype, "data")),))
         f((min(-(-n // 256), 2048),), (256,),
           (data3, *(np.int64(v) for v in data3.shape), *st, sh, out))
+    return out
+
+
+def pair_affine_sums(xyz, u, pair_a, pair_b, w, n: int):
+    """Per-atom sums of the local affine (strain) fit over neighbour pairs.
+
+    For every pair (a, b) with weight w, dx = x_b − x_a and du = u_b − u_a: the 18
+    products (w·dx_p)·dx_q (rows 3p + q) and (w·du_p)·dx_q (rows 9 + 3p + q), added to
+    both atoms. One launch of ``ptnp_pair_affine_sums`` (float64 atomics) on CuPy arrays;
+    the array code (``kernels/reduce_cpu.py``: a product table and one bincount per row) on
+    NumPy arrays.
+
+    Parameters
+    ----------
+    xyz, u : (n, 3) float64 arrays
+        Reference positions and displacements (Å).
+    pair_a, pair_b : (P,) int64 arrays
+    w : (P,) float64 weights
+    n : int
+
+    Returns
+    -------
+    (18, n) float64 array on the inputs' backend.
+    """
+    be = _be.namespace(xyz, u, pair_a, pair_b, w)
+    xp = be.xp
+    if not be.is_gpu:
+        from .kernels.reduce_cpu import pair_affine_sums as twin
+        return twin(xyz, u, pair_a, pair_b, w, n)
+    out = xp.zeros((18, int(n)), dtype=xp.float64)
+    n_pairs = int(pair_a.shape[0])
+    if n_pairs and n:
+        f = get_function("reduce.cu", "ptnp_pair_affine_sums")
+        f((min(-(-n_pairs // 256), 1 << 16),), (256,),
+          (xp.ascontiguousarray(xyz, dtype=xp.float64), xp.ascontiguousarray(u, dtype=xp.float64),
+           xp.ascontiguousarray(pair_a, dtype=xp.int64), xp.ascontiguousarray(pair_b, dtype=xp.int64),
+           xp.ascontiguousarray(w, dtype=xp.float64), np.int64(n_pairs), np.int64(n), out))
     return out
 
 

@@ -24,12 +24,10 @@ import numpy as np
 
 from . import backend as _be
 from .neighbors import pairs_within, segment_sum
+from .gpu_kernels import pair_affine_sums
 
 __all__ = ["radial_displacement_A", "radial_strain", "strain_tensor", "strain_neighbourhood",
            "StrainNeighbourhood"]
-
-# the 9 entries (p, q) of a 3×3 matrix, row-major
-_ALL = tuple((p, q) for p in range(3) for q in range(3))
 
 
 def radial_displacement_A(xyz_A, ideal_xyz_A, centre_A):
@@ -206,19 +204,10 @@ def strain_tensor(xyz_A, u_A, *, h_A: float = 2.0, valid=None,
     valid = finite if valid is None else (xp.asarray(valid, dtype=bool) & finite)
     nb = _matching(neighbourhood, xyz, h_A, valid)
     # a pair adds the same w·dx dxᵀ and w·du dxᵀ to both its atoms (dx and du change
-    # sign together, exactly); the atom itself adds nothing. Both directions in
-    # one index keep the summation order of a plain directed-pair bincount.
-    dx = xp.ascontiguousarray((xyz[nb.b] - xyz[nb.a]).T)                    # (3, P), Å
-    wdx = nb.w_ab * dx
-    wdu = nb.w_ab * xp.ascontiguousarray((u[nb.b] - u[nb.a]).T)
-    terms = [(wd[p], dx[q]) for wd in (wdx, wdu) for p, q in _ALL]        # (w·dx_p)·dx_q, (w·du_p)·dx_q
-    n_pairs = len(nb.a)
-    cols = xp.empty((len(terms), 2 * n_pairs))                              # one buffer, no temporaries
-    for k, (left, right) in enumerate(terms):                               # 18 products, each vectorised
-        xp.multiply(left, right, out=cols[k, :n_pairs])
-    cols[:, n_pairs:] = cols[:, :n_pairs]                                   # the second direction
-    i = xp.concatenate([nb.a, nb.b])
-    sums = segment_sum(i, cols, n)                                           # (18, N)
+    # sign together, exactly); the atom itself adds nothing. On a device one kernel
+    # launch; on the host a product table and a bincount per row, the summation order of
+    # a plain directed-pair bincount
+    sums = pair_affine_sums(xyz, u, nb.a, nb.b, nb.w_ab, n)                 # (18, N)
     a = sums[:9].T.reshape(n, 3, 3)                                          # Σ w dx dxᵀ
     b = sums[9:].T.reshape(n, 3, 3)                                          # Σ w du dxᵀ
     det = xp.linalg.det(a)

@@ -273,6 +273,19 @@ def test_solve_normal_parity(cp, seed, p):
     np.testing.assert_allclose(_host(dev[1]), host[1], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("seed", [25, FRESH_SEED])
+def test_pair_affine_sums_parity(cp, seed):
+    """The strain fit's pair sums: one kernel launch (atomics) against the host's bincounts."""
+    rng = np.random.default_rng(seed)
+    xyz = rng.uniform(0.0, 40.0, (4000, 3))
+    u = rng.normal(scale=0.05, size=(4000, 3))
+    a, b, d2 = gk.cell_pairs(xyz, 6.0)
+    w = np.exp(-d2 / 8.0)
+    host = gk.pair_affine_sums(xyz, u, a, b, w, 4000)
+    dev = gk.pair_affine_sums(*(cp.asarray(v) for v in (xyz, u, a, b, w)), 4000)
+    np.testing.assert_allclose(_host(dev), host, rtol=1e-9, atol=1e-9 * float(np.abs(host).max()))
+
+
 # ---------------------------------------------------------------------- pipeline stages
 
 @pytest.fixture(scope="module")

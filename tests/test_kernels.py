@@ -530,6 +530,11 @@ extern "C" void emu_segment_sum(const int* index, const double* values, long lon
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_segment_sum,
       index, values, p, k, n, out);
 }
+extern "C" void emu_affine(const double* xyz, const double* u, const long long* a, const long long* b,
+    const double* w, long long np_, long long n, double* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_pair_affine_sums,
+      xyz, u, a, b, w, np_, n, out);
+}
 extern "C" void emu_moments(const float* data, long long n0, long long n1, long long n2, long long s0,
     long long s1, long long s2, const double* shift, double* out, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_shifted_moments,
@@ -1381,3 +1386,41 @@ def test_solve_normal_cupy_branch_on_emulated_device(emulated_device):
     np.testing.assert_array_equal(ok, ref[2])
     np.testing.assert_allclose(beta, ref[0], rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(r2, ref[1], rtol=1e-9, atol=1e-12)
+
+
+
+def test_pair_affine_sums_kernel_on_host(emulated):
+    """``ptnp_pair_affine_sums`` (host build, atomics in thread order) against the array code,
+    which is the strain fit's former host path, on random pairs; and the formula."""
+    rng = np.random.default_rng(67)
+    n, P = 40, 300
+    xyz = rng.normal(size=(n, 3)) * 5
+    u = rng.normal(scale=0.05, size=(n, 3))
+    a = rng.integers(0, n, P).astype(np.int64)
+    b = rng.integers(0, n, P).astype(np.int64)
+    w = rng.uniform(0.1, 1.0, P)
+    twin = gk.pair_affine_sums(xyz, u, a, b, w, n)
+    dx, du = xyz[b] - xyz[a], u[b] - u[a]
+    ref = np.zeros((18, n))
+    for k, (p, q) in enumerate((p, q) for p in range(3) for q in range(3)):
+        np.add.at(ref[k], a, w * dx[:, p] * dx[:, q])
+        np.add.at(ref[k], b, w * dx[:, p] * dx[:, q])
+        np.add.at(ref[9 + k], a, w * du[:, p] * dx[:, q])
+        np.add.at(ref[9 + k], b, w * du[:, p] * dx[:, q])
+    np.testing.assert_allclose(twin, ref, rtol=1e-12, atol=1e-12)
+    for block, grid in ((64, 2), (32, 7)):
+        out = np.zeros((18, n))
+        emulated["reduce.cu"].emu_affine(_ptr(xyz), _ptr(u), _ptr(a), _ptr(b), _ptr(w), ctypes.c_longlong(P),
+                                         ctypes.c_longlong(n), _ptr(out), block, grid)
+        np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-12)
+
+
+def test_pair_affine_sums_cupy_branch_on_emulated_device(emulated_device):
+    rng = np.random.default_rng(68)
+    xyz, u = rng.normal(size=(30, 3)), rng.normal(size=(30, 3))
+    a, b = rng.integers(0, 30, 100), rng.integers(0, 30, 100)
+    w = rng.uniform(size=100)
+    out = gk.pair_affine_sums(xyz, u, a, b, w, 30)
+    assert [x[0] for x in emulated_device.launches] == ["ptnp_pair_affine_sums"]
+    from ptnp_gpu.kernels.reduce_cpu import pair_affine_sums
+    np.testing.assert_allclose(out, pair_affine_sums(xyz, u, a, b, w, 30), rtol=1e-12, atol=1e-12)
