@@ -11,13 +11,14 @@ local_max.cu        ptnp_local_max                              local_max_cpu.py
 cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
                     ptnp_cell_pairs_write, ptnp_bucket_starts
 reduce.cu           ptnp_segment_sum, ptnp_shifted_moments,     reduce_cpu.py
-                    ptnp_pair_affine_sums
+                    ptnp_pair_affine_sums, ptnp_radial_fit_means,
+                    ptnp_radial_fit_spread
 thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.py
 fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py
 ==================  ==========================================  ======================
 
 Twins are Numba where a loop is needed, NumPy array code otherwise (``fourier_cpu.py``,
-the solve of ``ptnp_solve_normal``, ``ptnp_pair_affine_sums`` in ``reduce_cpu.py``): the
+the solve of ``ptnp_solve_normal``, the strain sums in ``reduce_cpu.py``): the
 host path computes the same numbers in the same order as before the kernel existed.
 
 The sources are loaded, specialised and compiled per device by

@@ -101,3 +101,38 @@ extern "C" __global__ void ptnp_pair_affine_sums(
         }
     }
 }
+
+// The local radial-strain regression's sums, two launches over the directed pairs (i, j, w):
+//   ptnp_radial_fit_means    s[0..2, i] += w, w R_j, w u_j;
+//   ptnp_radial_fit_spread   with R̄_i = s[1, i] / s[0, i] and ū_i = s[2, i] / s[0, i]:
+//                            t[0, i] += (w dR) dR and t[1, i] += (w dR)(u_j - ū_i), dR = R_j - R̄_i.
+// The products and quotients are the array code's, operation by operation (~20 launches).
+extern "C" __global__ void ptnp_radial_fit_means(
+    const long long* __restrict__ pi, const long long* __restrict__ pj, const double* __restrict__ w,
+    const double* __restrict__ r, const double* __restrict__ ur, const long long n_pairs, const long long n,
+    double* __restrict__ s)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n_pairs;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long i = pi[e], j = pj[e];
+        atomicAdd(s + i, w[e]);
+        atomicAdd(s + n + i, w[e] * r[j]);
+        atomicAdd(s + 2 * n + i, w[e] * ur[j]);
+    }
+}
+
+extern "C" __global__ void ptnp_radial_fit_spread(
+    const long long* __restrict__ pi, const long long* __restrict__ pj, const double* __restrict__ w,
+    const double* __restrict__ r, const double* __restrict__ ur, const double* __restrict__ s,
+    const long long n_pairs, const long long n, double* __restrict__ t)
+{
+    for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < n_pairs;
+         e += (long long)gridDim.x * blockDim.x) {
+        const long long i = pi[e], j = pj[e];
+        const double rbar = s[n + i] / s[i], ubar = s[2 * n + i] / s[i];
+        const double dr = r[j] - rbar;
+        const double wdr = w[e] * dr;
+        atomicAdd(t + i, wdr * dr);
+        atomicAdd(t + n + i, wdr * (ur[j] - ubar));
+    }
+}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-__all__ = ["segment_sum", "shifted_moments", "pair_affine_sums"]
+__all__ = ["segment_sum", "shifted_moments", "pair_affine_sums", "radial_fit_sums"]
 
 
 @nb.njit(cache=True)
@@ -64,7 +64,22 @@ def pair_affine_sums(xyz, u, a, b, w, n):
     for k, (left, right) in enumerate(terms):
         np.multiply(left, right, out=cols[k, :n_pairs])
     cols[:, n_pairs:] = cols[:, :n_pairs]                         # the second direction
-    i = np.concatenate([a, b])
+    return _bincounts(np.concatenate([a, b]), cols, n)
+
+
+def _bincounts(i, cols, n):
     if i.size == 0:
-        return np.zeros((len(terms), int(n)))
+        return np.zeros((len(cols), int(n)))
     return np.stack([np.bincount(i, weights=c, minlength=int(n)) for c in cols])
+
+
+def radial_fit_sums(i, j, w, r, ur, n):
+    """Twin of ``ptnp_radial_fit_means`` + ``ptnp_radial_fit_spread``: (2, n) sums Σ(w·dR)·dR
+    and Σ(w·dR)·(u_j − ū_i) over the directed pairs, in array code (bincounts: the host path of
+    the radial strain, unchanged)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        s = _bincounts(i, [w, w * r[j], w * ur[j]], n)
+        rbar = s[1] / s[0]
+        ubar = s[2] / s[0]
+        dr = r[j] - rbar[i]
+        return _bincounts(i, [w * dr * dr, w * dr * (ur[j] - ubar[i])], n)

@@ -70,7 +70,8 @@ __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEq
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
-           "atom_filter", "rfft_shell_index", "pair_affine_sums", "C_TYPES"]
+           "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
+           "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -819,6 +820,30 @@ def pair_affine_sums(xyz, u, pair_a, pair_b, w, n: int):
            xp.ascontiguousarray(pair_a, dtype=xp.int64), xp.ascontiguousarray(pair_b, dtype=xp.int64),
            xp.ascontiguousarray(w, dtype=xp.float64), np.int64(n_pairs), np.int64(n), out))
     return out
+
+
+def radial_fit_sums(pair_i, pair_j, w, r, ur, n: int):
+    """The local radial-strain regression's spread sums over directed pairs (i, j, w): with
+    R̄_i, ū_i the weighted means of R_j and u_j, (2, n) float64 Σ(w·dR)·dR and
+    Σ(w·dR)·(u_j − ū_i), dR = R_j − R̄_i. Two launches (``ptnp_radial_fit_means``,
+    ``ptnp_radial_fit_spread``) on CuPy arrays; the array code (bincounts) on NumPy arrays."""
+    be = _be.namespace(pair_i, pair_j, w, r, ur)
+    xp = be.xp
+    if not be.is_gpu:
+        from .kernels.reduce_cpu import radial_fit_sums as twin
+        return twin(pair_i, pair_j, w, r, ur, n)
+    n = int(n)
+    s = xp.zeros((3, n), dtype=xp.float64)
+    t = xp.zeros((2, n), dtype=xp.float64)
+    n_pairs = int(pair_i.shape[0])
+    if n_pairs and n:
+        args = [xp.ascontiguousarray(v, dtype=dt) for v, dt in
+                ((pair_i, xp.int64), (pair_j, xp.int64), (w, xp.float64), (r, xp.float64), (ur, xp.float64))]
+        grid = (min(-(-n_pairs // 256), 1 << 16),)
+        get_function("reduce.cu", "ptnp_radial_fit_means")(grid, (256,), (*args, np.int64(n_pairs), np.int64(n), s))
+        get_function("reduce.cu", "ptnp_radial_fit_spread")(grid, (256,),
+                                                             (*args, s, np.int64(n_pairs), np.int64(n), t))
+    return t
 
 
 # --------------------------------------------------------------------------- peak thinning

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend as _be
-from .neighbors import pairs_within, segment_sum
-from .gpu_kernels import pair_affine_sums
+from .neighbors import pairs_within
+from .gpu_kernels import pair_affine_sums, radial_fit_sums
 
 __all__ = ["radial_displacement_A", "radial_strain", "strain_tensor", "strain_neighbourhood",
            "StrainNeighbourhood"]
@@ -170,12 +170,9 @@ def radial_strain(r_A, u_r_A, xyz_A, *, h_A: float = 2.0, valid=None, min_weight
     finite = xp.isfinite(ur) & xp.isfinite(r) & xp.all(xp.isfinite(xyz), axis=1)
     valid = finite if valid is None else (xp.asarray(valid, dtype=bool) & finite)
     i, j, w = _matching(neighbourhood, xyz, h_A, valid).directed()
+    # Σw, Σw·R, Σw·u_R per atom, then the spread about the means: two launches on a device
+    s = radial_fit_sums(i, j, w, r, ur, n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = segment_sum(i, [w, w * r[j], w * ur[j]], n)       # Σw, Σw·R, Σw·u_R per atom
-        rbar = s[1] / s[0]
-        ubar = s[2] / s[0]
-        dr = r[j] - rbar[i]
-        s = segment_sum(i, [w * dr * dr, w * dr * (ur[j] - ubar[i])], n)
         sxx = s[0]
         out = s[1] / sxx
     return xp.where(valid & (sxx > 0.01 * min_weight), out, xp.nan)

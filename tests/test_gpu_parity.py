@@ -284,6 +284,12 @@ def test_pair_affine_sums_parity(cp, seed):
     host = gk.pair_affine_sums(xyz, u, a, b, w, 4000)
     dev = gk.pair_affine_sums(*(cp.asarray(v) for v in (xyz, u, a, b, w)), 4000)
     np.testing.assert_allclose(_host(dev), host, rtol=1e-9, atol=1e-9 * float(np.abs(host).max()))
+    r = np.linalg.norm(xyz - 20.0, axis=1)
+    ur = rng.normal(scale=0.05, size=4000)
+    ii, jj, ww = np.concatenate([a, b]), np.concatenate([b, a]), np.concatenate([w, w])
+    host = gk.radial_fit_sums(ii, jj, ww, r, ur, 4000)
+    dev = gk.radial_fit_sums(*(cp.asarray(v) for v in (ii, jj, ww, r, ur)), 4000)
+    np.testing.assert_allclose(_host(dev), host, rtol=1e-8, atol=1e-9 * float(np.abs(host).max()))
 
 
 # ---------------------------------------------------------------------- pipeline stages

@@ -535,6 +535,13 @@ extern "C" void emu_affine(const double* xyz, const double* u, const long long* 
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_pair_affine_sums,
       xyz, u, a, b, w, np_, n, out);
 }
+extern "C" void emu_radial(const long long* i, const long long* j, const double* w, const double* r,
+    const double* ur, long long np_, long long n, double* s, double* t, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_radial_fit_means,
+      i, j, w, r, ur, np_, n, s);
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_radial_fit_spread,
+      i, j, w, r, ur, s, np_, n, t);
+}
 extern "C" void emu_moments(const float* data, long long n0, long long n1, long long n2, long long s0,
     long long s1, long long s2, const double* shift, double* out, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_shifted_moments,
@@ -1424,3 +1431,40 @@ def test_pair_affine_sums_cupy_branch_on_emulated_device(emulated_device):
     assert [x[0] for x in emulated_device.launches] == ["ptnp_pair_affine_sums"]
     from ptnp_gpu.kernels.reduce_cpu import pair_affine_sums
     np.testing.assert_allclose(out, pair_affine_sums(xyz, u, a, b, w, 30), rtol=1e-12, atol=1e-12)
+
+
+
+def _radial_case(rng, n=40, P=400):
+    i = rng.integers(0, n, P).astype(np.int64)
+    j = rng.integers(0, n, P).astype(np.int64)
+    i[:3] = 0                                         # atom n - 1 may have no pair: NaN means
+    return i, j, rng.uniform(0.1, 1.0, P), rng.uniform(5.0, 15.0, n), rng.normal(scale=0.05, size=n)
+
+
+def test_radial_fit_kernels_on_host(emulated):
+    """``ptnp_radial_fit_means`` / ``_spread`` (host build) against the array code and the
+    formula: per atom Σ w (R_j − R̄)² and Σ w (R_j − R̄)(u_j − ū)."""
+    rng = np.random.default_rng(69)
+    i, j, w, r, ur = _radial_case(rng)
+    n = len(r)
+    twin = gk.radial_fit_sums(i, j, w, r, ur, n)
+    for k in (0, 5, 17):
+        m = i == k
+        rb, ub = np.sum(w[m] * r[j[m]]) / w[m].sum(), np.sum(w[m] * ur[j[m]]) / w[m].sum()
+        np.testing.assert_allclose(twin[:, k], [np.sum(w[m] * (r[j[m]] - rb) ** 2),
+                                                np.sum(w[m] * (r[j[m]] - rb) * (ur[j[m]] - ub))], rtol=1e-9)
+    for block, grid in ((64, 2), (32, 9)):
+        s_ = np.zeros((3, n))
+        t = np.zeros((2, n))
+        emulated["reduce.cu"].emu_radial(_ptr(i), _ptr(j), _ptr(w), _ptr(r), _ptr(ur), ctypes.c_longlong(len(i)),
+                                         ctypes.c_longlong(n), _ptr(s_), _ptr(t), block, grid)
+        np.testing.assert_allclose(t, twin, rtol=1e-9, atol=1e-12)
+
+
+def test_radial_fit_cupy_branch_on_emulated_device(emulated_device):
+    rng = np.random.default_rng(70)
+    i, j, w, r, ur = _radial_case(rng)
+    out = gk.radial_fit_sums(i, j, w, r, ur, len(r))
+    assert [x[0] for x in emulated_device.launches] == ["ptnp_radial_fit_means", "ptnp_radial_fit_spread"]
+    from ptnp_gpu.kernels.reduce_cpu import radial_fit_sums
+    np.testing.assert_allclose(out, radial_fit_sums(i, j, w, r, ur, len(r)), rtol=1e-9, atol=1e-12)
