@@ -25,7 +25,18 @@ label_moments
     Per-label count, Σw, Σw·x, Σw·y, Σw·z, peak value and peak index, one pass.
 iso_normal_equations, solve_normal_equations
     Reduce the 7-term normal equations to the isotropic 2-term ones; solve a
-    batch with the weighted R².
+    batch with the weighted R² (one thread per atom on a device).
+cell_pairs
+    All pairs of points within a cutoff, from a hashed cell list.
+local_maxima, thin_peaks
+    Local maxima of a volume in one pass; non-maximum suppression of close
+    peaks, every round in one launch.
+segment_sum_columns, shifted_moments, pair_affine_sums, radial_fit_sums
+    Fused reductions: per-segment sums of several columns, a map's shifted
+    first and second moments, the strain fits' pair sums.
+atom_filter, rfft_shell_index
+    The denoising filter built and applied on an rfft grid in one pass; the
+    radial shell of every coefficient.
 """
 from __future__ import annotations
 
