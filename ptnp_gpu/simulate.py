@@ -8,6 +8,8 @@ touches only a local window (``cutoff_A``), so the cost is atoms × window.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import backend as _be
@@ -41,14 +43,25 @@ def atom_peak_value(element, b_extra_A2: float, u_iso_A2: float = 0.0) -> float:
 
 
 def _window_offsets(cutoff_A, voxel_size_A):
-    vs = np.asarray(voxel_size_A, dtype=np.float64)
+    """Integer voxel offsets (W, 3) x y z of an atom's rendering window (within the cutoff
+    plus half a voxel); the same for every map of one voxel size, so kept (read-only) for the
+    last few cutoffs: a detection renders its model several times."""
+    vs = np.broadcast_to(np.asarray(voxel_size_A, dtype=np.float64), (3,))
+    return _window_offsets_cached(float(cutoff_A), tuple(float(v) for v in vs))
+
+
+@functools.lru_cache(maxsize=16)
+def _window_offsets_cached(cutoff_A, vs_xyz):
+    vs = np.asarray(vs_xyz, dtype=np.float64)
     half = np.ceil(cutoff_A / vs).astype(int)          # x, y, z
     gx, gy, gz = (np.arange(-h, h + 1) for h in half)
     oz, oy, ox = np.meshgrid(gz, gy, gx, indexing="ij")
     off = np.stack([ox.ravel(), oy.ravel(), oz.ravel()], axis=1)   # (W, 3) xyz
     d = off * vs
     keep = np.einsum("ij,ij->i", d, d) <= (cutoff_A + 0.5 * vs.max()) ** 2
-    return off[keep]
+    out = off[keep]
+    out.setflags(write=False)
+    return out
 
 
 def _sym3_inverse(c):
