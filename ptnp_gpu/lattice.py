@@ -456,87 +456,6 @@ def _index_sites(xyz, origin, inv_basis, cells):
     return out
 
 
-_BLOCK = 64    # terms per partial sum (two-level summation: rounding error ~ (64 + n/64) eps, not n eps)
-
-
-@nb.njit(cache=True)
-def _inlier_means(xyz, sites, inlier):
-    """Number of ``inlier`` atoms and the means of their sites and positions (zeros for none)."""
-    k = 0
-    t = np.zeros(6)            # running totals: sites, positions
-    q = np.zeros(6)            # the current block's partial sums
-    for i in range(xyz.shape[0]):
-        if inlier[i]:
-            k += 1
-            q[0] += sites[i, 0]
-            q[1] += sites[i, 1]
-            q[2] += sites[i, 2]
-            q[3] += xyz[i, 0]
-            q[4] += xyz[i, 1]
-            q[5] += xyz[i, 2]
-            if k % _BLOCK == 0:
-                t += q
-                q[:] = 0.0
-    t += q
-    if k:
-        t /= k
-    return k, t[:3].copy(), t[3:].copy()
-
-
-@nb.njit(cache=True)
-def _centred_moments(xyz, sites, inlier):
-    """Over the ``inlier`` atoms: their number, the means of sites and positions, and the
-    centred sums Σ (s − s̄)(s − s̄)ᵀ and Σ (s − s̄)(x − x̄)ᵀ (the normal equations of the
-    lattice fit x ≈ origin + s @ basis); each sum in blocks of ``_BLOCK`` terms."""
-    k, sm, xm = _inlier_means(xyz, sites, inlier)
-    t = np.zeros(15)           # totals: the 6 distinct terms of the site sum, then the 9 of the cross sum
-    s0m, s1m, s2m, x0m, x1m, x2m = sm[0], sm[1], sm[2], xm[0], xm[1], xm[2]
-    j = 0
-    q00 = q01 = q02 = q11 = q12 = q22 = 0.0
-    r00 = r01 = r02 = r10 = r11 = r12 = r20 = r21 = r22 = 0.0
-    for i in range(xyz.shape[0]):
-        if inlier[i]:
-            j += 1
-            s0, s1, s2 = sites[i, 0] - s0m, sites[i, 1] - s1m, sites[i, 2] - s2m
-            x0, x1, x2 = xyz[i, 0] - x0m, xyz[i, 1] - x1m, xyz[i, 2] - x2m
-            q00 += s0 * s0
-            q01 += s0 * s1
-            q02 += s0 * s2
-            q11 += s1 * s1
-            q12 += s1 * s2
-            q22 += s2 * s2
-            r00 += s0 * x0
-            r01 += s0 * x1
-            r02 += s0 * x2
-            r10 += s1 * x0
-            r11 += s1 * x1
-            r12 += s1 * x2
-            r20 += s2 * x0
-            r21 += s2 * x1
-            r22 += s2 * x2
-            if j % _BLOCK == 0 or j == k:
-                t[0] += q00
-                t[1] += q01
-                t[2] += q02
-                t[3] += q11
-                t[4] += q12
-                t[5] += q22
-                t[6] += r00
-                t[7] += r01
-                t[8] += r02
-                t[9] += r10
-                t[10] += r11
-                t[11] += r12
-                t[12] += r20
-                t[13] += r21
-                t[14] += r22
-                q00 = q01 = q02 = q11 = q12 = q22 = 0.0
-                r00 = r01 = r02 = r10 = r11 = r12 = r20 = r21 = r22 = 0.0
-    sss = np.array([[t[0], t[1], t[2]], [t[1], t[3], t[4]], [t[2], t[4], t[5]]])
-    ssx = t[6:].copy().reshape(3, 3)
-    return k, sm, xm, sss, ssx
-
-
 _MAX_COND = 1e6    # normal equations only when well conditioned (their error ~ cond × 1e-16)
 
 
@@ -544,10 +463,14 @@ def _fit_sites(xyz, sites, inlier):
     """Least-squares ``xyz ≈ origin + sites @ basis`` over the ``inlier`` atoms: (origin, basis).
     Centred normal equations (3 × 3); an ill-conditioned fit (the atoms nearly on a plane)
     takes np.linalg.lstsq's minimum-norm solution."""
-    k, s_mean, x_mean, sss, ssx = _centred_moments(xyz, sites, inlier)
-    if k >= 4 and np.linalg.cond(sss) < _MAX_COND:
-        basis = np.linalg.solve(sss, ssx)
-        return x_mean - s_mean @ basis, basis
+    s_in, x_in = sites[inlier], xyz[inlier]
+    if len(s_in) >= 4:
+        s_mean, x_mean = s_in.mean(0), x_in.mean(0)
+        sc = s_in - s_mean
+        sss = sc.T @ sc
+        if np.linalg.cond(sss) < _MAX_COND:
+            basis = np.linalg.solve(sss, sc.T @ (x_in - x_mean))
+            return x_mean - s_mean @ basis, basis
     design = np.hstack([np.ones((len(xyz), 1)), sites])
     sol, *_ = np.linalg.lstsq(design[inlier], xyz[inlier], rcond=None)
     return sol[0], sol[1:]
