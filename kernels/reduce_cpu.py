@@ -9,6 +9,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from ptnp_gpu.neighbors import segment_sum as _host_segment_sum
+
 __all__ = ["segment_sum", "shifted_moments", "pair_affine_sums", "radial_fit_sums"]
 
 
@@ -64,22 +66,16 @@ def pair_affine_sums(xyz, u, a, b, w, n):
     for k, (left, right) in enumerate(terms):
         np.multiply(left, right, out=cols[k, :n_pairs])
     cols[:, n_pairs:] = cols[:, :n_pairs]                         # the second direction
-    return _bincounts(np.concatenate([a, b]), cols, n)
-
-
-def _bincounts(i, cols, n):
-    if i.size == 0:
-        return np.zeros((len(cols), int(n)))
-    return np.stack([np.bincount(i, weights=c, minlength=int(n)) for c in cols])
+    return _host_segment_sum(np.concatenate([a, b]), cols, int(n))
 
 
 def radial_fit_sums(i, j, w, r, ur, n):
     """Twin of ``ptnp_radial_fit_means`` + ``ptnp_radial_fit_spread``: (2, n) sums Σ(w·dR)·dR
     and Σ(w·dR)·(u_j − ū_i) over the directed pairs, in array code (bincounts: the host path of
-    the radial strain, unchanged)."""
+    the radial strain, unchanged: :func:`ptnp_gpu.neighbors.segment_sum`)."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        s = _bincounts(i, [w, w * r[j], w * ur[j]], n)
+        s = _host_segment_sum(i, [w, w * r[j], w * ur[j]], int(n))
         rbar = s[1] / s[0]
         ubar = s[2] / s[0]
         dr = r[j] - rbar[i]
-        return _bincounts(i, [w * dr * dr, w * dr * (ur[j] - ubar[i])], n)
+        return _host_segment_sum(i, [w * dr * dr, w * dr * (ur[j] - ubar[i])], int(n))

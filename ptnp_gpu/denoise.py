@@ -230,10 +230,7 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     del work
     # the filter built and applied in one pass (CuPy: one kernel launch; NumPy: array code in
     # place on rfft-sized float32 buffers, the peak near 6× the map). Frequencies in 1/Å.
-    fz = np.fft.fftfreq(padded[0], d=vs[2]).astype(np.float32)
-    fy = np.fft.fftfreq(padded[1], d=vs[1]).astype(np.float32)
-    fx = np.fft.rfftfreq(padded[2], d=vs[0]).astype(np.float32)
-    ds = 1.0 / (np.array(padded) * vs[::-1]).max()
+    fz, fy, fx, ds, _ = _shell_grid(padded, vs)
     white = None
     if noise_psd is not None:
         s_c, power = (np.asarray(v, dtype=np.float64) for v in noise_psd)

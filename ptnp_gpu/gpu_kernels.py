@@ -100,6 +100,11 @@ C_TYPES = {
 _BLOCK = 128
 
 
+def _grid(n: int, block: int = 256, cap: int = 65535) -> tuple:
+    """Blocks for ``n`` threads of ``block`` (a grid-stride loop covers the rest past ``cap``)."""
+    return (max(1, min(-(-int(n) // block), cap)),)
+
+
 def _c_type(dtype, what: str) -> str:
     dt = np.dtype(dtype)
     if dt not in C_TYPES:
@@ -386,7 +391,7 @@ def _solve_normal_device(A, rhs, yy, count, min_extra: int, ridge: float):
     ok = xp.empty(n, dtype=xp.uint8)
     if n:
         f = get_function("window_fits.cu", "ptnp_solve_normal", (("PTNP_MAP_T", "float"),))
-        f((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+        f(_grid(n, _BLOCK), (_BLOCK,),
           (xp.ascontiguousarray(A, dtype=xp.float64), xp.ascontiguousarray(rhs, dtype=xp.float64),
            xp.ascontiguousarray(yy, dtype=xp.float64), xp.ascontiguousarray(count, dtype=xp.int64),
            np.int64(n), np.int32(p), np.int64(p + min_extra), np.float64(ridge), beta, r2, ok))
@@ -687,22 +692,9 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
            xp.empty((m, 3), dtype=xp.float64), xp.empty(m, dtype=xp.float32), xp.empty(m, dtype=xp.int64))
     if m:
         k = get_function("label_sums.cu", "ptnp_label_finish")
-        k((min(-(-m // 256), 65535),), (256,), (count_all, sums_all, key_all, np.int64(m), *out))
+        k(_grid(m), (256,), (count_all, sums_all, key_all, np.int64(m), *out))
     count_o, sw, sxyz, centre, pv, pi = out
     return LabelMoments(count_o, sw, sxyz, pv, pi, centre)
-
-
-def _decode_peak_keys(key, xp):
-    """(value float32, flat index int64) from the packed 64-bit peak keys."""
-    hi = (key >> np.uint64(32)).astype(xp.uint32)
-    lo = (key & np.uint64(0xFFFFFFFF)).astype(xp.uint32)
-    neg = (hi & np.uint32(0x80000000)) == 0
-    bits = xp.where(neg, ~hi, hi & np.uint32(0x7FFFFFFF)).astype(xp.uint32)
-    val = bits.view(xp.float32)
-    empty = key == 0
-    val = xp.where(empty, xp.float32(-np.inf), val).astype(xp.float32)
-    idx = xp.where(empty, -1, np.uint32(0xFFFFFFFF) - lo.astype(xp.int64)).astype(xp.int64)
-    return val, idx
 
 
 # --------------------------------------------------------------------------- fused reductions
@@ -747,7 +739,7 @@ def segment_sum_columns(index, values, n: int):
     out = xp.zeros((k, int(n)), dtype=xp.float64)
     if k * p and n:
         f = get_function("reduce.cu", "ptnp_segment_sum", (("PTNP_INDEX_T", _c_type(index.dtype, "index")),))
-        f((min(-(-(k * p) // 256), 1 << 16),), (256,),
+        f(_grid(k * p, cap=1 << 16), (256,),
           (index, values, np.int64(p), np.int32(k), np.int64(n), out))
     return out
 
@@ -791,7 +783,7 @@ def shifted_moments(data, shift):
         sh = xp.asarray(shift, dtype=xp.float64).reshape(-1)
         st = [np.int64(s // data3.itemsize) for s in data3.strides]
         f = get_function("reduce.cu", "ptnp_shifted_moments", (("PTNP_MAP_T", _c_type(data3.dtype, "data")),))
-        f((min(-(-n // 256), 2048),), (256,),
+        f(_grid(n, cap=2048), (256,),
           (data3, *(np.int64(v) for v in data3.shape), *st, sh, out))
     return out
 
@@ -826,7 +818,7 @@ def pair_affine_sums(xyz, u, pair_a, pair_b, w, n: int):
     n_pairs = int(pair_a.shape[0])
     if n_pairs and n:
         f = get_function("reduce.cu", "ptnp_pair_affine_sums")
-        f((min(-(-n_pairs // 256), 1 << 16),), (256,),
+        f(_grid(n_pairs, cap=1 << 16), (256,),
           (xp.ascontiguousarray(xyz, dtype=xp.float64), xp.ascontiguousarray(u, dtype=xp.float64),
            xp.ascontiguousarray(pair_a, dtype=xp.int64), xp.ascontiguousarray(pair_b, dtype=xp.int64),
            xp.ascontiguousarray(w, dtype=xp.float64), np.int64(n_pairs), np.int64(n), out))
@@ -850,7 +842,7 @@ def radial_fit_sums(pair_i, pair_j, w, r, ur, n: int):
     if n_pairs and n:
         args = [xp.ascontiguousarray(v, dtype=dt) for v, dt in
                 ((pair_i, xp.int64), (pair_j, xp.int64), (w, xp.float64), (r, xp.float64), (ur, xp.float64))]
-        grid = (min(-(-n_pairs // 256), 1 << 16),)
+        grid = _grid(n_pairs, cap=1 << 16)
         get_function("reduce.cu", "ptnp_radial_fit_means")(grid, (256,), (*args, np.int64(n_pairs), np.int64(n), s))
         get_function("reduce.cu", "ptnp_radial_fit_spread")(grid, (256,),
                                                              (*args, s, np.int64(n_pairs), np.int64(n), t))
@@ -959,7 +951,7 @@ def atom_filter(F, fz, fy, fx, term_a, term_m, band_lo: float, band_scale: float
     hp_lo, hp_scale = (0.0, 0.0) if highpass is None else highpass
     f = get_function("fourier.cu", "ptnp_atom_filter")
     n = int(F.size)
-    f((min(-(-n // 256), 1 << 16),), (256,),
+    f(_grid(n, cap=1 << 16), (256,),
       (F.view(xp.float32), K, fz_d, fy_d, fx_d, np.int32(nz), np.int32(ny), np.int32(nx),
        a_d, m_d, np.int32(nt), np.float32(band_lo), np.float32(band_scale),
        np.int32(highpass is not None), np.float32(hp_lo), np.float32(hp_scale), ws_d, wg_d, np.int32(nw)))
@@ -979,7 +971,7 @@ def rfft_shell_index(fz, fy, fx, ds: float, top: int):
     shell = xp.empty((len(fz), len(fy), len(fx)), dtype=xp.int64)
     f = get_function("fourier.cu", "ptnp_rfft_shells")
     n = int(shell.size)
-    f((min(-(-n // 256), 1 << 16),), (256,),
+    f(_grid(n, cap=1 << 16), (256,),
       (*(xp.ascontiguousarray(f, dtype=xp.float32) for f in (fz, fy, fx)),
        np.int32(len(fz)), np.int32(len(fy)), np.int32(len(fx)),
        np.float32(ds), np.int64(top), shell))
@@ -1033,7 +1025,7 @@ def local_maxima(volume, mask=None):
     if vol.size:
         nz, ny, nx = vol.shape
         k = get_function("local_max.cu", "ptnp_local_max", (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))
-        k((min(-(-vol.size // 256), 1 << 20),), (256,),
+        k(_grid(vol.size, cap=1 << 20), (256,),
           (vol, out if mask is None else mask, np.int32(nx), np.int32(ny), np.int32(nz),
            np.int32(mask is not None), out))
     return out
@@ -1062,7 +1054,7 @@ def _cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=
     name, tail = (("ptnp_cell_pairs_count", (counts,)) if ends is None
                   else ("ptnp_cell_pairs_write", (counts, ends, *out)))
     k = get_function("cell_pairs.cu", name)
-    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+    k(_grid(n, _BLOCK), (_BLOCK,),
       (xyz, cell, order, start, np.int64(n), np.uint64(hmask), np.float64(r2), *tail))
 
 
@@ -1078,7 +1070,7 @@ def _cell_list(xyz, r_A: float):
     backend's sort gives the same order. No host read: nothing about the points sizes it."""
     xp = _be.namespace(xyz).xp
     n = int(xyz.shape[0])
-    buckets = 1 << max(int(_BUCKETS_PER_POINT * n - 1).bit_length(), _MIN_BUCKETS.bit_length() - 1)
+    buckets = max(_MIN_BUCKETS, 1 << (_BUCKETS_PER_POINT * n - 1).bit_length())   # a power of two >= 2n
     hmask = buckets - 1
     cell, key = _cell_keys(xyz, _cell_edge(r_A), hmask)
     order = xp.argsort(key)
@@ -1095,7 +1087,7 @@ def _bucket_starts(key, order, buckets: int):
         return xp.searchsorted(key[order] // n, xp.arange(buckets + 1, dtype=xp.int64))
     start = xp.empty(buckets + 1, dtype=xp.int64)
     k = get_function("cell_pairs.cu", "ptnp_bucket_starts")
-    k((min(-(-(n + 1) // _BLOCK), 65535),), (_BLOCK,), (key, order, np.int64(n), np.int64(buckets), start))
+    k(_grid(n + 1, _BLOCK), (_BLOCK,), (key, order, np.int64(n), np.int64(buckets), start))
     return start
 
 
@@ -1110,7 +1102,7 @@ def _cell_keys(xyz, edge, hmask):
     cell = xp.empty((n, 3), dtype=xp.int64)
     key = xp.empty(n, dtype=xp.int64)
     k = get_function("cell_pairs.cu", "ptnp_cell_keys")
-    k((min(-(-n // _BLOCK), 65535),), (_BLOCK,),
+    k(_grid(n, _BLOCK), (_BLOCK,),
       (xyz, np.int64(n), np.float64(edge), np.uint64(hmask), cell, key))
     return cell, key
 
