@@ -71,7 +71,7 @@ def map_mean_sd(data, slab_voxels: int | None = None):
     data : array
         The map (any shape; float32 or float64).
     slab_voxels : int, optional
-            Voxels per slab of the NumPy path: default 2¹⁸ (the buffer stays in
+        Voxels per slab of the NumPy path: default 2¹⁸ (the buffer stays in
         cache). On CuPy (without ``slab_voxels``) the whole map is summed in
         one launch of ``ptnp_shifted_moments``
         (:func:`ptnp_gpu.gpu_kernels.shifted_moments`: float64 sums, no buffer),
@@ -93,10 +93,17 @@ def map_mean_sd(data, slab_voxels: int | None = None):
         from .gpu_kernels import shifted_moments
         sums = shifted_moments(data, shift)
         s1, s2 = sums[0], sums[1]
-        m = s1 / data.size
-        sd = xp.sqrt(xp.maximum(s2 / data.size - m * m, 0.0))
-        mean, sd = _be.to_host(xp.stack([shift + m, sd]))
-        return float(mean), float(sd)
+    else:
+        s1, s2 = _slab_moments(data, shift, step, xp)
+    m = s1 / data.size
+    sd = xp.sqrt(xp.maximum(s2 / data.size - m * m, 0.0))
+    mean, sd = _be.to_host(xp.stack([shift + m, sd]))
+    return float(mean), float(sd)
+
+
+def _slab_moments(data, shift, step, xp):
+    """Σ(x − shift) and Σ(x − shift)² in float64 over slabs of ``step`` planes (axis 0), each
+    widened into one reused float64 buffer."""
     buf = xp.empty((min(step, data.shape[0]),) + tuple(data.shape[1:]), dtype=xp.float64)
     s1 = s2 = 0.0
     for z in range(0, data.shape[0], step):                     # slabs bound the float64 buffer
@@ -106,7 +113,4 @@ def map_mean_sd(data, slab_voxels: int | None = None):
         x -= shift                                              # float64 arithmetic on both backends
         s1 = s1 + x.sum()
         s2 = s2 + (x * x).sum()                                 # no BLAS dot: threads stall when busy
-    m = s1 / data.size
-    sd = xp.sqrt(xp.maximum(s2 / data.size - m * m, 0.0))
-    mean, sd = _be.to_host(xp.stack([shift + m, sd]))
-    return float(mean), float(sd)
+    return s1, s2

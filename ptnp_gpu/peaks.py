@@ -278,10 +278,11 @@ def rescue_rounds(lab, n, C_box, t_low, vs, el, rounds: int, centre_map=None):
 
     Returns (labels, n, atoms added).
     """
-    candidates = _rescue_candidates(C_box, t_low, vs, 0.7 * el.nn_distance_A)   # the same map every round
+    min_sep = 0.7 * el.nn_distance_A
+    candidates = _rescue_candidates(C_box, t_low, vs, min_sep)   # the same map every round
     added = 0
     for rnd in range(max(1, rounds)):
-        lab, n, n_new = _rescue(lab, n, C_box, t_low, vs, 0.7 * el.nn_distance_A, el.radius_A,
+        lab, n, n_new = _rescue(lab, n, C_box, t_low, vs, min_sep, el.radius_A,
                                 1.25 * el.nn_distance_A, min_bonds=2 if rnd == 0 else 3,
                                 centre_map=centre_map, candidates=candidates)
         added += n_new
