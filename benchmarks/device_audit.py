@@ -41,6 +41,7 @@ def _parse(argv):
 
 def _delta(a, b):
     return {"syncs": b["syncs"] - a["syncs"], "launches": b["launches"] - a["launches"],
+            "h2d": b["h2d"] - a["h2d"],
             "MB": (b["bytes"] - a["bytes"]) / 1e6,
             "host_ms": 1e3 * ((b["t"] - a["t"]) - (b["inside_s"] - a["inside_s"]))}
 
@@ -85,20 +86,22 @@ def _audit_once(case, top, warm=True):
         st0 = audit.mark()
         compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
         stats = {**_delta(st0, audit.mark()), **_peak(audit, case)}
+        h2d_sites = dict(audit.h2d_sites.most_common(top))
     for rec in (detect, stats, *stages.values()):
         rec["floor_ms"] = rec["MB"] / H200_COPY_GBPS          # MB / (GB/s) = ms
     return {"case": case.name, "shape_zyx": list(case.shape), "n_atoms_true": case.n_atoms,
             "n_atoms_found": int(len(det.xyz_A)), "detect": detect, "detect_stages": stages,
-            "statistics": stats, "busiest_sync_lines_detect": sites}
+            "statistics": stats, "busiest_sync_lines_detect": sites,
+            "busiest_h2d_lines": h2d_sites}
 
 
 def _table(res):
-    rows = ["| part | syncs | launches | MB moved | floor at copy bandwidth (ms) | host ms |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| part | syncs | host-to-device copies | launches | MB moved | floor at copy bandwidth (ms) "
+            "| host ms |", "| --- | --- | --- | --- | --- | --- | --- |"]
     parts = [("**detect**", res["detect"])] + [(f"detect.{k}", v) for k, v in res["detect_stages"].items()]
     parts.append(("**statistics**", res["statistics"]))
     for name, r in parts:
-        rows.append(f"| {name} | {r['syncs']} | {r['launches']} | {r['MB']:.0f} | {r['floor_ms']:.2f} | "
+        rows.append(f"| {name} | {r['syncs']} | {r['h2d']} | {r['launches']} | {r['MB']:.0f} | {r['floor_ms']:.2f} | "
                     f"{r['host_ms']:.0f} |")
     mem = ", ".join(f"{name} {res[name]['peak_MiB']:.0f} MiB ({res[name]['peak_over_map']:.1f}× the map, "
                     f"reached at `{res[name]['peak_site']}`)" for name in ("detect", "statistics"))
@@ -126,9 +129,9 @@ def main(argv=None) -> int:
         res["audit_wall_s"] = time.perf_counter() - t
         results.append(res)
         d, s = res["detect"], res["statistics"]
-        print(f"{case.name}: detect {d['syncs']} syncs, {d['launches']} launches, {d['MB'] / 1e3:.1f} GB "
+        print(f"{case.name}: detect {d['syncs']} syncs, {d['h2d']} copies in, {d['launches']} launches, {d['MB'] / 1e3:.1f} GB "
               f"(floor {d['floor_ms']:.1f} ms), host {d['host_ms']:.0f} ms; statistics {s['syncs']} syncs, "
-              f"{s['launches']} launches, host {s['host_ms']:.0f} ms; peak device memory {d['peak_over_map']:.1f} / "
+              f"{s['h2d']} copies in, {s['launches']} launches, host {s['host_ms']:.0f} ms; peak device memory {d['peak_over_map']:.1f} / "
               f"{s['peak_over_map']:.1f}× the map", flush=True)
     meta = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "ptnp_gpu": __version__,
             "python": platform.python_version(), "numpy": np.__version__,
@@ -149,7 +152,9 @@ def main(argv=None) -> int:
         md += [f"## {res['case']}: {'×'.join(map(str, res['shape_zyx']))} voxels (z×y×x), "
                f"{res['n_atoms_true']} true atoms, {res['n_atoms_found']} found", "", _table(res), "",
                "Busiest host-read lines in detection: " +
-               ", ".join(f"`{k}` {v}" for k, v in res["busiest_sync_lines_detect"].items()), ""]
+               ", ".join(f"`{k}` {v}" for k, v in res["busiest_sync_lines_detect"].items()), "",
+               "Busiest host-to-device copy lines (detection and statistics): " +
+               ", ".join(f"`{k}` {v}" for k, v in res["busiest_h2d_lines"].items()), ""]
     (out / "results.md").write_text("\n".join(md))
     print(f"wrote {out / 'results.json'} and results.md")
     return 0

@@ -163,7 +163,7 @@ class DeviceAudit:
 
     def mark(self) -> dict:
         """The running totals now (also taken at every stream synchronise: stage ends)."""
-        m = {"launches": self.launches, "syncs": self.syncs, "bytes": self.bytes,
+        m = {"launches": self.launches, "syncs": self.syncs, "h2d": self.h2d, "bytes": self.bytes,
              "device_s": self.device_s, "inside_s": self.inside_s, "t": time.perf_counter()}
         self.marks.append(m)
         return m
@@ -217,6 +217,7 @@ class DeviceAudit:
                 "byte_sites": dict(self.byte_sites.most_common(top)),
                 "sync_sites": dict(self.sync_sites.most_common(top)),
                 "launch_sites": dict(self.launch_sites.most_common(top)),
+                "h2d_sites": dict(self.h2d_sites.most_common(top)),
                 "host_mixing": dict(self.host_mixing.most_common(top))}
 
 
@@ -490,7 +491,7 @@ def _call(func, name, syncs_table, args, kwargs):
     a = _unwrap(args, None if name in _H2D else audit, what)
     kw = _unwrap(kwargs, None if name in _H2D else audit, what)
     if name in _H2D:
-        if any(_is_host_array(v) or isinstance(v, (list, tuple)) for v in args[:1]):
+        if args and not isinstance(args[0], EmulatedArray):    # host data, scalars included
             audit.h2d += 1
             audit.h2d_sites[_site()] += 1
     elif name not in _NO_LAUNCH:

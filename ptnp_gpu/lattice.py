@@ -385,7 +385,7 @@ def _first_k(values, k):
         v = values[part]
         if np.all(v[1:] > v[:-1]):
             return part[:k]
-    return np.argsort(values)[:k]
+    return np.argsort(values, kind="stable")[:k]
 
 
 def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0, r_centre=None):
@@ -722,7 +722,8 @@ class LatticeDomains:
 
 _MAX_ANISOTROPY = 1.08   # a domain's largest / smallest lattice parameter (L1_0 FePt: 1.04)
 _MAX_SHEAR_DEG = 6.0     # and its angles' largest departure from 90°
-_TIGHT_OUTLIER = 0.2     # × NN distance: the retry's site tolerance when a domain's fit is distorted
+# × NN distance: the retries' site tolerances, in turn, when a domain's fit is distorted
+_TIGHT_OUTLIERS = (0.2, 0.25, 0.15)
 
 
 def _credible(fit: LatticeFit) -> bool:
@@ -779,8 +780,15 @@ def fit_lattice_domains(xyz_A, element: Element | str = "Pt", *, max_domains: in
         fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0)
         if not _credible(fit) and np.isfinite(fit.nn_distance_A):
             # a compromise between two neighbouring domains (the wedges of a decahedron):
-            # a tighter tolerance holds one of them
-            fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0, outlier_A=_TIGHT_OUTLIER * fit.nn_distance_A)
+            # a tighter tolerance holds one of them. Whether a given tolerance settles on a
+            # wedge or on a few sheared atoms of a shared twin plane can turn on rounding (the
+            # bonds of a model without noise tie), so the next tolerance is tried after a
+            # distorted or too small fit
+            nn_rest = fit.nn_distance_A
+            for tol in _TIGHT_OUTLIERS:
+                fit = fit_lattice(xyz[rest], el, min_inlier_fraction=0.0, outlier_A=tol * nn_rest)
+                if _credible(fit) and fit.inlier.sum() >= need:
+                    break
         if fit.inlier.sum() < need or not np.isfinite(fit.rms_A) or not _credible(fit):
             break
         fits.append(fit)
