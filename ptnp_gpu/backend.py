@@ -13,13 +13,14 @@ import functools
 import itertools
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Backend", "default", "fft_workers", "get", "resolve", "namespace", "asarray", "to_host",
-           "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
+__all__ = ["Backend", "default", "fft_workers", "get", "resolve", "namespace", "asarray", "upload_volume",
+           "to_host", "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,59 @@ def namespace(*arrays) -> Backend:
 def asarray(a, backend: Backend | str | None = None, dtype=None):
     """Move ``a`` to ``backend`` (default: the import-time choice)."""
     return resolve(backend).xp.asarray(a, dtype=dtype)
+
+
+_UPLOAD_CHUNK_BYTES = 8 << 20     # staged and sent in pieces of this size
+_UPLOAD_MIN_BYTES = 16 << 20      # below this, one staging copy costs little more
+_UPLOAD_POOL = None               # the staging threads (made on first use)
+_UPLOAD_KEEP: list = []           # (event, pinned buffer) of uploads whose copies may still run
+_UPLOAD_LOCK = threading.Lock()
+
+
+def upload_volume(a, xp, dtype=np.float32):
+    """A host volume on the device of ``xp`` as a C-ordered ``dtype`` array (``xp.asarray``
+    for NumPy, device arrays and small arrays).
+
+    ``cupy.asarray`` of a host array stages it whole into pinned memory on one thread, then
+    starts one copy to the device: two passes in series (12 ms for a 256³ float32 map on the
+    H200 machine, 5.5 GB/s). Here :func:`_staged_upload` stages it in pieces on a few threads
+    (NumPy releases the GIL in the copy; a float64 map is converted on the way) and starts each
+    piece's copy to the device as soon as that piece is staged, so staging and transfer overlap.
+    The values are the same.
+    """
+    if sys.modules.get("cupy") is not xp or not isinstance(a, np.ndarray) or a.ndim == 0 \
+            or a.nbytes < _UPLOAD_MIN_BYTES or a.dtype.kind not in "fiu":
+        return xp.asarray(a, dtype=dtype)
+    return _staged_upload(a, xp, dtype)
+
+
+def _staged_upload(a, xp, dtype):
+    """:func:`upload_volume`'s pinned, piecewise copy (``xp``: CuPy, or a stand-in with its
+    ``empty``, ``cuda.alloc_pinned_memory``, ``cuda.get_current_stream`` and pointer API)."""
+    global _UPLOAD_POOL
+    src = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a, order="C")   # a view when it can
+    out = xp.empty(a.shape, dtype=dtype)
+    itemsize = np.dtype(dtype).itemsize
+    mem = xp.cuda.alloc_pinned_memory(out.size * itemsize)     # CuPy's pinned pool: reused warm
+    stage = np.frombuffer(mem, dtype=dtype, count=out.size)
+    step = max(1, _UPLOAD_CHUNK_BYTES // itemsize)
+    bounds = [(i, min(i + step, out.size)) for i in range(0, out.size, step)]
+    with _UPLOAD_LOCK:
+        if _UPLOAD_POOL is None:
+            from concurrent.futures import ThreadPoolExecutor
+            _UPLOAD_POOL = ThreadPoolExecutor(max_workers=min(4, max(1, (os.cpu_count() or 2) // 2)),
+                                              thread_name_prefix="ptnp-upload")
+    fills = [_UPLOAD_POOL.submit(np.copyto, stage[i:j], src[i:j], casting="unsafe") for i, j in bounds]
+    stream = xp.cuda.get_current_stream()
+    for (i, j), fill in zip(bounds, fills):
+        fill.result()
+        (out.data + i * itemsize).copy_from_host_async(mem.ptr + i * itemsize, (j - i) * itemsize, stream)
+    # the buffer returns to the pool (and may be staged into again) only after the copies read it
+    done = stream.record()
+    with _UPLOAD_LOCK:
+        _UPLOAD_KEEP[:] = [(ev, m) for ev, m in _UPLOAD_KEEP if not ev.done]
+        _UPLOAD_KEEP.append((done, mem))
+    return out
 
 
 def to_host(a):

@@ -633,7 +633,7 @@ def _prepared_raw(dmap: DensityMap, invert: bool, xp):
     InputError
         Non-finite voxels, or a constant map.
     """
-    raw = xp.asarray(dmap.data, dtype=xp.float32)
+    raw = _be.upload_volume(dmap.data, xp)           # host maps: staged in pieces, overlapping the copy
     if invert:
         raw = -raw                                    # a new array: the caller's map is untouched
     mean, sd = map_mean_sd(raw)
