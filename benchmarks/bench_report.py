@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-MAIN_STAGES = ["analyze", "detect", "statistics", "h2d_copy", "render", "denoise", "threshold",
+MAIN_STAGES = ["analyze", "detect", "statistics", "h2d_copy", "h2d_copy_asarray", "render", "denoise", "threshold",
                "label", "label_moments_kernel", "label_moments_array_code", "window_fits_kernel",
                "window_pearson_kernel"]
 

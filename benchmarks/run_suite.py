@@ -220,7 +220,12 @@ def _bench_stages(case, be, timer, out):
     st = out["stages"]
     host = dmap.data
     if be.is_gpu:
+        # the library's upload (pieced, pinned) and, for comparison, cupy.asarray's
+        upload = getattr(_optional("ptnp_gpu.backend"), "upload_volume", None)
         res, raw, _ = timer.run(lambda: xp.asarray(host))
+        st["h2d_copy_asarray"] = res
+        if upload is not None:
+            res, raw, _ = timer.run(lambda: upload(host, xp))
         st["h2d_copy"] = res
         out["bandwidth"]["h2d_copy"] = {"bytes": int(host.nbytes),
                                         "GBps": host.nbytes / res["median_s"] / 1e9}
