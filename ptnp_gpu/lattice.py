@@ -377,8 +377,10 @@ def _n_matched(rots, bonds, dirs, cos_tol):
 
 
 def _first_k(values, k):
-    """``np.argsort(values)[:k]`` without sorting them all when the k + 1 smallest values are
-    distinct (then every sort puts the same k first, in the same order); ties: argsort."""
+    """``np.argsort(values, kind="stable")[:k]`` without sorting them all when the k + 1
+    smallest values are distinct (then every sort puts the same k first, in the same order).
+    Ties go by index: NumPy's default sort orders ties by its CPU-specific (SIMD) code path,
+    so a symmetric model's central atoms came in a different order on different machines."""
     if len(values) > k:
         part = np.argpartition(values, k)[:k + 1]
         part = part[np.argsort(values[part])]
