@@ -176,8 +176,8 @@ def asarray(a, backend: Backend | str | None = None, dtype=None):
     return resolve(backend).xp.asarray(a, dtype=dtype)
 
 
-_UPLOAD_CHUNK_BYTES = 8 << 20     # staged and sent in pieces of this size
-_UPLOAD_MIN_BYTES = 16 << 20      # below this, one staging copy costs little more
+_UPLOAD_CHUNK_BYTES = 4 << 20     # staged and sent in pieces of this size
+_UPLOAD_MIN_BYTES = 4 << 20       # below this (a 100³ float32 map), one staging copy costs little more
 _UPLOAD_POOL = None               # the staging threads (made on first use)
 _UPLOAD_KEEP: list = []           # (event, pinned buffer) of uploads whose copies may still run
 _UPLOAD_LOCK = threading.Lock()

@@ -93,7 +93,7 @@ def test_upload_without_cupy_is_asarray():
 def test_upload_volume_equals_asarray_on_the_device(dtype):
     import cupy
     rng = np.random.default_rng()
-    vol = rng.normal(size=(160, 170, 180)).astype(dtype)     # 19.6 MB as float32: pieced
+    vol = rng.normal(size=(160, 170, 180)).astype(dtype)     # 19.6 MB as float32: 5 pieces
     assert vol.astype(np.float32).nbytes >= _be._UPLOAD_MIN_BYTES
     for _ in range(3):                                     # the pinned buffers are reused
         got = _be.upload_volume(vol, cupy)
