@@ -20,6 +20,10 @@
 // independent of thread order. Flat indices must fit in 32 bits (the wrapper
 // checks).
 //
+// The weights and the peak map may repeat along z with period ``wpz`` planes (``wpz`` = nz
+// when they are as large as the labels): the labels of several thresholds stacked along z
+// then share one copy of them, voxel (z, y, x) reading plane z % wpz.
+//
 // Element types come from defines the loader prepends:
 //   PTNP_LABEL_T (int, long long, unsigned int, ...), PTNP_WEIGHT_T (float, double).
 
@@ -57,7 +61,7 @@ extern "C" __global__ void ptnp_label_moments(
     const PTNP_LABEL_T* __restrict__ labels,
     const PTNP_WEIGHT_T* __restrict__ weights,
     const float* __restrict__ peakmap,
-    const int nx, const int ny, const int nz, const long long n_labels,
+    const int nx, const int ny, const int nz, const int wpz, const long long n_labels,
     unsigned long long* __restrict__ count,   // (n_labels,)
     double* __restrict__ sums,                // (n_labels, 4): Sw Swx Swy Swz
     unsigned long long* __restrict__ peak_key) // (n_labels,)
@@ -72,6 +76,7 @@ extern "C" __global__ void ptnp_label_moments(
     const int xs = seg * PTNP_RUN;
     const int xe = min(nx, xs + PTNP_RUN);
     const long long row0 = row * nx;
+    const long long wrow0 = ((long long)(z % wpz) * ny + y) * nx;   // the weights' and peak map's row
 
     long long cur = 0;
     unsigned long long n = 0, key = 0;
@@ -85,10 +90,10 @@ extern "C" __global__ void ptnp_label_moments(
             n = 0; key = 0; sw = sx = sy = sz = 0.0;
         }
         if (cur == 0) continue;
-        const double w = (double)weights[idx];
+        const double w = (double)weights[wrow0 + x];
         n += 1;
         sw += w; sx += w * x; sy += w * y; sz += w * z;
-        const unsigned long long k = ((unsigned long long)ptnp_ordered_key(peakmap[idx]) << 32)
+        const unsigned long long k = ((unsigned long long)ptnp_ordered_key(peakmap[wrow0 + x]) << 32)
             | (unsigned long long)(0xffffffffu - (unsigned int)idx);
         if (k > key) key = k;
     }

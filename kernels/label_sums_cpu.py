@@ -16,22 +16,25 @@ __all__ = ["label_moments_cpu"]
 
 @nb.njit(cache=True)
 def _slab(labels, weights, peakmap, z0, z1, n_labels, cnt, sums, pval, pidx):
-    """Accumulate planes z0..z1-1 into one chunk's private rows (serial)."""
+    """Accumulate planes z0..z1-1 into one chunk's private rows (serial); the weights and
+    peak map repeat along z with their own number of planes."""
     _, ny, nx = labels.shape
+    wpz = weights.shape[0]
     for z in range(z0, z1):
+        wz = z % wpz
         for y in range(ny):
             for x in range(nx):
                 lab = np.int64(labels[z, y, x])
                 if lab < 1 or lab > n_labels:
                     continue
                 r = lab - 1
-                w = np.float64(weights[z, y, x])
+                w = np.float64(weights[wz, y, x])
                 cnt[r] += 1
                 sums[r, 0] += w
                 sums[r, 1] += w * x
                 sums[r, 2] += w * y
                 sums[r, 3] += w * z
-                p = np.float32(peakmap[z, y, x])
+                p = np.float32(peakmap[wz, y, x])
                 if pidx[r] < 0 or p > pval[r]:
                     pval[r] = p
                     pidx[r] = (z * ny + y) * nx + x
@@ -68,8 +71,9 @@ def label_moments_cpu(labels, weights, peakmap, n_labels, n_chunks=None):
     Parameters
     ----------
     labels : (nz, ny, nx) integer ndarray
-    weights : (nz, ny, nx) float ndarray
-    peakmap : (nz, ny, nx) float ndarray (compared as float32)
+    weights : (pz, ny, nx) float ndarray, nz a multiple of pz: plane z of the labels reads
+        plane z % pz (pz = nz: one plane each)
+    peakmap : (pz, ny, nx) float ndarray (compared as float32)
     n_labels : int
         Labels 1..n_labels are measured; others are ignored.
     n_chunks : int, optional

@@ -21,7 +21,9 @@ def label_moments(labels, n_labels: int, weights, peakmap=None):
     """Per-label voxel count, weight sum, weighted centre (voxel x, y, z) and peak.
 
     One fused pass over the volume (custom CUDA kernel on CuPy, its Numba twin
-    on NumPy: :func:`ptnp_gpu.gpu_kernels.label_moments`).
+    on NumPy: :func:`ptnp_gpu.gpu_kernels.label_moments`). ``weights`` (and
+    ``peakmap``) may hold fewer planes than ``labels``, repeating along z (a
+    number of planes that divides the labels').
 
     Returns
     -------

@@ -609,8 +609,10 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
     labels : (nz, ny, nx) integer array, NumPy or CuPy
         0 is background; labels above ``n_labels`` are ignored.
     weights : (nz, ny, nx) float32 or float64 array
-        Weights of the centres of mass (the raw map).
-    peakmap : (nz, ny, nx) array
+        Weights of the centres of mass (the raw map). Also (pz, ny, nx) with nz a
+        multiple of pz: plane z of the labels then reads plane z % pz (labels of
+        several thresholds stacked along z share one copy of the weights).
+    peakmap : array of the weights' shape
         Map whose per-label maximum is wanted (the denoised map); compared as
         float32, must be finite.
     n_labels : int
@@ -646,9 +648,11 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
     lab = xp.asarray(labels)
     w = xp.asarray(weights)
     p = xp.asarray(peakmap)
-    if lab.ndim != 3 or w.shape != lab.shape or p.shape != lab.shape:
-        raise ValueError(f"labels, weights and peakmap must be 3D of one shape, got "
-                         f"{lab.shape}, {w.shape}, {p.shape}")
+    if (lab.ndim != 3 or w.ndim != 3 or p.shape != w.shape or w.shape[1:] != lab.shape[1:]
+            or w.shape[0] == 0 and lab.shape[0] or w.shape[0] and lab.shape[0] % w.shape[0]):
+        raise ValueError(f"labels, weights and peakmap must be 3D of one shape (or weights and peakmap "
+                         f"of a number of planes that divides the labels'), got {lab.shape}, {w.shape}, "
+                         f"{p.shape}")
     if lab.dtype.kind not in "iu":
         raise ValueError(f"labels: expected an integer array, got {lab.dtype}; "
                          "label the mask first (ndimage.label)")
@@ -686,7 +690,7 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
                           ("PTNP_WEIGHT_T", _c_type(w.dtype, "weights")),
                           ("PTNP_RUN", str(run))))
         k((-(-n_threads // 256),), (256,), (lab, w, p, np.int32(nx), np.int32(ny), np.int32(nz),
-                                            np.int64(n_labels), count, sums, key))
+                                            np.int32(w.shape[0]), np.int64(n_labels), count, sums, key))
     m = head + n_labels
     out = (xp.empty(m, dtype=xp.int64), xp.empty(m, dtype=xp.float64), xp.empty((m, 3), dtype=xp.float64),
            xp.empty((m, 3), dtype=xp.float64), xp.empty(m, dtype=xp.float32), xp.empty(m, dtype=xp.int64))

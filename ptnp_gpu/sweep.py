@@ -192,9 +192,11 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
     del mask
     if n == 0:
         return xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
-    w = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=weights_box.dtype)
-    w[:, :nz] = weights_box[None]
-    mom = label_moments(lab, n, w.reshape(lab.shape))
+    # one copy of the weights and a gap plane serves every threshold (the kernel reads plane
+    # z % (nz + 1)): no stacked copy of them, ``b`` times the box
+    w = xp.zeros((nz + 1,) + C_box.shape[1:], dtype=weights_box.dtype)
+    w[:nz] = weights_box
+    mom = label_moments(lab, n, w)
     del w, lab
     keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)
     cen = mom["centre_vox"][1:][keep]

@@ -168,6 +168,13 @@ def test_label_moments_parity(cp, seed):
     np.testing.assert_allclose(_host(mg.centres_vox_xyz()), m.centres_vox_xyz(), rtol=1e-12)   # ptnp_label_finish
     mb = gk.label_moments(cp.asarray(lab), cp.asarray(w), cp.asarray(p), n, background_row=True)
     assert int(mb.count[0]) == 0 and int(mb.peak_index[0]) == -1 and bool(cp.isnan(mb.centre_vox[0]).all())
+    # weights and peak map of 16 planes shared by the labels' four 16-plane slabs (stacked thresholds)
+    mp = gk.label_moments(cp.asarray(lab), cp.asarray(w[:16]), cp.asarray(p[:16]), n)
+    mt = gk.label_moments(lab, np.tile(w[:16], (4, 1, 1)), np.tile(p[:16], (4, 1, 1)), n)
+    np.testing.assert_array_equal(_host(mp.count), mt.count)
+    np.testing.assert_allclose(_host(mp.sum_w_xyz), mt.sum_w_xyz, rtol=1e-12)
+    np.testing.assert_array_equal(_host(mp.peak_value), mt.peak_value)
+    np.testing.assert_array_equal(_host(mp.peak_index), mt.peak_index)
 
 
 @pytest.mark.parametrize("seed", [12, FRESH_SEED])

@@ -583,11 +583,11 @@ extern "C" void emu_thin_peaks(const long long* pi, const long long* pj, long lo
 }"""),
     "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
 extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
-    int nz, long long n_labels, unsigned long long* count, double* sums, unsigned long long* key,
-    int block) {
+    int nz, int wpz, long long n_labels, unsigned long long* count, double* sums,
+    unsigned long long* key, int block) {
   const long long n_threads = (long long)((nx + PTNP_RUN - 1) / PTNP_RUN) * ny * nz;
   ptnp_emu_launch({(unsigned)((n_threads + block - 1) / block), 1, 1}, {(unsigned)block, 1, 1},
-      ptnp_label_moments, lab, w, p, nx, ny, nz, n_labels, count, sums, key);
+      ptnp_label_moments, lab, w, p, nx, ny, nz, wpz, n_labels, count, sums, key);
 }"""),
 }
 
@@ -710,7 +710,7 @@ def test_label_kernel_on_host(emulated):
     count = np.zeros(n, np.uint64)
     sums = np.zeros((n, 4))
     key = np.zeros(n, np.uint64)
-    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 5,
+    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 5, 5,
                                                 ctypes.c_longlong(n), _ptr(count), _ptr(sums),
                                                 _ptr(key), 32)
     m = gk.label_moments(lab, w, p, n)
@@ -721,6 +721,36 @@ def test_label_kernel_on_host(emulated):
     np.testing.assert_array_equal(pi, m.peak_index)
     np.testing.assert_array_equal(pv, m.peak_value)
     assert m.count[2] == 0 and pi[2] == -1
+
+
+def test_label_kernel_reads_periodic_weights_on_host(emulated):
+    """Labels of three thresholds stacked along z (planes 0-4, 5-9, 10-14) with one copy of the
+    weights and peak map (5 planes): the kernel, its twin and the wrapper all give what the
+    weights tiled to the labels' size give."""
+    rng = np.random.default_rng(33)
+    lab = rng.integers(0, 8, (15, 6, 11)).astype(np.int32)
+    w = rng.uniform(0.1, 2.0, (5, 6, 11)).astype(np.float32)
+    p = np.round(rng.normal(size=w.shape), 0).astype(np.float32)
+    n = 7
+    tiled = gk.label_moments(lab, np.tile(w, (3, 1, 1)), np.tile(p, (3, 1, 1)), n)
+    m = gk.label_moments(lab, w, p, n)
+    for a, b in zip((m.count, m.sum_w, m.sum_w_xyz, m.peak_value, m.peak_index),
+                    (tiled.count, tiled.sum_w, tiled.sum_w_xyz, tiled.peak_value, tiled.peak_index)):
+        np.testing.assert_array_equal(a, b)
+    count = np.zeros(n, np.uint64)
+    sums = np.zeros((n, 4))
+    key = np.zeros(n, np.uint64)
+    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 15, 5,
+                                                ctypes.c_longlong(n), _ptr(count), _ptr(sums),
+                                                _ptr(key), 64)
+    np.testing.assert_array_equal(count.astype(np.int64), tiled.count)
+    np.testing.assert_allclose(sums[:, 0], tiled.sum_w, rtol=1e-12)
+    np.testing.assert_allclose(sums[:, 1:], tiled.sum_w_xyz, rtol=1e-12)
+    pv, pi = _decode_peak_keys(key, np)
+    np.testing.assert_array_equal(pi, tiled.peak_index)
+    np.testing.assert_array_equal(pv, tiled.peak_value)
+    with pytest.raises(ValueError, match="divides"):
+        gk.label_moments(lab, w[:4], p[:4], n)
 
 
 # ---------------------------------------------------------------------- CuPy branch, emulated device
@@ -866,6 +896,11 @@ def test_cupy_branches_on_emulated_device(emulated_device):
     lab3 = np.where(lab == 3, 0, lab).astype(np.uint8)
     m3 = gk.label_moments(lab3, w, p, 4)
     assert np.all(np.isnan(m3.centres_vox_xyz()[2])) and m3.peak_index[2] == -1 and m3.peak_value[2] == -np.inf
+    # weights and peak map of one plane period (labels of stacked thresholds)
+    lab2 = np.concatenate([lab, lab3])
+    mp, mt = gk.label_moments(lab2, w, p, 4), gk.label_moments(lab2, np.tile(w, (2, 1, 1)), np.tile(p, (2, 1, 1)), 4)
+    np.testing.assert_allclose(mp.sum_w_xyz, mt.sum_w_xyz, rtol=1e-12)      # float64 atomics: any order
+    np.testing.assert_array_equal(mp.peak_index, mt.peak_index)
     # with the background row: written after it by the same two launches (sums, finish)
     n_launch = len(emulated_device.launches)
     mb = gk.label_moments(lab, w, p, 4, background_row=True)
