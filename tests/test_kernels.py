@@ -699,6 +699,25 @@ def test_mean_shift_kernel_on_host(emulated):
     np.testing.assert_allclose(out[:-1], ref, rtol=0, atol=1e-9)
 
 
+def _host_label_kernel_matches(emulated, lab, w, p, n, block, ref):
+    """The host-built ``ptnp_label_moments`` on (lab, w, p) gives ``ref``'s moments; the
+    decoded peak indices."""
+    count = np.zeros(n, np.uint64)
+    sums = np.zeros((n, 4))
+    key = np.zeros(n, np.uint64)
+    nz, ny, nx = lab.shape
+    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), nx, ny, nz, w.shape[0],
+                                                ctypes.c_longlong(n), _ptr(count), _ptr(sums),
+                                                _ptr(key), block)
+    np.testing.assert_array_equal(count.astype(np.int64), ref.count)
+    np.testing.assert_allclose(sums[:, 0], ref.sum_w, rtol=1e-12)
+    np.testing.assert_allclose(sums[:, 1:], ref.sum_w_xyz, rtol=1e-12)
+    pv, pi = _decode_peak_keys(key, np)
+    np.testing.assert_array_equal(pi, ref.peak_index)
+    np.testing.assert_array_equal(pv, ref.peak_value)
+    return pi
+
+
 def test_label_kernel_on_host(emulated):
     rng = np.random.default_rng(32)
     lab = rng.integers(0, 6, (5, 6, 11)).astype(np.int32)   # label 6.. absent, runs cross labels
@@ -706,20 +725,8 @@ def test_label_kernel_on_host(emulated):
     lab[0, 0, 0] = 9                                          # above n_labels: ignored
     w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
     p = np.round(rng.normal(size=lab.shape), 0).astype(np.float32)   # ties and negatives
-    n = 6
-    count = np.zeros(n, np.uint64)
-    sums = np.zeros((n, 4))
-    key = np.zeros(n, np.uint64)
-    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 5, 5,
-                                                ctypes.c_longlong(n), _ptr(count), _ptr(sums),
-                                                _ptr(key), 32)
-    m = gk.label_moments(lab, w, p, n)
-    np.testing.assert_array_equal(count.astype(np.int64), m.count)
-    np.testing.assert_allclose(sums[:, 0], m.sum_w, rtol=1e-12)
-    np.testing.assert_allclose(sums[:, 1:], m.sum_w_xyz, rtol=1e-12)
-    pv, pi = _decode_peak_keys(key, np)
-    np.testing.assert_array_equal(pi, m.peak_index)
-    np.testing.assert_array_equal(pv, m.peak_value)
+    m = gk.label_moments(lab, w, p, 6)
+    pi = _host_label_kernel_matches(emulated, lab, w, p, 6, 32, m)
     assert m.count[2] == 0 and pi[2] == -1
 
 
@@ -737,18 +744,7 @@ def test_label_kernel_reads_periodic_weights_on_host(emulated):
     for a, b in zip((m.count, m.sum_w, m.sum_w_xyz, m.peak_value, m.peak_index),
                     (tiled.count, tiled.sum_w, tiled.sum_w_xyz, tiled.peak_value, tiled.peak_index)):
         np.testing.assert_array_equal(a, b)
-    count = np.zeros(n, np.uint64)
-    sums = np.zeros((n, 4))
-    key = np.zeros(n, np.uint64)
-    emulated["label_sums.cu"].emu_label_moments(_ptr(lab), _ptr(w), _ptr(p), 11, 6, 15, 5,
-                                                ctypes.c_longlong(n), _ptr(count), _ptr(sums),
-                                                _ptr(key), 64)
-    np.testing.assert_array_equal(count.astype(np.int64), tiled.count)
-    np.testing.assert_allclose(sums[:, 0], tiled.sum_w, rtol=1e-12)
-    np.testing.assert_allclose(sums[:, 1:], tiled.sum_w_xyz, rtol=1e-12)
-    pv, pi = _decode_peak_keys(key, np)
-    np.testing.assert_array_equal(pi, tiled.peak_index)
-    np.testing.assert_array_equal(pv, tiled.peak_value)
+    _host_label_kernel_matches(emulated, lab, w, p, n, 64, tiled)
     with pytest.raises(ValueError, match="divides"):
         gk.label_moments(lab, w[:4], p[:4], n)
 
