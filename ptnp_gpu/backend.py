@@ -9,6 +9,7 @@ caller moves data to the device once (:func:`asarray`) and back once
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import itertools
 import os
@@ -220,7 +221,9 @@ def _staged_upload(a, xp, dtype):
     stream = xp.cuda.get_current_stream()
     for (i, j), fill in zip(bounds, fills):
         fill.result()
-        (out.data + i * itemsize).copy_from_host_async(mem.ptr + i * itemsize, (j - i) * itemsize, stream)
+        # a ctypes pointer: what every CuPy version takes (newer ones also take an int)
+        (out.data + i * itemsize).copy_from_host_async(ctypes.c_void_p(mem.ptr + i * itemsize),
+                                                       (j - i) * itemsize, stream)
     # the buffer returns to the pool (and may be staged into again) only after the copies read it
     done = stream.record()
     with _UPLOAD_LOCK:

@@ -30,10 +30,12 @@ class _Ptr:
     def __add__(self, k: int) -> "_Ptr":
         return _Ptr(self.host, self.offset + int(k))
 
-    def copy_from_host_async(self, src_ptr: int, nbytes: int, stream) -> None:
+    def copy_from_host_async(self, src_ptr, nbytes: int, stream) -> None:
+        # as older CuPy: the source must be a ctypes pointer (newer versions also take an int)
+        assert isinstance(src_ptr, ctypes.c_void_p)
         assert 0 <= self.offset and self.offset + nbytes <= self.host.nbytes
         stream.copies.append((self.offset, nbytes))
-        ctypes.memmove(self.host.ctypes.data + self.offset, src_ptr, nbytes)
+        ctypes.memmove(self.host.ctypes.data + self.offset, src_ptr.value, nbytes)
 
 
 class _DeviceArray:
