@@ -88,5 +88,13 @@ for n in 256 160; do
     timeout 40 python3 benchmarks/profile_gpu.py --size $n --out "$OUT/profile_$n.tmp" > /dev/null 2>> "$LOG"
     cat "$OUT/profile_$n.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/profile_$n.tmp"
 done
+# the GPU's own busy time and kernels in one warm 256³ analyze (PyTorch's profiler sees CuPy's
+# kernels through CUPTI), if time is left: how much of the wall the device works
+if [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 70 ]; then
+    echo "=== kernels 256³ ===" >> "$OUT/profile.txt"
+    timeout 60 python3 benchmarks/profile_gpu.py --size 256 --kernels --top 30 --out "$OUT/kernels.tmp" \
+        > /dev/null 2>> "$LOG"
+    sed -n '1,40p' "$OUT/kernels.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/kernels.tmp"
+fi
 echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -n 60 "$OUT/suite/results.md" 2>/dev/null
