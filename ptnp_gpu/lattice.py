@@ -416,11 +416,13 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0, r_cent
             continue
         cosm = b @ b.T
         ii, jj = np.nonzero(np.abs(cosm - pair_cos) < 0.15)
-        targets.extend(np.stack([b[i], b[j]]) for i, j in zip(ii[:8], jj[:8]))
+        if len(ii):
+            targets.append(np.stack([b[ii[:8]], b[jj[:8]]], axis=1))     # (k, 2, 3): bond pairs
     if not targets:
         return None
+    targets = np.concatenate(targets)
     src = np.broadcast_to(np.stack([dirs[0], dirs[j0]]), (len(targets), 2, 3))
-    rots = _kabsch_batch(src, np.stack(targets))
+    rots = _kabsch_batch(src, targets)
     rot = rots[int(np.argmax(_n_matched(rots, sample, dirs, cos_tol)))]
     bt = _columns(bonds)
     key = np.full(bt.shape[1], -2, dtype=np.int64)      # the ideal direction each bond matched (none yet)
