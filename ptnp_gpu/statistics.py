@@ -189,8 +189,13 @@ class AtomStatistics:
 
 
 def _on(be, a):
-    """``a`` on backend ``be`` (device copy or host copy as needed)."""
-    return be.xp.asarray(a) if be.is_gpu else np.asarray(_be.to_host(a))
+    """``a`` on backend ``be`` (device copy or host copy as needed; a large host volume goes to
+    the device through :func:`ptnp_gpu.backend.upload_volume`, in its own dtype)."""
+    if not be.is_gpu:
+        return np.asarray(_be.to_host(a))
+    if isinstance(a, np.ndarray):
+        return _be.upload_volume(a, be.xp, dtype=a.dtype)
+    return be.xp.asarray(a)
 
 
 def _resolve_backend(backend, *arrays):

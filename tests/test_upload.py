@@ -40,7 +40,7 @@ class _Ptr:
 
 class _DeviceArray:
     def __init__(self, shape, dtype):
-        self.host = np.full(shape, np.nan, dtype=dtype)
+        self.host = np.full(shape, -1, dtype=dtype)
         self.data, self.size, self.dtype = _Ptr(self.host), self.host.size, self.host.dtype
 
 
@@ -82,6 +82,16 @@ def test_staged_upload_keeps_c_order_of_a_strided_view(monkeypatch):
     xp, _ = _fake_cupy()
     out = _be._staged_upload(view, xp, np.float32)
     np.testing.assert_array_equal(out.host, np.ascontiguousarray(view))
+
+
+def test_staged_upload_keeps_an_integer_dtype(monkeypatch):
+    """Labels go up as they are (the statistics upload a host label volume in its own dtype)."""
+    monkeypatch.setattr(_be, "_UPLOAD_CHUNK_BYTES", 4 * 700)
+    lab = np.random.default_rng(4).integers(0, 2 ** 31 - 1, (21, 13, 17)).astype(np.int32)
+    xp, _ = _fake_cupy()
+    out = _be._staged_upload(lab, xp, lab.dtype)
+    assert out.host.dtype == np.int32
+    np.testing.assert_array_equal(out.host, lab)
 
 
 def test_upload_without_cupy_is_asarray():
