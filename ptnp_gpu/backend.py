@@ -205,6 +205,7 @@ def _staged_upload(a, xp, dtype):
     """:func:`upload_volume`'s pinned, piecewise copy (``xp``: CuPy, or a stand-in with its
     ``empty``, ``cuda.alloc_pinned_memory``, ``cuda.get_current_stream`` and pointer API)."""
     global _UPLOAD_POOL
+    _release_uploads()      # earlier uploads' buffers back to the pool first, to be reused here
     src = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a, order="C")   # a view when it can
     out = xp.empty(a.shape, dtype=dtype)
     itemsize = np.dtype(dtype).itemsize
@@ -227,9 +228,14 @@ def _staged_upload(a, xp, dtype):
     # the buffer returns to the pool (and may be staged into again) only after the copies read it
     done = stream.record()
     with _UPLOAD_LOCK:
-        _UPLOAD_KEEP[:] = [(ev, m) for ev, m in _UPLOAD_KEEP if not ev.done]
         _UPLOAD_KEEP.append((done, mem))
     return out
+
+
+def _release_uploads() -> None:
+    """Drop the pinned buffers of uploads whose copies have finished."""
+    with _UPLOAD_LOCK:
+        _UPLOAD_KEEP[:] = [(ev, m) for ev, m in _UPLOAD_KEEP if not ev.done]
 
 
 def to_host(a):

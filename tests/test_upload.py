@@ -62,6 +62,17 @@ def _fake_cupy():
     return types.SimpleNamespace(empty=lambda shape, dtype: _DeviceArray(shape, dtype), cuda=cuda), stream
 
 
+def test_finished_uploads_release_their_buffers(monkeypatch):
+    """A buffer is held while its copies may run and let go at the next upload."""
+    monkeypatch.setattr(_be, "_UPLOAD_KEEP", [])
+    xp, _ = _fake_cupy()
+    vol = np.ones((8, 8, 8), np.float32)
+    _be._staged_upload(vol, xp, np.float32)
+    assert len(_be._UPLOAD_KEEP) == 1
+    _be._staged_upload(vol, xp, np.float32)
+    assert len(_be._UPLOAD_KEEP) == 1          # the first one's copies are done: released
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
 def test_staged_upload_pieces_cover_the_volume(monkeypatch, dtype):
     monkeypatch.setattr(_be, "_UPLOAD_CHUNK_BYTES", 4 * 1000)     # 1,000 voxels a piece, a short last one
