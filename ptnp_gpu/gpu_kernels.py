@@ -648,8 +648,8 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
     lab = xp.asarray(labels)
     w = xp.asarray(weights)
     p = xp.asarray(peakmap)
-    if (lab.ndim != 3 or w.ndim != 3 or p.shape != w.shape or w.shape[1:] != lab.shape[1:]
-            or w.shape[0] == 0 and lab.shape[0] or w.shape[0] and lab.shape[0] % w.shape[0]):
+    periodic = lab.ndim == w.ndim == 3 and (lab.shape[0] % w.shape[0] == 0 if w.shape[0] else lab.shape[0] == 0)
+    if not periodic or p.shape != w.shape or w.shape[1:] != lab.shape[1:]:
         raise ValueError(f"labels, weights and peakmap must be 3D of one shape (or weights and peakmap "
                          f"of a number of planes that divides the labels'), got {lab.shape}, {w.shape}, "
                          f"{p.shape}")
