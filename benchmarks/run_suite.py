@@ -22,6 +22,7 @@ keeps what it measured), ``results.md`` and ``results.png``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import importlib
 import json
@@ -64,6 +65,9 @@ def _parse(argv):
                         "the only backend; quick 2; 0 skips)")
     p.add_argument("--stream-processes", type=int, nargs="*", default=[],
                    help="also stream with this many processes (e.g. 4 8: several CUDA contexts share the GPU)")
+    p.add_argument("--stream-threads", type=int, default=None,
+                   help="host threads (BLAS/OpenMP/Numba/FFT) per stream process (default: the cores "
+                        "shared out as ptnp batch does; 0: uncapped)")
     p.add_argument("--stream-workers", type=int, nargs="+", default=[1, 4],
                    help="GPU stream: threads (each on its own CUDA stream) to try (default 1 4)")
     p.add_argument("--cpu-threads", type=int, default=None,
@@ -384,11 +388,44 @@ def _stream_process(backend_name, size, seeds, n_own, barrier):
     return t0, time.time(), sorted(set(found))
 
 
-def bench_stream_processes(be, n_maps, processes=(4,), size=160, n_distinct=4, log=print):
+def _process_threads(n_proc, threads=None):
+    """Host threads (BLAS, OpenMP, Numba, the host FFTs) each of ``n_proc`` stream processes
+    gets: ``threads``, else the usable cores shared out as ``ptnp batch`` shares them
+    (:func:`ptnp_gpu.batch.plan_workers`); 0 leaves the environment as it is."""
+    if threads is not None:
+        return int(threads)
+    from ptnp_gpu.batch import _usable_cores
+    return max(1, _usable_cores() // max(1, int(n_proc)))
+
+
+@contextlib.contextmanager
+def _thread_env(threads):
+    """The thread variables ``ptnp batch`` sets for its workers, set to ``threads`` while the
+    block runs (spawned children copy the environment when they start), then put back."""
+    from ptnp_gpu.batch import _THREAD_VARS
+    if not threads:
+        yield
+        return
+    old = {k: os.environ.get(k) for k in _THREAD_VARS}
+    os.environ.update({k: str(threads) for k in _THREAD_VARS})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_stream_processes(be, n_maps, processes=(4,), size=160, n_distinct=4, log=print, threads=None):
     """Throughput of a stream of ``size``³ maps shared by several processes (one CUDA
     context each on a GPU: the Python and host-side work of one map overlaps another's
     kernels, which threads cannot do under the GIL). Timed from the moment every process
-    is warm to the last one's end. Returns the best count, every count in ``by_processes``."""
+    is warm to the last one's end. Each process's host threads are capped as ``ptnp batch``
+    caps its workers' (``threads``: :func:`_process_threads`; uncapped, 16 processes on 16
+    cores would each start a BLAS, OpenMP and Numba pool of 16). Returns the best count,
+    every count in ``by_processes``."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
     runs = []
@@ -396,16 +433,18 @@ def bench_stream_processes(be, n_maps, processes=(4,), size=160, n_distinct=4, l
     for n_proc in processes:
         n_proc = max(1, int(n_proc))
         share = [n_maps // n_proc + (1 if i < n_maps % n_proc else 0) for i in range(n_proc)]
-        with ctx.Manager() as mgr, ProcessPoolExecutor(n_proc, mp_context=ctx) as pool:
+        per = _process_threads(n_proc, threads)
+        with _thread_env(per), ctx.Manager() as mgr, ProcessPoolExecutor(n_proc, mp_context=ctx) as pool:
             barrier = mgr.Barrier(n_proc)
             futs = [pool.submit(_stream_process, be.name, size,
                                 [100 + (i + k) % n_distinct for k in range(min(n_distinct, max(share[i], 1)))],
                                 share[i], barrier) for i in range(n_proc)]
             res = [f.result() for f in futs]
         dt = max(r[1] for r in res) - min(r[0] for r in res)
-        runs.append({"processes": n_proc, "seconds": dt, "maps_per_s": n_maps / dt,
-                     "atoms_per_map": sorted({a for r in res for a in r[2]})})
-        log(f"  stream {size}³, {n_proc} process(es): {n_maps / dt:.2f} maps/s")
+        runs.append({"processes": n_proc, "threads_per_process": per or None, "seconds": dt,
+                     "maps_per_s": n_maps / dt, "atoms_per_map": sorted({a for r in res for a in r[2]})})
+        log(f"  stream {size}³, {n_proc} process(es), {per or 'uncapped'} host thread(s) each: "
+            f"{n_maps / dt:.2f} maps/s")
     best = max(runs, key=lambda r: r["maps_per_s"])
     return {"size": size, "n_maps": n_maps, "seconds": best["seconds"], "maps_per_s": best["maps_per_s"],
             "processes": best["processes"], "by_processes": runs}
@@ -490,7 +529,8 @@ def main(argv=None) -> int:
                                                     log=log)
                 if args.stream_processes:
                     try:
-                        procs = bench_stream_processes(be, n, processes=args.stream_processes, log=log)
+                        procs = bench_stream_processes(be, n, processes=args.stream_processes, log=log,
+                                                       threads=args.stream_threads)
                         results["stream"][f"{b}_processes"] = procs
                         if procs["maps_per_s"] > results["stream"][b]["maps_per_s"]:
                             results["stream"][b].update(best_of_processes=procs["maps_per_s"])
