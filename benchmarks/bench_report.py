@@ -125,13 +125,14 @@ def markdown(results) -> str:
             lines += [""] + extra
     if results.get("stream"):
         lines += ["", "## Stream of 160³ maps (detection + statistics per map)", "",
-                  "| backend | threads | processes | maps | seconds | maps/s |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+                  "| backend | threads | processes | host threads per process | maps | seconds | maps/s |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for b, s in results["stream"].items():
             if not s:
                 continue
             for r in s.get("by_workers", []) or s.get("by_processes", []) or [s]:
-                lines.append(f"| {b.split('_')[0]} | {r.get('workers', 1)} | {r.get('processes', 1)} "
+                per = r.get("threads_per_process", "uncapped" if "processes" in r else "–") or "uncapped"
+                lines.append(f"| {b.split('_')[0]} | {r.get('workers', 1)} | {r.get('processes', 1)} | {per} "
                              f"| {s['n_maps']} | {r['seconds']:.2f} | {r['maps_per_s']:.2f} |")
     if results.get("skipped"):
         lines += ["", "Skipped: " + "; ".join(

@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
 # One device call: GPU parity tests, then the benchmark suite, then a host-time profile;
 # then the stream under CUDA MPS; all results under $OUT (at most 8 files come back:
-# session.log, gpu_map_parity.json, suite/results.{json,md,png}, mps/results.json, profile.txt).
+# session.log, gpu_map_parity.json, suite/results.{json,md,png}, mps/results.json, profile.txt,
+# cupy_kernel_cache.tar.gz).
 #
 # Run through the device tool from the repository root, carrying the wheels the
 # device lacks and the experimental models (both git-ignored, never committed):
 #
 #   mkdir -p .expdata && cp ../shared/data/experimental/{PdPt_EPB_5377.xyz,FePt_model.npy,FePt_atoms.npy} .expdata/
 #   pip download --only-binary :all: --no-deps --python-version 3.12 -d .whlgpu gemmi mrcfile
-#   run(command="bash benchmarks/gpu_session.sh", carry=[".whlgpu", ".expdata"], timeout_s=590)
+#   run(command="bash benchmarks/gpu_session.sh", carry=[".whlgpu", ".expdata", ".cupycache"], timeout_s=590)
+#
+# CuPy compiles every kernel on first use (~2 min of a fresh machine's time, 125 s measured on
+# 2026-11-28). The script keeps CuPy's kernel cache in .cupycache/kernel_cache (CUPY_CACHE_DIR),
+# unpacks .cupycache/cupy_kernel_cache.tar.gz there first when it was carried, and returns the
+# cache as $OUT/cupy_kernel_cache.tar.gz: copy that file to .cupycache/ (git-ignored) and carry
+# the folder next time. CuPy keys each cached kernel by its source, options, architecture and
+# CuPy/NVRTC versions, so a stale or foreign entry is only a miss.
 #
 # Budget (seconds) for the whole script: SESSION_S (default 540); the parity tests get
 # PARITY_S (default 300: on a fresh machine every test process first compiles CuPy's kernels,
@@ -28,9 +36,15 @@ if ls .whlgpu/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whlgpu/*.whl
 fi
 export PYTHONPATH=/tmp/site:$PWD
+export CUPY_CACHE_DIR=${CUPY_CACHE_DIR:-$PWD/.cupycache/kernel_cache}
+mkdir -p "$CUPY_CACHE_DIR"
+if [ -f .cupycache/cupy_kernel_cache.tar.gz ]; then
+    tar -xzf .cupycache/cupy_kernel_cache.tar.gz -C "$CUPY_CACHE_DIR" \
+        && echo "kernel cache: $(ls "$CUPY_CACHE_DIR" | wc -l) entries carried in" || echo "kernel cache: unpacking failed"
+fi
 [ -d .expdata ] && export PTNP_EXPERIMENTAL_DATA=$PWD/.expdata
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -m ptnp_gpu.cli info; } \
-    > "$OUT/session.log" 2>&1
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; python3 -m ptnp_gpu.cli info;
+  echo "kernel cache: $(ls "$CUPY_CACHE_DIR" | wc -l) entries at the start"; } > "$OUT/session.log" 2>&1
 LOG="$OUT/session.log"
 # a cold start: the first analyze compiles every CuPy kernel the disk cache lacks
 if [ "${COLD:-0}" = 1 ]; then
@@ -98,3 +112,8 @@ if [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 70 ]; then
 fi
 echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 tail -n 60 "$OUT/suite/results.md" 2>/dev/null
+# CuPy's kernel cache, for the next session to carry (see the header); under 16 MiB or left out
+tar -czf "$OUT/cupy_kernel_cache.tar.gz" -C "$CUPY_CACHE_DIR" . 2>> "$LOG"
+size=$(stat -c %s "$OUT/cupy_kernel_cache.tar.gz" 2>/dev/null || echo 0)
+if [ "$size" -gt 16000000 ]; then rm -f "$OUT/cupy_kernel_cache.tar.gz"; fi
+echo "kernel cache: $(ls "$CUPY_CACHE_DIR" | wc -l) entries, packed ${size} bytes" | tee -a "$LOG"
