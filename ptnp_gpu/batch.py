@@ -28,9 +28,10 @@ Guarantees
   one batch at a time per folder (``OUT/.ptnp-batch.lock``).
 
 The Dask cluster is the one at ``scheduler`` (an address), a given ``client``,
-or a local one sized to the machine (:func:`plan_workers`): one worker process
-per GPU (``dask_cuda.LocalCUDACluster`` when installed, else one nanny per GPU
-with its own ``CUDA_VISIBLE_DEVICES``), or single-threaded worker processes on CPU.
+or a local one sized to the machine (:func:`plan_workers`): up to four worker
+processes sharing each GPU (:func:`workers_per_gpu`; one nanny per worker with its
+own ``CUDA_VISIBLE_DEVICES``, or ``dask_cuda.LocalCUDACluster`` when each GPU has
+one worker and dask-cuda is installed), or single-threaded worker processes on CPU.
 Workers of an external cluster must import ``ptnp_gpu`` and see the same paths.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ from . import __version__
 from .errors import InputError
 
 __all__ = ["MAP_SUFFIXES", "BatchResult", "collect_maps", "run_batch", "analyze_one",
-           "plan_workers", "start_cluster", "aggregate", "particles_figure", "read_manifest"]
+           "plan_workers", "workers_per_gpu", "start_cluster", "aggregate", "particles_figure", "read_manifest"]
 
 logger = logging.getLogger(__name__)
 
@@ -384,6 +385,43 @@ def _gpu_devices() -> list[str]:
     return [str(i) for i in range(n)]
 
 
+# workers sharing one GPU by default: a map's time in a worker is mostly host work (reading,
+# statistics on the host, writing, figures), which processes overlap with each other's kernels.
+# bench_batch on an H200 with 16 cores: 4 workers did 2.5x (200-atom maps) and 3.0x (600-atom
+# maps) the maps/min of one (benchmarks/results/batch_gpu_h200_*.json)
+_GPU_WORKERS_PER_DEVICE = 4
+# device memory each may need: CuPy's pool keeps a worker's peak (a 384³ analyze grew it by
+# 18x the map, 3.9 GB, on 2026-11-28), so a 24 GB card gets 2 workers, a 16 GB one 1
+_GPU_GIB_PER_WORKER = 8.0
+
+
+def _gpu_memory_gib() -> float | None:
+    """The smallest total memory (GiB) of the visible CUDA devices; None when CuPy cannot tell."""
+    try:
+        from .backend import cupy_available
+        if not cupy_available():
+            return None
+        import cupy
+        n = int(cupy.cuda.runtime.getDeviceCount())
+        return min(cupy.cuda.runtime.getDeviceProperties(k)["totalGlobalMem"] for k in range(n)) / 2 ** 30
+    except Exception:  # noqa: BLE001 - the default then rests on the cores alone
+        return None
+
+
+def workers_per_gpu(n_devices: int, cores: int, memory_gib: float | None) -> int:
+    """Default worker processes per GPU: ``_GPU_WORKERS_PER_DEVICE`` (4), no more than the CPU
+    cores shared out over the devices, nor than the device memory holds at
+    ``_GPU_GIB_PER_WORKER`` (8 GiB) each (unknown memory: no limit); at least 1.
+
+    >>> workers_per_gpu(1, 16, 141.0), workers_per_gpu(2, 4, 80.0), workers_per_gpu(1, 16, 24.0)
+    (4, 2, 3)
+    """
+    per = min(_GPU_WORKERS_PER_DEVICE, max(1, int(cores) // max(1, int(n_devices))))
+    if memory_gib is not None:
+        per = min(per, max(1, int(memory_gib // _GPU_GIB_PER_WORKER)))
+    return max(1, per)
+
+
 def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict:
     """Decide the local cluster: GPU workers or CPU worker processes, and threads.
 
@@ -392,7 +430,8 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
     n_maps : int
         Maps to analyse; no more workers than maps are started.
     n_workers : int, optional
-        Worker count (default: one per GPU, else one per usable CPU core).
+        Worker count (default: :func:`workers_per_gpu` per GPU, up to four sharing each,
+        else one per usable CPU core).
     gpus : "auto", "none" or sequence of str
         CUDA device ids for GPU workers; "auto" uses every visible device.
 
@@ -410,7 +449,8 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
         devices = [str(d) for d in gpus]
     cores = _usable_cores()
     if devices:
-        n = n_workers or len(devices)
+        n = n_workers or len(devices) * workers_per_gpu(len(devices), cores, _gpu_memory_gib())
+        n = max(1, min(int(n), max(1, n_maps)))
         devices = [devices[i % len(devices)] for i in range(n)]
         kind = "gpu"
     else:
@@ -811,7 +851,7 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     client : distributed.Client, optional
         A client to use (wins over ``scheduler``); it is not closed.
     n_workers : int, optional
-        Local cluster size (default: one per GPU, else one per CPU core; never
+        Local cluster size (default: up to four per GPU, else one per CPU core; never
         more than the maps to analyse).
     gpus : "auto", "none" or sequence of str, optional
         CUDA devices for local GPU workers.

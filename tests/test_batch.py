@@ -136,12 +136,30 @@ def test_result_names_are_unique_and_stable(tmp_path):
     assert again == names
 
 
-def test_plan_workers_sizes_to_maps_and_devices():
+def test_plan_workers_sizes_to_maps_and_devices(monkeypatch):
     cpu = batch.plan_workers(3, gpus="none")
     assert cpu["kind"] == "cpu" and 1 <= cpu["n_workers"] <= 3 and cpu["threads"] >= 1
+    # several workers share each GPU (host work overlaps kernels), within the cores and memory
+    monkeypatch.setattr(batch, "_usable_cores", lambda: 16)
+    monkeypatch.setattr(batch, "_gpu_memory_gib", lambda: 141.0)
     gpu = batch.plan_workers(10, gpus=["0", "1"])
-    assert gpu == {**gpu, "kind": "gpu", "n_workers": 2, "devices": ["0", "1"]}
+    assert gpu == {"kind": "gpu", "n_workers": 8, "threads": 2, "devices": ["0", "1"] * 4}
+    assert batch.plan_workers(5, gpus=["0", "1"])["devices"] == ["0", "1", "0", "1", "0"]
     assert batch.plan_workers(1, gpus=["0", "1"])["n_workers"] == 1
+    assert batch.plan_workers(10, n_workers=2, gpus=["0", "1"])["devices"] == ["0", "1"]
+    monkeypatch.setattr(batch, "_gpu_memory_gib", lambda: 16.0)           # 8 GiB each: 2 per GPU
+    assert batch.plan_workers(10, gpus=["0"])["n_workers"] == 2
+    monkeypatch.setattr(batch, "_usable_cores", lambda: 2)                # 2 cores, 2 GPUs: 1 each
+    monkeypatch.setattr(batch, "_gpu_memory_gib", lambda: None)
+    assert batch.plan_workers(10, gpus=["0", "1"]) == {"kind": "gpu", "n_workers": 2, "threads": 1,
+                                                      "devices": ["0", "1"]}
+
+
+def test_workers_per_gpu_bounds():
+    assert batch.workers_per_gpu(1, 16, 141.0) == 4          # the cap
+    assert batch.workers_per_gpu(4, 8, None) == 2            # cores shared out over the devices
+    assert batch.workers_per_gpu(1, 64, 12.0) == 1           # memory: 8 GiB each
+    assert batch.workers_per_gpu(8, 4, 4.0) == 1             # never below one
 
 
 @pytest.mark.skipif(bool(__import__("importlib").util.find_spec("dask_cuda")),
@@ -298,6 +316,10 @@ def test_gpu_batch_runs_on_the_gpu(maps, tmp_path):
     r = batch.run_batch(_good(maps)[:2], tmp_path / "out", gpus="auto")
     assert r.ok and r.cluster["kind"] == "gpu"
     assert {row["backend"] for row in r.rows} == {"cupy"}
+    # two maps: two workers, sharing a GPU when the machine's cores and memory allow
+    gpus = sorted(set(r.cluster["devices"]))
+    per = batch.workers_per_gpu(len(gpus), batch._usable_cores(), batch._gpu_memory_gib())
+    assert r.cluster["n_workers"] == min(2, len(gpus) * per)
 
 
 def test_cli_bad_invocations_exit_2(tmp_path, capsys):
