@@ -4,7 +4,7 @@
 #   docker build -t ptnp_gpu .
 #   docker run --rm --gpus all ptnp_gpu                      # ptnp demo on the GPU
 #   docker run --rm --gpus all --user "$(id -u):$(id -g)" -v "$PWD:/data" ptnp_gpu \
-#       ptnp batch maps/ --out results/                      # up to four Dask workers per GPU
+#       ptnp batch maps/ --out results/                      # a Dask worker per core, sharing the GPU
 #
 # Needs the NVIDIA driver and the NVIDIA Container Toolkit on the host (for --gpus).
 # CUDA_VERSION must not be newer than what the host driver supports (nvidia-smi shows it).

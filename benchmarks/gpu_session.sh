@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # One device call: GPU parity tests, then the benchmark suite, then a host-time profile;
-# then the stream under CUDA MPS; all results under $OUT (at most 8 files come back:
-# session.log, gpu_map_parity.json, suite/results.{json,md,png}, mps/results.json, profile.txt,
-# cupy_kernel_cache.tar.gz).
+# then the stream under CUDA MPS, then ptnp batch's throughput; all results under $OUT (at most
+# 8 files come back: session.log, gpu_map_parity.json, suite/results.{json,md}, mps/results.json,
+# profile.txt, batch_gpu.json, cupy_kernel_cache.tar.gz; the suite's plot is left out, as
+# `python benchmarks/bench_report.py DIR` draws it again from results.json).
 #
 # Run through the device tool from the repository root, carrying the wheels the
 # device lacks and the experimental models (both git-ignored, never committed):
 #
 #   mkdir -p .expdata && cp ../shared/data/experimental/{PdPt_EPB_5377.xyz,FePt_model.npy,FePt_atoms.npy} .expdata/
-#   pip download --only-binary :all: --no-deps --python-version 3.12 -d .whlgpu gemmi mrcfile
+#   pip download --only-binary :all: --no-deps --python-version 3.12 -d .whlgpu gemmi mrcfile \
+#       dask distributed partd locket tblib zict tornado     # the last seven: ptnp batch (Dask)
 #   run(command="bash benchmarks/gpu_session.sh", carry=[".whlgpu", ".expdata", ".cupycache"], timeout_s=590)
 #
 # CuPy compiles every kernel on first use (~2 min of a fresh machine's time, 125 s measured on
@@ -111,6 +113,16 @@ if [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 70 ]; then
     sed -n '1,40p' "$OUT/kernels.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/kernels.tmp"
 fi
 echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+# ptnp batch on the GPU (16 maps of 200 atoms, full analyze with files and figures): one worker,
+# four, and the default plan (a worker per core sharing the GPU), if Dask travelled and BATCH_S
+# (default 100) seconds are left
+if [ "${BATCH:-1}" = 1 ] && python3 -c "import distributed" 2>/dev/null \
+        && [ $(( SESSION_S - ($(date +%s) - t0) )) -gt "${BATCH_S:-100}" ]; then
+    timeout $(( ${BATCH_S:-100} - 10 )) python3 benchmarks/bench_batch.py --maps 16 --atoms 200 \
+        --configs gpu1,gpu4,gpu --out "$OUT/batch_gpu.json" >> "$LOG" 2>&1
+    echo "batch: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+fi
+rm -f "$OUT/suite/results.png"          # the device returns at most 8 files
 tail -n 60 "$OUT/suite/results.md" 2>/dev/null
 # CuPy's kernel cache, for the next session to carry (see the header); under 16 MiB or left out
 tar -czf "$OUT/cupy_kernel_cache.tar.gz" -C "$CUPY_CACHE_DIR" . 2>> "$LOG"

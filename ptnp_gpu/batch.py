@@ -28,8 +28,8 @@ Guarantees
   one batch at a time per folder (``OUT/.ptnp-batch.lock``).
 
 The Dask cluster is the one at ``scheduler`` (an address), a given ``client``,
-or a local one sized to the machine (:func:`plan_workers`): up to four worker
-processes sharing each GPU (:func:`workers_per_gpu`; one nanny per worker with its
+or a local one sized to the machine (:func:`plan_workers`): several worker
+processes sharing each GPU (:func:`workers_per_gpu`: one per core, within the GPU's memory; one nanny per worker with its
 own ``CUDA_VISIBLE_DEVICES``, or ``dask_cuda.LocalCUDACluster`` when each GPU has
 one worker and dask-cuda is installed), or single-threaded worker processes on CPU.
 Workers of an external cluster must import ``ptnp_gpu`` and see the same paths.
@@ -386,10 +386,14 @@ def _gpu_devices() -> list[str]:
 
 
 # workers sharing one GPU by default: a map's time in a worker is mostly host work (reading,
-# statistics on the host, writing, figures), which processes overlap with each other's kernels.
-# bench_batch on an H200 with 16 cores: 4 workers did 2.5x (200-atom maps) and 3.0x (600-atom
-# maps) the maps/min of one (benchmarks/results/batch_gpu_h200_*.json)
-_GPU_WORKERS_PER_DEVICE = 4
+# statistics on the host, writing and the figures: ~2 s of one core for a 160³ map, whose
+# detection and statistics take ~0.2 s on an H200), which processes overlap with each other's
+# kernels. bench_batch on an H200 with 16 cores: 2 / 4 workers did 1.7x / 2.5x the maps/min of
+# one (200-atom maps; 600-atom maps: 4 workers 3.0x), capacity 30 -> 66 -> 128 maps/min; the
+# 160³ stream (no files) 5.9 -> 11.1 / 13.2 / 14.1 maps/s with 4 / 8 / 16 processes
+# (benchmarks/results/batch_gpu_h200_*.json, 2026-11-28_nvidia-h200). Up to one per core, at
+# most 16 per GPU (the most measured)
+_GPU_WORKERS_PER_DEVICE = 16
 # device memory each may need: CuPy's pool keeps a worker's peak (a 384³ analyze grew it by
 # 18x the map, 3.9 GB, on 2026-11-28), so a 24 GB card gets 2 workers, a 16 GB one 1
 _GPU_GIB_PER_WORKER = 8.0
@@ -409,12 +413,12 @@ def _gpu_memory_gib() -> float | None:
 
 
 def workers_per_gpu(n_devices: int, cores: int, memory_gib: float | None) -> int:
-    """Default worker processes per GPU: ``_GPU_WORKERS_PER_DEVICE`` (4), no more than the CPU
-    cores shared out over the devices, nor than the device memory holds at
-    ``_GPU_GIB_PER_WORKER`` (8 GiB) each (unknown memory: no limit); at least 1.
+    """Default worker processes per GPU: one per CPU core shared out over the devices, no more
+    than the device memory holds at ``_GPU_GIB_PER_WORKER`` (8 GiB) each (unknown memory: no
+    limit), nor than ``_GPU_WORKERS_PER_DEVICE`` (16); at least 1.
 
     >>> workers_per_gpu(1, 16, 141.0), workers_per_gpu(2, 4, 80.0), workers_per_gpu(1, 16, 24.0)
-    (4, 2, 3)
+    (16, 2, 3)
     """
     per = min(_GPU_WORKERS_PER_DEVICE, max(1, int(cores) // max(1, int(n_devices))))
     if memory_gib is not None:
@@ -430,8 +434,8 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
     n_maps : int
         Maps to analyse; no more workers than maps are started.
     n_workers : int, optional
-        Worker count (default: :func:`workers_per_gpu` per GPU, up to four sharing each,
-        else one per usable CPU core).
+        Worker count (default: :func:`workers_per_gpu` per GPU, one per core within the
+        GPU's memory, else one per usable CPU core).
     gpus : "auto", "none" or sequence of str
         CUDA device ids for GPU workers; "auto" uses every visible device.
 
@@ -851,7 +855,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     client : distributed.Client, optional
         A client to use (wins over ``scheduler``); it is not closed.
     n_workers : int, optional
-        Local cluster size (default: up to four per GPU, else one per CPU core; never
+        Local cluster size (default: one per core, sharing the GPUs within their memory, else one
+        per CPU core; never
         more than the maps to analyse).
     gpus : "auto", "none" or sequence of str, optional
         CUDA devices for local GPU workers.

@@ -67,8 +67,8 @@ def register(subparsers) -> None:
     c.add_argument("--scheduler", metavar="ADDRESS",
                    help="use a running Dask scheduler (e.g. tcp://host:8786) instead of a local cluster")
     c.add_argument("--workers", type=int, default=None, metavar="N",
-                   help="local workers (default: up to four sharing each GPU, at most the cores and 8 GiB of "
-                        "device memory each; else one per CPU core)")
+                   help="local workers (default: one per CPU core, sharing the GPUs with at most one per 8 GiB "
+                        "of device memory and 16 per GPU; without a GPU one per core)")
     c.add_argument("--gpus", default="auto", metavar="auto|none|IDS",
                    help="CUDA devices for local workers: auto (default; none with --backend numpy), "
                         "none (CPU only), or a comma list such as 0,1")

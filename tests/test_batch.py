@@ -143,7 +143,8 @@ def test_plan_workers_sizes_to_maps_and_devices(monkeypatch):
     monkeypatch.setattr(batch, "_usable_cores", lambda: 16)
     monkeypatch.setattr(batch, "_gpu_memory_gib", lambda: 141.0)
     gpu = batch.plan_workers(10, gpus=["0", "1"])
-    assert gpu == {"kind": "gpu", "n_workers": 8, "threads": 2, "devices": ["0", "1"] * 4}
+    assert gpu == {"kind": "gpu", "n_workers": 10, "threads": 1, "devices": ["0", "1"] * 5}
+    assert batch.plan_workers(40, gpus=["0", "1"])["n_workers"] == 16     # a core each
     assert batch.plan_workers(5, gpus=["0", "1"])["devices"] == ["0", "1", "0", "1", "0"]
     assert batch.plan_workers(1, gpus=["0", "1"])["n_workers"] == 1
     assert batch.plan_workers(10, n_workers=2, gpus=["0", "1"])["devices"] == ["0", "1"]
@@ -156,7 +157,8 @@ def test_plan_workers_sizes_to_maps_and_devices(monkeypatch):
 
 
 def test_workers_per_gpu_bounds():
-    assert batch.workers_per_gpu(1, 16, 141.0) == 4          # the cap
+    assert batch.workers_per_gpu(1, 16, 141.0) == 16         # a core each
+    assert batch.workers_per_gpu(1, 64, None) == 16          # at most 16 on one GPU
     assert batch.workers_per_gpu(4, 8, None) == 2            # cores shared out over the devices
     assert batch.workers_per_gpu(1, 64, 12.0) == 1           # memory: 8 GiB each
     assert batch.workers_per_gpu(8, 4, 4.0) == 1             # never below one
