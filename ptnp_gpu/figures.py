@@ -30,6 +30,16 @@ def _depth_label(stats) -> str:
     return "radial depth R$_{NP}$ − R (Å)"
 
 
+def _fixed_layout(fig, left_in, right_in, bottom_in, top_in, wspace, hspace=0.2):
+    """Subplot margins fixed in inches at the figure's edges (fractions of an axes between
+    axes): the layout ``tight_layout`` finds for these figures (measured on particles of 150 to
+    3,000 atoms, with a little room to spare), without the extra pass over every text that it
+    takes to find it (a third of the three figures' time, ~0.5 s a map)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left_in / w, right=1.0 - right_in / w, bottom=bottom_in / h, top=1.0 - top_in / h,
+                        wspace=wspace, hspace=hspace)
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -78,7 +88,7 @@ def plot_depth_profiles(stats, names=None):
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
+    _fixed_layout(fig, 0.70, 0.15, 0.62, 0.37, wspace=0.27, hspace=0.36)
     return fig
 
 
@@ -102,7 +112,7 @@ def plot_cn_stats(stats, names=("gcn", "bond_nn_A", "strain_radial_pct", "u_iso_
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     fig.suptitle("statistics by coordination number (mean ± S/√N, bins ≥ 5 atoms)", fontsize=10)
-    fig.tight_layout()
+    _fixed_layout(fig, 0.82, 0.15, 0.59, 0.50, wspace=0.31, hspace=0.29)
     return fig
 
 
@@ -149,7 +159,7 @@ def plot_slab(dmap, stats, thickness_A: float | None = None):
         ax.set_ylabel("y (Å)")
         ax.set_title(f"central slab |z − {zc:.1f}| ≤ {0.5 * t:.2f} Å, {int(sel.sum())} atoms: {name.upper()}",
                      fontsize=10)
-    fig.tight_layout()
+    _fixed_layout(fig, 0.66, 0.25, 0.24, 0.16, wspace=0.16)
     return fig
 
 

@@ -148,3 +148,42 @@ def test_tiny_models_are_reported_not_crashed(small, tmp_path, n):
     pen = _rows(tmp_path / "penetration.csv")
     assert all(r["ok"] == "0" and r["delta_A"] == "nan" for r in pen)
     assert files["fig_slab"].is_file()
+
+
+def _label_boxes_fit(fig):
+    """Every visible axes with its ticks, labels and title lies inside the figure, and no two
+    overlap (pixels, one of slack)."""
+    r = fig.canvas.get_renderer()
+    boxes = [ax.get_tightbbox(r) for ax in fig.axes if ax.get_visible() and ax.axison]
+    w, h = fig.bbox.width, fig.bbox.height
+    inside = all(b.x0 >= -1 and b.y0 >= -1 and b.x1 <= w + 1 and b.y1 <= h + 1 for b in boxes)
+    overlaps = sum(min(a.x1, b.x1) - max(a.x0, b.x0) > 1 and min(a.y1, b.y1) - max(a.y0, b.y0) > 1
+                   for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    return inside, overlaps
+
+
+@pytest.mark.parametrize("model", ["small", "bcc"])
+def test_figures_fixed_layout_fits_their_text(small, model):
+    """The figures' margins are fixed (no tight_layout pass): on a Pt and a bcc Fe particle every
+    axes' text stays inside the figure and clear of its neighbours, and the plots (colour bars
+    aside) sit within 0.3 inch of where tight_layout would put them."""
+    import matplotlib.pyplot as plt
+
+    from ptnp_gpu import figures as F
+    if model == "small":
+        p, s = small
+    else:
+        p = make_particle(n_atoms=300, seed=4, noise=0.2, element="Fe", voxel_size_A=0.5)
+        s = compute_statistics(p.map, p.xyz_A, "Fe", backend="numpy")
+    for make in (lambda: F.plot_depth_profiles(s), lambda: F.plot_cn_stats(s), lambda: F.plot_slab(p.map, s)):
+        fig = make()
+        fig.canvas.draw()
+        assert _label_boxes_fit(fig) == (True, 0)
+        plots = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        fixed = [ax.get_position().bounds for ax in plots]
+        fig.tight_layout()
+        w, h = fig.get_size_inches()
+        for a, b in zip(fixed, (ax.get_position().bounds for ax in plots)):
+            assert max(abs(a[0] - b[0]) * w, abs(a[1] - b[1]) * h, abs(a[2] - b[2]) * w,
+                       abs(a[3] - b[3]) * h) < 0.3
+        plt.close(fig)
