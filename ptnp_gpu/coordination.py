@@ -58,11 +58,14 @@ def coordination_numbers(xyz_A, cutoff_A: float, pairs=None):
     >>> coordination_numbers(np.array([[0, 0, 0], [2.7, 0, 0], [9, 0, 0.]]), 3.3).tolist()
     [1, 1, 0]
     """
-    xp = _be.namespace(xyz_A, pairs).xp
+    be = _be.namespace(xyz_A, pairs)
+    xp = be.xp
     n = len(_positions(xyz_A, xp))
     p = neighbour_pairs(xyz_A, cutoff_A) if pairs is None else xp.asarray(pairs)
     if p.size == 0:                       # cupy.bincount refuses empty input
         return xp.zeros(n, dtype=xp.int64)
+    if be.is_gpu:                         # cupy.bincount reads two numbers back; this reads none
+        return segment_sum(p.ravel(), [xp.ones(p.size)], n)[0].astype(xp.int64)
     return xp.bincount(p.ravel(), minlength=n).astype(xp.int64)
 
 

@@ -114,8 +114,8 @@ def strain_neighbourhood(xyz_A, *, h_A: float = 2.0, valid=None, domain=None) ->
     a, b, d2 = pairs_within(xyz[idx], 3.0 * h_A)
     if domain is not None:
         dom = xp.asarray(domain)[idx]
-        same = dom[a] == dom[b]
-        a, b, d2 = a[same], b[same], d2[same]
+        keep = xp.flatnonzero(dom[a] == dom[b])         # one host read for the three arrays
+        a, b, d2 = a[keep], b[keep], d2[keep]
     w = xp.exp(-0.5 * (xp.sqrt(d2) / h_A) ** 2)
     return StrainNeighbourhood(idx[a], idx[b], w, idx, valid, float(h_A))
 
