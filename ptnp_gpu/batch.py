@@ -395,8 +395,31 @@ def _gpu_devices() -> list[str]:
 # most 16 per GPU (the most measured)
 _GPU_WORKERS_PER_DEVICE = 16
 # device memory each may need: CuPy's pool keeps a worker's peak (a 384³ analyze grew it by
-# 18x the map, 3.9 GB, on 2026-11-28), so a 24 GB card gets 2 workers, a 16 GB one 1
+# 18x the map, 3.9 GB, on 2026-11-28, detection holds 12-22x), so at least 8 GiB, and for big
+# maps 24x the largest map's float32 size plus a CUDA context
 _GPU_GIB_PER_WORKER = 8.0
+_GPU_MAP_FACTOR = 24.0
+_GPU_CONTEXT_GIB = 0.5
+
+
+def _gib_per_gpu_worker(map_bytes: int | None) -> float:
+    """Device memory (GiB) to allow each GPU worker for maps of at most ``map_bytes`` (float32)."""
+    need = _GPU_MAP_FACTOR * float(map_bytes or 0) / 2 ** 30 + _GPU_CONTEXT_GIB
+    return max(_GPU_GIB_PER_WORKER, need)
+
+
+def _largest_map_bytes(paths) -> int:
+    """float32 bytes of the largest map among ``paths`` (headers only; unreadable ones count 0)."""
+    import mrcfile
+    largest = 0
+    for p in paths:
+        try:
+            with mrcfile.open(p, header_only=True, permissive=True) as m:
+                n = int(m.header.nx) * int(m.header.ny) * int(m.header.nz)
+        except Exception:  # noqa: BLE001 - a bad map fails later, in its own task
+            continue
+        largest = max(largest, 4 * n)
+    return largest
 
 
 def _gpu_memory_gib() -> float | None:
@@ -412,21 +435,24 @@ def _gpu_memory_gib() -> float | None:
         return None
 
 
-def workers_per_gpu(n_devices: int, cores: int, memory_gib: float | None) -> int:
+def workers_per_gpu(n_devices: int, cores: int, memory_gib: float | None, map_bytes: int | None = None) -> int:
     """Default worker processes per GPU: one per CPU core shared out over the devices, no more
-    than the device memory holds at ``_GPU_GIB_PER_WORKER`` (8 GiB) each (unknown memory: no
-    limit), nor than ``_GPU_WORKERS_PER_DEVICE`` (16); at least 1.
+    than the device memory holds at 8 GiB each, or 24× the largest map (``map_bytes``, float32)
+    plus 0.5 GiB when that is more (unknown memory: no limit), nor than
+    ``_GPU_WORKERS_PER_DEVICE`` (16); at least 1.
 
     >>> workers_per_gpu(1, 16, 141.0), workers_per_gpu(2, 4, 80.0), workers_per_gpu(1, 16, 24.0)
     (16, 2, 3)
+    >>> workers_per_gpu(1, 16, 80.0, map_bytes=4 * 512 ** 3)     # 512³ maps: 12.5 GiB each
+    6
     """
     per = min(_GPU_WORKERS_PER_DEVICE, max(1, int(cores) // max(1, int(n_devices))))
     if memory_gib is not None:
-        per = min(per, max(1, int(memory_gib // _GPU_GIB_PER_WORKER)))
+        per = min(per, max(1, int(memory_gib // _gib_per_gpu_worker(map_bytes))))
     return max(1, per)
 
 
-def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict:
+def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto", map_bytes: int | None = None) -> dict:
     """Decide the local cluster: GPU workers or CPU worker processes, and threads.
 
     Parameters
@@ -438,6 +464,9 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
         GPU's memory, else one per usable CPU core).
     gpus : "auto", "none" or sequence of str
         CUDA device ids for GPU workers; "auto" uses every visible device.
+    map_bytes : int, optional
+        float32 size of the largest map: big maps get fewer workers per GPU
+        (:func:`workers_per_gpu`).
 
     Returns
     -------
@@ -453,7 +482,7 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto") -> dict
         devices = [str(d) for d in gpus]
     cores = _usable_cores()
     if devices:
-        n = n_workers or len(devices) * workers_per_gpu(len(devices), cores, _gpu_memory_gib())
+        n = n_workers or len(devices) * workers_per_gpu(len(devices), cores, _gpu_memory_gib(), map_bytes)
         n = max(1, min(int(n), max(1, n_maps)))
         devices = [devices[i % len(devices)] for i in range(n)]
         kind = "gpu"
@@ -987,7 +1016,9 @@ def _run_todo(todo, out_dir, params, manifest, result, *, scheduler, client, n_w
                 raise InputError(f"cannot reach Dask scheduler {scheduler}: {exc}") from None
             info = {"kind": "external", "scheduler": scheduler}
         else:
-            info = plan_workers(len(todo), n_workers, gpus)
+            sized = not n_workers and gpus not in (None, "none", False)     # only GPU plans use it
+            info = plan_workers(len(todo), n_workers, gpus,
+                                map_bytes=_largest_map_bytes(p for p, _, _ in todo) if sized else None)
             cluster = stack.enter_context(start_cluster(info, allowed_failures=retries))
             client = stack.enter_context(Client(cluster))
         logger.info("dask cluster: %s", info)

@@ -162,6 +162,22 @@ def test_workers_per_gpu_bounds():
     assert batch.workers_per_gpu(4, 8, None) == 2            # cores shared out over the devices
     assert batch.workers_per_gpu(1, 64, 12.0) == 1           # memory: 8 GiB each
     assert batch.workers_per_gpu(8, 4, 4.0) == 1             # never below one
+    assert batch.workers_per_gpu(1, 16, 141.0, map_bytes=4 * 256 ** 3) == 16   # small maps: 8 GiB each
+    assert batch.workers_per_gpu(1, 16, 141.0, map_bytes=4 * 640 ** 3) == 5    # 24x 0.98 GiB + 0.5 each
+
+
+def test_largest_map_bytes_reads_headers(maps, tmp_path):
+    """The batch sizes its GPU workers by the largest map, read from the headers alone."""
+    import mrcfile
+    small = tmp_path / "small.mrc"
+    mrcfile.new(str(small), data=np.zeros((4, 5, 6), np.float32)).close()
+    big = tmp_path / "big.mrc"
+    mrcfile.new(str(big), data=np.zeros((20, 30, 40), np.float32)).close()
+    bad = tmp_path / "bad.mrc"
+    bad.write_bytes(b"not a map")
+    assert batch._largest_map_bytes([small, big, bad]) == 4 * 20 * 30 * 40
+    assert batch._largest_map_bytes([small]) == 4 * 4 * 5 * 6
+    assert batch._largest_map_bytes([bad]) == 0
 
 
 @pytest.mark.skipif(bool(__import__("importlib").util.find_spec("dask_cuda")),
