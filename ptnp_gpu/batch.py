@@ -29,9 +29,10 @@ Guarantees
 
 The Dask cluster is the one at ``scheduler`` (an address), a given ``client``,
 or a local one sized to the machine (:func:`plan_workers`): several worker
-processes sharing each GPU (:func:`workers_per_gpu`: one per core, within the GPU's memory; one nanny per worker with its
-own ``CUDA_VISIBLE_DEVICES``, or ``dask_cuda.LocalCUDACluster`` when each GPU has
-one worker and dask-cuda is installed), or single-threaded worker processes on CPU.
+processes sharing each GPU (:func:`workers_per_gpu`: one per core, within the
+GPU's memory; a nanny per worker with its own ``CUDA_VISIBLE_DEVICES``, or
+``dask_cuda.LocalCUDACluster`` when each GPU has one worker and dask-cuda is
+installed), or single-threaded worker processes on CPU.
 Workers of an external cluster must import ``ptnp_gpu`` and see the same paths.
 """
 from __future__ import annotations
@@ -884,9 +885,8 @@ def run_batch(inputs, out_dir, *, element: str = "Pt", voxel_size_A=None, opts: 
     client : distributed.Client, optional
         A client to use (wins over ``scheduler``); it is not closed.
     n_workers : int, optional
-        Local cluster size (default: one per core, sharing the GPUs within their memory, else one
-        per CPU core; never
-        more than the maps to analyse).
+        Local cluster size (default: one per CPU core, sharing the GPUs within their memory
+        (:func:`workers_per_gpu`), or on the CPU; never more than the maps to analyse).
     gpus : "auto", "none" or sequence of str, optional
         CUDA devices for local GPU workers.
     retries : int, optional
