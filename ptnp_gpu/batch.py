@@ -387,7 +387,7 @@ def _gpu_devices() -> list[str]:
 
 
 # workers sharing one GPU by default: a map's time in a worker is mostly host work (reading,
-# statistics on the host, writing and the figures: ~2 s of one core for a 160³ map, whose
+# statistics on the host, writing and the figures: ~1.4 s of one core for a 160³ map, whose
 # detection and statistics take ~0.2 s on an H200), which processes overlap with each other's
 # kernels. bench_batch on an H200 with 16 cores: 2 / 4 workers did 1.7x / 2.5x the maps/min of
 # one (200-atom maps; 600-atom maps: 4 workers 3.0x), capacity 30 -> 66 -> 128 maps/min; the
