@@ -394,15 +394,15 @@ def _process_threads(n_proc, threads=None):
     (:func:`ptnp_gpu.batch.plan_workers`); 0 leaves the environment as it is."""
     if threads is not None:
         return int(threads)
-    from ptnp_gpu.batch import _usable_cores
-    return max(1, _usable_cores() // max(1, int(n_proc)))
+    from ptnp_gpu.batch import plan_workers
+    return plan_workers(n_proc, n_proc, gpus="none")["threads"]
 
 
 @contextlib.contextmanager
 def _thread_env(threads):
     """The thread variables ``ptnp batch`` sets for its workers, set to ``threads`` while the
     block runs (spawned children copy the environment when they start), then put back."""
-    from ptnp_gpu.batch import _THREAD_VARS
+    from ptnp_gpu.batch import _THREAD_VARS, _restore_environ
     if not threads:
         yield
         return
@@ -411,11 +411,7 @@ def _thread_env(threads):
     try:
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _restore_environ(old)
 
 
 def bench_stream_processes(be, n_maps, processes=(4,), size=160, n_distinct=4, log=print, threads=None):

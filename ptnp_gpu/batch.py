@@ -410,17 +410,10 @@ def _gib_per_gpu_worker(map_bytes: int | None) -> float:
 
 
 def _largest_map_bytes(paths) -> int:
-    """float32 bytes of the largest map among ``paths`` (headers only; unreadable ones count 0)."""
-    import mrcfile
-    largest = 0
-    for p in paths:
-        try:
-            with mrcfile.open(p, header_only=True, permissive=True) as m:
-                n = int(m.header.nx) * int(m.header.ny) * int(m.header.nz)
-        except Exception:  # noqa: BLE001 - a bad map fails later, in its own task
-            continue
-        largest = max(largest, 4 * n)
-    return largest
+    """float32 bytes of the largest map among ``paths`` (headers only, through the pipeline's
+    :func:`ptnp_gpu.pipeline._map_size`; an unreadable map counts 0 and fails later, in its task)."""
+    from .pipeline import _map_size
+    return max((_map_size(p)[1] for p in paths), default=0)
 
 
 def _gpu_memory_gib() -> float | None:
