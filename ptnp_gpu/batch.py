@@ -477,15 +477,11 @@ def plan_workers(n_maps: int, n_workers: int | None = None, gpus="auto", map_byt
     cores = _usable_cores()
     if devices:
         n = n_workers or len(devices) * workers_per_gpu(len(devices), cores, _gpu_memory_gib(), map_bytes)
-        n = max(1, min(int(n), max(1, n_maps)))
-        devices = [devices[i % len(devices)] for i in range(n)]
-        kind = "gpu"
     else:
         n = n_workers or cores
-        kind = "cpu"
     n = max(1, min(int(n), max(1, n_maps)))
-    return {"kind": kind, "n_workers": n, "threads": max(1, cores // n),
-            "devices": devices[:n] if devices else []}
+    return {"kind": "gpu" if devices else "cpu", "n_workers": n, "threads": max(1, cores // n),
+            "devices": [devices[i % len(devices)] for i in range(n)] if devices else []}
 
 
 # no dashboard; the scheduler's small HTTP server (health, metrics) on a free port, not 8787
