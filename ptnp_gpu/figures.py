@@ -30,7 +30,7 @@ def _depth_label(stats) -> str:
     return "radial depth R$_{NP}$ − R (Å)"
 
 
-def _fixed_layout(fig, left_in, right_in, bottom_in, top_in, wspace, hspace=0.2):
+def _fixed_layout(fig, left_in, right_in, bottom_in, top_in, wspace=0.2, hspace=0.2):
     """Subplot margins fixed in inches at the figure's edges (fractions of an axes between
     axes): the layout ``tight_layout`` finds for these figures (measured on particles of 150 to
     3,000 atoms, with a little room to spare), without the extra pass over every text that it

@@ -101,7 +101,7 @@ def _write_curve(folder: Path, det, figure: bool = True):
     ax.set_ylabel("correlation (simulated vs denoised)")
     ax.legend(frameon=False, fontsize=8)
     from .figures import _fixed_layout
-    _fixed_layout(fig, 0.82, 0.33, 0.6, 0.21, wspace=0.2)    # tight_layout's, without its extra pass
+    _fixed_layout(fig, 0.82, 0.33, 0.6, 0.21)    # tight_layout's margins, without its extra pass
     fig.savefig(folder / "threshold_curve.png")
 
 
