@@ -738,8 +738,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
             # reach about half of them): here the strongest features are dark
             raise InputError(f"the map's contrast looks inverted: its strongest atom-like features are negative "
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
-    med, noise = _noise_level(C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
-                              margin_A=o.solvent_margin_A, resolution_A=res_A)
+    # a masked map's noise bands: those symmetric about their median (atoms in a band lengthen a
+    # tail), and all of them, whose level the residual rescue keeps as its floor (see there)
+    (med, noise), (_, noise_untested) = _noise_level(
+        C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
+        margin_A=o.solvent_margin_A, resolution_A=res_A, untested=True)
     noise_med = med
     if measured is not None:
         measured.update(support=(C, noise_med), masked=bool(masked))
@@ -808,7 +811,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     counts["split_components"] = n_split
     n_sweep = n                                       # ids above this were rescued
     if o.rescue:
-        lab, n, counts["rescued"] = rescue_rounds(lab, n, C_box, t_sig, vs, el, o.rescue_rounds)
+        # the rescue seats peaks beside the atoms: at least the level of all the noise bands there
+        # (a masked map's band the tail test leaves out holds the atoms' own residue: low-passed at
+        # 2 Å under a soft mask 4 Å out, 46 rescued atoms, precision 0.955, without this floor)
+        t_resc = max(t_sig, med + o.rescue_sigma * noise_untested)
+        lab, n, counts["rescued"] = rescue_rounds(lab, n, C_box, t_resc, vs, el, o.rescue_rounds)
     residual = o.rescue and o.residual_rescue and int(solvent.sum()) >= _MIN_SOLVENT   # sync
     recentre = o.refine_centres and res_A > o.resolution_A        # a low-passed map's centres
     # the box's own transfer, for the residual's model and the centres of a low-passed map
@@ -821,7 +828,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                                 noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale,
                                 whiten_exponent=w_exp)
         del res
-        t_r = max(med + o.residual_sigma * noise, o.otsu_floor * t_otsu)
+        # on a masked map, at least the level of all its noise bands: a band beside the particle
+        # that the tail test leaves out holds what the model leaves there (an over-sharpened,
+        # low-passed map rings around its atoms: hard mask, sharpened 16 Å² past the blur, 77
+        # atoms rescued from that ringing, precision 0.88, against 1.00 with this floor)
+        t_r = max(med + o.residual_sigma * max(noise, noise_untested), o.otsu_floor * t_otsu)
         if clipped:
             # a clipped map's solvent hides most of its noise: the rescued atoms and the residual's
             # peaks must also stand out of the residual's own noise beside the atoms (SIRT with

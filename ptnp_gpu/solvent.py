@@ -44,6 +44,9 @@ _DETAIL_KEEP = 0.95       # ... bands whose detail share of the SD is below this
                           # atoms' tails or the mask's edge (measured on maps blurred by 41-54 Å² and
                           # masked: 0.56-0.71 beside the atoms, 0.58-0.63 at the edge, 0.73-0.82
                           # between), and are left out
+_TAIL = 0.02              # ... a band's tail ratio compares its 2% and 98% quantiles with its median;
+_TAIL_SYM = 1.35          # ... within this factor of 1 the band is symmetric (measured on 34 masked maps:
+                          # 0.86-1.14 where a band held noise alone, 1.4-2.9 or 0.5-0.8 with atoms in it)
 _NEAR_A = 3.0             # the residual rescue's own noise level: within this of the atoms found (Å)
 _RISE = 1.5               # sharpened: the noise power's peak is this × its 4 Å level (_noise_rises)
 _EDGE_DROP = 1e-2         # noise power below this fraction of its 4-2 Å median: beyond the map's band
@@ -145,7 +148,7 @@ def _clipped(sub, live) -> bool:
 
 
 def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,
-                 margin_A: float = 6.0, resolution_A: float = 1.0):
+                 margin_A: float = 6.0, resolution_A: float = 1.0, untested: bool = False):
     """Median and robust SD of the denoised map in the solvent (subsampled masks).
 
     With ``particle_threshold`` (masked maps) the solvent is rebuilt around the
@@ -157,7 +160,17 @@ def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None
     taken. Without enough solvent, the
     SD comes from the lower half of the map's live voxels, which the particle
     (positive density) hardly touches.
+
+    ``untested``: also return the level of the bands pooled without their tail test
+    (:func:`_band_solvent`), as ``((median, sd), (median, sd))``; the same level twice where
+    no bands were laid. The residual rescue keeps that one as a floor (:mod:`ptnp_gpu.detect`).
     """
+    level = _noise_levels(C, solvent, live, step, particle_threshold, voxel_size_A, margin_A, resolution_A)
+    return level if untested else level[0]
+
+
+def _noise_levels(C, solvent, live, step, particle_threshold, voxel_size_A, margin_A, resolution_A):
+    """:func:`_noise_level`'s two levels (tail-tested bands, untested bands)."""
     be = _be.namespace(C)
     xp, ndi = be.xp, be.ndi
     sub = C[::step, ::step, ::step]
@@ -175,22 +188,27 @@ def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None
         # Wide atoms contaminate the near bands either way (a low-pass's tails, or blurred weak
         # surface atoms): low-passed at 2 Å the later start is right, blurred by 40-60 Å² the
         # earlier one (benchmarks/robustness_maps.py)
-        levels = []
+        levels, plain = [], []
         for start in sorted({_BAND_FROM_A, max(_BAND_FROM_A, _BAND_FROM_RES * resolution_A)}):
-            cand = _band_solvent(sub, _distance_bands(near, live, 0.5 * margin_A, start), xp, detail, inner)
-            if cand is None:
+            cands = _band_solvent(sub, _distance_bands(near, live, 0.5 * margin_A, start), xp, detail, inner,
+                                  untested=True)
+            if cands is None:
                 continue
+            cand, cand_plain = cands
             solvent = cand                                 # too few voxels: the fallback below
             if int(cand.sum()) >= _MIN_SOLVENT:            # sync
                 levels.append(_robust_level(sub[cand], xp))
+                plain.append(levels[-1] if cand_plain is cand else _robust_level(sub[cand_plain], xp))
         if levels:
-            return min(levels, key=lambda level: level[1])
+            return min(levels, key=lambda level: level[1]), min(plain, key=lambda level: level[1])
     if int(solvent.sum()) >= _MIN_SOLVENT:                 # sync
-        return _robust_level(sub[solvent], xp)
+        level = _robust_level(sub[solvent], xp)
+        return level, level
     flat = sub[live] if int(live.sum()) >= 500 else sub.ravel()
     med = float(xp.median(flat))
     low = flat[flat <= med]
-    return med, 1.4826 * float(xp.median(med - low))
+    level = (med, 1.4826 * float(xp.median(med - low)))
+    return level, level
 
 
 def _near_particle_level(Cr, occupied, voxel_size_A, reach_A: float = _NEAR_A, step: int = _STEP):
@@ -240,11 +258,15 @@ def _noise_rises(psd, resolution_A) -> bool:
     return bool(len(upper) and upper.max() > _RISE * np.median(lo))
 
 
-def _grouped_robust_sds(values, groups, n_groups: int, xp):
+def _grouped_robust_sds(values, groups, n_groups: int, xp, tail: float | None = None):
     """Voxel counts and robust SDs (1.4826 × median absolute deviation, as
     :func:`_robust_level`) of ``values`` in each group ``0 .. n_groups - 1``: two sorts by
     (group, value) on the backend and one host transfer, instead of two syncs per group.
-    Returns host float arrays (counts, sds); an empty group's SD is meaningless."""
+    Returns host float arrays (counts, sds); an empty group's SD is meaningless.
+
+    With ``tail`` (a fraction, e.g. 0.02) also each group's tail ratio
+    ``(q[1 − tail] − median) / (median − q[tail])`` from the same sort (1 for a
+    symmetric distribution; a third host array, NaN where undefined)."""
     # group bounds from the sorted labels (cupy.bincount would read the device twice)
     bounds = xp.searchsorted(xp.sort(groups), xp.arange(n_groups + 1, dtype=groups.dtype))
     start, counts = bounds[:-1], bounds[1:] - bounds[:-1]
@@ -253,17 +275,31 @@ def _grouped_robust_sds(values, groups, n_groups: int, xp):
     hi = xp.minimum(start + counts // 2, last)
     key = groups.astype(values.dtype)
 
-    def medians(v):                    # numpy's median: the mean of the two middle values
-        ordered = v[xp.lexsort(xp.stack([v, key]))]
-        return (ordered[lo] + ordered[hi]) / 2
+    def ordered(v):
+        return v[xp.lexsort(xp.stack([v, key]))]
 
-    med = medians(values)
-    mad = medians(xp.abs(values - med[groups]))
-    counts_h, mad_h = _be.to_host(xp.stack([counts.astype(xp.float64), mad.astype(xp.float64)]))   # sync
-    return counts_h, 1.4826 * mad_h
+    def medians(o):                    # numpy's median: the mean of the two middle values
+        return (o[lo] + o[hi]) / 2
+
+    o = ordered(values)
+    med = medians(o)
+    mad = medians(ordered(xp.abs(values - med[groups])))
+    rows = [counts.astype(xp.float64), mad.astype(xp.float64)]
+    if tail is not None:
+        # the tails' order statistics (nearest rank) from the same sort
+        top = xp.maximum(counts - 1, 0)
+        q_lo = o[xp.minimum(start + (top * tail).astype(start.dtype), last)]
+        q_hi = o[xp.minimum(start + (top * (1.0 - tail)).astype(start.dtype), last)]
+        rows += [(q_hi - med).astype(xp.float64), (med - q_lo).astype(xp.float64)]
+    host = _be.to_host(xp.stack(rows))                                           # sync
+    if tail is None:
+        return host[0], 1.4826 * host[1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(host[3] > 0, host[2] / host[3], np.nan)
+    return host[0], 1.4826 * host[1], ratio
 
 
-def _band_solvent(sub, bands, xp, detail=None, inner=None):
+def _band_solvent(sub, bands, xp, detail=None, inner=None, untested: bool = False):
     """The voxels of the distance bands whose noise (robust SD) is within ``_BAND_KEEP`` of the
     largest band's, or None when no band has ``_MIN_BAND`` voxels.
 
@@ -273,6 +309,15 @@ def _band_solvent(sub, bands, xp, detail=None, inner=None):
     smooth structure, while noise keeps its share (a taper scales both alike). Shares are
     taken over the ``inner`` voxels of a band (away from the masked-out region) with at least
     ``_MIN_BAND`` of them; bands without a share are not clean.
+
+    Before that, where some bands' values are symmetric about their median (tail ratio,
+    :func:`_grouped_robust_sds`, within ``_TAIL_SYM`` of 1) only those are considered: noise is
+    symmetric, while atoms in a band make its upper tail long (and their wide tails past a
+    high-pass its lower one). The share alone misses mobile surface atoms on a sharpened map:
+    their detail share is the noise's own (a hard mask 6.7 Å out, surface U 0.4 Å²: the
+    surface band read 4.4× the noise, recall 0.57).
+
+    ``untested``: return ``(voxels, voxels pooled without the tail test)``.
     """
     n = _N_BANDS + 1
     g_all = bands.ravel().astype(xp.int64)
@@ -282,7 +327,8 @@ def _band_solvent(sub, bands, xp, detail=None, inner=None):
         g_in = g_all if inner is None else xp.where(inner.ravel(), g_all, 0)
         values += [sub.ravel(), detail.ravel()]
         groups += [n + g_in, 2 * n + g_in]
-    counts, sd = _grouped_robust_sds(xp.concatenate(values), xp.concatenate(groups), len(groups) * n, xp)
+    counts, sd, ratio = _grouped_robust_sds(xp.concatenate(values), xp.concatenate(groups), len(groups) * n, xp,
+                                            tail=_TAIL)
     sds, shares = {}, {}
     for k in np.nonzero(counts[1:n] >= _MIN_BAND)[0] + 1:
         sds[int(k)] = float(sd[k])
@@ -290,6 +336,19 @@ def _band_solvent(sub, bands, xp, detail=None, inner=None):
             shares[int(k)] = float(sd[2 * n + k]) / max(float(sd[n + k]), 1e-30)
     if not sds:
         return None
+    # bands without a share (beside the masked-out region) never stand alone: a taper there
+    # keeps the noise symmetric but lowers it
+    symmetric = {k for k in (shares or sds) if 1.0 / _TAIL_SYM <= ratio[k] <= _TAIL_SYM}
+    keep = _pooled_bands(bands, xp, {k: v for k, v in sds.items() if k in symmetric} if symmetric else sds,
+                         {k: v for k, v in shares.items() if k in symmetric} if symmetric else shares)
+    if not untested:
+        return keep
+    return keep, (_pooled_bands(bands, xp, sds, shares) if symmetric else keep)
+
+
+def _pooled_bands(bands, xp, sds: dict, shares: dict):
+    """The voxels of the bands (SDs ``sds``, detail shares ``shares``) that :func:`_band_solvent`
+    pools: those within ``_DETAIL_KEEP`` of the highest share, then ``_BAND_KEEP`` of the largest SD."""
     if shares:
         ref = max(shares.values())                           # the cleanest band: noise alone
         clean = {k: v for k, v in sds.items() if shares.get(k, 0.0) >= _DETAIL_KEEP * ref}
