@@ -70,3 +70,25 @@ def test_taper_keeps_the_largest_symmetric_band():
     keep = _band_solvent(sub, bands, np, detail, np.ones(sub.shape, bool))
     assert sorted(np.unique(bands[keep]).tolist()) == [1, 2]
     assert _robust_sd(sub[keep]) == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("tested_is_wide", [False, True])
+def test_tail_test_never_raises_the_noise_level(monkeypatch, tested_is_wide):
+    """The level of the tail-tested bands is used only where it is the lower one; the untested
+    bands' level is returned as well (the rescues' floor)."""
+    import ptnp_gpu.solvent as solvent
+    rng = np.random.default_rng(2)
+    C = rng.normal(0.0, 1.0, (48, 48, 48))
+    C[:, :, :24] *= 4.0                                  # half the box: a band four times as wide
+    sub_shape = C[::2, ::2, ::2].shape
+    wide = np.zeros(sub_shape, bool)
+    wide[:, :, :12] = True
+    narrow = np.zeros(sub_shape, bool)
+    narrow[:, :, 12:] = True
+    pair = (wide, narrow) if tested_is_wide else (narrow, wide)
+    monkeypatch.setattr(solvent, "_band_solvent", lambda *a, **k: pair)
+    live = np.ones(sub_shape, bool)
+    (_, sd), (_, sd_untested) = solvent._noise_level(C, live, live, particle_threshold=10.0,
+                                                     voxel_size_A=np.full(3, 0.358), untested=True)
+    assert sd == pytest.approx(1.0, rel=0.1)
+    assert sd_untested == pytest.approx(1.0 if tested_is_wide else 4.0, rel=0.1)
