@@ -71,7 +71,7 @@ from .neighbors import pairs_within, segment_sum
 from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
 from .scale import check_model_scale
 from .simulate import render_atoms
-from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_level, _noise_rises,
+from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
                       _noise_spectrum, _solvent_mask)
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
@@ -740,9 +740,9 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
     # a masked map's noise bands: those symmetric about their median (atoms in a band lengthen a
     # tail), and all of them, whose level the residual rescue keeps as its floor (see there)
-    (med, noise), (_, noise_untested) = _noise_level(
+    (med, noise), (_, noise_untested) = _noise_levels(
         C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
-        margin_A=o.solvent_margin_A, resolution_A=res_A, untested=True)
+        margin_A=o.solvent_margin_A, resolution_A=res_A)
     noise_med = med
     if measured is not None:
         measured.update(support=(C, noise_med), masked=bool(masked))
@@ -832,7 +832,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         # that the tail test leaves out holds what the model leaves there (an over-sharpened,
         # low-passed map rings around its atoms: hard mask, sharpened 16 Å² past the blur, 77
         # atoms rescued from that ringing, precision 0.88, against 1.00 with this floor)
-        t_r = max(med + o.residual_sigma * max(noise, noise_untested), o.otsu_floor * t_otsu)
+        t_r = max(med + o.residual_sigma * noise_untested, o.otsu_floor * t_otsu)   # ≥ noise
         if clipped:
             # a clipped map's solvent hides most of its noise: the rescued atoms and the residual's
             # peaks must also stand out of the residual's own noise beside the atoms (SIRT with

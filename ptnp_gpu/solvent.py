@@ -147,9 +147,16 @@ def _clipped(sub, live) -> bool:
     return float(at_min / xp.maximum(live.sum(dtype=xp.float64), 1.0)) > _CLIPPED_SHARE     # sync
 
 
-def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,
-                 margin_A: float = 6.0, resolution_A: float = 1.0, untested: bool = False):
-    """Median and robust SD of the denoised map in the solvent (subsampled masks).
+def _noise_level(C, solvent, live, step: int = _STEP, **kwargs):
+    """Median and robust SD of the denoised map in the solvent (subsampled masks): the first
+    level of :func:`_noise_levels` (same arguments)."""
+    return _noise_levels(C, solvent, live, step, **kwargs)[0]
+
+
+def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,
+                  margin_A: float = 6.0, resolution_A: float = 1.0):
+    """Median and robust SD of the denoised map in the solvent (subsampled masks), twice:
+    ``((median, sd), (median, sd untested))``.
 
     With ``particle_threshold`` (masked maps) the solvent is rebuilt around the
     atoms, ``C`` above that threshold: bands of distance (see :func:`_distance_bands`)
@@ -161,16 +168,10 @@ def _noise_level(C, solvent, live, step: int = _STEP, *, particle_threshold=None
     SD comes from the lower half of the map's live voxels, which the particle
     (positive density) hardly touches.
 
-    ``untested``: also return the level of the bands pooled without their tail test
-    (:func:`_band_solvent`), as ``((median, sd), (median, sd))``; the same level twice where
-    no bands were laid. The residual rescue keeps that one as a floor (:mod:`ptnp_gpu.detect`).
+    The second level is that of the bands pooled without their tail test
+    (:func:`_band_solvent`), never below the first; the same level twice where no bands
+    were laid. The rescues keep it as their floor (:mod:`ptnp_gpu.detect`).
     """
-    level = _noise_levels(C, solvent, live, step, particle_threshold, voxel_size_A, margin_A, resolution_A)
-    return level if untested else level[0]
-
-
-def _noise_levels(C, solvent, live, step, particle_threshold, voxel_size_A, margin_A, resolution_A):
-    """:func:`_noise_level`'s two levels (tail-tested bands, untested bands)."""
     be = _be.namespace(C)
     xp, ndi = be.xp, be.ndi
     sub = C[::step, ::step, ::step]
@@ -190,8 +191,7 @@ def _noise_levels(C, solvent, live, step, particle_threshold, voxel_size_A, marg
         # earlier one (benchmarks/robustness_maps.py)
         levels, plain = [], []
         for start in sorted({_BAND_FROM_A, max(_BAND_FROM_A, _BAND_FROM_RES * resolution_A)}):
-            cands = _band_solvent(sub, _distance_bands(near, live, 0.5 * margin_A, start), xp, detail, inner,
-                                  untested=True)
+            cands = _band_solvent(sub, _distance_bands(near, live, 0.5 * margin_A, start), xp, detail, inner)
             if cands is None:
                 continue
             cand, cand_plain = cands
@@ -303,9 +303,10 @@ def _grouped_robust_sds(values, groups, n_groups: int, xp, tail: float | None = 
     return host[0], 1.4826 * host[1], ratio
 
 
-def _band_solvent(sub, bands, xp, detail=None, inner=None, untested: bool = False):
+def _band_solvent(sub, bands, xp, detail=None, inner=None):
     """The voxels of the distance bands whose noise (robust SD) is within ``_BAND_KEEP`` of the
-    largest band's, or None when no band has ``_MIN_BAND`` voxels.
+    largest band's, with and without the tail test below (a pair of masks, the same object
+    twice where the test leaves every band in), or None when no band has ``_MIN_BAND`` voxels.
 
     With ``detail`` (C minus C smoothed, same grid), bands whose detail holds a smaller share
     of their SD than the cleanest band's (by more than ``_DETAIL_KEEP``) are left out first:
@@ -320,8 +321,6 @@ def _band_solvent(sub, bands, xp, detail=None, inner=None, untested: bool = Fals
     high-pass its lower one). The share alone misses mobile surface atoms on a sharpened map:
     their detail share is the noise's own (a hard mask 6.7 Å out, surface U 0.4 Å²: the
     surface band read 4.4× the noise, recall 0.57).
-
-    ``untested``: return ``(voxels, voxels pooled without the tail test)``.
     """
     n = _N_BANDS + 1
     g_all = bands.ravel().astype(xp.int64)
@@ -343,11 +342,11 @@ def _band_solvent(sub, bands, xp, detail=None, inner=None, untested: bool = Fals
     # bands without a share (beside the masked-out region) never stand alone: a taper there
     # keeps the noise symmetric but lowers it
     symmetric = {k for k in (shares or sds) if 1.0 / _TAIL_SYM <= ratio[k] <= _TAIL_SYM}
-    keep = _pooled_bands(bands, xp, {k: v for k, v in sds.items() if k in symmetric} if symmetric else sds,
-                         {k: v for k, v in shares.items() if k in symmetric} if symmetric else shares)
-    if not untested:
-        return keep
-    return keep, (_pooled_bands(bands, xp, sds, shares) if symmetric else keep)
+    untested = _pooled_bands(bands, xp, sds, shares)
+    if not symmetric:
+        return untested, untested
+    return _pooled_bands(bands, xp, {k: sds[k] for k in symmetric},
+                         {k: shares[k] for k in symmetric if k in shares}), untested
 
 
 def _pooled_bands(bands, xp, sds: dict, shares: dict):

@@ -57,7 +57,7 @@ def test_band_with_atoms_is_not_the_noise_level():
     """Atoms beside the particle (a sharpened map's mobile surface keeps the noise's detail
     share) raise their band's SD: the symmetric bands measure the noise."""
     sub, bands, detail = _bands_case([1.0, 1.0, 0.5, 0.5, 0.5, 0.5], atoms_in={1, 2})
-    keep = _band_solvent(sub, bands, np, detail, np.ones(sub.shape, bool))
+    keep, _ = _band_solvent(sub, bands, np, detail, np.ones(sub.shape, bool))
     kept = sorted(np.unique(bands[keep]).tolist())
     assert kept == [3, 4, 5, 6]
     assert _robust_sd(sub[keep]) == pytest.approx(0.5, rel=0.05)
@@ -67,7 +67,7 @@ def test_taper_keeps_the_largest_symmetric_band():
     """A soft mask's edge lowers the noise of the outer bands: the largest symmetric one wins,
     as before the tail test."""
     sub, bands, detail = _bands_case([1.0, 1.0, 0.7, 0.4, 0.2, 0.1], atoms_in=set())
-    keep = _band_solvent(sub, bands, np, detail, np.ones(sub.shape, bool))
+    keep, _ = _band_solvent(sub, bands, np, detail, np.ones(sub.shape, bool))
     assert sorted(np.unique(bands[keep]).tolist()) == [1, 2]
     assert _robust_sd(sub[keep]) == pytest.approx(1.0, rel=0.05)
 
@@ -88,7 +88,7 @@ def test_tail_test_never_raises_the_noise_level(monkeypatch, tested_is_wide):
     pair = (wide, narrow) if tested_is_wide else (narrow, wide)
     monkeypatch.setattr(solvent, "_band_solvent", lambda *a, **k: pair)
     live = np.ones(sub_shape, bool)
-    (_, sd), (_, sd_untested) = solvent._noise_level(C, live, live, particle_threshold=10.0,
-                                                     voxel_size_A=np.full(3, 0.358), untested=True)
+    (_, sd), (_, sd_untested) = solvent._noise_levels(C, live, live, particle_threshold=10.0,
+                                                      voxel_size_A=np.full(3, 0.358))
     assert sd == pytest.approx(1.0, rel=0.1)
     assert sd_untested == pytest.approx(1.0 if tested_is_wide else 4.0, rel=0.1)
