@@ -92,3 +92,45 @@ def test_tail_test_never_raises_the_noise_level(monkeypatch, tested_is_wide):
                                                       voxel_size_A=np.full(3, 0.358))
     assert sd == pytest.approx(1.0, rel=0.1)
     assert sd_untested == pytest.approx(1.0 if tested_is_wide else 4.0, rel=0.1)
+
+
+def _hard_masked_noise(shape=(64, 64, 64), radius_vox=24.0, level=0.3, seed=3):
+    """White noise on a solvent level ``level``, zero outside a hard sphere (the map's live part)."""
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape).astype(float)
+    r = np.sqrt(((idx - (np.array(shape)[:, None, None, None] - 1) / 2) ** 2).sum(0))
+    inside = r < radius_vox
+    data = np.where(inside, level + rng.normal(size=shape), 0.0).astype(np.float32)
+    return data, inside, r
+
+
+def test_mask_edge_taper_removes_the_step_and_keeps_the_inside():
+    from ptnp_gpu.solvent import _STEP, _TAPER_A, _local_variance, _tapered_mask_edge
+    vs = 0.4
+    data, inside, r = _hard_masked_noise()
+    sub = data[::_STEP, ::_STEP, ::_STEP]
+    live = _local_variance(sub) > 1e-6 * float(sub.var())
+    out, live_noise = _tapered_mask_edge(data, sub, live, vs)
+    deep = r < 24.0 - (_TAPER_A + 0.5) / vs           # beyond the taper: untouched
+    assert np.array_equal(out[deep], data[deep])
+    assert np.array_equal(out[~inside], data[~inside])  # the masked-out constant stays
+    # the step is gone: the live voxels next to the edge are near the constant (0); before,
+    # they were the solvent level plus noise of SD 1
+    rim = inside & (r > 24.0 - 1.0)
+    assert np.abs(data[rim]).mean() > 0.5 and np.abs(out[rim]).mean() < 0.25
+    # the noise bands' live region: the local variance calls the masked-out voxels beside the edge
+    # live (their neighbours vary); the taper made them the constant, and they are left out
+    sub_r = r[::_STEP, ::_STEP, ::_STEP]
+    assert live[sub_r > 24.0].any()
+    assert not (live_noise & ~live).any() and not live_noise[sub_r > 24.0].any()
+    assert live_noise[sub_r < 24.0 - _TAPER_A / vs - 2 * _STEP].all()
+
+
+def test_mask_edge_taper_leaves_maps_without_one_masked_constant():
+    from ptnp_gpu.solvent import _STEP, _tapered_mask_edge
+    data, inside, _ = _hard_masked_noise()
+    data[~inside] = np.random.default_rng(4).normal(size=int((~inside).sum())) * 1e-9 + 0.0  # not one constant
+    sub = data[::_STEP, ::_STEP, ::_STEP]
+    live = np.abs(sub) > 1e-6                            # what the caller may call live: the rest varies
+    out, live_noise = _tapered_mask_edge(data, sub, live, 0.4)
+    assert out is data and live_noise is live
