@@ -72,7 +72,7 @@ from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_round
 from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
-                      _noise_spectrum, _solvent_mask, _tapered_mask_edge)
+                      _noise_spectrum, _solvent_mask)
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,6 @@ class DetectOptions:
                                       # rescue_sigma: at 4.5 a masked, sharpened map whose noise level was high
                                       # lost the atoms outside the box (recall 1.00 -> 0.82)
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
-    taper_mask: bool = True           # a masked map's live voxels meet its masked-out constant smoothly
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
     min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
@@ -690,9 +689,6 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     # clipped at its minimum (a positivity constraint): the solvent's noise reads low, clipped away
     sub = raw[::_STEP, ::_STEP, ::_STEP]                 # the solvent masks' grid
     clipped = not masked and _clipped(sub, live)
-    live_noise = live
-    if masked and o.taper_mask:
-        raw, live_noise = _tapered_mask_edge(raw, sub, live, vs)   # the mask's edge: no step
     psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
                           else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
     whitened = psd is not None and (o.whiten == "always" or colour > o.whiten_ratio)
@@ -745,7 +741,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     # a masked map's noise bands: those symmetric about their median (atoms in a band lengthen a
     # tail), and all of them, whose level the residual rescue keeps as its floor (see there)
     (med, noise), (_, noise_untested) = _noise_levels(
-        C, solvent, live_noise, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
+        C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
         margin_A=o.solvent_margin_A, resolution_A=res_A)
     noise_med = med
     if measured is not None:
@@ -981,7 +977,6 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "whiten_exponent": w_exp,
                 "masked_map": bool(masked), "clipped_map": bool(clipped), "grey_scale": grey_scale,
                 "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
-                "noise_sd_untested": float(noise_untested),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
         scale=scale_check, warnings=warnings,

@@ -47,11 +47,6 @@ _DETAIL_KEEP = 0.95       # ... bands whose detail share of the SD is below this
 _TAIL = 0.02              # ... a band's tail ratio compares its 2% and 98% quantiles with its median;
 _TAIL_SYM = 1.35          # ... within this factor of 1 the band is symmetric (measured on 34 masked maps:
                           # 0.86-1.14 where a band held noise alone, 1.4-2.9 or 0.5-0.8 with atoms in it)
-_TAPER_A = 1.0             # masked maps: the live voxels meet the masked-out constant over this (Å; 1.5 Å
-                          # gave precision 0.998 instead of 0.983 under a hard mask 9 Å out, but read the
-                          # noise 1.4x high and lost surface atoms under one 5.9 Å out)
-_TAPER_KEEP_OUT = 0.5     # ... and the noise bands keep this × that far from it (_tapered_mask_edge)
-_ERF_SQRT2 = 0.9544997361036416   # erf(√2): a Gaussian edge's error function at two sigmas
 _NEAR_A = 3.0             # the residual rescue's own noise level: within this of the atoms found (Å)
 _RISE = 1.5               # sharpened: the noise power's peak is this × its 4 Å level (_noise_rises)
 _EDGE_DROP = 1e-2         # noise power below this fraction of its 4-2 Å median: beyond the map's band
@@ -120,45 +115,6 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
         if int(by_detail.sum()) > int(solvent.sum()):         # sync
             solvent = by_detail
     return solvent, live, False
-
-
-def _tapered_mask_edge(raw, sub, live, voxel_size_A, width_A: float | None = None):
-    """``(raw, live)`` with a masked map's live voxels brought smoothly to its masked-out constant
-    over ``width_A`` (default ``_TAPER_A``) from the mask's edge, and ``live`` (subsampled) less
-    the voxels within ``_TAPER_KEEP_OUT`` × ``width_A`` (rounded up to the subsampled grid) of its
-    masked-out voxels; both as they were when the masked-out voxels are not one constant value.
-
-    A hard mask cuts the noise off: that step holds every frequency, and a filter prewhitened
-    for a low-passed map (whose noise power beyond the band is tiny) amplifies it into a shell
-    of noise peaks just inside the edge (hard mask 9 Å out, low-passed at 1.8 Å, noise 0.23: C's
-    SD 1.5x the solvent's there, 58 bonded false atoms 7-8.5 Å beyond the particle, precision
-    0.88; 0.998 with the taper). The taper, an error function of scale ``width_A`` / 2 scaled to
-    reach 1 at ``width_A``, leaves soft masks (already near the constant at their edge) and
-    every voxel ``width_A`` or more inside the edge exactly as they were."""
-    be = _be.namespace(raw)
-    xp, ndi = be.xp, be.ndi
-    width_A = _TAPER_A if width_A is None else width_A
-    dead = sub[~live]
-    if dead.size == 0:                                     # sync
-        return raw, live
-    c0, spread = (float(v) for v in _be.to_host(xp.stack([dead.max(), dead.max() - dead.min()])))
-    if spread != 0.0:
-        return raw, live                                   # not one constant: leave the map as it is
-    # the noise bands keep clear of the edge: the local variance calls the masked-out voxels beside
-    # it live (their neighbours vary), and the taper makes them the constant (bands with them read
-    # the noise 10% low under a hard mask 9 Å out, and the residual rescue seated 43 false atoms
-    # on a low-passed particle's surface: precision 0.952, 0.983 without them). Not much farther:
-    # the outermost band can be the only one free of the atoms' tails (blurred, mobile), and keeping
-    # 1 Å clear of a hard mask 2.8 Å out read the noise 1.8x high there (recall 0.90 -> 0.61; 2 Å
-    # clear of one 5.9 Å out: 1.4x, recall 0.89). Half the taper's width (one subsampled voxel
-    # at 0.25-0.5 Å sampling) lost neither
-    r = int(np.ceil(_TAPER_KEEP_OUT * width_A / (_STEP * float(np.min(voxel_size_A)))))
-    inner = live & (ndi.uniform_filter((~live).astype(xp.float32), 2 * r + 1, mode="nearest") == 0)
-    c0 = xp.float32(c0)
-    sigma = 0.5 * width_A / np.broadcast_to(np.asarray(voxel_size_A, float), (3,))[::-1]   # z, y, x voxels
-    w = ndi.gaussian_filter((raw != c0).astype(xp.float32), sigma, mode="nearest")
-    w = xp.clip((2.0 * w - 1.0) / _ERF_SQRT2, 0.0, 1.0)      # 0 at the edge, 1 from width_A in (2 sigmas)
-    return xp.where(w >= 1.0, raw, c0 + (raw - c0) * w), inner
 
 
 def _local_variance(sub):

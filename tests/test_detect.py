@@ -877,21 +877,6 @@ def test_detect_mobile_surface_under_a_hard_mask():
     assert a["recall"] >= 0.97 and a["precision"] >= 0.98, a
 
 
-def test_detect_hard_mask_far_out_makes_no_shell_of_atoms():
-    """A hard mask 9 Å beyond a low-passed (1.8 Å), noisy (0.23) particle: the mask cuts the
-    noise off, a step with every frequency, and the filter prewhitened for the low-passed map
-    amplified it into a shell of bonded noise peaks just inside the edge (63 false atoms 7-8.6 Å
-    beyond the particle, precision 0.894, before 2026-11-29). The live voxels now meet the
-    masked-out constant over 1 Å, and the noise bands keep out of that taper."""
-    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15)   # _filtered_map's
-    m, xyz = _filtered_map(1.8, 8.0, 0.23, seed=5)
-    m = DensityMap((m.data * _solvent_mask_of(p, "hard", 9.0)).astype(np.float32), 0.358)
-    det = detect_atoms(m, "Pt", backend="numpy")
-    a = _acc(det, xyz)
-    assert a["recall"] >= 0.99 and a["precision"] >= 0.98, a
-    assert det.params["masked_map"]
-
-
 @pytest.mark.parametrize("voxel_A", [0.381, 0.42])
 def test_detect_noise_free_rendering(voxel_A):
     """A map rendered without noise on a zero solvent reads as masked, and its "noise" is the
