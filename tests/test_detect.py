@@ -877,6 +877,46 @@ def test_detect_mobile_surface_under_a_hard_mask():
     assert a["recall"] >= 0.97 and a["precision"] >= 0.98, a
 
 
+def _fcc_block(n_cells, a_A, origin_A):
+    """fcc sites of an n×n×n block of cubic cells (4 per cell), Å."""
+    base = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    cells = np.stack(np.meshgrid(*[np.arange(n_cells)] * 3, indexing="ij"), -1).reshape(-1, 1, 3)
+    return ((cells + base).reshape(-1, 3) * a_A) + np.asarray(origin_A, float)
+
+
+def test_detached_atoms_drops_small_clusters_far_from_the_particle():
+    from ptnp_gpu.detect import _detached_atoms
+    from ptnp_gpu.elements import get_element
+    el = get_element("Pt")
+    a, nn = el.lattice_param_A, el.nn_distance_A
+    body = _fcc_block(5, a, (0, 0, 0))                     # 500 atoms, 0-17.6 Å
+    far = _fcc_block(2, a, (body[:, 0].max() + 7.0, 0, 0))  # 32 atoms 7 Å beyond its face
+    near = body[body[:, 2] > body[:, 2].max() - 0.1][:6] + np.array([0, 0, 2 * nn])   # one missed atom away
+    big = _fcc_block(3, a, (0, body[:, 1].max() + 8.0, 0))  # 108 atoms 8 Å away: a second body (> 10%)
+    xyz = np.concatenate([body, far, near, big])
+    drop = _detached_atoms(xyz, el.near_neighbour_cutoff_A, 2.2 * nn, 0.1)
+    n0, n1, n2 = len(body), len(body) + len(far), len(body) + len(far) + len(near)
+    assert not drop[:n0].any() and drop[n0:n1].all()
+    assert not drop[n1:n2].any(), "a piece one missed atom apart is the particle's"
+    assert not drop[n2:].any(), "a cluster of more than a tenth of the particle's atoms stays"
+    assert not _detached_atoms(body, el.near_neighbour_cutoff_A, 2.2 * nn, 0.1).any()
+
+
+def test_detect_hard_mask_far_out_makes_no_floating_atoms():
+    """A hard mask 9 Å beyond a low-passed (1.8 Å), noisy (0.23) particle: prewhitening for the
+    low-passed map amplifies the noise cut at the mask's edge into bonded noise peaks just inside
+    it, clusters of "atoms" apart from the particle (63 false atoms 7-8.6 Å beyond it, precision
+    0.894, before 2026-11-29). Clusters of under a tenth of the particle's atoms more than 2.2
+    bonds from it are now dropped."""
+    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15)   # _filtered_map's
+    m, xyz = _filtered_map(1.8, 8.0, 0.23, seed=5)
+    m = DensityMap((m.data * _solvent_mask_of(p, "hard", 9.0)).astype(np.float32), 0.358)
+    det = detect_atoms(m, "Pt", backend="numpy")
+    a = _acc(det, xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.98, a
+    assert det.counts["rejected_detached"] > 0 and det.params["masked_map"]
+
+
 @pytest.mark.parametrize("voxel_A", [0.381, 0.42])
 def test_detect_noise_free_rendering(voxel_A):
     """A map rendered without noise on a zero solvent reads as masked, and its "noise" is the
