@@ -66,6 +66,10 @@ def add_map_options(p):
     g.add_argument("--no-reject-cn", dest="reject_low_cn", action="store_false", default=None,
                    help="keep atoms with fewer than --min-cn neighbours")
     g.add_argument("--min-cn", type=int, default=None, help="minimum coordination number (default 3)")
+    g.add_argument("--keep-detached", dest="reject_detached", action="store_false", default=None,
+                   help="keep clusters of atoms apart from the particle (fewer than a tenth of its atoms, more "
+                        "than 2.2 bonds from it; dropped by default as noise, e.g. at a mask's edge). Use it "
+                        "for a map that holds several small particles")
     g.add_argument("--no-refine", dest="refine_centres", action="store_false", default=None,
                    help="plain grey-value centres of mass (no sub-voxel refinement)")
     g.add_argument("--resolution", dest="resolution_A", type=float, default=None, help="denoising band limit in Å (default 1)")
@@ -96,7 +100,7 @@ def add_map_options(p):
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
-          "close_fraction", "reject_low_cn", "min_cn",
+          "close_fraction", "reject_low_cn", "min_cn", "reject_detached",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
           "ladder", "ladder_whiten", "ladder_sharpen_highpass_A")
 

@@ -124,6 +124,15 @@ def test_no_ladder_and_deblur_options_reach_the_detection(particle_map):
     assert json.loads((out / "summary.json").read_text())["parameters"]["ladder_whiten"] == "auto"
 
 
+def test_keep_detached_option_reaches_the_detection(particle_map):
+    p, d, paths = particle_map
+    for flag, expect in (([], True), (["--keep-detached"], False)):
+        out = d / f"detached_{expect}"
+        assert main(["detect", paths["map"], "--out", str(out), "--quiet", "--no-figures", *flag]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["parameters"]["reject_detached"] is expect
+
+
 def test_analyze_without_figures(particle_map):
     p, d, paths = particle_map
     out = d / "nofig"
