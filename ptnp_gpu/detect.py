@@ -72,7 +72,7 @@ from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_round
 from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
-                      _noise_spectrum, _solvent_mask)
+                      _mask_gain, _noise_spectrum, _solvent_mask)
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
 log = logging.getLogger(__name__)
@@ -161,6 +161,7 @@ class DetectOptions:
                                       # rescue_sigma: at 4.5 a masked, sharpened map whose noise level was high
                                       # lost the atoms outside the box (recall 1.00 -> 0.82)
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
+    mask_gain: bool = True            # masked maps: noise bands measured in a soft mask's own units (_mask_gain)
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
     min_sweep_correlation: float = 0.2  # below this no model explains the map: "no particle"
@@ -437,6 +438,23 @@ def _detect(dmap: DensityMap, element, backend, progress, opts) -> Detection:
 
 
 def _detect_given(dmap: DensityMap, el, be, progress, o: DetectOptions, first: dict) -> Detection:
+    """:func:`_detect_given_once`; a map refused as holding no particle after its noise was
+    measured with a soft mask's gain (:func:`ptnp_gpu.solvent._mask_gain`) is detected again
+    without it. With the gain, three tightly masked (2.3-3.8 Å), heavily blurred maps of
+    ``robustness_maps.py --harder`` read noise enough to reject every atom; without it they gave
+    models of F1 0.13-0.65 (``params["mask_gain_retry"]`` records the retry)."""
+    try:
+        return _detect_given_once(dmap, el, be, progress, o, first)
+    except InputError as exc:
+        if not (first.get("mask_gain") and str(exc).startswith("no particle found")):
+            raise
+        first.clear()
+        det = _detect_given_once(dmap, el, be, progress, replace(o, mask_gain=False), first)
+        det.params["mask_gain_retry"] = f"refused with the soft mask's gain ({exc}); detected without it"
+        return det
+
+
+def _detect_given_once(dmap: DensityMap, el, be, progress, o: DetectOptions, first: dict) -> Detection:
     """The detection of the map as given (with ``o.invert``): the first detection, the blurred-map
     pass and the filter ladder. ``first`` receives what the first detection measured."""
     if o.deblur == "never":
@@ -775,9 +793,14 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                              f"(correlation quantiles {lo:.3g} and {hi:.3g}); negate it (--invert, or invert=True)")
     # a masked map's noise bands: those symmetric about their median (atoms in a band lengthen a
     # tail), and all of them, whose level the residual rescue keeps as its floor (see there)
+    # a soft mask's ramp scales the noise in the outer bands: measured in its own units, on the
+    # map as given only (a filtered copy of a hard-masked map has its edge smeared into a ramp)
+    gain = _mask_gain(sub, live, solvent, vs) if masked and given and o.mask_gain else None
+    if given:
+        measured["mask_gain"] = gain is not None
     (med, noise), (_, noise_untested) = _noise_levels(
         C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
-        margin_A=o.solvent_margin_A, resolution_A=res_A)
+        margin_A=o.solvent_margin_A, resolution_A=res_A, gain=gain)
     noise_med = med
     if measured is not None:
         measured.update(support=(C, noise_med), masked=bool(masked))
@@ -1021,6 +1044,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "correlation_floor": floor_corr, "noise_colour": colour, "whitened": bool(whitened),
                 "whiten_exponent": w_exp,
                 "masked_map": bool(masked), "clipped_map": bool(clipped), "grey_scale": grey_scale,
+                "mask_gain_applied": gain is not None,
                 "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,

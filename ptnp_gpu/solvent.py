@@ -47,6 +47,13 @@ _DETAIL_KEEP = 0.95       # ... bands whose detail share of the SD is below this
 _TAIL = 0.02              # ... a band's tail ratio compares its 2% and 98% quantiles with its median;
 _TAIL_SYM = 1.35          # ... within this factor of 1 the band is symmetric (measured on 34 masked maps:
                           # 0.86-1.14 where a band held noise alone, 1.4-2.9 or 0.5-0.8 with atoms in it)
+_GAIN_DETAIL_A = 1.0      # soft masks (_mask_gain): the detail is the raw map minus its smoothing over this (Å)
+_GAIN_SIGMA_A = 3.0       # ... distance from the masked-out voxels, read through a Gaussian of this σ (Å)
+_GAIN_SHELL_A = 0.5       # ... in shells this wide (Å)
+_GAIN_SHELLS = 24         # ... out to 12 Å
+_GAIN_RISE = 1.03         # ... the profile rises while a shell is this × the top so far (two shells' grace)
+_GAIN_START = 0.5         # ... a ramp starts below this × the plateau at the edge (a hard mask: ~1)
+_GAIN_MIN = 0.3           # ... voxels scaled below this are no noise sample
 _NEAR_A = 3.0             # the residual rescue's own noise level: within this of the atoms found (Å)
 _RISE = 1.5               # sharpened: the noise power's peak is this × its 4 Å level (_noise_rises)
 _EDGE_DROP = 1e-2         # noise power below this fraction of its 4-2 Å median: beyond the map's band
@@ -117,6 +124,47 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
     return solvent, live, False
 
 
+def _mask_gain(sub, live, solvent, voxel_size_A, step: int = _STEP):
+    """How a soft mask scales the noise (subsampled grid, float32 in (0, 1]), or None where it
+    does not (a hard mask, or too little solvent to tell).
+
+    Masked maps are often masked softly: the map is multiplied by a ramp from 1 down to 0 over
+    a few Å, noise included. The noise bands of :func:`_noise_levels` beyond the ramp's start
+    hold noise scaled down, symmetric about its median, and they set the level low (envelope
+    masks 5-9 Å out: 0.25-0.8x the unmasked map's, precision 0.66-0.76). Here the robust SD of
+    the raw map's detail (minus its smoothing over 1 Å) is profiled over shells of distance from
+    the masked-out voxels, in the solvent; up to where that profile stops rising, its running
+    maximum over the plateau's level is the ramp's gain, and 1 beyond. A hard mask's first shell
+    holds the step (all detail): the profile starts at its top, and there is no gain."""
+    be = _be.namespace(sub)
+    xp, ndi = be.xp, be.ndi
+    vox = step * float(np.min(voxel_size_A))
+    detail = sub - ndi.gaussian_filter(sub, _GAIN_DETAIL_A / vox)
+    dead = ndi.gaussian_filter((~live).astype(xp.float32), _GAIN_SIGMA_A / vox, mode="nearest")
+    shell = xp.zeros(sub.shape, dtype=xp.int64)
+    for k in range(1, _GAIN_SHELLS):
+        shell += dead < _phi(-(k * _GAIN_SHELL_A) / _GAIN_SIGMA_A)
+    # the masked-out voxels beside the edge read as live (their neighbours vary): left out
+    sel = solvent & live & (ndi.uniform_filter((~live).astype(xp.float32), 3, mode="nearest") == 0)
+    counts, sds = _grouped_robust_sds(detail[sel], shell[sel], _GAIN_SHELLS, xp)    # sync
+    valid = np.flatnonzero(counts >= _MIN_BAND)
+    if len(valid) < 3:
+        return None
+    prof = sds[valid]
+    top, k_top = prof[0], 0
+    for i in range(1, len(prof)):               # the first plateau: the profile stops rising
+        if prof[i] >= _GAIN_RISE * top:
+            top, k_top = prof[i], i
+        elif i - k_top >= 2:
+            break
+    g = np.ones(_GAIN_SHELLS)
+    g[valid[: k_top + 1]] = np.minimum(np.maximum.accumulate(prof[: k_top + 1]) / top, 1.0)
+    g[: valid[0]] = g[valid[0]]
+    if g[valid[0]] >= _GAIN_START:
+        return None                             # the noise is whole at the edge: a hard mask
+    return xp.asarray(g.astype(np.float32))[shell] * live
+
+
 def _local_variance(sub):
     """Variance of ``sub`` over each voxel's 3×3×3 neighbourhood: zero where a mask left the map
     constant (such voxels carry no noise)."""
@@ -154,7 +202,7 @@ def _noise_level(C, solvent, live, step: int = _STEP, **kwargs):
 
 
 def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=None, voxel_size_A=None,
-                  margin_A: float = 6.0, resolution_A: float = 1.0):
+                  margin_A: float = 6.0, resolution_A: float = 1.0, gain=None):
     """Median and robust SD of the denoised map in the solvent (subsampled masks), twice:
     ``((median, sd), (median, sd untested))``.
 
@@ -171,6 +219,9 @@ def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=Non
     The second level is that of the bands pooled without their tail test
     (:func:`_band_solvent`), never below the first; the same level twice where no bands
     were laid. The rescues keep it as their floor (:mod:`ptnp_gpu.detect`).
+
+    ``gain`` (subsampled, :func:`_mask_gain`): a soft mask's scaling of the noise; the bands
+    are measured on ``C`` / gain, and voxels with a gain below ``_GAIN_MIN`` are left out.
     """
     be = _be.namespace(C)
     xp, ndi = be.xp, be.ndi
@@ -185,6 +236,13 @@ def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=Non
         inner = live & (ndi.uniform_filter((~live).astype(xp.float32), 2 * r_edge + 1, mode="nearest") == 0)
         near = ndi.gaussian_filter((sub > particle_threshold).astype(xp.float32), 0.5 * margin_A / vox,
                                    mode="constant")
+        if gain is not None:
+            # a soft mask's ramp: C's noise there is scaled by the mask; measured in its own units
+            ok = gain >= _GAIN_MIN
+            live = live & ok
+            inner = inner & ok
+            g = xp.where(ok, gain, 1.0).astype(sub.dtype)
+            sub, detail = sub / g, detail / g
         # bands from 2 Å and, for a band-limited map, from two resolutions: the lower noise wins.
         # Wide atoms contaminate the near bands either way (a low-pass's tails, or blurred weak
         # surface atoms): low-passed at 2 Å the later start is right, blurred by 40-60 Å² the

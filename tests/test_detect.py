@@ -917,6 +917,20 @@ def test_detect_hard_mask_far_out_makes_no_floating_atoms():
     assert det.counts["rejected_detached"] > 0 and det.params["masked_map"]
 
 
+def test_detect_envelope_mask_noise_in_the_masks_units():
+    """A mask that follows the particle's envelope, 8 Å out with a 4 Å soft edge, on a low-passed
+    (2.3 Å), sharpened map: the noise bands on the edge's ramp hold noise scaled down by it and
+    read the level 0.27x the unmasked map's (precision 0.56 before 2026-11-29). The bands are now
+    measured in the ramp's own units (the gain profiled from the map's detail)."""
+    p = make_particle(n_atoms=500, seed=12, margin_A=10, noise=0.0, background=0.15)   # _filtered_map's
+    m, xyz = _filtered_map(2.3, 26.0, 0.15, seed=5, blur_A2=6.8)
+    m = DensityMap((m.data * _solvent_mask_of(p, "envelope", 8.0)).astype(np.float32), 0.358)
+    det = detect_atoms(m, "Pt", backend="numpy")
+    a = _acc(det, xyz)
+    assert a["recall"] >= 0.99 and a["precision"] >= 0.75, a
+    assert det.params["mask_gain_applied"]
+
+
 @pytest.mark.parametrize("voxel_A", [0.381, 0.42])
 def test_detect_noise_free_rendering(voxel_A):
     """A map rendered without noise on a zero solvent reads as masked, and its "noise" is the

@@ -92,3 +92,36 @@ def test_tail_test_never_raises_the_noise_level(monkeypatch, tested_is_wide):
                                                       voxel_size_A=np.full(3, 0.358))
     assert sd == pytest.approx(1.0, rel=0.1)
     assert sd_untested == pytest.approx(1.0 if tested_is_wide else 4.0, rel=0.1)
+
+
+def _masked_noise(ramp_A, vs=0.4, shape=(96, 96, 96), r_in_vox=30.0, seed=5):
+    """White noise (SD 1) times a spherical mask: 1 inside ``r_in_vox``, a linear ramp to 0 over
+    ``ramp_A`` beyond (0: a hard mask). Returns (data, mask value, subsampled data, live)."""
+    from ptnp_gpu.solvent import _STEP, _local_variance
+    rng = np.random.default_rng(seed)
+    idx = np.indices(shape).astype(float)
+    r = np.sqrt(((idx - (np.array(shape)[:, None, None, None] - 1) / 2) ** 2).sum(0))
+    if ramp_A > 0:
+        mask = np.clip(1.0 - (r - r_in_vox) * vs / ramp_A, 0.0, 1.0)
+    else:
+        mask = (r < r_in_vox).astype(float)
+    data = (rng.normal(size=shape) * mask).astype(np.float32)
+    sub = data[::_STEP, ::_STEP, ::_STEP]
+    live = _local_variance(sub) > 1e-6 * float(sub.var())
+    return data, mask, sub, live
+
+
+def test_mask_gain_follows_a_soft_ramp_and_ignores_a_hard_mask():
+    from ptnp_gpu.solvent import _STEP, _mask_gain
+    vs = 0.4
+    data, mask, sub, live = _masked_noise(4.0, vs)
+    gain = _mask_gain(sub, live, live.copy(), vs)       # all of it solvent (no particle)
+    assert gain is not None
+    m = mask[::_STEP, ::_STEP, ::_STEP]
+    ramp = live & (m > 0.35) & (m < 0.9)                  # on the ramp the gain tracks the mask
+    err = np.abs(gain[ramp] - m[ramp])
+    assert np.median(err) < 0.12, np.median(err)
+    assert np.all(gain[live & (m == 1.0)] > 0.85)         # the plateau: ~1
+    # a hard mask: the noise is whole up to the edge, no gain
+    data, mask, sub, live = _masked_noise(0.0, vs)
+    assert _mask_gain(sub, live, live.copy(), vs) is None
