@@ -946,7 +946,9 @@ def test_detect_noise_free_rendering(voxel_A):
     assert a["recall"] == 1.0 and a["precision"] == 1.0, (a["recall"], a["precision"])
     assert not det.params["whitened"] and det.params["masked_map"]
     assert cKDTree(det.xyz_A).query(det.xyz_A, k=2)[0][:, 1].min() > 0.45 * 2.77
-    # the merge on its own: with the prewhitening forced, no atom is found twice
-    forced = detect_atoms(p.map, "Pt", backend="numpy", whiten="always")
+    # the merge on its own: with the prewhitening forced, no atom is found twice (without the soft
+    # mask's gain: the atoms' tails falling to the exact zeros read as a ramp, the noise level
+    # rises, and the rescue no longer seats the peaks this checks)
+    forced = detect_atoms(p.map, "Pt", backend="numpy", whiten="always", mask_gain=False)
     assert forced.counts["merged_duplicates"] > 0
     assert cKDTree(forced.xyz_A).query(forced.xyz_A, k=2)[0][:, 1].min() > 0.45 * 2.77
