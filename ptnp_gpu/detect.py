@@ -279,32 +279,30 @@ _NO_LATTICE_ATOMS = 50   # a model of at least this many atoms none of which has
                          # at 0.635 Å, noise 0.19, recall 0.95, bonds 1.000 x bulk, has 1.8% (position noise)
 
 
-def _detached_atoms(xyz_A, bond_cutoff_A: float, gap_A: float, share: float) -> np.ndarray:
-    """Atoms (host, (N, 3) Å) of the bond graph's components (bonds up to ``bond_cutoff_A``) that
-    hold fewer than ``share`` × the largest component's atoms and lie farther than ``gap_A`` from
-    it at their closest: a bool mask (host). Components within ``gap_A`` stay: a particle whose
-    detection has holes falls apart into pieces one or two missed atoms apart."""
+def _detached_atoms(xyz_A, pair_i, pair_j, keep, gap_A: float, share: float) -> np.ndarray:
+    """The ``keep`` atoms (host: (N, 3) Å, bonds ``pair_i``–``pair_j``, bool (N,)) of the bond
+    graph's components among the kept atoms that hold fewer than ``share`` × the largest
+    component's atoms and lie farther than ``gap_A`` from it at their closest: a bool mask (N,).
+    Components within ``gap_A`` stay: a particle whose detection has holes falls apart into
+    pieces one or two missed atoms apart."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from scipy.spatial import cKDTree
     xyz = np.asarray(xyz_A, dtype=np.float64).reshape(-1, 3)
+    keep = np.asarray(keep, dtype=bool)
     n = len(xyz)
     out = np.zeros(n, dtype=bool)
-    if n < 2:
+    both = keep[pair_i] & keep[pair_j]
+    n_comp, comp = connected_components(coo_matrix((np.ones(int(both.sum())), (pair_i[both], pair_j[both])),
+                                                   shape=(n, n)), directed=False)
+    sizes = np.bincount(comp[keep], minlength=n_comp)      # the rejected atoms count nowhere
+    if np.count_nonzero(sizes) < 2:
         return out
-    tree = cKDTree(xyz)
-    ij = tree.query_pairs(bond_cutoff_A, output_type="ndarray")
-    n_comp, comp = connected_components(coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n)),
-                                        directed=False)
-    if n_comp < 2:
-        return out
-    sizes = np.bincount(comp)
     main = int(np.argmax(sizes))
-    small = sizes < share * sizes[main]
-    cand = small[comp]
+    cand = keep & (sizes < share * sizes[main])[comp]
     if not cand.any():
         return out
-    gap = cKDTree(xyz[comp == main]).query(xyz[cand])[0]      # each candidate's distance to the body
+    gap = cKDTree(xyz[keep & (comp == main)]).query(xyz[cand])[0]    # each candidate's distance to the body
     closest = np.full(n_comp, np.inf)
     np.minimum.at(closest, comp[cand], gap)
     out[cand] = closest[comp[cand]] > gap_A
@@ -796,14 +794,12 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     # a soft mask's ramp scales the noise in the outer bands: measured in its own units, on the
     # map as given only (a filtered copy of a hard-masked map has its edge smeared into a ramp)
     gain = _mask_gain(sub, live, solvent, vs) if masked and given and o.mask_gain else None
-    if given:
-        measured["mask_gain"] = gain is not None
     (med, noise), (_, noise_untested) = _noise_levels(
         C, solvent, live, particle_threshold=t_otsu if masked else None, voxel_size_A=vs,
         margin_A=o.solvent_margin_A, resolution_A=res_A, gain=gain)
     noise_med = med
     if measured is not None:
-        measured.update(support=(C, noise_med), masked=bool(masked))
+        measured.update(support=(C, noise_med), masked=bool(masked), mask_gain=gain is not None)
     t_start = max(t_otsu, med + o.sweep_floor_sigma * noise)
     if t_start >= cmax:
         raise InputError(f"no particle found in the map (nothing rises {o.sweep_floor_sigma:g} noise SDs above "
@@ -986,6 +982,9 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         close = ~_thin_peaks(xyz[kid], height[kid].astype(xp.float64), cut)
         counts["rejected_close"] = int(close.sum())                # sync
         keep[kid[close]] = False
+    if o.reject_low_cn or o.reject_detached:
+        # the atoms' near neighbours, once for both rules below
+        pi, pj, _ = pairs_within(xyz, el.near_neighbour_cutoff_A)
     if o.reject_low_cn:
         # bcc counts its second shell: with the first alone the rule removed 24 true atoms of an
         # 89-atom W particle
@@ -993,7 +992,6 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         # (a pure-noise map kept one "atom" whose three neighbours had gone)
         # one pair search; each pass counts the kept neighbours of the kept atoms (one sync)
         n_low = 0
-        pi, pj, _ = pairs_within(xyz, el.near_neighbour_cutoff_A)
         ends = xp.concatenate([pi, pj])
         for _ in range(max(1, o.cn_passes)):
             kf = keep.astype(xp.float64)
@@ -1009,12 +1007,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         # the particle is one body: a cluster of "atoms" bonded among themselves but far from it is
         # noise on a mask's edge or in the solvent (a hard mask 9 Å out on a low-passed map, noise
         # 0.23: 58 false atoms in four clusters of 5-34, 6.8-8.4 Å from the particle, precision 0.88)
-        kid = xp.nonzero(keep)[0]
-        far = _detached_atoms(_be.to_host(xyz[kid]), el.near_neighbour_cutoff_A,
-                              o.detached_gap * el.nn_distance_A, o.detached_share)
+        far = _detached_atoms(*(_be.to_host(a) for a in (xyz, pi, pj, keep)), o.detached_gap * el.nn_distance_A,
+                              o.detached_share)                        # host: the bond graph's components
         counts["rejected_detached"] = int(far.sum())
         if far.any():
-            keep[kid[xp.asarray(np.flatnonzero(far))]] = False
+            keep[xp.asarray(np.flatnonzero(far))] = False
     if not bool(keep.all()):
         kid = xp.nonzero(keep)[0]
         remap = xp.zeros(xyz.shape[0] + 1, dtype=xp.int32)

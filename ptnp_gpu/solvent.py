@@ -64,17 +64,25 @@ def _phi(x: float) -> float:
     return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
-def _distance_bands(near, live, sigma_A, from_A: float = _BAND_FROM_A):
-    """Bands of distance from a particle: 0 inside, k = 1.._N_BANDS from ``from_A`` in ``_BAND_A`` steps.
+def _distance_bands(near, live, sigma_A, from_A: float = _BAND_FROM_A, width_A: float = _BAND_A,
+                    n_bands: int = _N_BANDS):
+    """Bands of distance from a region: 0 inside, k = 1..``n_bands`` from ``from_A`` in ``width_A`` steps.
 
-    ``near`` is the particle mask blurred with σ = ``sigma_A``; at distance d from
-    a flat boundary it is Φ(−d/σ). Voxels that are not ``live`` are 0.
+    ``near`` is the region's mask (the particle, or the masked-out voxels) blurred with
+    σ = ``sigma_A``; at distance d from a flat boundary it is Φ(−d/σ). Voxels that are not
+    ``live`` are 0.
     """
     xp = _be.namespace(near).xp
     bands = xp.zeros(near.shape, dtype=xp.int32)
-    for k in range(_N_BANDS):
-        bands += near < _phi(-(from_A + k * _BAND_A) / sigma_A)
+    for k in range(n_bands):
+        bands += near < _phi(-(from_A + k * width_A) / sigma_A)
     return bands * live
+
+
+def _interior(live, r_vox: int):
+    """The ``live`` voxels with no masked-out voxel within ``r_vox`` (a cube of side 2·r_vox + 1)."""
+    be = _be.namespace(live)
+    return live & (be.ndi.uniform_filter((~live).astype(be.xp.float32), 2 * r_vox + 1, mode="nearest") == 0)
 
 
 def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP):
@@ -141,12 +149,10 @@ def _mask_gain(sub, live, solvent, voxel_size_A, step: int = _STEP):
     vox = step * float(np.min(voxel_size_A))
     detail = sub - ndi.gaussian_filter(sub, _GAIN_DETAIL_A / vox)
     dead = ndi.gaussian_filter((~live).astype(xp.float32), _GAIN_SIGMA_A / vox, mode="nearest")
-    shell = xp.zeros(sub.shape, dtype=xp.int64)
-    for k in range(1, _GAIN_SHELLS):
-        shell += dead < _phi(-(k * _GAIN_SHELL_A) / _GAIN_SIGMA_A)
+    shell = _distance_bands(dead, live, _GAIN_SIGMA_A, _GAIN_SHELL_A, _GAIN_SHELL_A, _GAIN_SHELLS - 1)
     # the masked-out voxels beside the edge read as live (their neighbours vary): left out
-    sel = solvent & live & (ndi.uniform_filter((~live).astype(xp.float32), 3, mode="nearest") == 0)
-    counts, sds = _grouped_robust_sds(detail[sel], shell[sel], _GAIN_SHELLS, xp)    # sync
+    sel = solvent & _interior(live, 1)
+    counts, sds = _grouped_robust_sds(detail[sel], shell[sel].astype(xp.int64), _GAIN_SHELLS, xp)    # sync
     valid = np.flatnonzero(counts >= _MIN_BAND)
     if len(valid) < 3:
         return None
@@ -233,7 +239,7 @@ def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=Non
         detail = (C - ndi.gaussian_filter(C, _DETAIL_A / float(np.min(voxel_size_A))))[::step, ::step, ::step]
         # ... measured away from the masked-out voxels: a hard mask's step is all detail
         r_edge = int(np.ceil(_EDGE_A / vox))
-        inner = live & (ndi.uniform_filter((~live).astype(xp.float32), 2 * r_edge + 1, mode="nearest") == 0)
+        inner = _interior(live, r_edge)
         near = ndi.gaussian_filter((sub > particle_threshold).astype(xp.float32), 0.5 * margin_A / vox,
                                    mode="constant")
         if gain is not None:

@@ -887,6 +887,7 @@ def _fcc_block(n_cells, a_A, origin_A):
 def test_detached_atoms_drops_small_clusters_far_from_the_particle():
     from ptnp_gpu.detect import _detached_atoms
     from ptnp_gpu.elements import get_element
+    from ptnp_gpu.neighbors import pairs_within
     el = get_element("Pt")
     a, nn = el.lattice_param_A, el.nn_distance_A
     body = _fcc_block(5, a, (0, 0, 0))                     # 500 atoms, 0-17.6 Å
@@ -894,12 +895,15 @@ def test_detached_atoms_drops_small_clusters_far_from_the_particle():
     near = body[body[:, 2] > body[:, 2].max() - 0.1][:6] + np.array([0, 0, 2 * nn])   # one missed atom away
     big = _fcc_block(3, a, (0, body[:, 1].max() + 8.0, 0))  # 108 atoms 8 Å away: a second body (> 10%)
     xyz = np.concatenate([body, far, near, big])
-    drop = _detached_atoms(xyz, el.near_neighbour_cutoff_A, 2.2 * nn, 0.1)
+    def detached(xyz):
+        i, j, _ = pairs_within(xyz, el.near_neighbour_cutoff_A)
+        return _detached_atoms(xyz, i, j, np.ones(len(xyz), bool), 2.2 * nn, 0.1)
+    drop = detached(xyz)
     n0, n1, n2 = len(body), len(body) + len(far), len(body) + len(far) + len(near)
     assert not drop[:n0].any() and drop[n0:n1].all()
     assert not drop[n1:n2].any(), "a piece one missed atom apart is the particle's"
     assert not drop[n2:].any(), "a cluster of more than a tenth of the particle's atoms stays"
-    assert not _detached_atoms(body, el.near_neighbour_cutoff_A, 2.2 * nn, 0.1).any()
+    assert not detached(body).any()
 
 
 def test_detect_hard_mask_far_out_makes_no_floating_atoms():
