@@ -69,6 +69,7 @@ from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import pairs_within, segment_sum
 from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
+from .precision import gradient_noise_ratio_per_A, peak_curvature_per_A2, peak_hessians, position_sd_A
 from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
@@ -233,6 +234,9 @@ class Detection:
     raw: object = None                 # the map as float32 on the backend (device-resident on CuPy)
     scale: object = None               # ScaleCheck: the model's bonds against the bulk element's
     warnings: list = field(default_factory=list)   # what the caller should know (a wrong voxel size)
+    significance: np.ndarray | None = None   # (N,) host: the atom's peak in ``denoised`` above the solvent, noise SDs
+    position_sd_A: np.ndarray | None = None  # (N,) host: estimated RMS error of the position per axis, Å
+                                             # (ptnp_gpu.precision; NaN where ``denoised`` has no peak)
 
     @property
     def backend_map(self) -> DensityMap:
@@ -1027,9 +1031,17 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     # peak intensity: maximum raw value in the atom's component (components lie in the box)
     pk = label_moments(lab, int(xyz.shape[0]), raw_box)["peak_value"][1:]
     peak = (pk.astype(xp.float64) - mean) / sd
+    # how far each atom stands out of the noise, and how precisely the noise lets it be placed
+    hess, c_at = peak_hessians(C, centre_full, vs)
+    spectrum = dict(noise_psd=psd, whitened=whitened, whiten_exponent=w_exp)
+    grad_ratio = gradient_noise_ratio_per_A(kernel, vs, res_A, o.highpass_A, raw.shape, **spectrum)
+    curvature = peak_curvature_per_A2(kernel, vs, res_A, o.highpass_A, raw.shape, **spectrum)
+    pos_sd = position_sd_A(hess, noise, grad_ratio, c_at - noise_med, curvature)
+    signif = (c_at - noise_med) / noise
     lap("validate")
 
     xyz_host = _be.to_host(xyz)
+    sig_pos = _be.to_host(xp.stack([signif.astype(xp.float64), pos_sd.astype(xp.float64)]))
     scale_check = check_model_scale(xyz_host, el, vs)     # host: a few ms (≤ 1,000 neighbourhoods)
     warnings = [scale_check.message] if scale_check.message else []
     return Detection(
@@ -1046,4 +1058,5 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
         scale=scale_check, warnings=warnings,
+        significance=sig_pos[0], position_sd_A=sig_pos[1],
     )

@@ -76,9 +76,22 @@ def _detection_columns(det) -> dict:
     xyz = det.xyz_A
     return {
         "id": np.arange(1, len(xyz) + 1), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
-        "n_voxels": det.n_voxels, "valid_corr": det.validation_corr,
-        "intensity_peak_z": det.peak_intensity,
+        "n_voxels": det.n_voxels, "significance_sd": det.significance, "position_sd_A": det.position_sd_A,
+        "valid_corr": det.validation_corr, "intensity_peak_z": det.peak_intensity,
     }
+
+
+def _precision_summary(det) -> dict:
+    """Medians and quantiles of the atoms' significance and estimated position error."""
+    sd, sig = np.asarray(det.position_sd_A, float), np.asarray(det.significance, float)
+    ok = np.isfinite(sd)
+
+    def q(v, p):
+        return round(float(np.quantile(v, p)), 4) if v.size else None
+    return {"position_sd_A_median": q(sd[ok], 0.5), "position_sd_A_q90": q(sd[ok], 0.9),
+            "position_sd_A_rms": round(float(np.sqrt(np.mean(sd[ok] ** 2))), 4) if ok.any() else None,
+            "position_sd_nan": int((~ok).sum()),
+            "significance_sd_median": q(sig, 0.5), "significance_sd_q10": q(sig, 0.1)}
 
 
 def _write_curve(folder: Path, det, figure: bool = True):
@@ -245,7 +258,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
                                     fit_baseline=fit_baseline)
             det.times["statistics"] = time.perf_counter() - ts
             # the statistics recompute validation correlation and peak intensity: keep one copy
-            extra = {"n_voxels": cols["n_voxels"]}
+            extra = {k: cols[k] for k in ("n_voxels", "significance_sd", "position_sd_A")}
             write_statistics(tmp, dmap, st, model_extra=extra, figures=figures)
             lat = getattr(st, "lattice", None)
             summary_extra = {"particle": getattr(st, "particle", None),
@@ -267,6 +280,7 @@ def _run(map_path, out_dir, element, voxel_size_A, force, quiet, progress, backe
             "element": el.symbol, "n_atoms": int(len(det.xyz_A)),
             "threshold": det.threshold, "otsu_threshold": det.params["otsu_threshold"],
             "correlation": det.correlation, "counts": det.counts,
+            "precision": _precision_summary(det),
             "map": {"shape_zyx": list(dmap.shape), "voxel_size_A": dmap.voxel_size_A.tolist(),
                     "origin_A": dmap.origin_A.tolist()},
             "voxel_size": voxel_info, "scale": det.scale.as_dict(),

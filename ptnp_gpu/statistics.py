@@ -108,6 +108,16 @@ SCHEMA: dict[str, tuple[str, str]] = {
                                   "solvent level (fit_baseline='solvent') or 0 ('none', the paper's raw map)"),
 }
 
+# columns the detection adds to atoms.csv (write_statistics' ``model_extra``), with their meaning
+DETECTION_SCHEMA: dict[str, tuple[str, str]] = {
+    "n_voxels": ("voxels", "voxels of the atom's component in the detection's labels (labels.mrc)"),
+    "significance_sd": ("noise SDs", "the atom's peak in the detection's denoised map above the solvent's "
+                                     "level, in the solvent's noise SDs"),
+    "position_sd_A": ("Å", "estimated RMS error of the atom's position per axis, from the noise of the "
+                           "denoised map's gradient and its curvature at the atom (ptnp_gpu.precision); "
+                           "NaN where that map has no peak"),
+}
+
 _SECOND_CLUSTER_MIN = 20          # a second bonded cluster this large (atoms) ...
 _SECOND_CLUSTER_FRACTION = 0.02   # ... and this share of the model: two particles (a warning)
 BLUR_CORRECTIONS = ("auto", "core", "none")   # compute_statistics' ``blur_correction``
@@ -688,7 +698,8 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
         if k in cols or k.lower() in ("x", "y", "z", "id") or v.shape != (n,):
             continue
         ordered[k] = v
-        schema[k] = {"unit": "", "description": "column kept from the input model / detection"}
+        unit, text = DETECTION_SCHEMA.get(k, ("", "column kept from the input model / detection"))
+        schema[k] = {"unit": unit, "description": text}
     for k in cols:
         ordered.setdefault(k, cols[k])
     files = {"atoms_csv": write_table(out / "atoms.csv", ordered)}

@@ -47,6 +47,13 @@ def test_detect_outputs_and_frame(particle_map, capsys):
     centre = lab.voxel_to_xyz_A(np.stack([x, y, z], 1)).mean(0)
     xyz = np.array([float(rows[k - 1][c]) for c in "xyz"])
     assert np.linalg.norm(centre - xyz) < 0.5
+    # each atom's significance and estimated position error, against the true errors
+    sd = np.array([float(r["position_sd_A"]) for r in rows])
+    sig = np.array([float(r["significance_sd"]) for r in rows])
+    assert np.all(np.isfinite(sd)) and np.all(sig > 3.5)
+    true_rms = np.sqrt(np.mean(np.linalg.norm(csvm.xyz_A[:, None] - p.xyz_A[None], axis=2).min(1) ** 2) / 3)
+    assert 0.6 < true_rms / np.sqrt(np.mean(sd ** 2)) < 1.6, (true_rms, sd.mean())
+    assert s["precision"]["position_sd_A_median"] == pytest.approx(np.median(sd), abs=1e-4)
     # no overwrite without --force; the input is never touched
     assert main(["detect", paths["map"], "--out", str(out), "--quiet"]) == 2
     assert "--force" in capsys.readouterr().err

@@ -329,6 +329,32 @@ def test_detect_atoms_parity(cp, particle):
     assert _match(xc, xg).max() < 1e-3
     assert _match(xg, xc).max() < 1e-3
     np.testing.assert_allclose(dg.threshold, dc.threshold, rtol=1e-4)
+    # the per-atom significance and position error (ptnp_gpu.precision), atom for atom
+    from scipy.spatial import cKDTree
+    j = cKDTree(xg).query(xc)[1]
+    np.testing.assert_allclose(dg.significance[j], dc.significance, rtol=1e-4)
+    np.testing.assert_allclose(dg.position_sd_A[j], dc.position_sd_A, rtol=1e-4)
+
+
+@pytest.mark.parametrize("seed", [5, FRESH_SEED])
+def test_precision_parity(cp, seed):
+    """Peak Hessians and position errors on a fresh random smooth map at random points."""
+    from scipy.ndimage import gaussian_filter
+
+    from ptnp_gpu.precision import peak_hessians, position_sd_A
+    rng = np.random.default_rng(seed)
+    C = gaussian_filter(rng.normal(size=(40, 44, 48)), 2.0).astype(np.float32)
+    C += 0.2                                             # mostly positive: the log fit; some not
+    cen = rng.uniform(2, 38, (300, 3))
+    vs = np.array([0.33, 0.36, 0.40])
+    Hc, vc = peak_hessians(C, cen, vs)
+    Hg, vg = peak_hessians(cp.asarray(C), cp.asarray(cen), vs)
+    np.testing.assert_allclose(_host(Hg), Hc, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(_host(vg), vc, rtol=1e-6, atol=1e-9)
+    g, h = np.array([1.7, 1.6, 1.5]), rng.uniform(0.0, 1.0, 300)
+    sc = position_sd_A(Hc, 0.01, g, h, 2.8)
+    sg = _host(position_sd_A(cp.asarray(Hc), 0.01, g, cp.asarray(h), 2.8))
+    np.testing.assert_allclose(sg, sc, rtol=1e-6, equal_nan=True)
 
 
 def test_compute_statistics_parity(cp, particle):
