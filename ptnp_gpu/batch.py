@@ -632,7 +632,8 @@ def _row(summary: dict, rec: dict) -> dict:
     ``cn_median``, ``bond_nn_median_A``, ``strain_radial_median_pct``,
     ``core_ratio``); the other particle statistics (lattice parameters, GCN,
     DOI, U_iso medians, ...); ``penetration_<statistic>_<delta_A|delta_err_A|m|c|...>``;
-    detection figures (``threshold``, ``correlation``, ``counts_*``, voxel size);
+    detection figures (``threshold``, ``correlation``, ``counts_*``, the ``precision`` medians,
+    voxel size);
     ``time_<stage>_s``; ``backend``, ``device``, ``version``.
     """
     part = summary.get("particle") or {}
@@ -649,6 +650,7 @@ def _row(summary: dict, rec: dict) -> dict:
     for k in ("threshold", "otsu_threshold", "correlation"):
         row[k] = summary.get(k)
     row.update({f"counts_{k}": v for k, v in (summary.get("counts") or {}).items() if _scalar(v)})
+    row.update({k: v for k, v in (summary.get("precision") or {}).items() if _scalar(v)})
     m = summary.get("map") or {}
     if m.get("voxel_size_A"):
         row["voxel_size_A"] = m["voxel_size_A"][0]

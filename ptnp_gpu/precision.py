@@ -15,9 +15,10 @@ are placed less precisely than that bound; the estimate here follows them, as th
 peaks in ``C`` are flatter.
 
 * :func:`gradient_noise_ratio_per_A` — ``σ(∂N/∂a) / σ(N)`` (1/Å) for each axis ``a``.
-* :func:`peak_hessians` — the Hessian of ``C`` at each atom (finite differences, Å⁻²).
 * :func:`peak_curvature_per_A2` — the curvature of a well-resolved atom's peak in ``C`` per unit
   height, the floor under a weak peak's noisy Hessian.
+* :func:`filter_moments` — both of the above from one evaluation of the filtered spectrum.
+* :func:`peak_hessians` — the Hessian of ``C`` at each atom (a quadratic fitted to ``ln C``, Å⁻²).
 * :func:`position_sd_A` — the per-axis RMS position error (Å) from these.
 
 The spectra are sums on the host over a small frequency grid; the per-atom work runs on NumPy
@@ -29,7 +30,7 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["gradient_noise_ratio_per_A", "peak_curvature_per_A2", "peak_hessians", "position_sd_A"]
+__all__ = ["filter_moments", "gradient_noise_ratio_per_A", "peak_curvature_per_A2", "peak_hessians", "position_sd_A"]
 
 _GRID = 32          # frequency grid (per axis) on which the filtered noise spectrum is summed (64: within 0.2%)
 _CURVATURE_FLOOR = 0.3   # a peak's curvature is taken as at least this × a well-resolved atom's of its height
@@ -69,19 +70,28 @@ def _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape
     return (sx, sy, sz), K, H, power
 
 
+def filter_moments(kernel, voxel_size_A, resolution_A: float, highpass_A: float, box_shape, noise_psd=None,
+                   whitened: bool = False, whiten_exponent: float = 1.0):
+    """:func:`gradient_noise_ratio_per_A` and :func:`peak_curvature_per_A2` from one evaluation
+    of the filtered spectrum (the detection needs both)."""
+    freqs, K, H, power = _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape,
+                                            noise_psd, whitened, whiten_exponent)
+    k2 = [(2 * np.pi * f) ** 2 for f in freqs]
+    pc, r = power * H * H, K * H
+    tot_p, tot_r = pc.sum(), r.sum()
+    ratio = np.array([np.sqrt((k * pc).sum() / tot_p) for k in k2]) if tot_p > 0 else np.full(3, np.nan)
+    curvature = float(np.mean([(k * r).sum() / tot_r for k in k2])) if tot_r > 0 else float("nan")
+    return ratio, curvature
+
+
 def gradient_noise_ratio_per_A(kernel, voxel_size_A, resolution_A: float, highpass_A: float,
                                box_shape, noise_psd=None, whitened: bool = False,
                                whiten_exponent: float = 1.0) -> np.ndarray:
     """``σ(∂N/∂a) / σ(N)`` (1/Å, host array of 3, x/y/z) for the noise ``N`` of a map denoised by
     :func:`ptnp_gpu.denoise.denoise_map` with these arguments (``noise_psd``: the map's noise
     spectrum, white when None; ``box_shape``: the map's (z, y, x))."""
-    freqs, _, H, power = _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape,
-                                            noise_psd, whitened, whiten_exponent)
-    pc = power * H * H
-    tot = pc.sum()
-    if not tot > 0:
-        return np.full(3, np.nan)
-    return np.array([np.sqrt(((2 * np.pi * f) ** 2 * pc).sum() / tot) for f in freqs])
+    return filter_moments(kernel, voxel_size_A, resolution_A, highpass_A, box_shape, noise_psd, whitened,
+                          whiten_exponent)[0]
 
 
 def peak_curvature_per_A2(kernel, voxel_size_A, resolution_A: float, highpass_A: float, box_shape,
@@ -89,11 +99,8 @@ def peak_curvature_per_A2(kernel, voxel_size_A, resolution_A: float, highpass_A:
     """``−C''/C`` at the peak (1/Å², mean over x, y, z) of the denoised map of one atom shaped like
     the kernel (same arguments as :func:`gradient_noise_ratio_per_A`): the curvature of a
     well-resolved atom's peak per unit of its height."""
-    freqs, K, H, _ = _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape,
-                                        noise_psd, whitened, whiten_exponent)
-    r = K * H
-    tot = r.sum()
-    return float(np.mean([((2 * np.pi * f) ** 2 * r).sum() / tot for f in freqs])) if tot > 0 else float("nan")
+    return filter_moments(kernel, voxel_size_A, resolution_A, highpass_A, box_shape, noise_psd, whitened,
+                          whiten_exponent)[1]
 
 
 # the 27 voxels around an atom's nearest voxel (offsets x, y, z), and the least-squares fit of a
@@ -109,7 +116,9 @@ def _quadratic_fit() -> np.ndarray:
 
 
 _QFIT = _quadratic_fit()
-_PAIRS = ((0, 1), (0, 2), (1, 2))
+
+
+_SYM = np.array([[4, 7, 8], [7, 5, 9], [8, 9, 6]])    # the quadratic's terms as a symmetric 3×3
 
 
 def peak_hessians(C, centres_vox, voxel_size_A):
@@ -120,37 +129,28 @@ def peak_hessians(C, centres_vox, voxel_size_A):
     fitted to ``ln C`` on the 27 voxels around each centre's nearest voxel (exact for a Gaussian
     of any width, where finite differences of one voxel read a peak 0.65 Å wide 6-20% flat), and
     ``∇²C = C (∇²ln C + ∇ln C ∇ln Cᵀ)`` taken at the centre. Where a value there is not
-    positive (a weak peak in noise), the quadratic is fitted to ``C`` itself."""
+    positive (a weak peak in noise), the quadratic is fitted to ``C`` itself. Both fits are one
+    matrix product; the whole costs a few dozen launches on a GPU, none of them a sync."""
     be = _be.namespace(C)
     xp = be.xp
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-    n = centres_vox.shape[0]
     base = xp.rint(centres_vox).astype(xp.int64)
     delta = centres_vox.astype(xp.float64) - base                     # (N, 3) voxels, |δ| ≤ ½
     hi = xp.asarray(np.array(C.shape[::-1]) - 1)
     idx = xp.clip(base[:, None, :] + xp.asarray(_CUBE)[None], 0, hi)   # (N, 27, 3) x, y, z
     v = C[idx[..., 2], idx[..., 1], idx[..., 0]].astype(xp.float64)
     positive = xp.all(v > 0, axis=1)
-    qfit = xp.asarray(_QFIT)
-    q_log = xp.log(xp.where(positive[:, None], v, 1.0)) @ qfit.T       # (N, 10)
-    q_lin = v @ qfit.T
-
-    def grad_hess(q):
-        A = xp.zeros((n, 3, 3), dtype=xp.float64)
-        for a in range(3):
-            A[:, a, a] = q[:, 4 + a]
-        for k, (a, b) in enumerate(_PAIRS):
-            A[:, a, b] = A[:, b, a] = q[:, 7 + k]
-        g = q[:, 1:4] + xp.einsum("nij,nj->ni", A, delta)
-        val = q[:, 0] + (q[:, 1:4] * delta).sum(1) + 0.5 * xp.einsum("ni,nij,nj->n", delta, A, delta)
-        return val, g, A
-    lval, lg, lA = grad_hess(q_log)
-    c_log = xp.exp(lval)
-    H_log = c_log[:, None, None] * (lA + lg[:, :, None] * lg[:, None, :])
-    c_lin, _, H_lin = grad_hess(q_lin)
-    H = xp.where(positive[:, None, None], H_log, H_lin)
-    H = H / xp.asarray(np.outer(vs, vs))[None]
-    return H, xp.where(positive, c_log, c_lin)
+    # both fits at once: (N, 2, 27) values (ln C where all are positive, C) → (N, 2, 10) terms
+    y = xp.stack([xp.log(xp.where(positive[:, None], v, 1.0)), v], axis=1)
+    q = y @ xp.asarray(_QFIT.T)
+    A = q[..., xp.asarray(_SYM)]                                        # (N, 2, 3, 3)
+    d2 = delta[:, None, :]
+    g = q[..., 1:4] + (A * d2[..., None, :]).sum(-1)                    # gradient at the centre
+    val = q[..., 0] + ((q[..., 1:4] + 0.5 * (A * d2[..., None, :]).sum(-1)) * d2).sum(-1)
+    c_log = xp.exp(val[:, 0])
+    H_log = c_log[:, None, None] * (A[:, 0] + g[:, 0, :, None] * g[:, 0, None, :])
+    H = xp.where(positive[:, None, None], H_log, A[:, 1]) / xp.asarray(np.outer(vs, vs))[None]
+    return H, xp.where(positive, c_log, val[:, 1])
 
 
 def position_sd_A(H, noise_sd: float, grad_ratio_per_A, height=None, curvature_per_A2: float | None = None,

@@ -220,7 +220,7 @@ def test_batch_isolates_failures_and_second_run_does_no_work(maps, tmp_path, mon
     assert (table["n_atoms"] > 0).all() and (table["diameter_A"] > 10).all()
     assert table["cn_median"].between(3, 12).all()
     assert table["bond_nn_median_A"].between(2.5, 3.0).all()     # Pt: 2.77 Å in the bulk
-    for col in ("lattice_mean_A", "penetration_cn_delta_A", "threshold", "time_total_s",
+    for col in ("lattice_mean_A", "penetration_cn_delta_A", "threshold", "time_total_s", "position_sd_A_median",
                 "backend", "version"):
         assert table[col].notna().all(), col
     assert set(table["backend"]) == {"numpy"}                    # --gpus none keeps off the GPU

@@ -167,7 +167,9 @@ def test_weights_only_render_reads_nothing_back():
 def test_launches_per_analysis_are_bounded():
     """Launches (library calls on device arrays and custom kernels) of the GPU path, counted on
     the emulated device: measured 2026-11-28 after the fused kernels of stop 22, detection 602
-    and statistics 308 for a 1,200-atom particle (stop 21: ~1,000 and ~480). Each launch costs
+    and statistics 308 for a 1,200-atom particle (stop 21: ~1,000 and ~480); 656 in detection
+    since the per-atom significance and position error (2026-11-29, ptnp_gpu.precision: 48 of
+    them, the Hessians' two log-quadratic fits as one product). Each launch costs
     the host tens of microseconds on a GPU, so a change that adds many must say why."""
     from ptnp_gpu.detect import detect_atoms
     from ptnp_gpu.statistics import compute_statistics
