@@ -112,6 +112,13 @@ def _compare(model_a, model_b, args, labels):
     comp = compare_points(model_a.xyz_A, model_b.xyz_A, cutoff, moved_radius_A=args.moved_radius)
     summary = {"a": labels[0], "b": labels[1], "element": args.element} | comp.summary(depth_bin_A=args.depth_bin)
     summary["registration"] = registration.as_dict() if registration else None
+    sd_a, sd_b = ((m.columns or {}).get("position_sd_A") for m in (model_a, model_b))
+    if sd_a is not None and sd_b is not None:
+        # both models carry their atoms' position errors (ptnp results): which common atoms moved
+        # farther than the noise explains
+        from .compare import displacement_beyond_noise
+        summary["displacement_beyond_noise"] = displacement_beyond_noise(comp, sd_a, sd_b,
+                                                                         bin_A=args.depth_bin)[1]
     return model_b, comp, summary
 
 
@@ -123,6 +130,11 @@ def _print_summary(s, labels, out):
     if s["n_common"]:
         print(f"displacement of common atoms: median {s['displacement_common_median_A']:.3f} Å, "
               f"RMS {s['displacement_common_rms_A']:.3f} Å")
+    noise = s.get("displacement_beyond_noise")
+    if noise and noise["n_tested"]:
+        print(f"displaced beyond their position noise (p < {noise['p_value']:g}): {noise['n_beyond_noise']} of "
+              f"{noise['n_tested']} common atoms ({noise['percent_beyond_noise']:.1f}%; "
+              f"{noise['expected_by_chance']:.1f} expected by chance)")
     if s.get("registration"):
         reg = s["registration"]
         print(f"registration: rotation {reg['rotation_angle_deg']:.3f}°, translation "

@@ -44,7 +44,8 @@ from .errors import InputError
 from .pairing import pair_points
 
 __all__ = ["Comparison", "compare_points", "max_pairwise_distance_A", "radial_depth_A",
-           "surface_depth_A", "displacement_by_depth", "default_cutoff_A", "STATUS_CODES"]
+           "surface_depth_A", "displacement_by_depth", "displacement_beyond_noise", "default_cutoff_A",
+           "STATUS_CODES"]
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,57 @@ def displacement_by_depth(depth_A, displacement_A, status, *, bin_A: float = 2.0
             "displacement_common_rms_A": float(np.sqrt(np.mean(dc ** 2))) if len(dc) else None,
         })
     return out
+
+
+def displacement_beyond_noise(comp, sd_a_A, sd_b_A, *, p_value: float = 0.001, bin_A: float = 2.0):
+    """Which common atoms moved farther than their positions' noise explains.
+
+    With each model's per-axis position error (``position_sd_A`` of a ptnp result, Method step 9
+    of the README), a common atom's displacement ``d`` between two independent models of one
+    particle is, if the atom did not move, Gaussian with variance ``σa² + σb²`` per axis, so
+    ``d² / (σa² + σb²)`` follows χ² with 3 degrees of freedom. An atom whose displacement has a
+    chance below ``p_value`` under that is displaced beyond noise (by chance: ``p_value`` of them,
+    were the errors exactly Gaussian and calibrated; measured on pairs of simulated maps that differ
+    only in their noise, 1.6-2.3% of the common atoms at ``p_value`` 0.001: the centres' errors
+    have heavier tails than the linear estimate, see ``tests/test_precision.py``).
+
+    Parameters
+    ----------
+    comp : Comparison
+    sd_a_A, sd_b_A : (n_a,), (n_b,) array_like
+        Per-axis position errors (Å) of A's and B's atoms; NaN where unknown.
+    p_value : float
+        The test's level.
+    bin_A : float
+        Radial-depth bins (of A) for the per-depth counts.
+
+    Returns
+    -------
+    ratio : (C,) ndarray
+        ``d / √(σa² + σb²)`` of each common pair (NaN where an error is unknown).
+    summary : dict
+        ``n_tested``, ``n_beyond_noise``, ``percent_beyond_noise``, ``expected_by_chance``,
+        ``ratio_median``, ``p_value`` and ``by_depth`` (the same per radial-depth bin).
+    """
+    from scipy.stats import chi2
+    sa = np.asarray(sd_a_A, float)[comp.common_a]
+    sb = np.asarray(sd_b_A, float)[comp.common_b]
+    ratio = comp.common_dist_A / np.sqrt(sa * sa + sb * sb)
+    tested = np.isfinite(ratio)
+    beyond = tested & (chi2.sf(np.where(tested, ratio, 0.0) ** 2, 3) < p_value)
+
+    def counts(sel):
+        n, k = int((sel & tested).sum()), int((sel & beyond).sum())
+        return {"n_tested": n, "n_beyond_noise": k, "percent_beyond_noise": float(100.0 * k / n) if n else None,
+                "expected_by_chance": float(p_value * n)}
+    summary = {"p_value": float(p_value), **counts(np.ones(len(ratio), bool)),
+               "ratio_median": float(np.median(ratio[tested])) if tested.any() else None}
+    depth = comp.depth_a_A[comp.common_a]
+    if len(depth) and np.isfinite(bin_A) and bin_A > 0:
+        k = np.floor(depth / bin_A).astype(int)
+        summary["by_depth"] = [{"depth_min_A": float(b * bin_A), "depth_max_A": float((b + 1) * bin_A),
+                                **counts(k == b)} for b in np.unique(k)]
+    return ratio, summary
 
 
 @dataclass

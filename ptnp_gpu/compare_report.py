@@ -81,8 +81,9 @@ def pairs_table(model_a: Model, model_b: Model, comp) -> dict:
 
     Rows: common pairs, moved pairs, lost atoms of A, gained atoms of B, in
     that order. Columns: ``status``, ``id_a``, ``id_b`` (empty when absent),
-    ``distance_A``, positions ``x_a_A … z_b_A`` (B in A's frame), radial depths,
-    and every per-atom statistic of either model prefixed ``a_`` / ``b_``.
+    ``distance_A``, ``displacement_over_sd`` (when both models carry ``position_sd_A``: the
+    distance over the two positions' combined per-axis error), positions ``x_a_A … z_b_A`` (B in
+    A's frame), radial depths, and every per-atom statistic of either model prefixed ``a_`` / ``b_``.
     """
     ra = np.concatenate([comp.common_a, comp.moved_a, comp.lost_a, np.full(len(comp.gained_b), -1)])
     rb = np.concatenate([comp.common_b, comp.moved_b, np.full(len(comp.lost_a), -1), comp.gained_b])
@@ -109,6 +110,12 @@ def pairs_table(model_a: Model, model_b: Model, comp) -> dict:
     cols["radial_depth_b_A"] = take(comp.depth_b_A, rb, has_b)
     cols["element_a"] = np.array([model_a.elements[i] if i >= 0 else "" for i in ra], dtype=object)
     cols["element_b"] = np.array([model_b.elements[i] if i >= 0 else "" for i in rb], dtype=object)
+    sd_a, sd_b = ((m.columns or {}).get("position_sd_A") for m in (model_a, model_b))
+    if sd_a is not None and sd_b is not None:
+        # the displacement in units of the two positions' combined per-axis error (pairs only)
+        both = has_a & has_b
+        s2 = take(sd_a, ra, has_a) ** 2 + take(sd_b, rb, has_b) ** 2
+        cols["displacement_over_sd"] = np.where(both, dist / np.sqrt(np.where(both, s2, 1.0)), np.nan)
     for k, v in _stat_columns(model_a).items():
         cols[f"a_{k}"] = take(v, ra, has_a)
     for k, v in _stat_columns(model_b).items():
