@@ -610,7 +610,7 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
 # ----------------------------------------------------------------------------- writing
 
 def _write_defattr(path, name, values, elements):
-    unit, desc = SCHEMA.get(name, ("", name))
+    unit, desc = SCHEMA.get(name) or DETECTION_SCHEMA.get(name) or ("", name)
 
     def write(fh):
         fh.write(f"# ptnp_gpu per-atom statistic: {desc}" + (f" ({unit})" if unit else "") + "\n")
@@ -712,6 +712,10 @@ def write_statistics(out_dir, dmap, stats: AtomStatistics, model_extra: dict | N
     for name in ATTRIBUTE_STATISTICS:
         files[f"defattr_{name}"] = _write_defattr(out / f"chimerax_{name}.defattr", name,
                                                   np.asarray(cols[name], float), ordered["element"])
+    for name in DETECTION_SCHEMA:                 # the detection's per-atom figures, when given
+        if name != "n_voxels" and name in ordered:
+            files[f"defattr_{name}"] = _write_defattr(out / f"chimerax_{name}.defattr", name,
+                                                      np.asarray(ordered[name], float), ordered["element"])
     part = dict(stats.particle)
     files["particle_json"] = write_json(out / "particle.json", {
         "particle": part, "table1_columns": list(TABLE1_COLUMNS), "lattice": stats.lattice.as_dict(),

@@ -27,7 +27,7 @@ def _rows(path):
 def test_write_statistics_files(small, tmp_path):
     p, s = small
     n = len(p.xyz_A)
-    extra = {"n_voxels": np.arange(n) + 3, "bad_length": np.zeros(3)}
+    extra = {"n_voxels": np.arange(n) + 3, "bad_length": np.zeros(3), "position_sd_A": np.full(n, 0.05)}
     files = write_statistics(tmp_path, p.map, s, model_extra=extra)
     rows = _rows(tmp_path / "atoms.csv")
     assert len(rows) == n
@@ -56,6 +56,10 @@ def test_write_statistics_files(small, tmp_path):
     data = [ln for ln in lines if ln.startswith("\t")]
     assert len(data) == np.count_nonzero(np.isfinite(s.columns["doi"]))
     assert data[0].split("\t")[1] == "/A:1@PT"
+    # the detection's columns get their own schema entries and attribute files
+    assert schema["position_sd_A"]["unit"] == "Å" and schema["n_voxels"]["unit"] == "voxels"
+    sd_lines = (tmp_path / "chimerax_position_sd_A.defattr").read_text().splitlines()
+    assert sum(ln.startswith("\t") for ln in sd_lines) == n and "error of the atom's position" in sd_lines[0]
     # particle row, CN bins, penetration table
     prow = _rows(tmp_path / "particle.csv")[0]
     assert list(prow)[:len(TABLE1_COLUMNS)] == list(TABLE1_COLUMNS)
