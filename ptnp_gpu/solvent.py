@@ -279,9 +279,11 @@ def _noise_levels(C, solvent, live, step: int = _STEP, *, particle_threshold=Non
     return level, level
 
 
-def _near_particle_level(Cr, occupied, voxel_size_A, reach_A: float = _NEAR_A, step: int = _STEP):
+def _near_particle_level(Cr, occupied, voxel_size_A, reach_A: float = _NEAR_A, step: int = _STEP,
+                         clear_A: float = 0.0):
     """Median and robust SD of ``Cr`` (a residual's denoised map) within ``reach_A`` of the
-    ``occupied`` voxels (the atoms found), on a ``step``-subsampled grid.
+    ``occupied`` voxels (the atoms found), on a ``step``-subsampled grid; with ``clear_A``, only
+    farther than that from them (the rim around the atoms, without what the model leaves in them).
 
     Reconstructions can be far noisier next to the particle than in the solvent (a
     tomogram's streaks and missing-wedge lobes fall off with distance from it), and the
@@ -293,6 +295,9 @@ def _near_particle_level(Cr, occupied, voxel_size_A, reach_A: float = _NEAR_A, s
     r = max(1, int(np.ceil(reach_A / vox)))
     occ = occupied[::step, ::step, ::step].astype(xp.float32)
     near = ndi.uniform_filter(occ, 2 * r + 1, mode="constant") > 0
+    if clear_A > 0:
+        rc = max(1, int(np.ceil(clear_A / vox)))
+        near &= ndi.uniform_filter(occ, 2 * rc + 1, mode="constant") == 0
     return _robust_level(Cr[::step, ::step, ::step][near], xp)
 
 
