@@ -30,7 +30,7 @@ from ptnp_gpu.synth import make_particle  # noqa: E402
 
 PAPER = dict(highpass_A=0.0, rescue=False, correlation_rule="paper", correlation_sd=2.0,
              min_correlation=-1.0, rescue_sigma=-1000.0, sweep_floor_sigma=-1000.0, refine_centres=False,
-             deblur="never")
+             deblur="never", lattice_rescue=False)
 
 
 def _row(name, dmap, truth, rows, **opts):

@@ -70,6 +70,12 @@ def add_map_options(p):
                    help="keep clusters of atoms apart from the particle (fewer than a tenth of its atoms, more "
                         "than 2.2 bonds from it; dropped by default as noise, e.g. at a mask's edge). Use it "
                         "for a map that holds several small particles")
+    g.add_argument("--no-lattice-rescue", dest="lattice_rescue", action="store_false", default=None,
+                   help="do not seat atoms at vacant lattice sites beside the atoms found (the rescue of weak, "
+                        "mobile surface atoms of close-packed metals; on by default)")
+    g.add_argument("--lattice-sigma", dest="lattice_sigma", type=float, default=None,
+                   help="noise SDs the denoised map must reach within 0.6 Å of a vacant lattice site for an atom "
+                        "there (default 2.5; raised by the rim's noise where it exceeds the solvent's)")
     g.add_argument("--no-refine", dest="refine_centres", action="store_false", default=None,
                    help="plain grey-value centres of mass (no sub-voxel refinement)")
     g.add_argument("--resolution", dest="resolution_A", type=float, default=None, help="denoising band limit in Å (default 1)")
@@ -100,7 +106,7 @@ def add_map_options(p):
 
 _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "rescue_sigma", "rescue_rounds",
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
-          "close_fraction", "reject_low_cn", "min_cn", "reject_detached",
+          "close_fraction", "reject_low_cn", "min_cn", "reject_detached", "lattice_rescue", "lattice_sigma",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
           "ladder", "ladder_whiten", "ladder_sharpen_highpass_A")
 

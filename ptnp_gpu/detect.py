@@ -39,7 +39,11 @@ listed in the method notes. The stages:
    neighbours. The paper's statistical rule removes ~2% of true atoms by
    construction and whole populations in mixed-element particles (Pd in Pd@Pt:
    recall 0.93), so the default rejects only densities that do not look like
-   an atom.
+   an atom. Then the lattice rescue (``lattice_rescue``): vacant lattice sites
+   beside the atoms kept (:mod:`ptnp_gpu.lattice_sites`) where ``C`` reaches
+   ``lattice_sigma`` noise SDs become atoms (weak, mobile surface atoms, which a
+   search of the whole map cannot tell from noise maxima). Each atom's
+   significance and position error follow (:mod:`ptnp_gpu.precision`).
 6. Blurred or over-sharpened maps (``deblur="auto"``): the map's excess blur
    against the model is measured; beyond ±40/20 Å² the map is detected again
    sharpened or blurred back and the model that explains it better is kept
@@ -288,6 +292,9 @@ _NO_LATTICE_ATOMS = 50   # a model of at least this many atoms none of which has
 
 _LATTICE_MIN_ATOMS = 20    # the lattice rescue needs a model with a lattice to complete
 _RIM_CLEAR_A = 1.0         # the rim's noise (lattice rescue): 1-3 Å from the atoms' voxels
+_LATTICE_MAX_RES_A = 1.6   # maps band-limited at this or coarser get no lattice rescue (a 2 Å low-pass under a
+                           # soft mask: 85 false atoms at the sites one shell out, precision 1.000 -> 0.862)
+_LATTICE_MIN_CORR = 0.15   # the lattice rescue's own atom-likeness floor (at 0.358 Å; scaled as min_correlation)
 _LATTICE_SEARCH_A = 0.6    # the denoised map's maximum within this of a vacant site is the atom's position
 _LATTICE_CLEAR = 0.8       # ... which must lie farther than this × the bond from every atom
 _LATTICE_U_A2 = 0.6        # its atom-likeness (the validation correlation) is tested against an atom this mobile
@@ -555,7 +562,7 @@ def _detect_given_once(dmap: DensityMap, el, be, progress, o: DetectOptions, fir
     """The detection of the map as given (with ``o.invert``): the first detection, the blurred-map
     pass and the filter ladder. ``first`` receives what the first detection measured."""
     if o.deblur == "never":
-        return _detect_once(dmap, el, be, progress, o, measured=first)
+        return _lattice_pass(_detect_once(dmap, el, be, progress, o, measured=first), el, o, progress)
     try:
         det = _detect_once(dmap, el, be, progress, o, measured=first)
     except InputError as exc:
@@ -568,7 +575,72 @@ def _detect_given_once(dmap: DensityMap, el, be, progress, o: DetectOptions, fir
     det = _deblur_pass(det, el, be, progress, o)
     if o.ladder and det.scale.full_shell_fraction < o.ladder_full_shell:
         det = _ladder_pass(det, dmap, el, be, progress, o, first=first)
-    return det
+    return _lattice_pass(det, el, o, progress)
+
+
+def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None) -> Detection:
+    """``det`` with atoms added at vacant lattice sites (:func:`_lattice_sites_rescue`), when it is
+    the detection of the map as given (a filtered copy's ringing peaks where lattice sites are),
+    the map is band-limited finer than ``_LATTICE_MAX_RES_A`` (a 2 Å low-pass rings at the next
+    shell's distance) and the model has ``_LATTICE_MIN_ATOMS``. The new atoms get labels (the
+    voxels within ``_LATTICE_CLAIM_A``, ids after the others), validation correlation, peak
+    intensity, significance and position error as the others; the scale check is redone."""
+    p = det.params
+    if not (o.lattice_rescue and p.get("given_map") and p["band_limit_A"] < _LATTICE_MAX_RES_A
+            and len(det.xyz_A) >= _LATTICE_MIN_ATOMS):
+        return det
+    be = _be.namespace(det.raw)
+    xp, ndi = be.xp, be.ndi
+    vs = np.asarray(det.map.voxel_size_A, float)
+    org = det.map.origin_A
+    C, raw, sim = det.denoised, det.raw, det.simulated
+    xyz = xp.asarray(det.xyz_A)
+    noise = p["noise_sd"]
+    new_xyz = _lattice_sites_rescue(C, raw, xyz, sim, el, p["b_extra_A2"], vs, org, p["noise_median"],
+                                    noise * max(1.0, p["rim_noise_ratio"]), o,
+                                    _LATTICE_MIN_CORR * _correlation_floor_scale(vs))
+    if new_xyz.shape[0]:
+        # each new atom's own voxel: inside the map and no atom's yet (so that its label holds it)
+        new_full = (new_xyz - xp.asarray(org)) / xp.asarray(vs)
+        cv = xp.rint(new_full).astype(xp.int64)[:, ::-1]                                       # z, y, x
+        inside = xp.all((cv >= 0) & (cv < xp.asarray(raw.shape)), axis=1)
+        cv = xp.clip(cv, 0, xp.asarray(raw.shape) - 1)
+        new_xyz = new_xyz[xp.nonzero(inside & (det.labels[cv[:, 0], cv[:, 1], cv[:, 2]] == 0))[0]]
+    det.counts["rescued_lattice"] = int(new_xyz.shape[0])
+    if new_xyz.shape[0] == 0:
+        return det
+    (progress or (lambda msg: None))(f"{int(new_xyz.shape[0])} atoms at vacant lattice sites")
+    n = len(det.xyz_A)
+    new_full = (new_xyz - xp.asarray(org)) / xp.asarray(vs)
+    old_full = (xyz - xp.asarray(org)) / xp.asarray(vs)
+    h_old = ndi.map_coordinates(C, old_full[:, ::-1].T, order=1, mode="nearest")
+    h_new = ndi.map_coordinates(C, new_full[:, ::-1].T, order=1, mode="nearest")
+    new_scale = xp.clip(h_new / xp.maximum(xp.median(h_old), 1e-12), 0.2, 5.0)
+    sim = sim + render_atoms(new_xyz, raw.shape, vs, org, el, b_extra_A2=p["b_extra_A2"], weights=new_scale,
+                             backend=be)
+    corr = xp.nan_to_num(window_pearson(raw, sim, new_full, 1.5 * el.radius_A / vs.min()), nan=-1.0)
+    labels, nvox = _claim_balls(det.labels, n, new_full, _LATTICE_CLAIM_A, vs)
+    m = int(new_xyz.shape[0])
+    pk = label_moments(labels, n + m, raw)["peak_value"][n + 1:]
+    peak = (pk.astype(xp.float64) - p["map_mean"]) / p["map_sd"]
+    hess, c_at = peak_hessians(C, new_full, vs)
+    pos_sd = position_sd_A(hess, noise, np.asarray(p["precision_grad_ratio_per_A"]), c_at - p["noise_median"],
+                           p["precision_curvature_per_A2"])
+    signif = (c_at - p["noise_median"]) / noise
+    host = _be.to_host(xp.stack([corr.astype(xp.float64), nvox.astype(xp.float64), peak, signif.astype(xp.float64),
+                                 pos_sd.astype(xp.float64)]))
+    xyz_host = np.concatenate([det.xyz_A, _be.to_host(new_xyz).astype(det.xyz_A.dtype)])
+    scale_check = check_model_scale(xyz_host, el, vs)
+    warnings = [w for w in det.warnings if w != getattr(det.scale, "message", None)]
+    if scale_check.message:
+        warnings.append(scale_check.message)
+    return replace(det, xyz_A=xyz_host, labels=labels, simulated=sim,
+                   n_voxels=np.concatenate([det.n_voxels, host[1].astype(np.int64)]),
+                   validation_corr=np.concatenate([det.validation_corr, host[0]]),
+                   peak_intensity=np.concatenate([det.peak_intensity, host[2]]),
+                   significance=np.concatenate([det.significance, host[3]]),
+                   position_sd_A=np.concatenate([det.position_sd_A, host[4]]),
+                   scale=scale_check, warnings=warnings)
 
 
 def _noise_warning(det: Detection, o: DetectOptions) -> Detection:
@@ -1127,32 +1199,6 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         sim = render_atoms(xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=scale, backend=be)
     if xyz.shape[0] == 0:
         raise InputError("no particle found in the map (every candidate atom was rejected)")
-    if o.lattice_rescue and xyz.shape[0] >= _LATTICE_MIN_ATOMS:
-        new_xyz = _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, dmap.origin_A, noise_med,
-                                        noise * max(1.0, rim_ratio), o, floor_corr)
-        if new_xyz.shape[0]:
-            # each new atom's own voxel: inside the box and no atom's yet (so its label holds it)
-            new_full = (new_xyz - xp.asarray(dmap.origin_A)) / xp.asarray(vs)
-            cv = xp.rint(new_full - xp.asarray(box_start)).astype(xp.int64)[:, ::-1]          # z, y, x
-            inside = xp.all((cv >= 0) & (cv < xp.asarray(lab.shape)), axis=1)
-            cv = xp.clip(cv, 0, xp.asarray(lab.shape) - 1)
-            own = inside & (lab[cv[:, 0], cv[:, 1], cv[:, 2]] == 0)
-            new_xyz = new_xyz[xp.nonzero(own)[0]]
-        counts["rescued_lattice"] = int(new_xyz.shape[0])
-        if new_xyz.shape[0]:
-            new_full = (new_xyz - xp.asarray(dmap.origin_A)) / xp.asarray(vs)
-            h_old = ndi.map_coordinates(C, centre_full[:, ::-1].T, order=1, mode="nearest")
-            h_new = ndi.map_coordinates(C, new_full[:, ::-1].T, order=1, mode="nearest")
-            new_scale = xp.clip(h_new / xp.maximum(xp.median(h_old), 1e-12), 0.2, 5.0)
-            sim = sim + render_atoms(new_xyz, raw.shape, vs, dmap.origin_A, el, b_extra_A2=b_extra, weights=new_scale,
-                                     backend=be)
-            new_corr = xp.nan_to_num(window_pearson(raw, sim, new_full, 1.5 * el.radius_A / vs.min()), nan=-1.0)
-            lab, new_nvox = _claim_balls(lab, int(xyz.shape[0]), new_full - xp.asarray(box_start), _LATTICE_CLAIM_A, vs)
-            xyz = xp.concatenate([xyz, new_xyz])
-            centre_full = xp.concatenate([centre_full, new_full])
-            scale = xp.concatenate([scale, new_scale])
-            vcorr = xp.concatenate([vcorr, new_corr])
-            nvox = xp.concatenate([nvox, new_nvox.astype(nvox.dtype)])
     labels = xp.zeros(raw.shape, dtype=xp.int32)
     labels[crop] = lab
     # peak intensity: maximum raw value in the atom's component (components lie in the box)
@@ -1181,7 +1227,9 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "masked_map": bool(masked), "clipped_map": bool(clipped), "grey_scale": grey_scale,
                 "mask_gain_applied": gain is not None,
                 "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
-                "rim_noise_ratio": float(rim_ratio), "element": el.symbol, "backend": be.name},
+                "rim_noise_ratio": float(rim_ratio), "map_mean": float(mean), "map_sd": float(sd),
+                "given_map": bool(given), "precision_grad_ratio_per_A": [float(v) for v in grad_ratio],
+                "precision_curvature_per_A2": float(curvature), "element": el.symbol, "backend": be.name},
         times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
         scale=scale_check, warnings=warnings,
         significance=sig_pos[0], position_sd_A=sig_pos[1],

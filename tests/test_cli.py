@@ -140,6 +140,16 @@ def test_keep_detached_option_reaches_the_detection(particle_map):
         assert summary["parameters"]["reject_detached"] is expect
 
 
+def test_lattice_rescue_options_reach_the_detection(particle_map):
+    p, d, paths = particle_map
+    for flag, on, sigma in (([], True, 2.5), (["--no-lattice-rescue"], False, 2.5), (["--lattice-sigma", "3.5"], True, 3.5)):
+        out = d / f"lattice_{on}_{sigma}"
+        assert main(["detect", paths["map"], "--out", str(out), "--quiet", "--no-figures", *flag]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["parameters"]["lattice_rescue"] is on and summary["parameters"]["lattice_sigma"] == sigma
+        assert ("rescued_lattice" in summary["counts"]) is on
+
+
 def test_analyze_without_figures(particle_map):
     p, d, paths = particle_map
     out = d / "nofig"
