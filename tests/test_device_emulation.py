@@ -169,7 +169,8 @@ def test_launches_per_analysis_are_bounded():
     the emulated device: measured 2026-11-28 after the fused kernels of stop 22, detection 602
     and statistics 308 for a 1,200-atom particle (stop 21: ~1,000 and ~480); 656 in detection
     since the per-atom significance and position error (2026-11-29, ptnp_gpu.precision: 48 of
-    them, the Hessians' two log-quadratic fits as one product). Each launch costs
+    them, the Hessians' two log-quadratic fits as one product); 681 since the lattice rescue (25 for
+    its one round of site tests on this map, which adds no atom). Each launch costs
     the host tens of microseconds on a GPU, so a change that adds many must say why."""
     from ptnp_gpu.detect import detect_atoms
     from ptnp_gpu.statistics import compute_statistics
@@ -182,4 +183,4 @@ def test_launches_per_analysis_are_bounded():
         compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
         n_st = audit.launches
     assert len(det.xyz_A) > 1100
-    assert n_det <= 680 and n_st <= 350, (n_det, n_st)
+    assert n_det <= 700 and n_st <= 350, (n_det, n_st)
