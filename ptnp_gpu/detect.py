@@ -346,7 +346,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
             if all(np.linalg.norm(best_h[c] - best_h[q]) > _LATTICE_CLEAR * bond for q in pick):
                 pick.append(c)
         new = best[xp.asarray(pick)]
-        # atom-like: the raw map against the model with these as mobile atoms, over the validation window
+        # atom-like: the raw map against the model (the atoms found, and these as mobile atoms; not
+        # the earlier rounds' additions) over the validation window
         mobile = render_atoms(new, raw.shape, vs, origin_A, el, b_extra_A2=b_extra,
                               u_iso_A2=xp.full(len(pick), _LATTICE_U_A2), backend=be)
         corr = window_pearson(raw, sim + mobile, (new - org) / vsx, 1.5 * el.radius_A / vs.min())
@@ -360,8 +361,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     return xp.asarray(np.concatenate(added)).astype(xyz.dtype)
 
 
-def _claim_balls(lab, n, centres_box_vox, radius_A, vs):
-    """Label the unlabelled voxels within ``radius_A`` of each centre (box voxels x, y, z) with ids
+def _claim_balls(lab, n, centres_vox, radius_A, vs):
+    """Label the unlabelled voxels within ``radius_A`` of each centre (voxels x, y, z of ``lab``) with ids
     ``n + 1`` ... in order (the nearest voxels first, so a centre keeps its own). Returns the
     labels and the voxels each new id holds."""
     xp = _be.namespace(lab).xp
@@ -370,8 +371,8 @@ def _claim_balls(lab, n, centres_box_vox, radius_A, vs):
     off = np.stack(np.meshgrid(gr, gr, gr, indexing="ij"), -1).reshape(-1, 3)        # z, y, x
     off = off[((off * vs[::-1]) ** 2).sum(1) <= radius_A ** 2]
     off = off[np.argsort((off ** 2).sum(1))[::-1]]                                  # far first, near last
-    m = centres_box_vox.shape[0]
-    idx = xp.rint(centres_box_vox[:, ::-1]).astype(xp.int64)[:, None, :] + xp.asarray(off)[None]
+    m = centres_vox.shape[0]
+    idx = xp.rint(centres_vox[:, ::-1]).astype(xp.int64)[:, None, :] + xp.asarray(off)[None]
     shape = xp.asarray(lab.shape)
     inside = xp.all((idx >= 0) & (idx < shape), axis=2)
     idx = xp.clip(idx, 0, shape - 1)
