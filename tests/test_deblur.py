@@ -99,7 +99,14 @@ def test_deblur_on_the_emulated_device(very_blurred):
         det = detect_atoms(m, "Pt")
     assert det.params["deblur_pass"]["applied"] == ref.params["deblur_pass"]["applied"]
     assert len(det.xyz_A) == len(ref.xyz_A)
-    assert np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
+    # the same atoms, matched by position (the GPU's order can differ where centres tie)
+    assert _matched_shift(det.xyz_A, ref.xyz_A) < 1e-3
+
+
+def _matched_shift(a, b):
+    """Largest distance from an atom of either model to the nearest of the other (Å)."""
+    from scipy.spatial import cKDTree
+    return max(cKDTree(b).query(a)[0].max(), cKDTree(a).query(b)[0].max())
 
 
 @pytest.mark.gpu
@@ -379,4 +386,4 @@ def test_unhighpassed_rungs_on_the_device(device):
             det = detect_atoms(p.map, "Co")
     assert det.params["ladder_pass"]["chosen_b_A2"] == ref.params["ladder_pass"]["chosen_b_A2"] > 0
     assert len(det.xyz_A) == len(ref.xyz_A)
-    assert np.abs(det.xyz_A - ref.xyz_A).max() < 1e-3
+    assert _matched_shift(det.xyz_A, ref.xyz_A) < 1e-3

