@@ -340,11 +340,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
         cand = np.flatnonzero((z_h >= o.lattice_sigma) & clear)
         if len(cand) == 0:
             break
-        cand = cand[np.argsort(-z_h[cand], kind="stable")]
-        pick = []                                                          # strongest first, apart
-        for c in cand:
-            if all(np.linalg.norm(best_h[c] - best_h[q]) > _LATTICE_CLEAR * bond for q in pick):
-                pick.append(c)
+        # candidates within the clearance of each other: the highest stays (non-maximum suppression)
+        pick = cand[_thin_peaks(best_h[cand], z_h[cand].astype(np.float64), _LATTICE_CLEAR * bond)]
         new = best[xp.asarray(pick)]
         # atom-like: the raw map against the model (the atoms found, and these as mobile atoms; not
         # the earlier rounds' additions) over the validation window
