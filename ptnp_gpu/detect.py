@@ -72,7 +72,8 @@ from .errors import InputError
 from .gpu_kernels import mean_shift_centres, window_pearson
 from .mapio import DensityMap
 from .neighbors import pairs_within, segment_sum
-from .peaks import MapTransfer, _residual_map, _split, _thin_peaks, rescue_rounds, transfer_corrected_map
+from .peaks import (MapTransfer, _residual_map, _split, _thin_peaks, claim_balls, rescue_rounds,
+                    transfer_corrected_map)
 from .precision import filter_moments, peak_hessians, position_sd_A
 from .scale import check_model_scale
 from .simulate import render_atoms
@@ -358,31 +359,6 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     return xp.asarray(np.concatenate(added)).astype(xyz.dtype)
 
 
-def _claim_balls(lab, n, centres_vox, radius_A, vs):
-    """Label the unlabelled voxels within ``radius_A`` of each centre (voxels x, y, z of ``lab``) with ids
-    ``n + 1`` ... in order (the nearest voxels first, so a centre keeps its own). Returns the
-    labels and the voxels each new id holds."""
-    xp = _be.namespace(lab).xp
-    r = int(np.ceil(radius_A / vs.min()))
-    gr = np.arange(-r, r + 1)
-    off = np.stack(np.meshgrid(gr, gr, gr, indexing="ij"), -1).reshape(-1, 3)        # z, y, x
-    off = off[((off * vs[::-1]) ** 2).sum(1) <= radius_A ** 2]
-    off = off[np.argsort((off ** 2).sum(1))[::-1]]                                  # far first, near last
-    m = centres_vox.shape[0]
-    idx = xp.rint(centres_vox[:, ::-1]).astype(xp.int64)[:, None, :] + xp.asarray(off)[None]
-    shape = xp.asarray(lab.shape)
-    inside = xp.all((idx >= 0) & (idx < shape), axis=2)
-    idx = xp.clip(idx, 0, shape - 1)
-    flat = (idx[..., 0] * lab.shape[1] + idx[..., 1]) * lab.shape[2] + idx[..., 2]
-    ok = inside & (lab.ravel()[flat] == 0)
-    ids = xp.broadcast_to((n + 1 + xp.arange(m, dtype=lab.dtype))[:, None], flat.shape)
-    out = xp.concatenate([lab.ravel(), xp.zeros(1, dtype=lab.dtype)])
-    out[xp.where(ok, flat, lab.size)] = ids
-    out = out[:-1].reshape(lab.shape)
-    counts = segment_sum(xp.where(ok, ids - n - 1, m).ravel(), [xp.ones(flat.size, dtype=xp.float64)], m + 1)[0, :m]
-    return out, counts
-
-
 def _detached_atoms(xyz_A, pair_i, pair_j, keep, gap_A: float, share: float) -> np.ndarray:
     """The ``keep`` atoms (host: (N, 3) Å, bonds ``pair_i``–``pair_j``, bool (N,)) of the bond
     graph's components among the kept atoms that hold fewer than ``share`` × the largest
@@ -628,7 +604,8 @@ def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None) -> Detect
     sim = sim + render_atoms(new_xyz, raw.shape, vs, org, el, b_extra_A2=p["b_extra_A2"], weights=new_scale,
                              backend=be)
     corr = xp.nan_to_num(window_pearson(raw, sim, new_full, 1.5 * el.radius_A / vs.min()), nan=-1.0)
-    labels, nvox = _claim_balls(det.labels, n, new_full, _LATTICE_CLAIM_A, vs)
+    labels, nvox = claim_balls(det.labels, n, xp.rint(new_full[:, ::-1]).astype(xp.int64), _LATTICE_CLAIM_A, vs,
+                               counts=True)
     m = int(new_xyz.shape[0])
     pk = label_moments(labels, n + m, raw)["peak_value"][n + 1:]
     peak = (pk.astype(xp.float64) - p["map_mean"]) / p["map_sd"]

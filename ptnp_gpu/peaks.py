@@ -253,23 +253,40 @@ def _rescue(lab, n, C_box, t_low, vs, min_sep_A, r_claim_A, bond_A, min_bonds=2,
     if n_new == 0:
         return lab, n, 0
     pidx = pidx[new]
-    r = int(np.ceil(r_claim_A / vs.min()))
+    lab, _ = claim_balls(lab, n, _flat_to_zyx(pidx, lab.shape), r_claim_A, vs, allowed=C_box > t_low)
+    return lab, n + n_new, n_new
+
+
+def claim_balls(lab, n, centres_zyx, radius_A, vs, allowed=None, counts=False):
+    """Label the unlabelled voxels within ``radius_A`` of each centre (integer voxels z, y, x of
+    ``lab``; and ``allowed`` there, when given) with ids ``n + 1`` ... in order: the far voxels
+    first, so a centre keeps its own. The voxels not claimed write to a spare slot (no host read).
+    Returns the labels and, with ``counts``, the voxels each new id holds (float64; else None)."""
+    xp = _be.namespace(lab).xp
+    vs = np.broadcast_to(np.asarray(vs, float), (3,))
+    r = int(np.ceil(radius_A / vs.min()))
     g = np.arange(-r, r + 1)
     oz, oy, ox = np.meshgrid(g, g, g, indexing="ij")
     off = np.stack([oz.ravel(), oy.ravel(), ox.ravel()], 1)
-    off = off[((off * vs[::-1]) ** 2).sum(1) <= r_claim_A ** 2]
+    off = off[((off * vs[::-1]) ** 2).sum(1) <= radius_A ** 2]
     off = off[np.argsort((off ** 2).sum(1))[::-1]]   # far voxels first, so centres win
-    idx = _flat_to_zyx(pidx, lab.shape)[:, None, :] + xp.asarray(off)[None]
+    m = centres_zyx.shape[0]
+    _, ny, nx = lab.shape
+    idx = centres_zyx[:, None, :] + xp.asarray(off)[None]
     shape = xp.asarray(lab.shape)
     ok = xp.all((idx >= 0) & (idx < shape), axis=2)
     idx = xp.clip(idx, 0, shape - 1)
     flat = ((idx[..., 0] * ny + idx[..., 1]) * nx + idx[..., 2])
-    ids = (n + 1 + xp.arange(n_new))[:, None] * xp.ones(flat.shape[1], dtype=xp.int64)[None]
-    ok &= (lab.ravel()[flat] == 0) & (C_box.ravel()[flat] > t_low)
-    # claims in order (far voxels first); the voxels not claimed write to a spare last slot
+    ok &= lab.ravel()[flat] == 0
+    if allowed is not None:
+        ok &= allowed.ravel()[flat]
+    ids = (n + 1 + xp.arange(m))[:, None] * xp.ones(flat.shape[1], dtype=xp.int64)[None]
     out = xp.concatenate([lab.ravel(), xp.zeros(1, dtype=lab.dtype)])
     out[xp.where(ok, flat, lab.size)] = ids.astype(out.dtype)
-    return out[:-1].reshape(lab.shape), n + n_new, n_new
+    held = None
+    if counts:
+        held = segment_sum(xp.where(ok, ids - n - 1, m).ravel(), [xp.ones(flat.size, dtype=xp.float64)], m + 1)[0, :m]
+    return out[:-1].reshape(lab.shape), held
 
 
 def rescue_rounds(lab, n, C_box, t_low, vs, el, rounds: int, centre_map=None):
