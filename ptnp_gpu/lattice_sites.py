@@ -22,6 +22,7 @@ Host NumPy/SciPy on the model's positions (a few thousand surface atoms at most)
 """
 from __future__ import annotations
 
+import numba as nb
 import numpy as np
 from scipy.spatial import cKDTree
 
@@ -41,23 +42,97 @@ def _bonded_pairs(xyz_A, bond_A):
     return tree, pairs.reshape(-1, 2)
 
 
+def _csr(rows, cols, n):
+    """(start, cols) of the entries (rows, cols) grouped by row, each row's columns ascending."""
+    order = np.argsort(rows.astype(np.int64) * n + cols, kind="stable")
+    start = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=start[1:])
+    return start, np.ascontiguousarray(cols[order], dtype=np.int64)
+
+
+@nb.njit(cache=True)
+def _triangles_csr(start, cols, a, b):
+    """Triangles (a, b, k) with k > b common to the sorted rows of a and b (a < b)."""
+    cap = 4 * len(a) + 16
+    out = np.empty((cap, 3), np.int64)
+    t = 0
+    for p in range(len(a)):
+        i, j = a[p], b[p]
+        x, xe = start[i], start[i + 1]
+        y, ye = start[j], start[j + 1]
+        while x < xe and y < ye:
+            u, v = cols[x], cols[y]
+            if u < v:
+                x += 1
+            elif v < u:
+                y += 1
+            else:
+                if u > j:
+                    if t == cap:
+                        grown = np.empty((2 * cap, 3), np.int64)
+                        grown[:t] = out[:t]
+                        out = grown
+                        cap *= 2
+                    out[t, 0] = i
+                    out[t, 1] = j
+                    out[t, 2] = u
+                    t += 1
+                x += 1
+                y += 1
+    return out[:t]
+
+
 def _triangles(pairs, n):
     """(T, 3) index triples i < j < k of mutually bonded atoms, from the (P, 2) pairs i < j."""
     if len(pairs) == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    deg = np.bincount(pairs.ravel(), minlength=n)
-    width = int(deg.max())
-    nbr = np.full((n, width), -1, dtype=np.int64)
-    ends = np.concatenate([pairs, pairs[:, ::-1]])
-    order = np.lexsort((ends[:, 1], ends[:, 0]))
-    ends = ends[order]
-    start = np.concatenate([[0], np.cumsum(np.bincount(ends[:, 0], minlength=n))[:-1]])
-    slot = np.arange(len(ends)) - start[ends[:, 0]]
-    nbr[ends[:, 0], slot] = ends[:, 1]
-    a, b = pairs[:, 0], pairs[:, 1]
-    common = (nbr[a][:, :, None] == nbr[b][:, None, :]) & (nbr[a][:, :, None] > b[:, None, None])
-    p_idx, s_idx, _ = np.nonzero(common)
-    return np.stack([a[p_idx], b[p_idx], nbr[a[p_idx], s_idx]], axis=1)
+    start, cols = _csr(np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]]), n)
+    return _triangles_csr(start, cols, np.ascontiguousarray(pairs[:, 0], dtype=np.int64),
+                          np.ascontiguousarray(pairs[:, 1], dtype=np.int64))
+
+
+@nb.njit(cache=True)
+def _greedy_merge(cand, start, cols, order):
+    """Each candidate, densest group first, joins the group around it with the candidates not yet
+    taken (the group's mean is the site, its size the votes); rows of (start, cols) hold each
+    candidate's neighbours within the merge radius, itself included, ascending."""
+    n = len(cand)
+    used = np.zeros(n, np.bool_)
+    sites = np.empty((n, 3))
+    votes = np.empty(n, np.int64)
+    m = 0
+    for o in order:
+        if used[o]:
+            continue
+        sx = 0.0
+        sy = 0.0
+        sz = 0.0
+        c = 0
+        for q in range(start[o], start[o + 1]):
+            x = cols[q]
+            if not used[x]:
+                used[x] = True
+                sx += cand[x, 0]
+                sy += cand[x, 1]
+                sz += cand[x, 2]
+                c += 1
+        sites[m, 0] = sx / c
+        sites[m, 1] = sy / c
+        sites[m, 2] = sz / c
+        votes[m] = c
+        m += 1
+    return sites[:m], votes[:m]
+
+
+def _merge(cand):
+    """Candidates within 0.5 Å merged (greedy, densest group first): sites and their votes."""
+    n = len(cand)
+    p = cKDTree(cand).query_pairs(_MERGE_A, output_type="ndarray").reshape(-1, 2).astype(np.int64)
+    own = np.arange(n, dtype=np.int64)              # each row holds the candidate itself
+    start, cols = _csr(np.concatenate([p[:, 0], p[:, 1], own]), np.concatenate([p[:, 1], p[:, 0], own]), n)
+    size = np.diff(start)
+    order = np.argsort(-size, kind="stable")
+    return _greedy_merge(np.ascontiguousarray(cand, dtype=np.float64), start, cols, order)
 
 
 def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3, clear: float = 0.8):
@@ -101,28 +176,17 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
                            (A + B - C)[s3[:, 0] & s3[:, 1]], (centre + apex)[s3.all(1)], (centre - apex)[s3.all(1)]])
     if len(cand) == 0:
         return empty
-    d, _ = tree.query(cand)
+    d, _ = tree.query(cand, distance_upper_bound=clear * bond_A)
     cand = cand[d > clear * bond_A]
     if len(cand) == 0:
         return empty
     # merge: each candidate joins the densest group around it first (greedy, by group size)
-    groups = cKDTree(cand).query_ball_point(cand, _MERGE_A)
-    size = np.array([len(g) for g in groups])
-    used = np.zeros(len(cand), bool)
-    sites, votes = [], []
-    for o in np.argsort(-size, kind="stable"):
-        if used[o]:
-            continue
-        g = [x for x in groups[o] if not used[x]]
-        used[g] = True
-        sites.append(cand[g].mean(0))
-        votes.append(len(g))
-    sites, votes = np.array(sites), np.array(votes)
+    sites, votes = _merge(cand)
     keep = votes >= min_votes
     sites, votes = sites[keep], votes[keep]
     if len(sites) == 0:
         return empty
-    nb = np.array([len(v) for v in tree.query_ball_point(sites, 1.25 * bond_A)])
-    d, _ = tree.query(sites)
-    keep = (nb >= min_bonds) & (d > clear * bond_A)
+    nbond = tree.query_ball_point(sites, 1.25 * bond_A, return_length=True)
+    d, _ = tree.query(sites, distance_upper_bound=clear * bond_A)
+    keep = (nbond >= min_bonds) & (d > clear * bond_A)
     return sites[keep], votes[keep]
