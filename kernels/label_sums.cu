@@ -16,7 +16,7 @@
 // The peak is packed into one 64-bit key: the high 32 bits are the float32
 // value mapped to an order-preserving unsigned integer, the low 32 bits are
 // 0xffffffff - flat index, so atomicMax picks the largest value and, among
-// equal values, the lowest index (as numpy.argmax does). The result is
+// equal values (-0.0 and +0.0 are equal), the lowest index (as numpy.argmax does). The result is
 // independent of thread order. Flat indices must fit in 32 bits (the wrapper
 // checks).
 //
@@ -37,9 +37,12 @@
 #define PTNP_RUN 8
 #endif
 
+// -0.0 is keyed as +0.0: the two compare equal (a tie, broken by the index, as the twin and
+// numpy do), where their bit patterns would rank +0.0 above -0.0.
 __device__ __forceinline__ unsigned int ptnp_ordered_key(float v)
 {
-    const unsigned int u = __float_as_uint(v);
+    unsigned int u = __float_as_uint(v);
+    if (u == 0x80000000u) u = 0u;
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 

@@ -730,6 +730,25 @@ def test_label_kernel_on_host(emulated):
     assert m.count[2] == 0 and pi[2] == -1
 
 
+def test_label_kernel_signed_zeros_tie_on_host(emulated):
+    """A label whose peak value is zero, held as -0.0 and +0.0 in different voxels: the two are
+    equal (a tie, the lowest flat index wins), in the kernel as in its twin and numpy.argmax. The
+    kernel's packed keys once ranked +0.0 above -0.0 (the H200 parity run's 1 label in 390)."""
+    rng = np.random.default_rng(34)
+    lab = rng.integers(1, 5, (4, 5, 9)).astype(np.int32)
+    w = rng.uniform(0.1, 2.0, lab.shape).astype(np.float32)
+    p = -rng.uniform(0.5, 2.0, lab.shape).astype(np.float32)
+    for r in range(1, 5):
+        idx = np.flatnonzero(lab.ravel() == r)
+        p.ravel()[idx[1]] = np.float32(-0.0) if r % 2 else np.float32(0.0)
+        p.ravel()[idx[-1]] = np.float32(0.0) if r % 2 else np.float32(-0.0)
+    m = gk.label_moments(lab, w, p, 4)
+    for r in range(1, 5):
+        idx = np.flatnonzero(lab.ravel() == r)
+        assert m.peak_index[r - 1] == idx[1] == idx[np.argmax(p.ravel()[idx])]
+    _host_label_kernel_matches(emulated, lab, w, p, 4, 32, m)
+
+
 def test_label_kernel_reads_periodic_weights_on_host(emulated):
     """Labels of three thresholds stacked along z (planes 0-4, 5-9, 10-14) with one copy of the
     weights and peak map (5 planes): the kernel, its twin and the wrapper all give what the
