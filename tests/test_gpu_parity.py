@@ -451,6 +451,25 @@ def test_transfer_corrected_map_parity(cp, particle):
     np.testing.assert_allclose(_host(g), c, rtol=1e-4, atol=1e-5 * scale)
 
 
+@pytest.mark.parametrize("nx", [96, 95])
+def test_hermitian_norm2_and_denoise_scale_parity(cp, nx):
+    """The spectrum norms behind the denoised map's normalisation, in float64 on both backends:
+    equal to 1e-10 relative on a fresh random map (a complex64 vdot summed them in float32, NumPy
+    and cuBLAS apart), and so the denoised maps' scales."""
+    import scipy.fft
+    from ptnp_gpu.denoise import AtomKernel, denoise_map, hermitian_norm2
+    rng = np.random.default_rng(FRESH_SEED)
+    x = rng.normal(size=(100, 90, nx)).astype(np.float32)
+    F = scipy.fft.rfftn(x)
+    a = float(hermitian_norm2(F, nx % 2 == 0))
+    b = float(_host(hermitian_norm2(cp.asarray(F), nx % 2 == 0)))
+    assert abs(b / a - 1) < 1e-10
+    k = AtomKernel.for_element("Pt", 8.2, 0.358)
+    _, _, sc = denoise_map(x, 0.358, k, want_second=False, return_scale=True)
+    _, _, sg = denoise_map(cp.asarray(x), 0.358, k, want_second=False, return_scale=True)
+    assert abs(sg / sc - 1) < 1e-6                 # the FFTs' own float32 rounding
+
+
 @pytest.mark.parametrize("exponent", [1.0, 0.5])
 def test_prewhitened_denoise_parity(cp, exponent):
     """The prewhitened filter (full, or by the noise amplitude for sharpened maps) on fresh
