@@ -469,6 +469,8 @@ class EmulatedArray(NDArrayOperatorsMixin):
                 audit._launch()
             audit._sync(syncs)
             a, kw = _unwrap(args, audit, f".{name}"), _unwrap(kwargs, audit, f".{name}")
+            if name in _STABLE_SORTS:
+                kw = _cupy_sort_kind(f".{name}", kw)
             out = audit._run(attr, *a, **kw)
             if name not in _METHOD_NO_LAUNCH:
                 audit._traffic(self._a, a, out)
@@ -481,6 +483,18 @@ class EmulatedArray(NDArrayOperatorsMixin):
 
     def __deepcopy__(self, memo):
         return self.__copy__()
+
+
+_STABLE_SORTS = ("argsort", "sort")
+
+
+def _cupy_sort_kind(name, kw):
+    """CuPy's sorts are always stable and take no other ``kind``: NumPy's default quicksort
+    orders ties differently, which the emulated device must not hide."""
+    kind = kw.get("kind")
+    if kind not in (None, "stable"):
+        raise ValueError(f"{name}: CuPy sorts take only kind=None or 'stable', not {kind!r}")
+    return {**kw, "kind": "stable"}
 
 
 @_inside
@@ -505,6 +519,8 @@ def _call(func, name, syncs_table, args, kwargs):
         if name == "repeat" and len(args) > 1 and getattr(args[1], "ndim", 0) > 0:
             n_sync = 1
     audit._sync(n_sync)
+    if name in _STABLE_SORTS and syncs_table is _XP_SYNCS:
+        kw = _cupy_sort_kind(name, kw)
     res = audit._run(func, *a, **kw)
     if name not in _H2D and name not in _NO_LAUNCH:
         audit._traffic(a, kw, res)

@@ -53,7 +53,7 @@ def pairs_within_grid(xyz_A, r_A: float):
     cell = xp.floor((xyz - xyz.min(axis=0)) / r_A).astype(xp.int64)
     dims_dev = cell.max(axis=0) + 1
     cid = (cell[:, 0] * dims_dev[1] + cell[:, 1]) * dims_dev[2] + cell[:, 2]
-    order = xp.argsort(cid)
+    order = xp.argsort(cid, kind="stable")          # ties: points in input order, as CuPy sorts
     cs = cid[order]
     rank = xp.arange(n) - xp.searchsorted(cs, cs, side="left")    # place within its cell
     # the grid's dimensions and the table width (largest occupancy): one transfer

@@ -44,7 +44,7 @@ def _split(lab, n, C_box, r_split_vox, vs):
     # voxels of multi-seed components go to their nearest seed of the same component
     ms = seeds[multi[slab]]
     ms_lab = plab[ms]
-    order = xp.argsort(ms_lab)
+    order = xp.argsort(ms_lab, kind="stable")        # ties: seeds in flat order, as CuPy sorts
     ms, ms_lab = ms[order], ms_lab[order]
     kmax = int(per[multi].max())                     # sync
     start = xp.searchsorted(ms_lab, xp.arange(n + 1))

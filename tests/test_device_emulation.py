@@ -71,6 +71,22 @@ def test_emulated_array_behaves_like_cupy():
         _ = a + 1                              # outside the block the emulated device is gone
 
 
+def test_emulated_sorts_are_stable_like_cupy():
+    """CuPy sorts stably and takes no other kind: NumPy's default quicksort orders ties otherwise
+    (a split component's seeds, so the atoms' order, differed on the H200). The emulated device
+    sorts stably and refuses another kind."""
+    keys = np.random.default_rng(7).integers(0, 3, 400)
+    want = np.argsort(keys, kind="stable")
+    assert not np.array_equal(np.argsort(keys), want)          # NumPy's default is not stable here
+    with emulate() as audit:
+        xp = audit.backend.xp
+        k = xp.asarray(keys)
+        np.testing.assert_array_equal(_be.to_host(xp.argsort(k)), want)
+        np.testing.assert_array_equal(_be.to_host(k.argsort()), want)
+        with pytest.raises(ValueError, match="kind"):
+            xp.argsort(k, kind="quicksort")
+
+
 def test_emulation_restores_the_backends():
     before = _be.default()
     from ptnp_gpu import detect, gpu_kernels
