@@ -65,6 +65,11 @@ echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
     --json "$OUT/gpu_map_parity.json" >> "$LOG" 2>&1
 echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+# where the backends part on the deblur / ladder / sharpened test maps: the first traced stage
+# whose outputs differ (rounding-sized, and 100x that), into the log
+timeout "${TRACE_S:-80}" python3 benchmarks/detect_trace_diff.py --device cupy \
+    --maps very_blurred coarse_co sharpened >> "$LOG" 2>&1
+echo "trace diff: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # the multi-process stream again under CUDA MPS (one server shares the GPU between the processes'
 # contexts instead of time-slicing them), when the driver has it and MPS_S (default 70) seconds are
 # left; the daemon runs in user folders under /tmp and is stopped after (no device setting changes)
