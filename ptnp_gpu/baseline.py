@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
+from .gpu_kernels import array_var
 from .solvent import _CLIPPED_SHARE, _local_variance
 
 __all__ = ["solvent_level_at_atoms", "CLEAR_A", "SIGMA_A", "STEP_A"]
@@ -73,7 +74,7 @@ def solvent_level_at_atoms(volume, centres_vox_xyz, voxel_size_A, *, clear_A: fl
     dead = const & (ndi.uniform_filter(const.astype(xp.float32), 3) > 0.5)
     # clipped, not masked (as solvent._clipped): most voxels that carry noise sit at the minimum
     # (a mask's constant region carries none: its voxels at the minimum are only along its edge)
-    live = far & (_local_variance(sub) > 1e-6 * sub.var())                      # no read: a device 0-d bound
+    live = far & (_local_variance(sub) > 1e-6 * array_var(sub))                 # no read: a device 0-d bound
     share_min = (at_min & live).sum(dtype=xp.float64) / xp.maximum(live.sum(dtype=xp.float64), 1.0)
     solvent = far & (~dead | (at_min & (share_min > _CLIPPED_SHARE)))
     w = solvent.astype(xp.float32)

@@ -90,7 +90,8 @@ def map_mean_sd(data, slab_voxels: int | None = None):
         slab_voxels = 1 << 22 if be.is_gpu else 1 << 18
     plane = int(np.prod(data.shape[1:]))                        # voxels per slice along axis 0
     step = max(1, slab_voxels // max(plane, 1))
-    shift = xp.mean(data[:step], dtype=xp.float64)             # 0-d on the backend: no sync
+    from .gpu_kernels import array_mean
+    shift = array_mean(data[:step], dtype=xp.float64)          # 0-d on the backend: no sync
     if fused:                                                   # one launch, no float64 buffer
         from .gpu_kernels import shifted_moments
         sums = shifted_moments(data, shift)

@@ -62,10 +62,11 @@ def excess_blur_A2(raw, model, box, voxel_size_A) -> float:
     them), inside ``box``: the map's transfer against the model, T(s), fitted as
     ``a · exp(-B s² / 4)`` over s = 0.2-0.4 Å⁻¹ (shells where T > 0). NaN when fewer than three
     shells can be fitted. One small host transfer."""
+    from .gpu_kernels import array_mean
     from .peaks import MapTransfer
     xp = _be.namespace(raw).xp
     data = raw[box]
-    tr = MapTransfer(data - data.mean(), voxel_size_A)
+    tr = MapTransfer(data - array_mean(data), voxel_size_A)
     _, T = tr.fit(xp.asarray(model[box], dtype=xp.float32))
     t = np.asarray(_be.to_host(T), dtype=np.float64)
     s = tr.s_shell[: len(t)]

@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from . import backend as _be
-from .gpu_kernels import atom_filter, rfft_shell_index, shifted_moments
+from .gpu_kernels import array_mean, atom_filter, rfft_shell_index, shifted_moments
 from .simulate import gaussian_terms
 
 __all__ = ["AtomKernel", "denoise_map", "hermitian_norm2", "noise_power_spectrum", "rfft_shells"]
@@ -139,9 +139,14 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
     m = solvent_mask.astype(xp.float32)
     # one host read for the three sums (fraction, weighted sum, weight)
-    frac, dm, msum = (float(v) for v in _be.to_host(xp.stack([m.mean().astype(xp.float64),
-                                                               (data * m).sum(dtype=xp.float64),
-                                                               m.sum(dtype=xp.float64)])))
+    if be.is_gpu:     # float64 sums in one grid-wide launch each (CuPy's full reductions: one block)
+        msum = shifted_moments(m, 0.0)[0]
+        dm = shifted_moments(data * m, 0.0)[0]
+        frac, dm, msum = (float(v) for v in _be.to_host(xp.stack([msum / m.size, dm, msum])))
+    else:
+        frac, dm, msum = (float(v) for v in _be.to_host(xp.stack([m.mean().astype(xp.float64),
+                                                                   (data * m).sum(dtype=xp.float64),
+                                                                   m.sum(dtype=xp.float64)])))
     if frac <= 0:
         raise ValueError("noise_power_spectrum: the solvent mask is empty")
     mean = dm / msum
@@ -241,7 +246,7 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     work = xp.zeros(padded, dtype=xp.float32)
     sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
     work[sl] = data
-    work[sl] -= work[sl].mean(dtype=xp.float64)
+    work[sl] -= array_mean(work[sl], dtype=xp.float64)
     F = fft.rfftn(work)                  # NumPy: on backend.fft_workers() threads
     del work
     # the filter built and applied in one pass (CuPy: one kernel launch; NumPy: array code in

@@ -82,7 +82,7 @@ __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEq
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
-           "C_TYPES"]
+           "array_mean", "array_var", "C_TYPES"]
 
 #: NumPy dtype → C type used in the kernels' ``#define`` preambles.
 C_TYPES = {
@@ -790,6 +790,43 @@ def shifted_moments(data, shift):
         f(_grid(n, cap=2048), (256,),
           (data3, *(np.int64(v) for v in data3.shape), *st, sh, out))
     return out
+
+
+def array_mean(data, dtype=None):
+    """``data.mean(dtype=dtype)`` as a 0-d array on the data's backend, no host read.
+
+    NumPy: exactly ``data.mean(dtype=dtype)``. CuPy: Σx in float64 by one launch of
+    ``ptnp_shifted_moments`` over the whole grid (any strides, so a crop is read in place),
+    divided by the count and cast as NumPy would type the mean (``dtype``, else float64 for
+    integer and bool data, else the data's type). CuPy's own full-array mean ran as one
+    thread block (H200, 256³: 3 ms a call, 30 ms of a warm analyze's 80 ms on the device).
+    """
+    be = _be.namespace(data)
+    xp = be.xp
+    if not be.is_gpu:
+        return xp.asarray(data.mean(dtype=dtype))
+    out = np.dtype(dtype) if dtype is not None else (
+        np.dtype(np.float64) if data.dtype.kind in "biu" else data.dtype)
+    return (shifted_moments(data, 0.0)[0] / max(int(data.size), 1)).astype(out)
+
+
+def array_var(data):
+    """``data.var()`` (population) as a 0-d array on the data's backend, no host read.
+
+    NumPy: exactly ``data.var()``. CuPy: one launch of ``ptnp_shifted_moments`` shifted by the
+    data's first element (float64 sums; the shift keeps Σ(x − c)² from cancelling), typed as
+    NumPy types the variance; CuPy's own ran in one thread block."""
+    be = _be.namespace(data)
+    xp = be.xp
+    if not be.is_gpu:
+        return xp.asarray(data.var())
+    if data.size == 0:
+        return data.var()
+    n = int(data.size)
+    m = shifted_moments(data, data[(0,) * data.ndim])
+    d = m[0] / n
+    out = np.dtype(np.float64) if data.dtype.kind in "biu" else data.dtype
+    return xp.maximum(m[1] / n - d * d, 0.0).astype(out)
 
 
 def pair_affine_sums(xyz, u, pair_a, pair_b, w, n: int):

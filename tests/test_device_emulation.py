@@ -43,6 +43,8 @@ test_transfer_corrected_map_parity = _parity.test_transfer_corrected_map_parity
 test_prewhitened_denoise_parity = _parity.test_prewhitened_denoise_parity
 test_detect_sharpened_map_parity = _parity.test_detect_sharpened_map_parity
 test_solvent_level_parity = _parity.test_solvent_level_parity
+test_array_mean_and_var_parity = _parity.test_array_mean_and_var_parity
+test_hermitian_norm2_and_denoise_scale_parity = _parity.test_hermitian_norm2_and_denoise_scale_parity
 
 
 def test_emulated_array_behaves_like_cupy():

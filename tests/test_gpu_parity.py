@@ -451,6 +451,25 @@ def test_transfer_corrected_map_parity(cp, particle):
     np.testing.assert_allclose(_host(g), c, rtol=1e-4, atol=1e-5 * scale)
 
 
+def test_array_mean_and_var_parity(cp):
+    """The full-array mean and variance of the device path (one grid-wide float64 launch, in
+    place on strided crops) against NumPy's on a fresh random map: a crop, a subsampled view,
+    booleans, and the dtype NumPy gives each."""
+    from ptnp_gpu.gpu_kernels import array_mean, array_var
+    rng = np.random.default_rng(FRESH_SEED)
+    vol = (rng.normal(size=(40, 36, 44)) * 3.0 + 100.0).astype(np.float32)
+    dv = cp.asarray(vol)
+    for view in (np.s_[...], np.s_[3:31, 2:30, 5:40], np.s_[::2, ::2, ::2]):
+        for dt in (None, np.float64):
+            want, got = array_mean(vol[view], dtype=dt), array_mean(dv[view], dtype=dt)
+            assert got.dtype == want.dtype and got.ndim == 0
+            assert abs(float(_host(got)) / float(want) - 1) < (1e-6 if dt is None else 1e-12)
+        want, got = float(array_var(vol[view])), float(_host(array_var(dv[view])))
+        assert abs(got / want - 1) < 1e-5 and abs(got / float(vol[view].astype(np.float64).var()) - 1) < 2e-7
+    live = vol > 101.0
+    assert float(_host(array_mean(cp.asarray(live)))) == pytest.approx(float(live.mean()), rel=1e-14)
+
+
 @pytest.mark.parametrize("nx", [96, 95])
 def test_hermitian_norm2_and_denoise_scale_parity(cp, nx):
     """The spectrum norms behind the denoised map's normalisation, in float64 on both backends:
