@@ -18,7 +18,7 @@ import numba as nb
 import numpy as np
 
 from . import backend as _be
-from .gpu_kernels import array_mean, atom_filter, rfft_shell_index, shifted_moments
+from .gpu_kernels import array_mean, atom_filter, rfft_shell_index, segment_sum_columns, shifted_moments
 from .simulate import gaussian_terms
 
 __all__ = ["AtomKernel", "denoise_map", "hermitian_norm2", "noise_power_spectrum", "rfft_shells"]
@@ -156,14 +156,14 @@ def noise_power_spectrum(data, solvent_mask, voxel_size_A, *, n_smooth: int = 3)
         pw = (F.real ** 2 + F.imag ** 2).astype(xp.float32)
         del F
         shell, nb, ds = rfft_shells(shape, vs, xp)
-        # per-shell sums by scatter-add (cupy.bincount reads the largest index back: a sync
-        # each), both read back at once
-        from .neighbors import _scatter
+        # per-shell sums and counts in one launch (cupy.bincount reads the largest index back, a
+        # sync each; scatter-adds into ~100 shells contend), both read back at once
         idx = shell.ravel()
-        sums = xp.zeros((2, nb), dtype=xp.float64)
-        _scatter(be, "add", sums[0], idx, pw.ravel().astype(xp.float64))
-        _scatter(be, "add", sums[1], idx, xp.broadcast_to(xp.ones((), dtype=xp.float64), idx.shape))
-        tot, cnt = _be.to_host(sums)
+        cols = xp.empty((2, idx.shape[0]), dtype=xp.float64)
+        cols[0] = pw.ravel()
+        cols[1] = 1.0
+        del pw
+        tot, cnt = _be.to_host(segment_sum_columns(idx, cols, nb))
     else:
         tot, cnt, ds = _shell_power_host(F, shape, vs)
         nb = len(tot)

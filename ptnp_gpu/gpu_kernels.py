@@ -703,11 +703,16 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
 
 # --------------------------------------------------------------------------- fused reductions
 
+_SEG_SHARED = 4096          # PTNP_SEG_SHARED of reduce.cu: sums held in shared memory (32 KiB)
+_SEG_SHARED_BLOCKS = 512    # blocks of the shared-memory variant (each adds its K * n sums to out once)
+
+
 def segment_sum_columns(index, values, n: int):
     """Per-segment sums of K columns at once: ``out[c, s] = Σ values[c, index == s]``.
 
     One launch of ``ptnp_segment_sum`` (float64 atomics, no host read) on CuPy
-    arrays; the Numba twin (bincount's order, bincount's numbers) on NumPy arrays.
+    arrays, or of ``ptnp_segment_sum_shared`` when K × n ≤ 4096 (per-block sums in shared
+    memory, added to the output once per block); the Numba twin (bincount's order, bincount's numbers) on NumPy arrays.
     Indices outside ``[0, n)`` are skipped.
 
     Parameters
@@ -742,9 +747,15 @@ def segment_sum_columns(index, values, n: int):
     k, p = values.shape
     out = xp.zeros((k, int(n)), dtype=xp.float64)
     if k * p and n:
-        f = get_function("reduce.cu", "ptnp_segment_sum", (("PTNP_INDEX_T", _c_type(index.dtype, "index")),))
-        f(_grid(k * p, cap=1 << 16), (256,),
-          (index, values, np.int64(p), np.int32(k), np.int64(n), out))
+        it = (("PTNP_INDEX_T", _c_type(index.dtype, "index")),)
+        if k * int(n) <= _SEG_SHARED:
+            # few sums (a radial profile): per-block copies in shared memory, then one add each
+            f = get_function("reduce.cu", "ptnp_segment_sum_shared", it)
+            f(_grid(p, cap=_SEG_SHARED_BLOCKS), (256,), (index, values, np.int64(p), np.int32(k), np.int64(n), out))
+        else:
+            f = get_function("reduce.cu", "ptnp_segment_sum", it)
+            f(_grid(k * p, cap=1 << 16), (256,),
+              (index, values, np.int64(p), np.int32(k), np.int64(n), out))
     return out
 
 

@@ -545,6 +545,11 @@ extern "C" void emu_segment_sum(const int* index, const double* values, long lon
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_segment_sum,
       index, values, p, k, n, out);
 }
+extern "C" void emu_segment_sum_shared(const int* index, const double* values, long long p, int k,
+    long long n, double* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_segment_sum_shared,
+      index, values, p, k, n, out);
+}
 extern "C" void emu_affine(const double* xyz, const double* u, const long long* a, const long long* b,
     const double* w, long long np_, long long n, double* out, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_pair_affine_sums,
@@ -1217,6 +1222,11 @@ def test_reduce_kernels_on_host(emulated):
         lib.emu_segment_sum(_ptr(idx), _ptr(vals), ctypes.c_longlong(700), 3, ctypes.c_longlong(28), _ptr(out),
                             block, grid)
         np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-12)
+        # the shared-memory variant (per-block partial sums, then one add each): same sums
+        out = np.zeros((3, 28))
+        lib.emu_segment_sum_shared(_ptr(idx), _ptr(vals), ctypes.c_longlong(700), 3, ctypes.c_longlong(28),
+                                   _ptr(out), block, grid)
+        np.testing.assert_allclose(out, twin, rtol=1e-12, atol=1e-12)
     vol = rng.normal(5.0, 2.0, (9, 14, 17)).astype(np.float32)
     crop = vol[2:8, ::3, 4:15]                              # a strided view, read in place
     shift = np.array([4.75])
@@ -1294,17 +1304,20 @@ def test_fused_cupy_branches_on_emulated_device(emulated_device):
     rng = np.random.default_rng(54)
     idx = rng.integers(0, 50, 900)
     vals = rng.normal(size=(2, 900))
-    out = gk.segment_sum_columns(idx, vals, 50)
+    out = gk.segment_sum_columns(idx, vals, 50)                   # 100 sums: the shared-memory variant
+    big = gk.segment_sum_columns(idx * 97, vals[:1], 5000)        # 5000 sums: global atomics
     vol = rng.normal(1.0, 3.0, (11, 12, 13))
     mom = gk.shifted_moments(vol[1:, 2:, ::2], np.array(0.5))
     i, j, val, group = _peak_case(rng, 200)
     kept = gk.thin_peaks(i, j, val, len(val), group=group)
-    assert [k[0] for k in emulated_device.launches] == ["ptnp_segment_sum", "ptnp_shifted_moments",
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_segment_sum_shared", "ptnp_segment_sum",
+                                                          "ptnp_shifted_moments",
                                                           "ptnp_cell_keys", "ptnp_bucket_starts",
                                                           "ptnp_cell_pairs_count", "ptnp_cell_pairs_write",
                                                           "ptnp_thin_peaks"]
     for c in range(2):
         np.testing.assert_allclose(out[c], np.bincount(idx, weights=vals[c], minlength=50), rtol=1e-12)
+    np.testing.assert_allclose(big[0], np.bincount(idx * 97, weights=vals[0], minlength=5000), rtol=1e-12)
     ref = vol[1:, 2:, ::2] - 0.5
     np.testing.assert_allclose(mom, [ref.sum(), (ref * ref).sum()], rtol=1e-12)
     np.testing.assert_array_equal(kept, _thin_reference(i, j, val, len(val), group))
