@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numba as nb
 import numpy as np
+import scipy.fft
 
 from . import backend as _be
 from .gpu_kernels import array_mean, atom_filter, rfft_shell_index, segment_sum_columns, shifted_moments
@@ -242,7 +243,11 @@ def denoise_map(data, voxel_size_A, kernel: AtomKernel, *, resolution_A: float =
     if pad_vox is None:
         pad_vox = int(np.ceil(kernel.reach_A(1e-3) / vs.min()))
     shape = data.shape
-    padded = [fft.next_fast_len(n + 2 * pad_vox, real=True) for n in shape]
+    # one padded size on every backend (SciPy's 2·3·5-smooth lengths, fast for cuFFT too):
+    # cupyx's next_fast_len also takes factors of 7, and another padded box is another filter
+    # (its band taper is three shells of the box wide) and another wrap: on the H200 C differed
+    # by 1.2e-3 of its maximum on a prewhitened map
+    padded = [scipy.fft.next_fast_len(n + 2 * pad_vox, real=True) for n in shape]
     work = xp.zeros(padded, dtype=xp.float32)
     sl = tuple(slice(pad_vox, pad_vox + n) for n in shape)
     work[sl] = data

@@ -485,6 +485,31 @@ class EmulatedArray(NDArrayOperatorsMixin):
         return self.__copy__()
 
 
+def _cupyx_next_fast_len(target, real=False):
+    """``cupyx.scipy.fft.next_fast_len``: the smallest 2·3·5·7-smooth length ≥ ``target``
+    (``real`` ignored), where SciPy's real transforms take 2·3·5-smooth ones (62: 63, not 64).
+    Code that pads by the backend's own rule pads differently on a GPU; emulated, it does too."""
+    target = int(target)
+    if target <= 1:
+        return max(target, 0) if target <= 0 else 1
+    best = None
+    p7 = 1
+    while p7 < 2 * target:
+        p5 = p7
+        while p5 < 2 * target:
+            p3 = p5
+            while p3 < 2 * target:
+                v = p3
+                while v < target:
+                    v *= 2
+                if best is None or v < best:
+                    best = v
+                p3 *= 3
+            p5 *= 5
+        p7 *= 7
+    return best
+
+
 _STABLE_SORTS = ("argsort", "sort")
 
 
@@ -640,8 +665,9 @@ def emulate():
     xp = _Namespace(np, _XP_SYNCS, "cupy")
     xp.cuda = _Cuda()
     xp.asnumpy = lambda a, *args, **kw: a.get() if isinstance(a, EmulatedArray) else np.asarray(a)
-    backend = _be.Backend("cupy", xp, _Namespace(scipy.ndimage, _NDI_SYNCS, "cupyx.scipy.ndimage"),
-                          _Namespace(scipy.fft, {}, "cupyx.scipy.fft"))
+    fft = _Namespace(scipy.fft, {}, "cupyx.scipy.fft")
+    fft.next_fast_len = _cupyx_next_fast_len          # cuFFT's sizes, not pocketfft's
+    backend = _be.Backend("cupy", xp, _Namespace(scipy.ndimage, _NDI_SYNCS, "cupyx.scipy.ndimage"), fft)
     audit.backend = backend
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = _scatter(np.add)
