@@ -26,6 +26,8 @@ import numba as nb
 import numpy as np
 from scipy.spatial import cKDTree
 
+from .backend import fft_workers
+
 __all__ = ["vacant_sites"]
 
 _BOND_TOL = 0.25        # bonded: within (1 ± this) × the bulk bond
@@ -176,7 +178,8 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
                            (A + B - C)[s3[:, 0] & s3[:, 1]], (centre + apex)[s3.all(1)], (centre - apex)[s3.all(1)]])
     if len(cand) == 0:
         return empty
-    d, _ = tree.query(cand, distance_upper_bound=clear * bond_A)
+    workers = fft_workers()            # the host threads this process may use (same answers)
+    d, _ = tree.query(cand, distance_upper_bound=clear * bond_A, workers=workers)
     cand = cand[d > clear * bond_A]
     if len(cand) == 0:
         return empty
@@ -186,7 +189,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     sites, votes = sites[keep], votes[keep]
     if len(sites) == 0:
         return empty
-    nbond = tree.query_ball_point(sites, 1.25 * bond_A, return_length=True)
-    d, _ = tree.query(sites, distance_upper_bound=clear * bond_A)
+    nbond = tree.query_ball_point(sites, 1.25 * bond_A, return_length=True, workers=workers)
+    d, _ = tree.query(sites, distance_upper_bound=clear * bond_A, workers=workers)
     keep = (nbond >= min_bonds) & (d > clear * bond_A)
     return sites[keep], votes[keep]
