@@ -795,7 +795,10 @@ def shifted_moments(data, shift):
     out = xp.zeros(2, dtype=xp.float64)
     n = int(data3.size)
     if n:
-        sh = xp.asarray(shift, dtype=xp.float64).reshape(-1)
+        if isinstance(shift, xp.ndarray):
+            sh = shift.astype(xp.float64, copy=False).reshape(-1)
+        else:       # a host number: filled on the device (a host-to-device copy can wait for the queue)
+            sh = xp.full(1, float(np.asarray(shift).reshape(-1)[0]), dtype=xp.float64)
         st = [np.int64(s // data3.itemsize) for s in data3.strides]
         f = get_function("reduce.cu", "ptnp_shifted_moments", (("PTNP_MAP_T", _c_type(data3.dtype, "data")),))
         f(_grid(n, cap=2048), (256,),
