@@ -78,9 +78,11 @@ def _audit_once(case, top, warm=True):
         audit.reset()
         start = audit.mark()
         det = detect_atoms(case.dmap, case.element)
-        marks = audit.marks[1:]
+        end = audit.mark()
+        # the stage clock's events (ptnp_gpu.backend.StageClock): its start, then one per stage
+        marks = audit.marks[2:]
         stages = {name: _delta(a, b) for name, a, b in zip(det.times, [start] + marks[:-1], marks)}
-        detect = {**_delta(start, marks[-1]), **_peak(audit, case)}
+        detect = {**_delta(start, end), **_peak(audit, case)}     # the final reads included
         sites = dict(audit.sync_sites.most_common(top))
         audit.restart_peak()
         st0 = audit.mark()

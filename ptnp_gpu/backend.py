@@ -15,6 +15,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 import types
 from dataclasses import dataclass
 
@@ -275,6 +276,50 @@ def synchronize(backend: Backend | None = None) -> None:
     be = backend or default()
     if be.is_gpu:
         be.xp.cuda.get_current_stream().synchronize()
+
+
+class StageClock:
+    """Wall time per stage of a computation, without making the host wait for the device.
+
+    ``lap(name)`` closes a stage; ``times()`` returns ``{name: seconds}``. On NumPy: host
+    ``perf_counter`` deltas. On CuPy each lap records a CUDA event on the current stream and
+    ``times()`` waits for the last one only: a stage's time is the device timeline between its
+    events, which covers the stage's kernels and any wait for the host to queue them. A
+    synchronising lap (the former way) made the host wait at every stage boundary, so none of
+    its Python overlapped the device's queue (7 host reads of a detection).
+    """
+
+    def __init__(self, backend: Backend):
+        self._gpu = backend.is_gpu
+        self._xp = backend.xp
+        self._names: list[str] = []
+        self._marks: list = []
+        self._start = self._mark()
+
+    def _mark(self):
+        if not self._gpu:
+            return time.perf_counter()
+        ev = self._xp.cuda.Event()
+        ev.record()
+        return ev
+
+    def lap(self, name: str) -> None:
+        self._names.append(name)
+        self._marks.append(self._mark())
+
+    def times(self) -> dict:
+        if not self._marks:
+            return {}
+        if self._gpu:
+            self._marks[-1].synchronize()
+            ms = [self._xp.cuda.get_elapsed_time(a, b) for a, b in zip([self._start] + self._marks[:-1], self._marks)]
+            dts = [v / 1e3 for v in ms]
+        else:
+            dts = list(np.diff([self._start] + self._marks))
+        out = {}
+        for name, dt in zip(self._names, dts):
+            out[name] = out.get(name, 0.0) + float(dt)
+        return out
 
 
 # files in CuPy's kernel cache below which a GPU run is taken to be this machine's first

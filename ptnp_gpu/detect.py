@@ -878,15 +878,8 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     map is then refused)."""
     xp, ndi = be.xp, be.ndi
     say = progress or (lambda msg: None)
-    times = {}
-    t0 = time.perf_counter()
-
-    def lap(name):
-        nonlocal t0
-        _be.synchronize(be)
-        t = time.perf_counter()
-        times[name] = t - t0
-        t0 = t
+    clock = _be.StageClock(be)                             # stage times without host waits
+    lap = clock.lap
 
     vs = np.asarray(dmap.voxel_size_A, float)
     raw, mean, sd, grey_scale = _prepared_raw(dmap, o.invert, xp)
@@ -1216,7 +1209,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "rim_noise_ratio": float(rim_ratio), "map_mean": float(mean), "map_sd": float(sd),
                 "given_map": bool(given), "precision_grad_ratio_per_A": [float(v) for v in grad_ratio],
                 "precision_curvature_per_A2": float(curvature), "element": el.symbol, "backend": be.name},
-        times=times, counts={k: int(v) for k, v in counts.items()}, raw=raw,
+        times=clock.times(), counts={k: int(v) for k, v in counts.items()}, raw=raw,
         scale=scale_check, warnings=warnings,
         significance=sig_pos[0], position_sd_A=sig_pos[1],
     )

@@ -591,12 +591,35 @@ class _Stream:
         audit.mark()
 
 
+class _Event:
+    """``cupy.cuda.Event``: ``record`` queues a mark (no host read; the audit takes its running
+    totals there, as at a stream synchronise: stage ends), ``synchronize`` waits for it (one host
+    read); the emulated device has no queue, so a mark's time is the host's clock."""
+
+    def __init__(self, *args, **kwargs):
+        self._t = None
+
+    def record(self, stream=None):
+        self._t = time.perf_counter()
+        _audit().mark()                  # a stage boundary (the library's stage clock records one)
+
+    def synchronize(self):
+        _audit()._sync()
+
+
 class _Cuda:
     """The parts of ``cupy.cuda`` the library touches."""
+
+    Event = _Event
 
     @staticmethod
     def get_current_stream():
         return _Stream()
+
+    @staticmethod
+    def get_elapsed_time(start, end):
+        """Milliseconds between two recorded events (``cupy.cuda.get_elapsed_time``)."""
+        return 1e3 * (end._t - start._t)
 
     class Device:                       # no memory query: callers fall back to fixed budgets
         def __init__(self, *a):
