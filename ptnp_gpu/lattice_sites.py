@@ -26,8 +26,6 @@ import numba as nb
 import numpy as np
 from scipy.spatial import cKDTree
 
-from .backend import fft_workers
-
 __all__ = ["vacant_sites"]
 
 _BOND_TOL = 0.25        # bonded: within (1 ± this) × the bulk bond
@@ -35,13 +33,105 @@ _MERGE_A = 0.5          # candidates this close are one site (Å)
 _FULL_SHELL = 12        # close-packed: an atom with this many bonded neighbours has no vacant one (at least)
 
 
+class _Grid:
+    """Atoms binned in cubic cells of edge ``cell_A`` (host): every atom within ``cell_A`` of a
+    point lies in the 27 cells around the point's own."""
+
+    def __init__(self, xyz, cell_A: float):
+        self.xyz = np.ascontiguousarray(xyz, dtype=np.float64)
+        self.lo = self.xyz.min(0) if len(self.xyz) else np.zeros(3)
+        self.cell = float(cell_A)
+        c = np.floor((self.xyz - self.lo) / self.cell).astype(np.int64)
+        self.dims = c.max(0) + 1 if len(c) else np.ones(3, dtype=np.int64)
+        key = (c[:, 2] * self.dims[1] + c[:, 1]) * self.dims[0] + c[:, 0]
+        self.order = np.argsort(key, kind="stable")
+        self.start = np.zeros(int(np.prod(self.dims)) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(key, minlength=len(self.start) - 1), out=self.start[1:])
+
+    def args(self):
+        return self.xyz, self.lo, self.cell, self.dims, self.start, self.order
+
+
+@nb.njit(cache=True)
+def _near(p, xyz, lo, cell, dims, start, order, r, mode):
+    """Atoms within ``r`` (≤ the cell) of point ``p``: mode 0 → 1 if any else 0; mode 1 → how
+    many."""
+    r2 = r * r
+    cnt = 0
+    c0 = np.empty(3, np.int64)
+    for a in range(3):
+        c0[a] = np.int64(np.floor((p[a] - lo[a]) / cell))
+    for cz in range(max(c0[2] - 1, 0), min(c0[2] + 2, dims[2])):
+        for cy in range(max(c0[1] - 1, 0), min(c0[1] + 2, dims[1])):
+            for cx in range(max(c0[0] - 1, 0), min(c0[0] + 2, dims[0])):
+                k = (cz * dims[1] + cy) * dims[0] + cx
+                for q in range(start[k], start[k + 1]):
+                    j = order[q]
+                    dx = xyz[j, 0] - p[0]
+                    dy = xyz[j, 1] - p[1]
+                    dz = xyz[j, 2] - p[2]
+                    if dx * dx + dy * dy + dz * dz <= r2:
+                        cnt += 1
+                        if mode == 0:
+                            return 1
+    return cnt
+
+
+@nb.njit(cache=True)
+def _near_all(points, xyz, lo, cell, dims, start, order, r, mode):
+    out = np.empty(len(points), np.int64)
+    for i in range(len(points)):
+        out[i] = _near(points[i], xyz, lo, cell, dims, start, order, r, mode)
+    return out
+
+
+@nb.njit(cache=True)
+def _pairs_in_shell(xyz, lo, cell, dims, start, order, r_lo, r_hi):
+    """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell), in lexicographic order."""
+    n = len(xyz)
+    cap = 16 * n + 16
+    out = np.empty((cap, 2), np.int64)
+    m = 0
+    lo2, hi2 = r_lo * r_lo, r_hi * r_hi
+    buf = np.empty(n, np.int64)
+    for i in range(n):
+        c0 = np.empty(3, np.int64)
+        for a in range(3):
+            c0[a] = np.int64(np.floor((xyz[i, a] - lo[a]) / cell))
+        nb_ = 0
+        for cz in range(max(c0[2] - 1, 0), min(c0[2] + 2, dims[2])):
+            for cy in range(max(c0[1] - 1, 0), min(c0[1] + 2, dims[1])):
+                for cx in range(max(c0[0] - 1, 0), min(c0[0] + 2, dims[0])):
+                    k = (cz * dims[1] + cy) * dims[0] + cx
+                    for q in range(start[k], start[k + 1]):
+                        j = order[q]
+                        if j <= i:
+                            continue
+                        dx = xyz[j, 0] - xyz[i, 0]
+                        dy = xyz[j, 1] - xyz[i, 1]
+                        dz = xyz[j, 2] - xyz[i, 2]
+                        d2 = dx * dx + dy * dy + dz * dz
+                        if d2 > lo2 and d2 <= hi2:
+                            buf[nb_] = j
+                            nb_ += 1
+        js = np.sort(buf[:nb_])
+        if m + nb_ > cap:
+            grown = np.empty((2 * (m + nb_), 2), np.int64)
+            grown[:m] = out[:m]
+            out = grown
+            cap = len(out)
+        for t in range(nb_):
+            out[m, 0] = i
+            out[m, 1] = js[t]
+            m += 1
+    return out[:m]
+
+
 def _bonded_pairs(xyz_A, bond_A):
-    tree = cKDTree(xyz_A)
-    pairs = tree.query_pairs((1.0 + _BOND_TOL) * bond_A, output_type="ndarray")
-    if len(pairs):
-        d = np.linalg.norm(xyz_A[pairs[:, 0]] - xyz_A[pairs[:, 1]], axis=1)
-        pairs = pairs[d > (1.0 - _BOND_TOL) * bond_A]
-    return tree, pairs.reshape(-1, 2)
+    """The atoms' grid (cells of 1.25 bonds) and their bonded pairs i < j, lexicographic."""
+    grid = _Grid(xyz_A, (1.0 + _BOND_TOL) * bond_A)
+    pairs = _pairs_in_shell(*grid.args(), (1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
+    return grid, pairs
 
 
 def _csr(rows, cols, n):
@@ -156,7 +246,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     empty = (np.zeros((0, 3)), np.zeros(0, dtype=np.int64))
     if len(xyz) < 4:
         return empty
-    tree, pairs = _bonded_pairs(xyz, bond_A)
+    grid, pairs = _bonded_pairs(xyz, bond_A)
     deg = np.bincount(pairs.ravel(), minlength=len(xyz))
     # a full shell: 12 in a close-packed metal; bcc counts 14 (its second shell lies within the
     # bond range here), which the bulk atoms then show
@@ -178,9 +268,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
                            (A + B - C)[s3[:, 0] & s3[:, 1]], (centre + apex)[s3.all(1)], (centre - apex)[s3.all(1)]])
     if len(cand) == 0:
         return empty
-    workers = fft_workers()            # the host threads this process may use (same answers)
-    d, _ = tree.query(cand, distance_upper_bound=clear * bond_A, workers=workers)
-    cand = cand[d > clear * bond_A]
+    cand = cand[_near_all(cand, *grid.args(), clear * bond_A, 0) == 0]   # no atom within the clearance
     if len(cand) == 0:
         return empty
     # merge: each candidate joins the densest group around it first (greedy, by group size)
@@ -189,7 +277,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     sites, votes = sites[keep], votes[keep]
     if len(sites) == 0:
         return empty
-    nbond = tree.query_ball_point(sites, 1.25 * bond_A, return_length=True, workers=workers)
-    d, _ = tree.query(sites, distance_upper_bound=clear * bond_A, workers=workers)
-    keep = (nbond >= min_bonds) & (d > clear * bond_A)
+    sites = np.ascontiguousarray(sites)
+    nbond = _near_all(sites, *grid.args(), 1.25 * bond_A, 1)
+    keep = (nbond >= min_bonds) & (_near_all(sites, *grid.args(), clear * bond_A, 0) == 0)
     return sites[keep], votes[keep]
