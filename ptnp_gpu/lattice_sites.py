@@ -53,10 +53,10 @@ class _Grid:
 
 
 @nb.njit(cache=True)
-def _near(p, xyz, lo, cell, dims, start, order, r, mode):
-    """Atoms within ``r`` (≤ the cell) of point ``p``: mode 0 → 1 if any else 0; mode 1 → how
-    many."""
-    r2 = r * r
+def _scan(p, xyz, lo, cell, dims, start, order, lo2, hi2, above, buf, store, first):
+    """Atoms ``j > above`` with ``lo2 < |x_j − p|² ≤ hi2`` (radius ≤ the cell) around point ``p``:
+    how many (stopping at the first when ``first``), their indices written to ``buf`` when
+    ``store``."""
     cnt = 0
     c0 = np.empty(3, np.int64)
     for a in range(3):
@@ -67,21 +67,28 @@ def _near(p, xyz, lo, cell, dims, start, order, r, mode):
                 k = (cz * dims[1] + cy) * dims[0] + cx
                 for q in range(start[k], start[k + 1]):
                     j = order[q]
+                    if j <= above:
+                        continue
                     dx = xyz[j, 0] - p[0]
                     dy = xyz[j, 1] - p[1]
                     dz = xyz[j, 2] - p[2]
-                    if dx * dx + dy * dy + dz * dz <= r2:
+                    d2 = dx * dx + dy * dy + dz * dz
+                    if d2 > lo2 and d2 <= hi2:
+                        if store:
+                            buf[cnt] = j
                         cnt += 1
-                        if mode == 0:
-                            return 1
+                        if first:
+                            return cnt
     return cnt
 
 
 @nb.njit(cache=True)
 def _near_all(points, xyz, lo, cell, dims, start, order, r, mode):
+    """Per point: 1 if an atom lies within ``r`` (≤ the cell) else 0 (mode 0), or how many (mode 1)."""
     out = np.empty(len(points), np.int64)
+    none = np.empty(0, np.int64)
     for i in range(len(points)):
-        out[i] = _near(points[i], xyz, lo, cell, dims, start, order, r, mode)
+        out[i] = _scan(points[i], xyz, lo, cell, dims, start, order, -1.0, r * r, -1, none, False, mode == 0)
     return out
 
 
@@ -92,28 +99,9 @@ def _pairs_in_shell(xyz, lo, cell, dims, start, order, r_lo, r_hi):
     cap = 16 * n + 16
     out = np.empty((cap, 2), np.int64)
     m = 0
-    lo2, hi2 = r_lo * r_lo, r_hi * r_hi
     buf = np.empty(n, np.int64)
     for i in range(n):
-        c0 = np.empty(3, np.int64)
-        for a in range(3):
-            c0[a] = np.int64(np.floor((xyz[i, a] - lo[a]) / cell))
-        nb_ = 0
-        for cz in range(max(c0[2] - 1, 0), min(c0[2] + 2, dims[2])):
-            for cy in range(max(c0[1] - 1, 0), min(c0[1] + 2, dims[1])):
-                for cx in range(max(c0[0] - 1, 0), min(c0[0] + 2, dims[0])):
-                    k = (cz * dims[1] + cy) * dims[0] + cx
-                    for q in range(start[k], start[k + 1]):
-                        j = order[q]
-                        if j <= i:
-                            continue
-                        dx = xyz[j, 0] - xyz[i, 0]
-                        dy = xyz[j, 1] - xyz[i, 1]
-                        dz = xyz[j, 2] - xyz[i, 2]
-                        d2 = dx * dx + dy * dy + dz * dz
-                        if d2 > lo2 and d2 <= hi2:
-                            buf[nb_] = j
-                            nb_ += 1
+        nb_ = _scan(xyz[i], xyz, lo, cell, dims, start, order, r_lo * r_lo, r_hi * r_hi, i, buf, True, False)
         js = np.sort(buf[:nb_])
         if m + nb_ > cap:
             grown = np.empty((2 * (m + nb_), 2), np.int64)
