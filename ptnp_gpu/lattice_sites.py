@@ -33,9 +33,14 @@ _MERGE_A = 0.5          # candidates this close are one site (Å)
 _FULL_SHELL = 12        # close-packed: an atom with this many bonded neighbours has no vacant one (at least)
 
 
+_MAX_CELLS_PER_ATOM = 64  # a sparser grid (atoms far apart in a big box): a k-d tree instead
+
+
 class _Grid:
-    """Atoms binned in cubic cells of edge ``cell_A`` (host): every atom within ``cell_A`` of a
-    point lies in the 27 cells around the point's own."""
+    """Atoms binned in cubic cells of edge ``cell_A`` (host), every atom within ``cell_A`` of a
+    point in the 27 cells around the point's own: Numba scans of them. Where the cells would
+    outnumber the atoms ``_MAX_CELLS_PER_ATOM`` times (a few atoms spread over a big box), a
+    k-d tree answers instead, with the same answers."""
 
     def __init__(self, xyz, cell_A: float):
         self.xyz = np.ascontiguousarray(xyz, dtype=np.float64)
@@ -43,13 +48,37 @@ class _Grid:
         self.cell = float(cell_A)
         c = np.floor((self.xyz - self.lo) / self.cell).astype(np.int64)
         self.dims = c.max(0) + 1 if len(c) else np.ones(3, dtype=np.int64)
+        n_cells = float(np.prod(self.dims.astype(np.float64)))
+        self.tree = None
+        if n_cells > _MAX_CELLS_PER_ATOM * len(self.xyz) + 4096:
+            self.tree = cKDTree(self.xyz)
+            return
         key = (c[:, 2] * self.dims[1] + c[:, 1]) * self.dims[0] + c[:, 0]
         self.order = np.argsort(key, kind="stable")
-        self.start = np.zeros(int(np.prod(self.dims)) + 1, dtype=np.int64)
+        self.start = np.zeros(int(n_cells) + 1, dtype=np.int64)
         np.cumsum(np.bincount(key, minlength=len(self.start) - 1), out=self.start[1:])
 
-    def args(self):
+    def _args(self):
         return self.xyz, self.lo, self.cell, self.dims, self.start, self.order
+
+    def pairs(self, r_lo: float, r_hi: float):
+        """Pairs i < j with r_lo < distance ≤ r_hi (≤ the cell), lexicographic, (P, 2) int64."""
+        if self.tree is None:
+            return _pairs_in_shell(*self._args(), r_lo, r_hi)
+        p = self.tree.query_pairs(r_hi, output_type="ndarray").astype(np.int64).reshape(-1, 2)
+        if len(p):
+            d = np.linalg.norm(self.xyz[p[:, 0]] - self.xyz[p[:, 1]], axis=1)
+            p = p[d > r_lo]
+        return p[np.lexsort((p[:, 1], p[:, 0]))]
+
+    def near(self, points, r: float, count: bool = False):
+        """Per point: whether an atom lies within ``r`` (≤ the cell), or with ``count`` how many."""
+        points = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
+        if self.tree is None:
+            out = _near_all(points, *self._args(), r, 1 if count else 0)
+        else:
+            out = np.asarray(self.tree.query_ball_point(points, r, return_length=True), dtype=np.int64)
+        return out if count else out > 0
 
 
 @nb.njit(cache=True)
@@ -118,8 +147,7 @@ def _pairs_in_shell(xyz, lo, cell, dims, start, order, r_lo, r_hi):
 def _bonded_pairs(xyz_A, bond_A):
     """The atoms' grid (cells of 1.25 bonds) and their bonded pairs i < j, lexicographic."""
     grid = _Grid(xyz_A, (1.0 + _BOND_TOL) * bond_A)
-    pairs = _pairs_in_shell(*grid.args(), (1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
-    return grid, pairs
+    return grid, grid.pairs((1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
 
 
 def _csr(rows, cols, n):
@@ -256,7 +284,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
                            (A + B - C)[s3[:, 0] & s3[:, 1]], (centre + apex)[s3.all(1)], (centre - apex)[s3.all(1)]])
     if len(cand) == 0:
         return empty
-    cand = cand[_near_all(cand, *grid.args(), clear * bond_A, 0) == 0]   # no atom within the clearance
+    cand = cand[~grid.near(cand, clear * bond_A)]        # no atom within the clearance
     if len(cand) == 0:
         return empty
     # merge: each candidate joins the densest group around it first (greedy, by group size)
@@ -266,6 +294,6 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     if len(sites) == 0:
         return empty
     sites = np.ascontiguousarray(sites)
-    nbond = _near_all(sites, *grid.args(), 1.25 * bond_A, 1)
-    keep = (nbond >= min_bonds) & (_near_all(sites, *grid.args(), clear * bond_A, 0) == 0)
+    nbond = grid.near(sites, 1.25 * bond_A, count=True)
+    keep = (nbond >= min_bonds) & ~grid.near(sites, clear * bond_A)
     return sites[keep], votes[keep]

@@ -69,3 +69,38 @@ def test_lattice_rescue_adds_nothing_to_a_complete_model():
     assert det.counts["rescued_lattice"] == 0
     a = _acc(det, p.xyz_A)
     assert a["recall"] == 1.0 and a["precision"] == 1.0
+
+
+def test_vacant_sites_same_on_the_sparse_path(monkeypatch):
+    """Two particles 400 Å apart along each axis (a grid of 1.25-bond cells would hold ~2·10⁶
+    cells for 1,160 atoms): the k-d tree answers instead of the cell scans, with the same sites
+    and votes as the cell scans give for one particle (nothing crosses 690 Å)."""
+    import ptnp_gpu.lattice_sites as ls
+    a = 3.924
+    rng = np.random.default_rng(9)
+    one = fcc_particle(600, a, "sphere")
+    one = one + rng.normal(0, 0.05, one.shape)
+    r = np.linalg.norm(one - one.mean(0), axis=1)
+    one = np.delete(one, rng.choice(np.flatnonzero(r > r.max() - 2.0), 20, replace=False), axis=0)
+    two = one + 400.0
+    bond = a / np.sqrt(2)
+    grid = ls._Grid(np.concatenate([one, two]), 1.25 * bond)
+    assert grid.tree is not None                                  # the sparse path
+    s_both, v_both = vacant_sites(np.concatenate([one, two]), bond)
+    s_one, v_one = vacant_sites(one, bond)
+    assert ls._Grid(one, 1.25 * bond).tree is None                # the dense path
+    assert len(s_both) == 2 * len(s_one) > 20
+    left = s_both[:, 0] < 200.0
+    for sel, shift in ((left, 0.0), (~left, 400.0)):
+        got = s_both[sel] - shift
+        assert len(got) == len(s_one) and cKDTree(s_one).query(got)[0].max() < 1e-9
+    assert sorted(v_both.tolist()) == sorted(2 * v_one.tolist())
+    # and the two paths' primitives agree on one particle
+    dense = ls._Grid(one, 1.25 * bond)
+    monkeypatch.setattr(ls, "_MAX_CELLS_PER_ATOM", -100)      # every grid sparse
+    sparse = ls._Grid(one, 1.25 * bond)
+    assert sparse.tree is not None
+    np.testing.assert_array_equal(dense.pairs(0.75 * bond, 1.25 * bond), sparse.pairs(0.75 * bond, 1.25 * bond))
+    pts = one[:50] + rng.normal(0, 1.5, (50, 3))
+    np.testing.assert_array_equal(dense.near(pts, 0.8 * bond), sparse.near(pts, 0.8 * bond))
+    np.testing.assert_array_equal(dense.near(pts, 1.25 * bond, count=True), sparse.near(pts, 1.25 * bond, count=True))
