@@ -792,13 +792,19 @@ def shifted_moments(data, shift):
     if not be.is_gpu:
         from .kernels.reduce_cpu import shifted_moments as twin
         return twin(data3, shift)
-    out = xp.zeros(2, dtype=xp.float64)
     n = int(data3.size)
+    if isinstance(shift, xp.ndarray):
+        out = xp.zeros(2, dtype=xp.float64)
+        sh = shift.astype(xp.float64, copy=False).reshape(-1)
+    else:
+        # a host number: set on the device, beside the sums in one buffer (one memset; a
+        # host-to-device copy could wait for the queue)
+        buf = xp.zeros(3, dtype=xp.float64)
+        value = float(np.asarray(shift).reshape(-1)[0])
+        if value != 0.0:
+            buf[2] = value
+        out, sh = buf[:2], buf[2:]
     if n:
-        if isinstance(shift, xp.ndarray):
-            sh = shift.astype(xp.float64, copy=False).reshape(-1)
-        else:       # a host number: filled on the device (a host-to-device copy can wait for the queue)
-            sh = xp.full(1, float(np.asarray(shift).reshape(-1)[0]), dtype=xp.float64)
         st = [np.int64(s // data3.itemsize) for s in data3.strides]
         f = get_function("reduce.cu", "ptnp_shifted_moments", (("PTNP_MAP_T", _c_type(data3.dtype, "data")),))
         f(_grid(n, cap=2048), (256,),
@@ -821,7 +827,7 @@ def array_mean(data, dtype=None):
         return xp.asarray(data.mean(dtype=dtype))
     out = np.dtype(dtype) if dtype is not None else (
         np.dtype(np.float64) if data.dtype.kind in "biu" else data.dtype)
-    return (shifted_moments(data, 0.0)[0] / max(int(data.size), 1)).astype(out)
+    return (shifted_moments(data, 0.0)[0] / max(int(data.size), 1)).astype(out, copy=False)
 
 
 def array_var(data):
@@ -840,7 +846,7 @@ def array_var(data):
     m = shifted_moments(data, data[(0,) * data.ndim])
     d = m[0] / n
     out = np.dtype(np.float64) if data.dtype.kind in "biu" else data.dtype
-    return xp.maximum(m[1] / n - d * d, 0.0).astype(out)
+    return xp.maximum(m[1] / n - d * d, 0.0).astype(out, copy=False)
 
 
 def pair_affine_sums(xyz, u, pair_a, pair_b, w, n: int):

@@ -116,7 +116,8 @@ def test_host_reads_are_few_and_do_not_grow_with_the_particle():
     111-113, statistics 18; 2026-11-28 after the hashed cell list, the one-launch peak thinning
     and the noise spectrum's single reads: detection 81-86, statistics 17, for 150 and 1,200
     atoms alike; 2026-11-29, CN by the segment-sum kernel and one read for the strain pairs'
-    domain filter: statistics 13), not one per atom, threshold or pass."""
+    domain filter: statistics 13; stop 29, stage times from CUDA events instead of seven
+    synchronisations: detection 86-91), not one per atom, threshold or pass."""
     from ptnp_gpu.synth import make_particle
     small = make_particle(n_atoms=150, seed=5, noise=0.08)
     large = make_particle(n_atoms=1200, seed=6, noise=0.08)
@@ -188,7 +189,9 @@ def test_launches_per_analysis_are_bounded():
     and statistics 308 for a 1,200-atom particle (stop 21: ~1,000 and ~480); 656 in detection
     since the per-atom significance and position error (2026-11-29, ptnp_gpu.precision: 48 of
     them, the Hessians' two log-quadratic fits as one product); 681 since the lattice rescue (25 for
-    its one round of site tests on this map, which adds no atom). Each launch costs
+    its one round of site tests on this map, which adds no atom); 691 since the full-array
+    means went through ptnp_shifted_moments (2026-11-29 stop 29: three launches where CuPy's
+    mean took one, but each a grid-wide one where CuPy's ran in one thread block). Each launch costs
     the host tens of microseconds on a GPU, so a change that adds many must say why."""
     from ptnp_gpu.detect import detect_atoms
     from ptnp_gpu.statistics import compute_statistics
