@@ -205,3 +205,28 @@ def test_launches_per_analysis_are_bounded():
         n_st = audit.launches
     assert len(det.xyz_A) > 1100
     assert n_det <= 700 and n_st <= 350, (n_det, n_st)
+
+
+def test_stage_clock_times_every_stage_without_host_reads():
+    """backend.StageClock: on the (emulated) device a lap records an event and reads nothing;
+    ``times()`` waits for the last event only (one read) and gives every stage a time, which
+    add up to the span between the clock's start and its last lap."""
+    import time as _time
+    with emulate() as audit:
+        xp = audit.backend.xp
+        clock = _be.StageClock(audit.backend)
+        a = xp.arange(1000.0)
+        t0 = _time.perf_counter()
+        for name in ("one", "two", "three"):
+            a = a * 2.0
+            clock.lap(name)
+        span = _time.perf_counter() - t0
+        assert audit.syncs == 0
+        times = clock.times()
+        assert audit.syncs == 1
+    assert list(times) == ["one", "two", "three"] and all(v >= 0 for v in times.values())
+    assert sum(times.values()) <= span + 0.05
+    host = _be.StageClock(_be.get("numpy"))
+    host.lap("a")
+    host.lap("a")                                       # a repeated stage adds up
+    assert list(host.times()) == ["a"]
