@@ -13,7 +13,9 @@ _S26 = np.ones((3, 3, 3), dtype=bool)
 def label26(mask):
     """Label 26-connected components of a boolean volume; returns (labels int32, n)."""
     be = _be.namespace(mask)
-    lab, n = be.ndi.label(mask, structure=be.xp.asarray(_S26))
+    # the structure as a host array: cupyx reads a device one back (cupy.asnumpy, a sync) before
+    # it starts, and NumPy's needs none
+    lab, n = be.ndi.label(mask, structure=_S26)
     return lab.astype(be.xp.int32, copy=False), int(n)  # int(n): one scalar sync on GPU
 
 

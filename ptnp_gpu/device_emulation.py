@@ -536,6 +536,8 @@ def _call(func, name, syncs_table, args, kwargs):
     elif name not in _NO_LAUNCH:
         audit._launch()
     n_sync = syncs_table.get(name, 0)
+    if syncs_table is _NDI_SYNCS and name == "label" and isinstance(kwargs.get("structure"), EmulatedArray):
+        n_sync += 1                              # cupyx reads a device structure back (cupy.asnumpy)
     if syncs_table is _XP_SYNCS:
         if name == "where" and len(args) == 1:
             n_sync = 1
