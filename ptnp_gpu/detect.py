@@ -1163,8 +1163,14 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         # the particle is one body: a cluster of "atoms" bonded among themselves but far from it is
         # noise on a mask's edge or in the solvent (a hard mask 9 Å out on a low-passed map, noise
         # 0.23: 58 false atoms in four clusters of 5-34, 6.8-8.4 Å from the particle, precision 0.88)
-        far = _detached_atoms(*(_be.to_host(a) for a in (xyz, pi, pj, keep)), o.detached_gap * el.nn_distance_A,
-                              o.detached_share)                        # host: the bond graph's components
+        # positions, bonds and the kept mask in one read (float64 holds the indices exactly)
+        n_at, n_pr = int(xyz.shape[0]), int(pi.shape[0])
+        flat = _be.to_host(xp.concatenate([xyz.reshape(-1).astype(xp.float64), pi.astype(xp.float64),
+                                           pj.astype(xp.float64), keep.astype(xp.float64)]))
+        cut = np.cumsum([3 * n_at, n_pr, n_pr])
+        far = _detached_atoms(flat[:cut[0]].reshape(-1, 3), flat[cut[0]:cut[1]].astype(np.int64),
+                              flat[cut[1]:cut[2]].astype(np.int64), flat[cut[2]:] > 0.5,
+                              o.detached_gap * el.nn_distance_A, o.detached_share)   # host: the bond graph's components
         counts["rejected_detached"] = int(far.sum())
         if far.any():
             keep[xp.asarray(np.flatnonzero(far))] = False
