@@ -117,7 +117,8 @@ def test_host_reads_are_few_and_do_not_grow_with_the_particle():
     and the noise spectrum's single reads: detection 81-86, statistics 17, for 150 and 1,200
     atoms alike; 2026-11-29, CN by the segment-sum kernel and one read for the strain pairs'
     domain filter: statistics 13; stop 29, stage times from CUDA events instead of seven
-    synchronisations: detection 86-91), not one per atom, threshold or pass."""
+    synchronisations, and one read for the detached-atom check: detection 83-88), not one per
+    atom, threshold or pass."""
     from ptnp_gpu.synth import make_particle
     small = make_particle(n_atoms=150, seed=5, noise=0.08)
     large = make_particle(n_atoms=1200, seed=6, noise=0.08)
@@ -191,7 +192,8 @@ def test_launches_per_analysis_are_bounded():
     them, the Hessians' two log-quadratic fits as one product); 681 since the lattice rescue (25 for
     its one round of site tests on this map, which adds no atom); 691 since the full-array
     means went through ptnp_shifted_moments (2026-11-29 stop 29: three launches where CuPy's
-    mean took one, but each a grid-wide one where CuPy's ran in one thread block). Each launch costs
+    mean took one, but each a grid-wide one where CuPy's ran in one thread block); 696 since the
+    detached-atom check reads its four arrays in one transfer (three syncs fewer). Each launch costs
     the host tens of microseconds on a GPU, so a change that adds many must say why."""
     from ptnp_gpu.detect import detect_atoms
     from ptnp_gpu.statistics import compute_statistics
@@ -204,7 +206,7 @@ def test_launches_per_analysis_are_bounded():
         compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
         n_st = audit.launches
     assert len(det.xyz_A) > 1100
-    assert n_det <= 700 and n_st <= 350, (n_det, n_st)
+    assert n_det <= 720 and n_st <= 350, (n_det, n_st)
 
 
 def test_stage_clock_times_every_stage_without_host_reads():
