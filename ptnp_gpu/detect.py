@@ -78,7 +78,7 @@ from .precision import filter_moments, peak_hessians, position_sd_A
 from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
-                      _mask_gain, _noise_spectrum, _solvent_mask)
+                      _mask_gain, _noise_spectrum, _solvent_mask, subsampled)
 from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
 
 log = logging.getLogger(__name__)
@@ -300,6 +300,12 @@ _LATTICE_SEARCH_A = 0.6    # the denoised map's maximum within this of a vacant 
 _LATTICE_CLEAR = 0.8       # ... which must lie farther than this × the bond from every atom
 _LATTICE_U_A2 = 0.6        # its atom-likeness (the validation correlation) is tested against an atom this mobile
 _LATTICE_CLAIM_A = 0.6     # labels: the voxels within this of a lattice-rescued atom (not already an atom's)
+
+
+def _mean_shift_windows_vox(el, vs):
+    """The centres' mean-shift window (radius) and Gaussian σ, voxels: from the bond length (Pt:
+    1.44 Å radius, σ 0.55 Å), so that neighbours stay out."""
+    return 0.52 * el.nn_distance_A / vs.min(), 0.2 * el.nn_distance_A / vs.min()
 
 
 def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, noise, o, floor_corr):
@@ -582,21 +588,19 @@ def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None) -> Detect
         if o.refine_centres:
             # the same mean shift as every atom's centre (U 0.6 / 0.8 Å² maps: 0.269 / 0.286 Å per
             # axis at the denoised map's maximum, 0.247 / 0.276 Å after it)
-            base = float(xp.median(raw[::2, ::2, ::2]))
-            new_full = mean_shift_centres(raw, new_full, base, 0.52 * el.nn_distance_A / vs.min(),
-                                          0.2 * el.nn_distance_A / vs.min())
+            new_full = mean_shift_centres(raw, new_full, p["raw_median"], *_mean_shift_windows_vox(el, vs))
             new_xyz = xp.asarray(org) + new_full * xp.asarray(vs)
         # each new atom's own voxel: inside the map and no atom's yet (so that its label holds it)
         cv = xp.rint(new_full).astype(xp.int64)[:, ::-1]                                       # z, y, x
         inside = xp.all((cv >= 0) & (cv < xp.asarray(raw.shape)), axis=1)
         cv = xp.clip(cv, 0, xp.asarray(raw.shape) - 1)
-        new_xyz = new_xyz[xp.nonzero(inside & (det.labels[cv[:, 0], cv[:, 1], cv[:, 2]] == 0))[0]]
+        own = xp.nonzero(inside & (det.labels[cv[:, 0], cv[:, 1], cv[:, 2]] == 0))[0]
+        new_xyz, new_full = new_xyz[own], new_full[own]
     det.counts["rescued_lattice"] = int(new_xyz.shape[0])
     if new_xyz.shape[0] == 0:
         return det
     (progress or (lambda msg: None))(f"{int(new_xyz.shape[0])} atoms at vacant lattice sites")
     n = len(det.xyz_A)
-    new_full = (new_xyz - xp.asarray(org)) / xp.asarray(vs)
     old_full = (xyz - xp.asarray(org)) / xp.asarray(vs)
     h_old = ndi.map_coordinates(C, old_full[:, ::-1].T, order=1, mode="nearest")
     h_new = ndi.map_coordinates(C, new_full[:, ::-1].T, order=1, mode="nearest")
@@ -886,9 +890,9 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     b_extra = default_kernel_blur_A2(vs) if o.b_extra_A2 is None else float(o.b_extra_A2)
     kernel = AtomKernel.for_element(el, b_extra, vs)
     say("denoising (correlation with one simulated atom)")
-    solvent, live, masked = _solvent_mask(raw, vs, o.solvent_margin_A)
+    sub = subsampled(raw, _STEP)                          # the solvent masks' grid
+    solvent, live, masked = _solvent_mask(raw, vs, o.solvent_margin_A, sub=sub)
     # clipped at its minimum (a positivity constraint): the solvent's noise reads low, clipped away
-    sub = raw[::_STEP, ::_STEP, ::_STEP]                 # the solvent masks' grid
     clipped = not masked and _clipped(sub, live)
     psd, colour, res_A = ((None, 1.0, o.resolution_A) if o.whiten == "never"
                           else _noise_spectrum(raw, solvent, vs, o.resolution_A))   # res_A: the map's band
@@ -1074,7 +1078,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
         # window from the bond length, Pt: 1.44 Å radius, σ 0.55 Å, so neighbours stay out):
         # each centre moves to the centre of mass of max(raw − base, 0) × a Gaussian around it.
         # Against ground truth it lowers the position RMSD by ~10% (tests/test_detect.py).
-        ms = (0.52 * el.nn_distance_A / vs.min(), 0.2 * el.nn_distance_A / vs.min())
+        ms = _mean_shift_windows_vox(el, vs)
         centre = mean_shift_centres(raw_box, centre, base, *ms)
         if recentre:
             # a low-passed map (sharpened or not): two more rounds on the map with its transfer
@@ -1213,6 +1217,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "mask_gain_applied": gain is not None,
                 "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
                 "rim_noise_ratio": float(rim_ratio), "map_mean": float(mean), "map_sd": float(sd),
+                "raw_median": float(base),
                 "given_map": bool(given), "precision_grad_ratio_per_A": [float(v) for v in grad_ratio],
                 "precision_curvature_per_A2": float(curvature), "element": el.symbol, "backend": be.name},
         times=clock.times(), counts={k: int(v) for k, v in counts.items()}, raw=raw,
