@@ -336,12 +336,13 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
         sites, _ = vacant_sites(have, bond)
         if len(sites) == 0:
             break
-        pts = xp.asarray(sites)[:, None, :] + offs[None]
+        sites = xp.asarray(sites)                                          # one upload per round
+        pts = sites[:, None, :] + offs[None]
         v = ndi.map_coordinates(C, ((pts.reshape(-1, 3) - org) / vsx)[:, ::-1].T, order=1,
                                 mode="nearest").reshape(len(sites), -1)
         k = xp.argmax(v, axis=1)
         z = (v[xp.arange(len(sites)), k] - level) / noise
-        best = xp.asarray(sites) + offs[k]
+        best = sites + offs[k]
         best_h, z_h = _be.to_host(best), _be.to_host(z)                    # one small read per round
         clear = cKDTree(have).query(best_h)[0] > _LATTICE_CLEAR * bond
         cand = np.flatnonzero((z_h >= o.lattice_sigma) & clear)
