@@ -36,7 +36,10 @@ TRACED = [("denoise", "denoise_map"), ("denoise", "noise_power_spectrum"), ("den
           ("sweep", "sweep_scores"), ("sweep", "_crop_box"), ("sweep", "_dense_region"),
           ("deblur", "sharpened"), ("deblur", "excess_blur_A2"), ("deblur", "model_correlation"),
           ("precision", "filter_moments"), ("precision", "peak_hessians"), ("simulate", "render_atoms"),
-          ("peaks", "rescue_rounds"), ("peaks", "_split")]
+          ("peaks", "rescue_rounds"), ("peaks", "_split"), ("peaks", "_residual_map"),
+          ("components", "label26"), ("components", "label_moments"),
+          ("gpu_kernels", "mean_shift_centres"), ("peaks", "transfer_corrected_map"),
+          ("gpu_kernels", "window_pearson"), ("lattice_sites", "vacant_sites")]
 
 
 def _summary(x, depth=0):
@@ -119,6 +122,9 @@ def _maps(names):
     from test_deblur import _blurred, _coarse_noisy_co
     make = {"very_blurred": lambda: (_blurred(75.0, mask_A=7.0)[0], "Pt"),
             "coarse_co": lambda: (_coarse_noisy_co().map, "Co")}
+    if "coarse_co_clean" in names:
+        from test_detect import _coarse_co
+        make["coarse_co_clean"] = lambda: (_coarse_co().map, "Co")
     if "sharpened" in names:
         from test_detect import _filtered_map
         make["sharpened"] = lambda: (_filtered_map(1.6, 50.0, 0.1, blur_A2=50.0)[0], "Pt")
@@ -168,6 +174,15 @@ def compare(name, m, el, device, rtol, eps=1e-6, seed=0):
     names_r = {n for n, _ in log_r}
     out["stages_only_numpy"] = sorted(names_r - set(by_name))
     out["stages_only_" + device] = sorted(set(by_name) - names_r)
+    # every call that differs by 100x rtol (up to 16): where a difference grows or shrinks again
+    out["large_differences"] = []
+    seen = {}
+    for n, sr in log_r:
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        if n in by_name and k < len(by_name[n]) and _differs(sr, by_name[n][k], 100.0 * rtol):
+            if len(out["large_differences"]) < 16:
+                out["large_differences"].append(f"{n}#{k}")
     for key, tol in (("first_difference", rtol), ("first_large_difference", 100.0 * rtol)):
         out[key] = None
         seen = {}
@@ -188,7 +203,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", choices=("cupy", "emulated", "perturbed"), default="emulated")
     ap.add_argument("--maps", nargs="+", default=["very_blurred", "coarse_co"],
-                    choices=("very_blurred", "coarse_co", "sharpened"))
+                    choices=("very_blurred", "coarse_co", "coarse_co_clean", "sharpened"))
     ap.add_argument("--rtol", type=float, default=1e-5)
     ap.add_argument("--fft-eps", type=float, default=1e-6)
     ap.add_argument("--json", default=None)
@@ -206,6 +221,7 @@ def main(argv=None) -> int:
         fl = r["first_large_difference"]
         print("  first stage that differs by 100x that: "
               + ("none" if fl is None else json.dumps(fl, default=str)[:1500]))
+        print(f"  calls that differ by 100x rtol: {r['large_differences']}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
     return 0

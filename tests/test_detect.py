@@ -40,6 +40,26 @@ def test_sweep_score_equals_explicit_simulation():
         assert scorer(cen) == pytest.approx(explicit, abs=2e-3)
 
 
+def test_fine_thresholds_do_not_depend_on_rounding():
+    """The refinement grid is the same whether the sweep's start moved by a rounding or not
+    (by bits, coarse[k] ± step matched its neighbour on one backend and missed it on the other:
+    12 fine thresholds against 10, and another best threshold on the H200)."""
+    from ptnp_gpu.detect import _fine_thresholds
+    rng = np.random.default_rng()
+    for _ in range(200):
+        start, stop = rng.uniform(0.01, 0.03), rng.uniform(0.05, 0.1)
+        k = int(rng.integers(1, 14))
+        sizes = set()
+        for eps in (0.0, 1e-16, -1e-16, 3e-15, 1e-9):
+            coarse = np.linspace(start * (1 + eps), stop, 17)[:-1]
+            fine = _fine_thresholds(coarse, k, 6, -np.inf, np.inf)
+            sizes.add(len(fine))
+            assert np.abs(fine[:, None] - coarse[None, :]).min() > 0.1 * (coarse[1] - coarse[0])
+        assert sizes == {10}
+    coarse = np.linspace(0.0, 1.0, 17)[:-1]                      # the bounds still cut it
+    assert len(_fine_thresholds(coarse, 0, 6, coarse[0] - 1e-9, np.inf)) == 5
+
+
 def test_batched_sweep_equals_one_threshold_at_a_time():
     """Stacking thresholds (one labelling, one moments pass, one scoring) changes nothing."""
     p = make_particle(n_atoms=300, seed=5, noise=0.15, background=0.15)
