@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
-from scipy.spatial import cKDTree
 
 __all__ = ["vacant_sites"]
 
@@ -33,115 +32,121 @@ _MERGE_A = 0.5          # candidates this close are one site (Å)
 _FULL_SHELL = 12        # close-packed: an atom with this many bonded neighbours has no vacant one (at least)
 
 
-_MAX_CELLS_PER_ATOM = 64  # a sparser grid (atoms far apart in a big box): a k-d tree instead
+_MAX_CELLS_PER_POINT = 64  # a sparser grid: binary search of the cell keys instead of a cell table
 
 
 class _Grid:
-    """Atoms binned in cubic cells of edge ``cell_A`` (host), every atom within ``cell_A`` of a
-    point in the 27 cells around the point's own: Numba scans of them. Where the cells would
-    outnumber the atoms ``_MAX_CELLS_PER_ATOM`` times (a few atoms spread over a big box), a
-    k-d tree answers instead, with the same answers."""
+    """Points binned in cubic cells of edge ``cell_A`` (host) and sorted by cell: every point
+    within ``cell_A`` of a query lies in the 27 cells around the query's own (three cells along x
+    are one run of the sorted points), which Numba scans find through a table of every cell's
+    first point, or, where the cells would outnumber the points ``_MAX_CELLS_PER_POINT`` times (a
+    few atoms in a big box, candidates binned at 0.5 Å), by binary search of the sorted cell keys."""
 
     def __init__(self, xyz, cell_A: float):
-        self.xyz = np.ascontiguousarray(xyz, dtype=np.float64)
+        self.xyz = np.ascontiguousarray(xyz, dtype=np.float64).reshape(-1, 3)
         self.lo = self.xyz.min(0) if len(self.xyz) else np.zeros(3)
         self.cell = float(cell_A)
         c = np.floor((self.xyz - self.lo) / self.cell).astype(np.int64)
         self.dims = c.max(0) + 1 if len(c) else np.ones(3, dtype=np.int64)
-        n_cells = float(np.prod(self.dims.astype(np.float64)))
-        self.tree = None
-        if n_cells > _MAX_CELLS_PER_ATOM * len(self.xyz) + 4096:
-            self.tree = cKDTree(self.xyz)
-            return
         key = (c[:, 2] * self.dims[1] + c[:, 1]) * self.dims[0] + c[:, 0]
         self.order = np.argsort(key, kind="stable")
-        self.start = np.zeros(int(n_cells) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(key, minlength=len(self.start) - 1), out=self.start[1:])
+        self.keys = np.ascontiguousarray(key[self.order])
+        n_cells = float(np.prod(self.dims.astype(np.float64)))
+        self.start = np.zeros(0, dtype=np.int64)                  # empty: binary search
+        if n_cells <= _MAX_CELLS_PER_POINT * len(self.xyz) + 4096:
+            self.start = np.zeros(int(n_cells) + 1, dtype=np.int64)
+            np.cumsum(np.bincount(key, minlength=len(self.start) - 1), out=self.start[1:])
 
     def _args(self):
-        return self.xyz, self.lo, self.cell, self.dims, self.start, self.order
+        return self.xyz, self.lo, self.cell, self.dims, self.start, self.keys, self.order
 
     def pairs(self, r_lo: float, r_hi: float):
-        """Pairs i < j with r_lo < distance ≤ r_hi (≤ the cell), lexicographic, (P, 2) int64."""
-        if self.tree is None:
-            return _pairs_in_shell(*self._args(), r_lo, r_hi)
-        p = self.tree.query_pairs(r_hi, output_type="ndarray").astype(np.int64).reshape(-1, 2)
-        if len(p):
-            d = np.linalg.norm(self.xyz[p[:, 0]] - self.xyz[p[:, 1]], axis=1)
-            p = p[d > r_lo]
-        return p[np.lexsort((p[:, 1], p[:, 0]))]
+        """Pairs i < j with r_lo < distance ≤ r_hi (≤ the cell; r_lo < 0: every distance ≤ r_hi,
+        coincident points included), lexicographic, (P, 2) int64."""
+        return _pairs_in_shell(*self._args(), r_lo, r_hi)
 
     def near(self, points, r: float, count: bool = False):
-        """Per point: whether an atom lies within ``r`` (≤ the cell), or with ``count`` how many."""
+        """Per point: whether a point of the grid lies within ``r`` (≤ the cell), or with
+        ``count`` how many."""
         points = np.ascontiguousarray(points, dtype=np.float64).reshape(-1, 3)
-        if self.tree is None:
-            out = _near_all(points, *self._args(), r, 1 if count else 0)
-        else:
-            out = np.asarray(self.tree.query_ball_point(points, r, return_length=True), dtype=np.int64)
+        out = _near_all(points, *self._args(), r, 1 if count else 0)
         return out if count else out > 0
 
 
 @nb.njit(cache=True)
-def _scan(p, xyz, lo, cell, dims, start, order, lo2, hi2, above, buf, store, first):
-    """Atoms ``j > above`` with ``lo2 < |x_j − p|² ≤ hi2`` (radius ≤ the cell) around point ``p``:
+def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, store, first):
+    """Points ``j > above`` with ``lo2 < |x_j − p|² ≤ hi2`` (radius ≤ the cell) around point ``p``:
     how many (stopping at the first when ``first``), their indices written to ``buf`` when
     ``store``."""
     cnt = 0
     c0 = np.empty(3, np.int64)
     for a in range(3):
         c0[a] = np.int64(np.floor((p[a] - lo[a]) / cell))
+    x0 = max(c0[0] - 1, 0)
+    x1 = min(c0[0] + 2, dims[0])
+    if x0 >= x1:
+        return 0
     for cz in range(max(c0[2] - 1, 0), min(c0[2] + 2, dims[2])):
         for cy in range(max(c0[1] - 1, 0), min(c0[1] + 2, dims[1])):
-            for cx in range(max(c0[0] - 1, 0), min(c0[0] + 2, dims[0])):
-                k = (cz * dims[1] + cy) * dims[0] + cx
-                for q in range(start[k], start[k + 1]):
-                    j = order[q]
-                    if j <= above:
-                        continue
-                    dx = xyz[j, 0] - p[0]
-                    dy = xyz[j, 1] - p[1]
-                    dz = xyz[j, 2] - p[2]
-                    d2 = dx * dx + dy * dy + dz * dz
-                    if d2 > lo2 and d2 <= hi2:
-                        if store:
-                            buf[cnt] = j
-                        cnt += 1
-                        if first:
-                            return cnt
+            row = (cz * dims[1] + cy) * dims[0]
+            if len(start):
+                q0 = start[row + x0]
+                q1 = start[row + x1]
+            else:
+                q0 = np.searchsorted(keys, row + x0)
+                q1 = np.searchsorted(keys, row + x1)
+            for q in range(q0, q1):
+                j = order[q]
+                if j <= above:
+                    continue
+                dx = xyz[j, 0] - p[0]
+                dy = xyz[j, 1] - p[1]
+                dz = xyz[j, 2] - p[2]
+                d2 = dx * dx + dy * dy + dz * dz
+                if d2 > lo2 and d2 <= hi2:
+                    if store:
+                        buf[cnt] = j
+                    cnt += 1
+                    if first:
+                        return cnt
     return cnt
 
 
-@nb.njit(cache=True)
-def _near_all(points, xyz, lo, cell, dims, start, order, r, mode):
-    """Per point: 1 if an atom lies within ``r`` (≤ the cell) else 0 (mode 0), or how many (mode 1)."""
+@nb.njit(cache=True, parallel=True)
+def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
+    """Per point: 1 if a grid point lies within ``r`` (≤ the cell) else 0 (mode 0), or how many
+    (mode 1)."""
     out = np.empty(len(points), np.int64)
     none = np.empty(0, np.int64)
-    for i in range(len(points)):
-        out[i] = _scan(points[i], xyz, lo, cell, dims, start, order, -1.0, r * r, -1, none, False, mode == 0)
+    for i in nb.prange(len(points)):
+        out[i] = _scan(points[i], xyz, lo, cell, dims, start, keys, order, -1.0, r * r, -1, none, False, mode == 0)
     return out
 
 
-@nb.njit(cache=True)
-def _pairs_in_shell(xyz, lo, cell, dims, start, order, r_lo, r_hi):
-    """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell), in lexicographic order."""
+@nb.njit(cache=True, parallel=True)
+def _pairs_in_shell(xyz, lo, cell, dims, start, keys, order, r_lo, r_hi):
+    """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell; r_lo < 0: from 0 on, equal
+    points included), in lexicographic order. Two parallel passes over the points: count, then
+    write each point's row at its offset (the same pairs and order on any number of threads)."""
     n = len(xyz)
-    cap = 16 * n + 16
-    out = np.empty((cap, 2), np.int64)
-    m = 0
-    buf = np.empty(n, np.int64)
+    lo2 = r_lo * r_lo if r_lo >= 0.0 else -1.0
+    hi2 = r_hi * r_hi
+    none = np.empty(0, np.int64)
+    cnt = np.empty(n, np.int64)
+    for i in nb.prange(n):
+        cnt[i] = _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, none, False, False)
+    off = np.zeros(n + 1, np.int64)
     for i in range(n):
-        nb_ = _scan(xyz[i], xyz, lo, cell, dims, start, order, r_lo * r_lo, r_hi * r_hi, i, buf, True, False)
-        js = np.sort(buf[:nb_])
-        if m + nb_ > cap:
-            grown = np.empty((2 * (m + nb_), 2), np.int64)
-            grown[:m] = out[:m]
-            out = grown
-            cap = len(out)
-        for t in range(nb_):
-            out[m, 0] = i
-            out[m, 1] = js[t]
-            m += 1
-    return out[:m]
+        off[i + 1] = off[i] + cnt[i]
+    out = np.empty((off[n], 2), np.int64)
+    for i in nb.prange(n):
+        buf = np.empty(cnt[i], np.int64)
+        _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, buf, True, False)
+        buf.sort()
+        for t in range(cnt[i]):
+            out[off[i] + t, 0] = i
+            out[off[i] + t, 1] = buf[t]
+    return out
 
 
 def _bonded_pairs(xyz_A, bond_A):
@@ -150,12 +155,34 @@ def _bonded_pairs(xyz_A, bond_A):
     return grid, grid.pairs((1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
 
 
-def _csr(rows, cols, n):
-    """(start, cols) of the entries (rows, cols) grouped by row, each row's columns ascending."""
-    order = np.argsort(rows.astype(np.int64) * n + cols, kind="stable")
-    start = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n), out=start[1:])
-    return start, np.ascontiguousarray(cols[order], dtype=np.int64)
+@nb.njit(cache=True)
+def _symmetric_csr(pairs, n, with_self):
+    """Neighbour lists (start, cols) of n points from their lexicographic pairs i < j: row r holds
+    the i < r, then r itself when ``with_self``, then the j > r, so every row is ascending with no
+    sort (the pairs come ordered by i, and by j within an i)."""
+    low = np.zeros(n, np.int64)
+    up = np.zeros(n, np.int64)
+    for p in range(len(pairs)):
+        low[pairs[p, 1]] += 1
+        up[pairs[p, 0]] += 1
+    own = 1 if with_self else 0
+    start = np.zeros(n + 1, np.int64)
+    for r in range(n):
+        start[r + 1] = start[r] + low[r] + own + up[r]
+    cols = np.empty(start[n], np.int64)
+    cur_low = start[:n].copy()
+    cur_up = start[:n] + low + own
+    if with_self:
+        for r in range(n):
+            cols[start[r] + low[r]] = r
+    for p in range(len(pairs)):
+        i = pairs[p, 0]
+        j = pairs[p, 1]
+        cols[cur_low[j]] = i
+        cur_low[j] += 1
+        cols[cur_up[i]] = j
+        cur_up[i] += 1
+    return start, cols
 
 
 @nb.njit(cache=True)
@@ -194,7 +221,7 @@ def _triangles(pairs, n):
     """(T, 3) index triples i < j < k of mutually bonded atoms, from the (P, 2) pairs i < j."""
     if len(pairs) == 0:
         return np.zeros((0, 3), dtype=np.int64)
-    start, cols = _csr(np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]]), n)
+    start, cols = _symmetric_csr(pairs, n, False)
     return _triangles_csr(start, cols, np.ascontiguousarray(pairs[:, 0], dtype=np.int64),
                           np.ascontiguousarray(pairs[:, 1], dtype=np.int64))
 
@@ -235,12 +262,59 @@ def _greedy_merge(cand, start, cols, order):
 def _merge(cand):
     """Candidates within 0.5 Å merged (greedy, densest group first): sites and their votes."""
     n = len(cand)
-    p = cKDTree(cand).query_pairs(_MERGE_A, output_type="ndarray").reshape(-1, 2).astype(np.int64)
-    own = np.arange(n, dtype=np.int64)              # each row holds the candidate itself
-    start, cols = _csr(np.concatenate([p[:, 0], p[:, 1], own]), np.concatenate([p[:, 1], p[:, 0], own]), n)
+    p = _Grid(cand, 2.0 * _MERGE_A).pairs(-1.0, _MERGE_A)   # within the radius, coincident ones included
+    start, cols = _symmetric_csr(p, n, True)        # each row holds the candidate itself
     size = np.diff(start)
     order = np.argsort(-size, kind="stable")
     return _greedy_merge(np.ascontiguousarray(cand, dtype=np.float64), start, cols, order)
+
+
+@nb.njit(cache=True, parallel=True)
+def _completions(xyz, tri, surface, lo, cell, dims, start, keys, order, clear_A):
+    """The candidates of each triangle (i, j, k) of bonded atoms, farther than ``clear_A`` from
+    every atom: in its plane the corner opposite each vertex (``j + k − i``; where the other two
+    are surface atoms), and the apexes of the two tetrahedra on it (where all three are), at the
+    height of a regular tetrahedron of its mean edge. Ordered by kind, then by triangle."""
+    n_tri = len(tri)
+    out = np.empty((5 * n_tri, 3))
+    ok = np.zeros(5 * n_tri, np.bool_)
+    none = np.empty(0, np.int64)
+    h = np.sqrt(2.0 / 3.0)
+    r2 = clear_A * clear_A
+    for t in nb.prange(n_tri):
+        i, j, k = tri[t, 0], tri[t, 1], tri[t, 2]
+        si, sj, sk = surface[i], surface[j], surface[k]
+        for a in range(3):
+            if sj and sk:
+                out[t, a] = xyz[j, a] + xyz[k, a] - xyz[i, a]
+            if si and sk:
+                out[n_tri + t, a] = xyz[i, a] + xyz[k, a] - xyz[j, a]
+            if si and sj:
+                out[2 * n_tri + t, a] = xyz[i, a] + xyz[j, a] - xyz[k, a]
+        ok[t] = sj and sk
+        ok[n_tri + t] = si and sk
+        ok[2 * n_tri + t] = si and sj
+        if si and sj and sk:
+            bx, by, bz = xyz[j, 0] - xyz[i, 0], xyz[j, 1] - xyz[i, 1], xyz[j, 2] - xyz[i, 2]
+            cx, cy, cz = xyz[k, 0] - xyz[i, 0], xyz[k, 1] - xyz[i, 1], xyz[k, 2] - xyz[i, 2]
+            nx, ny, nz = by * cz - bz * cy, bz * cx - bx * cz, bx * cy - by * cx
+            nn = max(np.sqrt(nx * nx + ny * ny + nz * nz), 1e-12)
+            ex, ey, ez = xyz[k, 0] - xyz[j, 0], xyz[k, 1] - xyz[j, 1], xyz[k, 2] - xyz[j, 2]
+            side = (np.sqrt(bx * bx + by * by + bz * bz) + np.sqrt(cx * cx + cy * cy + cz * cz)
+                    + np.sqrt(ex * ex + ey * ey + ez * ez)) / 3.0
+            up = h * side
+            for a in range(3):
+                c = (xyz[i, a] + xyz[j, a] + xyz[k, a]) / 3.0
+                nrm = (nx, ny, nz)[a] / nn
+                out[3 * n_tri + t, a] = c + nrm * up
+                out[4 * n_tri + t, a] = c - nrm * up
+            ok[3 * n_tri + t] = True
+            ok[4 * n_tri + t] = True
+        for q in range(5):
+            m = q * n_tri + t
+            if ok[m] and _scan(out[m], xyz, lo, cell, dims, start, keys, order, -1.0, r2, -1, none, False, True) > 0:
+                ok[m] = False
+    return out[ok]
 
 
 def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3, clear: float = 0.8):
@@ -272,19 +346,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     tri = _triangles(pairs, len(xyz))
     if len(tri) == 0:
         return empty
-    s3 = surface[tri]
-    A, B, C = xyz[tri[:, 0]], xyz[tri[:, 1]], xyz[tri[:, 2]]
-    centre = (A + B + C) / 3.0
-    normal = np.cross(B - A, C - A)
-    normal /= np.maximum(np.linalg.norm(normal, axis=1), 1e-12)[:, None]
-    side = (np.linalg.norm(B - A, axis=1) + np.linalg.norm(C - A, axis=1) + np.linalg.norm(C - B, axis=1)) / 3.0
-    apex = normal * (np.sqrt(2.0 / 3.0) * side)[:, None]
-    # in plane: the corner opposite each vertex, beside the other two; apexes: beside all three
-    cand = np.concatenate([(B + C - A)[s3[:, 1] & s3[:, 2]], (A + C - B)[s3[:, 0] & s3[:, 2]],
-                           (A + B - C)[s3[:, 0] & s3[:, 1]], (centre + apex)[s3.all(1)], (centre - apex)[s3.all(1)]])
-    if len(cand) == 0:
-        return empty
-    cand = cand[~grid.near(cand, clear * bond_A)]        # no atom within the clearance
+    cand = _completions(grid.xyz, tri, surface, *grid._args()[1:], clear * bond_A)   # no atom within the clearance
     if len(cand) == 0:
         return empty
     # merge: each candidate joins the densest group around it first (greedy, by group size)

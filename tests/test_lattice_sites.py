@@ -73,8 +73,8 @@ def test_lattice_rescue_adds_nothing_to_a_complete_model():
 
 def test_vacant_sites_same_on_the_sparse_path(monkeypatch):
     """Two particles 400 Å apart along each axis (a grid of 1.25-bond cells would hold ~2·10⁶
-    cells for 1,160 atoms): the k-d tree answers instead of the cell scans, with the same sites
-    and votes as the cell scans give for one particle (nothing crosses 690 Å)."""
+    cells for 1,160 atoms): the cell keys are binary-searched instead of a cell table, with the
+    same sites and votes as the table gives for one particle (nothing crosses 690 Å)."""
     import ptnp_gpu.lattice_sites as ls
     a = 3.924
     rng = np.random.default_rng(9)
@@ -85,10 +85,10 @@ def test_vacant_sites_same_on_the_sparse_path(monkeypatch):
     two = one + 400.0
     bond = a / np.sqrt(2)
     grid = ls._Grid(np.concatenate([one, two]), 1.25 * bond)
-    assert grid.tree is not None                                  # the sparse path
+    assert len(grid.start) == 0                                   # the sparse path
     s_both, v_both = vacant_sites(np.concatenate([one, two]), bond)
     s_one, v_one = vacant_sites(one, bond)
-    assert ls._Grid(one, 1.25 * bond).tree is None                # the dense path
+    assert len(ls._Grid(one, 1.25 * bond).start) > 0              # the dense path
     assert len(s_both) == 2 * len(s_one) > 20
     left = s_both[:, 0] < 200.0
     for sel, shift in ((left, 0.0), (~left, 400.0)):
@@ -97,10 +97,21 @@ def test_vacant_sites_same_on_the_sparse_path(monkeypatch):
     assert sorted(v_both.tolist()) == sorted(2 * v_one.tolist())
     # and the two paths' primitives agree on one particle
     dense = ls._Grid(one, 1.25 * bond)
-    monkeypatch.setattr(ls, "_MAX_CELLS_PER_ATOM", -100)      # every grid sparse
+    monkeypatch.setattr(ls, "_MAX_CELLS_PER_POINT", -10**9)   # every grid sparse
     sparse = ls._Grid(one, 1.25 * bond)
-    assert sparse.tree is not None
+    assert len(sparse.start) == 0
     np.testing.assert_array_equal(dense.pairs(0.75 * bond, 1.25 * bond), sparse.pairs(0.75 * bond, 1.25 * bond))
     pts = one[:50] + rng.normal(0, 1.5, (50, 3))
     np.testing.assert_array_equal(dense.near(pts, 0.8 * bond), sparse.near(pts, 0.8 * bond))
     np.testing.assert_array_equal(dense.near(pts, 1.25 * bond, count=True), sparse.near(pts, 1.25 * bond, count=True))
+    # against a k-d tree: pairs in a shell (and from 0 on, coincident points included), counts
+    tree = cKDTree(one)
+    want = tree.query_pairs(1.25 * bond, output_type="ndarray")
+    want = want[np.linalg.norm(one[want[:, 0]] - one[want[:, 1]], axis=1) > 0.75 * bond]
+    np.testing.assert_array_equal(sparse.pairs(0.75 * bond, 1.25 * bond), want[np.lexsort((want[:, 1], want[:, 0]))])
+    np.testing.assert_array_equal(sparse.near(pts, 1.25 * bond, count=True),
+                                  tree.query_ball_point(pts, 1.25 * bond, return_length=True))
+    dup = np.concatenate([one[:30], one[:10]])                     # coincident pairs (i, 30 + i)
+    for g in (ls._Grid(dup, 0.5), sparse.__class__(dup, 0.5)):
+        p = g.pairs(-1.0, 0.5)
+        assert {(i, 30 + i) for i in range(10)} <= set(map(tuple, p.tolist()))
