@@ -7,7 +7,7 @@ PyTorch installed) it also records one warm run's GPU activity with PyTorch's pr
 (CUPTI sees every kernel and copy in the process, CuPy's included): the device's busy
 time against the wall time, and the kernels that take it.
 
-    python benchmarks/profile_gpu.py --size 256 --out prof_256.txt [--backend cupy] [--kernels]
+    python benchmarks/profile_gpu.py --size 256 --out prof_256.txt [--backend cupy] [--kernels] [--dump prof_256.prof]
 """
 from __future__ import annotations
 
@@ -61,6 +61,11 @@ def kernel_profile(analyze, be, top: int = 30) -> str:
     for r in rows[:top]:
         us = _device_us(r)
         out.append(f"{us / 1e3:10.3f} {int(r.count):6d} {us / max(int(r.count), 1):8.1f}  {r.key[:110]}")
+    # by count: each launch costs host time whatever the kernel does (what to fuse next)
+    out.append("\n--- the same, by count (launches and copies cost host time however short) ---")
+    for r in sorted(rows, key=lambda r: int(r.count), reverse=True)[:top]:
+        us = _device_us(r)
+        out.append(f"{us / 1e3:10.3f} {int(r.count):6d} {us / max(int(r.count), 1):8.1f}  {r.key[:110]}")
     return "\n".join(out) + "\n\n"
 
 
@@ -71,6 +76,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--top", type=int, default=70)
     p.add_argument("--out", required=True)
+    p.add_argument("--dump", default=None,
+                   help="also write the profile's raw statistics (pstats.Stats.dump_stats) to this file")
     p.add_argument("--kernels", action="store_true",
                    help="also the GPU's kernels and copies of one warm run (PyTorch's profiler)")
     args = p.parse_args(argv)
@@ -96,6 +103,8 @@ def main(argv=None) -> int:
     prof.enable()
     det = analyze()
     prof.disable()
+    if args.dump:
+        prof.dump_stats(args.dump)
     buf = io.StringIO()
     buf.write(f"{case.name} on {be.name}: warm analyze {wall * 1e3:.1f} ms wall (unprofiled), "
               f"{len(det.xyz_A)} atoms; warm-up runs "
@@ -105,6 +114,12 @@ def main(argv=None) -> int:
     for key in ("cumulative", "tottime"):
         buf.write(f"=== sorted by {key} ===\n")
         pstats.Stats(prof, stream=buf).sort_stats(key).print_stats(args.top)
+    if be.is_gpu:
+        # who uploads host data (cupy.array / asarray) and who reads the device back (.get): the
+        # host-side costs that no kernel profile shows
+        for pattern in ("from_data.py.*asarray", "core.array}", "method 'get' of 'cupy"):
+            buf.write(f"=== callers of {pattern} ===\n")
+            pstats.Stats(prof, stream=buf).sort_stats("tottime").print_callers(pattern)
     Path(args.out).write_text(buf.getvalue())
     print(buf.getvalue()[:3000])
     return 0

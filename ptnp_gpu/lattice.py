@@ -204,15 +204,16 @@ def _pair_d2_nn(xyz, pairs):
     return d2, np.sqrt(d)
 
 
-def _near_pairs(xyz, tree, r0):
-    """Pairs within ``r0`` (cKDTree's order), their squared distances summed as cKDTree
-    does, and each atom's nearest-neighbour distance: the shortest of its pairs, a k-nearest
-    query only for atoms with none (several times faster than querying every atom)."""
-    p = np.ascontiguousarray(tree.query_pairs(r0, output_type="ndarray"), dtype=np.int64).reshape(-1, 2)
+def _near_pairs(xyz, r0):
+    """Pairs i < j within ``r0`` (lexicographic; a parallel Numba scan of a cell grid), their
+    squared distances summed as cKDTree does, and each atom's nearest-neighbour distance: the
+    shortest of its pairs, a k-nearest query (k-d tree) only for atoms with none."""
+    from .lattice_sites import _Grid
+    p = _Grid(xyz, r0).pairs(-1.0, r0)
     d2, d = _pair_d2_nn(xyz, p)
     lone = ~np.isfinite(d)
     if lone.any():
-        d[lone] = tree.query(xyz[lone], k=2)[0][:, 1]
+        d[lone] = cKDTree(xyz).query(xyz[lone], k=2)[0][:, 1]
     return p, d2, d
 
 
@@ -240,12 +241,13 @@ def _unit_bonds(xyz, pairs, d2, cut2):
     return out, u
 
 
-def _bonds(xyz, tree, cut, near=None):
+def _bonds(xyz, cut, near=None):
     """Bonds (pairs within ``cut``) and their unit vectors; ``near`` = (pairs, squared
     distances) of a search at a radius >= ``cut``, filtered instead of searching again
     (the same pairs in the same order)."""
     if near is None:
-        p = np.ascontiguousarray(tree.query_pairs(cut, output_type="ndarray"), dtype=np.int64).reshape(-1, 2)
+        from .lattice_sites import _Grid
+        p = _Grid(xyz, cut).pairs(-1.0, cut)
         near = (p, np.zeros(len(p)))          # keep them all
     pairs, ut = _unit_bonds(xyz, near[0], near[1], cut * cut)
     return pairs, ut.T                        # (M, 3) rows, a view of the columns' layout
@@ -580,12 +582,11 @@ def fit_lattice(xyz_A, element: Element | str = "Pt", *, outlier_A: float | None
     n = len(xyz)
     if n < 4:
         return _fallback(xyz, el, geo["type"], float("nan"), f"too few atoms ({n}) for a lattice fit")
-    tree = cKDTree(xyz)
     r0 = 1.25 * el.nn_distance_A
-    p0, d2_0, d_nn = _near_pairs(xyz, tree, r0)
+    p0, d2_0, d_nn = _near_pairs(xyz, r0)
     nn = float(np.median(d_nn))
     cut = nn * 0.5 * (1.0 + geo["d2"] / geo["d1"])
-    pairs, bonds = _bonds(xyz, tree, cut, (p0, d2_0) if cut <= r0 else None)
+    pairs, bonds = _bonds(xyz, cut, (p0, d2_0) if cut <= r0 else None)
     if len(bonds) < 3:
         return _fallback(xyz, el, geo["type"], nn, "no nearest-neighbour bonds found")
     r_centre = np.linalg.norm(xyz - xyz.mean(0), axis=1)
