@@ -186,35 +186,47 @@ def _symmetric_csr(pairs, n, with_self):
 
 
 @nb.njit(cache=True)
+def _common_after(start, cols, i, j, out, t):
+    """The k > j common to the sorted rows of i and j (i < j): how many, written as (i, j, k)
+    rows of ``out`` from row ``t`` when ``out`` has rows."""
+    x, xe = start[i], start[i + 1]
+    y, ye = start[j], start[j + 1]
+    c = 0
+    while x < xe and y < ye:
+        u, v = cols[x], cols[y]
+        if u < v:
+            x += 1
+        elif v < u:
+            y += 1
+        else:
+            if u > j:
+                if len(out):
+                    out[t + c, 0] = i
+                    out[t + c, 1] = j
+                    out[t + c, 2] = u
+                c += 1
+            x += 1
+            y += 1
+    return c
+
+
+@nb.njit(cache=True, parallel=True)
 def _triangles_csr(start, cols, a, b):
-    """Triangles (a, b, k) with k > b common to the sorted rows of a and b (a < b)."""
-    cap = 4 * len(a) + 16
-    out = np.empty((cap, 3), np.int64)
-    t = 0
-    for p in range(len(a)):
-        i, j = a[p], b[p]
-        x, xe = start[i], start[i + 1]
-        y, ye = start[j], start[j + 1]
-        while x < xe and y < ye:
-            u, v = cols[x], cols[y]
-            if u < v:
-                x += 1
-            elif v < u:
-                y += 1
-            else:
-                if u > j:
-                    if t == cap:
-                        grown = np.empty((2 * cap, 3), np.int64)
-                        grown[:t] = out[:t]
-                        out = grown
-                        cap *= 2
-                    out[t, 0] = i
-                    out[t, 1] = j
-                    out[t, 2] = u
-                    t += 1
-                x += 1
-                y += 1
-    return out[:t]
+    """Triangles (a, b, k) with k > b common to the sorted rows of a and b (a < b), in the
+    pairs' order: a parallel count per pair, then each pair's rows written at its offset."""
+    n_p = len(a)
+    cnt = np.empty(n_p, np.int64)
+    none = np.empty((0, 3), np.int64)
+    for p in nb.prange(n_p):
+        cnt[p] = _common_after(start, cols, a[p], b[p], none, 0)
+    off = np.zeros(n_p + 1, np.int64)
+    for p in range(n_p):
+        off[p + 1] = off[p] + cnt[p]
+    out = np.empty((off[n_p], 3), np.int64)
+    for p in nb.prange(n_p):
+        if cnt[p]:
+            _common_after(start, cols, a[p], b[p], out, off[p])
+    return out
 
 
 def _triangles(pairs, n):

@@ -323,15 +323,23 @@ def _columns_to_host(columns: dict) -> dict:
 
 
 def _cn_bins(cols, min_atoms=5):
-    cn = cols["cn"]
+    """Mean and standard error of each ``CN_BIN_STATISTICS`` column per CN value held by at
+    least ``min_atoms`` atoms (non-finite values left out). The atoms are sorted by CN once
+    (stably: each bin keeps the atoms' order, so its sums are the same numbers) and each bin is
+    a slice of the sorted columns."""
+    cn = np.asarray(cols["cn"])
     vals, counts = np.unique(cn, return_counts=True)
     keep = vals[counts >= min_atoms]
-    out = {"cn": keep.astype(int), "n_atoms": np.array([np.count_nonzero(cn == c) for c in keep], int)}
+    out = {"cn": keep.astype(int), "n_atoms": counts[counts >= min_atoms].astype(int)}
+    order = np.argsort(cn, kind="stable")
+    ends = np.cumsum(counts)
+    bounds = [(e - c, e) for e, c in zip(ends[counts >= min_atoms], counts[counts >= min_atoms])]
     for name in CN_BIN_STATISTICS:
-        v = cols[name]
+        v = np.asarray(cols[name])[order]
         means, sems = [], []
-        for c in keep:       # loop over ≤ 13 CN values, not atoms
-            x = v[(cn == c) & np.isfinite(v)]
+        for a, b in bounds:       # ≤ 13 CN values, not atoms
+            x = v[a:b]
+            x = x[np.isfinite(x)]
             means.append(x.mean() if len(x) else np.nan)
             sems.append(x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else np.nan)
         out[f"{name}_mean"] = np.array(means, float)
