@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_parallel import thread_safe
 
 __all__ = ["cell_pairs_pass", "cell_keys", "CELL_BAD"]
 
@@ -63,6 +64,7 @@ def _scan(i, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, writ
     return found
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _count(xyz, cell, order, start, hmask, r2, counts):
     e = np.zeros(0, np.int64)
@@ -74,6 +76,7 @@ def _count(xyz, cell, order, start, hmask, r2, counts):
             counts[i] = _scan(i, xyz, cell, order, start, hmask, r2, 0, e, e, f, False)
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d2):
     for i in nb.prange(xyz.shape[0]):
@@ -92,6 +95,7 @@ def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=(
         _write(xyz, cell, order, start, hmask, float(r2), counts, ends, *out)
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _cell_keys(xyz, edge, hmask, cell, key):
     n = xyz.shape[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_parallel import thread_safe
 
 __all__ = ["label_moments_cpu"]
 
@@ -40,6 +41,7 @@ def _slab(labels, weights, peakmap, z0, z1, n_labels, cnt, sums, pval, pidx):
                     pidx[r] = (z * ny + y) * nx + x
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _label_moments(labels, weights, peakmap, n_labels, n_chunks):
     nz = labels.shape[0]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_parallel import thread_safe
 
 __all__ = ["local_max_cpu"]
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _local_max(vol, mask, use_mask, out):
     nz, ny, nx = vol.shape

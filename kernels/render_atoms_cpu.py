@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_parallel import thread_safe
 
 __all__ = ["render_planes"]
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _axis_tables(base, frac, inv6, norm, hx, hy, hz, vs, sep):
     """Per-atom 1D factors exp(-½ c_kk d_k²) for atoms whose terms are axis-aligned."""
@@ -47,6 +49,7 @@ def _axis_tables(base, frac, inv6, norm, hx, hy, hz, vs, sep):
     return tx, ty, tz
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _render_planes(base, frac, inv6, norm, offsets, zptr, hx, hy, hz, vs, sep, tx, ty, tz, out):
     nz, ny, nx = out.shape

@@ -11,6 +11,7 @@ import math
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_parallel import thread_safe
 
 __all__ = ["normal_equations", "pearson_sums", "mean_shift"]
 
@@ -33,6 +34,7 @@ def _window_voxel(w, side, half, c, r2, shape):
     return ok, iz, iy, ix, ux, uy, uz
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def normal_equations(vol, centres, base, half, r2, vs, A, rhs, yy, count):
     """Fill ``A`` (N, 7, 7), ``rhs`` (N, 7), ``yy`` (N,), ``count`` (N,) for the quadric fit.
@@ -84,6 +86,7 @@ def normal_equations(vol, centres, base, half, r2, vs, A, rhs, yy, count):
         yy[a] = syy
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def pearson_sums(vol_a, vol_b, centres, half, r2, sums):
     """Fill ``sums`` (N, 6) with n, Σa, Σb, Σa², Σb², Σab over each atom's sphere."""
@@ -126,6 +129,7 @@ def _clip1(x):
     return x
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def mean_shift(vol, centres, offsets, base, sigma2, n_iter, out):
     """Fill ``out`` (N, 3) with the centres after ``n_iter`` mean-shift rounds.

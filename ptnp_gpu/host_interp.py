@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from .host_parallel import thread_safe
 
 __all__ = ["interp_host"]
 
@@ -51,6 +52,7 @@ def _interp_run(x, xp_, fp, out, start, stop):
         out[i] = r
 
 
+@thread_safe
 @nb.njit(parallel=True, cache=True)
 def _interp_chunks(x, xp_, fp, out, n_chunks):
     n = x.shape[0]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from .host_parallel import thread_safe
 
 __all__ = ["vacant_sites"]
 
@@ -112,6 +113,7 @@ def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, stor
     return cnt
 
 
+@thread_safe
 @nb.njit(cache=True, parallel=True)
 def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
     """Per point: 1 if a grid point lies within ``r`` (≤ the cell) else 0 (mode 0), or how many
@@ -123,6 +125,7 @@ def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
     return out
 
 
+@thread_safe
 @nb.njit(cache=True, parallel=True)
 def _pairs_in_shell(xyz, lo, cell, dims, start, keys, order, r_lo, r_hi):
     """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell; r_lo < 0: from 0 on, equal
@@ -210,6 +213,7 @@ def _common_after(start, cols, i, j, out, t):
     return c
 
 
+@thread_safe
 @nb.njit(cache=True, parallel=True)
 def _triangles_csr(start, cols, a, b):
     """Triangles (a, b, k) with k > b common to the sorted rows of a and b (a < b), in the
@@ -281,6 +285,7 @@ def _merge(cand):
     return _greedy_merge(np.ascontiguousarray(cand, dtype=np.float64), start, cols, order)
 
 
+@thread_safe
 @nb.njit(cache=True, parallel=True)
 def _completions(xyz, tri, surface, lo, cell, dims, start, keys, order, clear_A):
     """The candidates of each triangle (i, j, k) of bonded atoms, farther than ``clear_A`` from
