@@ -183,7 +183,7 @@ class LatticeFit:
         }
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _pair_d2_nn(xyz, pairs):
     """Squared length of each pair, summed as cKDTree does ((dx² + dy²) + dz²), and each
     atom's shortest pair length (inf for an atom in no pair; a NaN sticks, as np.minimum's):
@@ -217,7 +217,7 @@ def _near_pairs(xyz, r0):
     return p, d2, d
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _unit_bonds(xyz, pairs, d2, cut2):
     """The pairs with ``d2 <= cut2`` (in their order) and their unit vectors xyz[j] − xyz[i]
     as columns (3 × M), normalised as ``v / np.linalg.norm(v)`` ((x² + y²) + z²)."""
@@ -258,7 +258,7 @@ def _columns(bonds):
     return np.ascontiguousarray(np.asarray(bonds, dtype=np.float64).reshape(-1, 3).T)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _best_rows(M, bt, idx):
     """For each bond b (columns of ``bt``, 3 × N): the largest |M[r] · b| over the h rows of
     ``M`` (the half set of ideal directions, rotated into the map frame) and into ``idx`` the
@@ -289,7 +289,7 @@ def _best_rows(M, bt, idx):
     return best
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _count_matched(Ms, bt, cos_tol):
     """For each rotation's direction rows ``Ms[k]`` (K, h, 3): how many bonds (columns of
     ``bt``, 3 × N) lie within ``cos_tol`` of one of them (either sign): the largest |cos| of
@@ -314,7 +314,7 @@ def _count_matched(Ms, bt, cos_tol):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _match_pass(M, bt, dirs, cos_tol, key):
     """One refinement pass of :func:`_orientation` for the ideal directions ``M`` (h × 3,
     rotated into the map frame): every bond's (columns of ``bt``) closest ideal direction
@@ -437,7 +437,7 @@ def _orientation(xyz, bonds_pairs, bonds, dirs, n_centre=6, tol_deg=12.0, r_cent
     return rot
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _index_sites(xyz, origin, inv_basis, cells):
     """Nearest lattice site (cell units) of every atom: its position in cell units
     p = (x − origin) @ inv_basis, then per sub-lattice offset b (rows of ``cells``) the site
@@ -482,7 +482,7 @@ def _fit_sites(xyz, sites, inlier):
     return sol[0], sol[1:]
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _site_residuals(xyz, sites, origin, basis):
     """|origin + s @ basis − x| of every atom."""
     out = np.empty(xyz.shape[0])
@@ -496,7 +496,7 @@ def _site_residuals(xyz, sites, origin, basis):
     return out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _largest_cluster_uf(mask, pairs):
     n = mask.shape[0]
     parent = np.arange(n)

@@ -74,7 +74,7 @@ class _Grid:
         return out if count else out > 0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, store, first):
     """Points ``j > above`` with ``lo2 < |x_j − p|² ≤ hi2`` (radius ≤ the cell) around point ``p``:
     how many (stopping at the first when ``first``), their indices written to ``buf`` when
@@ -114,7 +114,7 @@ def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, stor
 
 
 @thread_safe
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
     """Per point: 1 if a grid point lies within ``r`` (≤ the cell) else 0 (mode 0), or how many
     (mode 1)."""
@@ -126,7 +126,7 @@ def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
 
 
 @thread_safe
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def _pairs_in_shell(xyz, lo, cell, dims, start, keys, order, r_lo, r_hi):
     """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell; r_lo < 0: from 0 on, equal
     points included), in lexicographic order. Two parallel passes over the points: count, then
@@ -158,7 +158,7 @@ def _bonded_pairs(xyz_A, bond_A):
     return grid, grid.pairs((1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _symmetric_csr(pairs, n, with_self):
     """Neighbour lists (start, cols) of n points from their lexicographic pairs i < j: row r holds
     the i < r, then r itself when ``with_self``, then the j > r, so every row is ascending with no
@@ -188,7 +188,7 @@ def _symmetric_csr(pairs, n, with_self):
     return start, cols
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _common_after(start, cols, i, j, out, t):
     """The k > j common to the sorted rows of i and j (i < j): how many, written as (i, j, k)
     rows of ``out`` from row ``t`` when ``out`` has rows."""
@@ -214,7 +214,7 @@ def _common_after(start, cols, i, j, out, t):
 
 
 @thread_safe
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def _triangles_csr(start, cols, a, b):
     """Triangles (a, b, k) with k > b common to the sorted rows of a and b (a < b), in the
     pairs' order: a parallel count per pair, then each pair's rows written at its offset."""
@@ -242,7 +242,7 @@ def _triangles(pairs, n):
                           np.ascontiguousarray(pairs[:, 1], dtype=np.int64))
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _greedy_merge(cand, start, cols, order):
     """Each candidate, densest group first, joins the group around it with the candidates not yet
     taken (the group's mean is the site, its size the votes); rows of (start, cols) hold each
@@ -286,7 +286,7 @@ def _merge(cand):
 
 
 @thread_safe
-@nb.njit(cache=True, parallel=True)
+@nb.njit(cache=True, parallel=True, nogil=True)
 def _completions(xyz, tri, surface, lo, cell, dims, start, keys, order, clear_A):
     """The candidates of each triangle (i, j, k) of bonded atoms, farther than ``clear_A`` from
     every atom: in its plane the corner opposite each vertex (``j + k − i``; where the other two

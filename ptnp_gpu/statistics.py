@@ -225,6 +225,18 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
+_LATTICE_POOL = None
+
+
+def _lattice_pool():
+    """One worker thread for the statistics' lattice fits (shared by the calling threads)."""
+    global _LATTICE_POOL
+    if _LATTICE_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _LATTICE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ptnp-lattice")
+    return _LATTICE_POOL
+
+
 def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,
                          fit_baseline="solvent"):
     """Displacement fits, validation correlation and peak intensity for every atom.
@@ -235,14 +247,26 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     Returns (host columns, map mean and SD, ``refit``): ``refit(psi)`` gives the displacement
     columns again from the same solved fits with the blur tensor ``psi`` taken off
     (:func:`ptnp_gpu.displacement.displacements_from_fits`), without a second pass over the map."""
+    inp = _window_inputs(dmap, xyz, el, labels, simulated, be, presmooth_A=presmooth_A,
+                         fit_baseline=fit_baseline, margin_radius_A=fit_r)
+    return _window_fits(inp, el, fit_r, be, chunk=chunk, presmooth_A=presmooth_A)
+
+
+def _window_inputs(dmap, xyz, el, labels, simulated, be, *, presmooth_A=0.0, fit_baseline="solvent",
+                   margin_radius_A=0.0):
+    """What the window fits need that does not depend on the fit radius: the map's mean and SD,
+    the box around the atoms (a margin of 6 Å past the larger of the validation radius and
+    ``margin_radius_A``), the simulated map, the labels, the solvent level at the atoms, the
+    smoothed map the fits see, the validation correlation and the peak intensities (a dict)."""
     xp = be.xp
     vs = dmap.voxel_size_A
     data_full = _on(be, dmap.data)
     mean, sd = map_mean_sd(data_full)                    # synchronize (once)
     vox = dmap.xyz_A_to_voxel(xyz)
     r_val = 1.5 * el.radius_A
+    reach = max(r_val, float(margin_radius_A))
     # crop to the particle: simulation and gathers only touch this box
-    margin = (max(r_val, fit_r) + 6.0) / vs.min()
+    margin = (reach + 6.0) / vs.min()
     lo, hi = _crop(dmap.shape, vox, margin)
     sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
     data = xp.ascontiguousarray(data_full[sl])
@@ -258,8 +282,6 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
             raise InputError(f"labels shape {tuple(lab.shape)} differs from the map shape {dmap.shape}")
         extra.append(xp.ascontiguousarray(lab[sl]))
     vox_c = xp.asarray(vox - lo, dtype=xp.float64)
-    # displacement fits and validation correlation: the custom window kernels
-    # (CUDA on CuPy, Numba twins on NumPy) accumulate per-atom sums in one pass
     # the fits see the map smoothed by a small Gaussian (less noise in the log-intensities),
     # whose variance is then subtracted from U: exact for Gaussian atoms (measured: DOI rank
     # correlation with the truth 0.48 → 0.55 at noise 0.15, 0.63 → 0.69 at 0.05)
@@ -268,8 +290,30 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
     else:
         base = xp.zeros(len(xyz), dtype=xp.float64)
     fit_data = data if not presmooth_A > 0 else be.ndi.gaussian_filter(data, presmooth_A / vs[::-1])
+    valid_corr = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
+    del sim
+    # peak intensity: the maximum raw value in the atom's own component (one fused
+    # pass of the label-moments kernel); the atoms without one are measured by the fits' step
+    n = len(xyz)
+    peak = xp.full(n, xp.nan)
+    if labels is not None:
+        mom = gk.label_moments(extra[0], data, data, n)
+        peak = xp.where(mom.count > 0, mom.peak_value.astype(xp.float64), xp.nan)
+    return {"reach_A": reach, "data": data, "vox_c": vox_c, "base": base, "fit_data": fit_data,
+            "valid_corr": valid_corr, "peak": peak, "mean": mean, "sd": sd, "voxel_size_A": vs}
+
+
+def _window_fits(inp, el, fit_r, be, *, chunk=None, presmooth_A=0.0):
+    """The displacement fits on :func:`_window_inputs` (made with a reach of at least
+    ``fit_r``) and the per-atom columns: (host columns, map mean and SD, ``refit``)."""
+    xp = be.xp
+    data, vox_c, base, fit_data = inp["data"], inp["vox_c"], inp["base"], inp["fit_data"]
+    mean, sd = inp["mean"], inp["sd"]
+    vs = inp["voxel_size_A"]
+    # displacement fits and validation correlation: the custom window kernels
+    # (CUDA on CuPy, Numba twins on NumPy) accumulate per-atom sums in one pass
     ne = gk.window_normal_equations(fit_data, vox_c, fit_r / vs[0], voxel_size_A=vs, baseline=base)
-    del fit_data
+    inp["fit_data"] = fit_data = None
     solved = (gk.solve_normal_equations(gk.iso_normal_equations(ne)), gk.solve_normal_equations(ne), ne.count)
 
     def refit(psi):
@@ -278,14 +322,9 @@ def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None
 
     fits = displacements_from_fits(*solved, fit_r, deconvolve_A2=presmooth_A ** 2)
     fits["fit_baseline"] = base
-    fits["valid_corr"] = gk.window_pearson(data, sim, vox_c, r_val / vs[0])
-    # peak intensity: the maximum raw value in the atom's own component (one fused
-    # pass of the label-moments kernel), else near the centre (gathered windows)
-    n = len(xyz)
-    peak = xp.full(n, xp.nan)
-    if labels is not None:
-        mom = gk.label_moments(extra[0], data, data, n)
-        peak = xp.where(mom.count > 0, mom.peak_value.astype(xp.float64), xp.nan)
+    fits["valid_corr"] = inp["valid_corr"]
+    # peak intensity of the atoms without a component: near the centre (gathered windows)
+    peak = inp["peak"]
     todo = xp.nonzero(~xp.isfinite(peak))[0]
     if todo.size:                            # no component: the core sphere around the centre
         off_val = window_offsets(el.radius_A, vs)
@@ -467,7 +506,21 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     be = _resolve_backend(backend, labels, simulated, dmap.data)
     times = {}
     t0 = time.perf_counter()
-    doms = fit_lattice_domains(xyz, el)              # host: N is small, the fit is iterative
+    presmooth = float(DEFAULT_PRESMOOTH_A if presmooth_A is None else presmooth_A)
+    inputs = None
+    if be.is_gpu:
+        # the lattice fit (host: Numba and NumPy on N positions, GIL released in its compiled
+        # loops) runs in a thread while this one queues the window inputs on the device, which
+        # do not depend on it (their box reaches past the validation radius, which exceeds the
+        # fit radius, 3/8 of a bond, for any metal; measured again below)
+        pending = _lattice_pool().submit(fit_lattice_domains, xyz, el)
+        try:
+            inputs = _window_inputs(dmap, xyz, el, labels, simulated, be, presmooth_A=presmooth,
+                                    fit_baseline=fit_baseline)
+        finally:
+            doms = pending.result()
+    else:
+        doms = fit_lattice_domains(xyz, el)          # host: N is small, the fit is iterative
     lat = doms.main
     geo = lattice_geometry(lat.lattice)
     cutoff = lat.cn_cutoff_A
@@ -530,10 +583,12 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     times["strain"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     fit_r = fit_radius_A(lat.mean_param_A * geo["d1"])
-    win, map_stats, refit = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
-                                                 presmooth_A=float(DEFAULT_PRESMOOTH_A if presmooth_A is None
-                                                                   else presmooth_A),
-                                                 fit_baseline=fit_baseline)
+    if inputs is not None and inputs["reach_A"] >= fit_r:
+        win, map_stats, refit = _window_fits(inputs, el, fit_r, be, presmooth_A=presmooth)
+    else:
+        win, map_stats, refit = _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be,
+                                                     presmooth_A=presmooth, fit_baseline=fit_baseline)
+    del inputs
     psi, core_doi = map_blur_tensor_A2(win["u_A2"], np.asarray(cn) == geo["cn_bulk"])
     corrected = psi is not None and (blur_correction == "core"
                                      or (blur_correction == "auto" and core_doi < BLUR_AUTO_DOI))
