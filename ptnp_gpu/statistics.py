@@ -23,6 +23,7 @@ not assume a spherical particle.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -229,12 +230,22 @@ _LATTICE_POOL = None
 
 
 def _lattice_pool():
-    """One worker thread for the statistics' lattice fits (shared by the calling threads)."""
+    """Worker threads for the statistics' lattice fits (shared by the calling threads)."""
     global _LATTICE_POOL
     if _LATTICE_POOL is None:
         from concurrent.futures import ThreadPoolExecutor
         _LATTICE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ptnp-lattice")
     return _LATTICE_POOL
+
+
+def _forget_lattice_pool():
+    """A forked child has none of its parent's threads: it starts a pool of its own."""
+    global _LATTICE_POOL
+    _LATTICE_POOL = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_lattice_pool)
 
 
 def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,

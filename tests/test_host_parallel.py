@@ -40,3 +40,31 @@ def test_parallel_numba_from_threads_on_the_workqueue_layer():
     assert r.returncode == 0, r.stderr[-2000:]
     layer, n_sites, n_bad = r.stdout.split()
     assert layer == "workqueue" and int(n_sites) > 20 and n_bad == "0"
+
+
+def _pool_in_child(q):
+    from ptnp_gpu.statistics import _lattice_pool
+    try:
+        q.put(_lattice_pool().submit(lambda: 42).result(timeout=20))
+    except Exception as exc:  # noqa: BLE001 - report, the parent asserts
+        q.put(repr(exc))
+
+
+def test_lattice_pool_works_in_a_forked_child():
+    """The statistics' lattice thread pool made in the parent: a forked child (which has none of
+    its threads) gets a pool of its own instead of queueing work no thread takes."""
+    import multiprocessing as mp
+
+    import pytest
+
+    from ptnp_gpu.statistics import _lattice_pool
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    assert _lattice_pool().submit(lambda: 1).result(timeout=20) == 1     # the parent's threads exist
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_pool_in_child, args=(q,))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=30)
+    assert got == 42
