@@ -2,7 +2,9 @@
 # One device call: GPU parity tests, then the benchmark suite, then a host-time profile;
 # then the stream under CUDA MPS, then ptnp batch's throughput; all results under $OUT (at most
 # 8 files come back: session.log, gpu_map_parity.json, suite/results.{json,md}, mps/results.json,
-# profile.txt, batch_gpu.json, cupy_kernel_cache.tar.gz; the suite's plot is left out, as
+# profile.txt, profile_256.prof (the 256³ host profile's raw statistics, for pstats: callers and
+# callees of every function), cupy_kernel_cache.tar.gz; ptnp batch's figures go to the log (its
+# JSON stays on the device); the suite's plot is left out, as
 # `python benchmarks/bench_report.py DIR` draws it again from results.json).
 #
 # Run through the device tool from the repository root, carrying the wheels the
@@ -106,7 +108,9 @@ echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 for n in 256 160; do
     [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 25 ] || break
     echo "=== profile ${n}³ ===" >> "$OUT/profile.txt"
-    timeout 40 python3 benchmarks/profile_gpu.py --size $n --out "$OUT/profile_$n.tmp" > /dev/null 2>> "$LOG"
+    dump=""
+    [ "$n" = 256 ] && dump="--dump $OUT/profile_256.prof"
+    timeout 40 python3 benchmarks/profile_gpu.py --size $n --out "$OUT/profile_$n.tmp" $dump > /dev/null 2>> "$LOG"
     cat "$OUT/profile_$n.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/profile_$n.tmp"
 done
 # the GPU's own busy time and kernels in one warm 256³ analyze (PyTorch's profiler sees CuPy's
@@ -115,7 +119,7 @@ if [ $(( SESSION_S - ($(date +%s) - t0) )) -gt 70 ]; then
     echo "=== kernels 256³ ===" >> "$OUT/profile.txt"
     timeout 60 python3 benchmarks/profile_gpu.py --size 256 --kernels --top 30 --out "$OUT/kernels.tmp" \
         > /dev/null 2>> "$LOG"
-    sed -n '1,40p' "$OUT/kernels.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/kernels.tmp"
+    sed -n '1,75p' "$OUT/kernels.tmp" >> "$OUT/profile.txt" 2>/dev/null; rm -f "$OUT/kernels.tmp"
 fi
 echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # ptnp batch on the GPU (16 maps of 200 atoms, full analyze with files and figures): one worker,
@@ -124,7 +128,7 @@ echo "profiles: done after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 if [ "${BATCH:-1}" = 1 ] && python3 -c "import distributed" 2>/dev/null \
         && [ $(( SESSION_S - ($(date +%s) - t0) )) -gt "${BATCH_S:-100}" ]; then
     timeout $(( ${BATCH_S:-100} - 10 )) python3 benchmarks/bench_batch.py --maps 16 --atoms 200 \
-        --configs gpu1,gpu4,gpu --out "$OUT/batch_gpu.json" >> "$LOG" 2>&1
+        --configs gpu1,gpu4,gpu --out /tmp/batch_gpu.json >> "$LOG" 2>&1
     echo "batch: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 fi
 rm -f "$OUT/suite/results.png"          # the device returns at most 8 files
