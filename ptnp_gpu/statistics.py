@@ -226,6 +226,12 @@ def _crop(shape, vox, margin_vox):
     return lo, np.maximum(hi, lo + 1)
 
 
+def _host_geometry(xyz, el, voxel_size_A):
+    """The statistics' host work on the positions alone: the lattice fit (iterative; N is small),
+    the particle's diameter and the model's scale check (a wrong voxel size scales every length)."""
+    return fit_lattice_domains(xyz, el), particle_diameter_A(xyz), check_model_scale(xyz, el, voxel_size_A)
+
+
 _LATTICE_POOL = None
 
 
@@ -520,18 +526,18 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     presmooth = float(DEFAULT_PRESMOOTH_A if presmooth_A is None else presmooth_A)
     inputs = None
     if be.is_gpu:
-        # the lattice fit (host: Numba and NumPy on N positions, GIL released in its compiled
-        # loops) runs in a thread while this one queues the window inputs on the device, which
-        # do not depend on it (their box reaches past the validation radius, which exceeds the
-        # fit radius, 3/8 of a bond, for any metal; measured again below)
-        pending = _lattice_pool().submit(fit_lattice_domains, xyz, el)
+        # the lattice fit, diameter and scale check (host: Numba and NumPy on N positions, GIL
+        # released in the compiled loops) run in a thread while this one queues the window inputs
+        # on the device, which do not depend on them (their box reaches past the validation
+        # radius, which exceeds the fit radius, 3/8 of a bond, for any metal; checked below)
+        pending = _lattice_pool().submit(_host_geometry, xyz, el, dmap.voxel_size_A)
         try:
             inputs = _window_inputs(dmap, xyz, el, labels, simulated, be, presmooth_A=presmooth,
                                     fit_baseline=fit_baseline)
         finally:
-            doms = pending.result()
+            doms, diameter, scale = pending.result()
     else:
-        doms = fit_lattice_domains(xyz, el)          # host: N is small, the fit is iterative
+        doms, diameter, scale = _host_geometry(xyz, el, dmap.voxel_size_A)
     lat = doms.main
     geo = lattice_geometry(lat.lattice)
     cutoff = lat.cn_cutoff_A
@@ -543,10 +549,8 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
     cn = coordination_numbers(pos, cutoff, pairs)
     centre = xyz.mean(0)
     centre_b = _on(be, centre)
-    diameter = particle_diameter_A(xyz)
     clusters, cluster_warning = _bonded_clusters(_be.to_host(pairs), n)   # sync: the pairs come to the host once
     warnings = [cluster_warning] if cluster_warning else []
-    scale = check_model_scale(xyz, el, dmap.voxel_size_A)   # host: a wrong voxel size scales every length
     if scale.message:
         log.warning(scale.message)
         warnings.append(scale.message)
