@@ -33,6 +33,7 @@ _MERGE_A = 0.5          # candidates this close are one site (Å)
 _FULL_SHELL = 12        # close-packed: an atom with this many bonded neighbours has no vacant one (at least)
 
 
+_ROW_CAP = 24              # partners of a point kept from the counting pass (a close-packed shell: 12)
 _MAX_CELLS_PER_POINT = 64  # a sparser grid: binary search of the cell keys instead of a cell table
 
 
@@ -50,13 +51,15 @@ class _Grid:
         c = np.floor((self.xyz - self.lo) / self.cell).astype(np.int64)
         self.dims = c.max(0) + 1 if len(c) else np.ones(3, dtype=np.int64)
         key = (c[:, 2] * self.dims[1] + c[:, 1]) * self.dims[0] + c[:, 0]
-        self.order = np.argsort(key, kind="stable")
-        self.keys = np.ascontiguousarray(key[self.order])
         n_cells = float(np.prod(self.dims.astype(np.float64)))
-        self.start = np.zeros(0, dtype=np.int64)                  # empty: binary search
         if n_cells <= _MAX_CELLS_PER_POINT * len(self.xyz) + 4096:
             self.start = np.zeros(int(n_cells) + 1, dtype=np.int64)
             np.cumsum(np.bincount(key, minlength=len(self.start) - 1), out=self.start[1:])
+            self.order = _counting_order(key, self.start)      # argsort(key, "stable"), in O(N)
+        else:
+            self.start = np.zeros(0, dtype=np.int64)              # empty: binary search
+            self.order = np.argsort(key, kind="stable")
+        self.keys = np.ascontiguousarray(key[self.order])
 
     def _args(self):
         return self.xyz, self.lo, self.cell, self.dims, self.start, self.keys, self.order
@@ -75,10 +78,22 @@ class _Grid:
 
 
 @nb.njit(cache=True, nogil=True)
+def _counting_order(key, start):
+    """The stable sort of ``key`` by counting (``start``: each key's first place, a prefix sum)."""
+    pos = start[:-1].copy()
+    order = np.empty(len(key), np.int64)
+    for i in range(len(key)):
+        k = key[i]
+        order[pos[k]] = i
+        pos[k] += 1
+    return order
+
+
+@nb.njit(cache=True, nogil=True)
 def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, store, first):
     """Points ``j > above`` with ``lo2 < |x_j − p|² ≤ hi2`` (radius ≤ the cell) around point ``p``:
-    how many (stopping at the first when ``first``), their indices written to ``buf`` when
-    ``store``."""
+    how many (stopping at the first when ``first``), the indices of the first ``len(buf)`` of them
+    written to ``buf`` when ``store``."""
     cnt = 0
     c0 = np.empty(3, np.int64)
     for a in range(3):
@@ -105,7 +120,7 @@ def _scan(p, xyz, lo, cell, dims, start, keys, order, lo2, hi2, above, buf, stor
                 dz = xyz[j, 2] - p[2]
                 d2 = dx * dx + dy * dy + dz * dz
                 if d2 > lo2 and d2 <= hi2:
-                    if store:
+                    if store and cnt < len(buf):
                         buf[cnt] = j
                     cnt += 1
                     if first:
@@ -129,26 +144,33 @@ def _near_all(points, xyz, lo, cell, dims, start, keys, order, r, mode):
 @nb.njit(cache=True, parallel=True, nogil=True)
 def _pairs_in_shell(xyz, lo, cell, dims, start, keys, order, r_lo, r_hi):
     """Pairs i < j with r_lo < |x_i − x_j| ≤ r_hi (r_hi ≤ the cell; r_lo < 0: from 0 on, equal
-    points included), in lexicographic order. Two parallel passes over the points: count, then
-    write each point's row at its offset (the same pairs and order on any number of threads)."""
+    points included), in lexicographic order. One parallel pass over the points counts each
+    point's partners and keeps the first ``_ROW_CAP`` of them; a row with more is scanned again;
+    then each row is written, sorted, at its offset (the same pairs and order on any number of
+    threads)."""
     n = len(xyz)
     lo2 = r_lo * r_lo if r_lo >= 0.0 else -1.0
     hi2 = r_hi * r_hi
-    none = np.empty(0, np.int64)
+    cap = _ROW_CAP
+    rows = np.empty((n, cap), np.int64)
     cnt = np.empty(n, np.int64)
     for i in nb.prange(n):
-        cnt[i] = _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, none, False, False)
+        cnt[i] = _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, rows[i], True, False)
     off = np.zeros(n + 1, np.int64)
     for i in range(n):
         off[i + 1] = off[i] + cnt[i]
     out = np.empty((off[n], 2), np.int64)
     for i in nb.prange(n):
-        buf = np.empty(cnt[i], np.int64)
-        _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, buf, True, False)
-        buf.sort()
-        for t in range(cnt[i]):
+        c = cnt[i]
+        if c <= cap:
+            js = rows[i, :c].copy()
+        else:
+            js = np.empty(c, np.int64)
+            _scan(xyz[i], xyz, lo, cell, dims, start, keys, order, lo2, hi2, i, js, True, False)
+        js.sort()
+        for t in range(c):
             out[off[i] + t, 0] = i
-            out[off[i] + t, 1] = buf[t]
+            out[off[i] + t, 1] = js[t]
     return out
 
 
