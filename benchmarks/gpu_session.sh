@@ -101,7 +101,7 @@ fi
 left=$(( SESSION_S - ($(date +%s) - t0) ))
 # the suite stops starting cases at 70% of what is left (a case can take ~30 s at 384³)
 # SUITE_ARGS replaces the cases (default: every size, both experimental particles, the stream)
-python3 benchmarks/run_suite.py --out "$OUT/suite" ${SUITE_ARGS:---sizes 256 128 384 192 --numpy-sizes 256 128 192 384 \
+python3 benchmarks/run_suite.py --out "$OUT/suite" ${SUITE_ARGS:---sizes 256 128 384 192 --numpy-sizes 256 128 192 \
     --repeats 3 --stream-first --stream-maps 30 --stream-processes 4 8} --max-seconds $(( left * 7 / 10 )) >> "$LOG" 2>&1
 echo "suite: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # host-time profile of one warm analyze (what to shorten next), if time is left
