@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .host_parallel import thread_pool
+
 __all__ = ["Backend", "default", "fft_workers", "get", "resolve", "namespace", "asarray", "upload_volume",
            "to_host", "cupy_available", "info", "synchronize", "kernel_cache_dir", "kernel_cache_is_cold"]
 
@@ -180,7 +182,6 @@ def asarray(a, backend: Backend | str | None = None, dtype=None):
 
 _UPLOAD_CHUNK_BYTES = 4 << 20     # staged and sent in pieces of this size
 _UPLOAD_MIN_BYTES = 4 << 20       # below this (a 100³ float32 map), one staging copy costs little more
-_UPLOAD_POOL = None               # the staging threads (made on first use)
 _UPLOAD_KEEP: list = []           # (event, pinned buffer) of uploads whose copies may still run
 _UPLOAD_LOCK = threading.Lock()
 
@@ -205,7 +206,6 @@ def upload_volume(a, xp, dtype=np.float32):
 def _staged_upload(a, xp, dtype):
     """:func:`upload_volume`'s pinned, piecewise copy (``xp``: CuPy, or a stand-in with its
     ``empty``, ``cuda.alloc_pinned_memory``, ``cuda.get_current_stream`` and pointer API)."""
-    global _UPLOAD_POOL
     _release_uploads()      # earlier uploads' buffers back to the pool first, to be reused here
     src = a.reshape(-1) if a.flags.c_contiguous else np.ravel(a, order="C")   # a view when it can
     out = xp.empty(a.shape, dtype=dtype)
@@ -214,12 +214,8 @@ def _staged_upload(a, xp, dtype):
     stage = np.frombuffer(mem, dtype=dtype, count=out.size)
     step = max(1, _UPLOAD_CHUNK_BYTES // itemsize)
     bounds = [(i, min(i + step, out.size)) for i in range(0, out.size, step)]
-    with _UPLOAD_LOCK:
-        if _UPLOAD_POOL is None:
-            from concurrent.futures import ThreadPoolExecutor
-            _UPLOAD_POOL = ThreadPoolExecutor(max_workers=min(4, max(1, (os.cpu_count() or 2) // 2)),
-                                              thread_name_prefix="ptnp-upload")
-    fills = [_UPLOAD_POOL.submit(np.copyto, stage[i:j], src[i:j], casting="unsafe") for i, j in bounds]
+    pool = thread_pool("upload", min(4, max(1, (os.cpu_count() or 2) // 2)))
+    fills = [pool.submit(np.copyto, stage[i:j], src[i:j], casting="unsafe") for i, j in bounds]
     stream = xp.cuda.get_current_stream()
     for (i, j), fill in zip(bounds, fills):
         fill.result()

@@ -10,30 +10,16 @@ thread) is passed to SciPy unchanged. Every other name is ``scipy.ndimage``'s.
 """
 from __future__ import annotations
 
-import os
-import threading
 import types
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import scipy.ndimage as _ndi
 
+from .host_parallel import thread_pool
+
 __all__ = ["module", "gaussian_filter", "uniform_filter", "spline_filter"]
 
 _MIN_VOXELS = 1 << 18            # smaller volumes: one thread (slabs cost more than they save)
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-_LOCK = threading.Lock()
-
-
-def _forget_pool_in_child() -> None:
-    """A forked child has none of the parent's threads: it starts its own pool when needed."""
-    global _POOL, _POOL_SIZE, _LOCK
-    _POOL, _POOL_SIZE, _LOCK = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _threads() -> int:
@@ -41,14 +27,8 @@ def _threads() -> int:
     return fft_workers()
 
 
-def _pool(n: int) -> ThreadPoolExecutor:
-    global _POOL, _POOL_SIZE
-    with _LOCK:
-        if _POOL is None or _POOL_SIZE != n:
-            if _POOL is not None:
-                _POOL.shutdown(wait=False)
-            _POOL, _POOL_SIZE = ThreadPoolExecutor(n, thread_name_prefix="ptnp-ndimage"), n
-        return _POOL
+def _pool(n: int):
+    return thread_pool("ndimage", n)
 
 
 def _passes(src, out, axes_args, one_pass, n):

@@ -10,11 +10,13 @@ goes straight through; on ``workqueue`` the calls take turns under one lock.
 from __future__ import annotations
 
 import functools
+import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
-__all__ = ["thread_safe"]
+__all__ = ["thread_safe", "thread_pool"]
 
 _LOCK = threading.RLock()
 _SAFE: bool | None = None     # whether the layer takes concurrent calls; known after the first
@@ -40,3 +42,32 @@ def thread_safe(dispatcher):
             return dispatcher(*args, **kwargs)
     call.dispatcher = dispatcher
     return call
+
+
+_POOLS: dict = {}             # name -> (threads, ThreadPoolExecutor)
+_POOLS_LOCK = threading.Lock()
+
+
+def thread_pool(name: str, n: int) -> ThreadPoolExecutor:
+    """The package's worker pool ``name`` with ``n`` threads, made on first use (and again when
+    ``n`` changes: the old one is shut down without waiting). A forked child has none of its
+    parent's threads, so work queued to the parent's pool would wait forever there: it makes
+    its own."""
+    with _POOLS_LOCK:
+        have = _POOLS.get(name)
+        if have is None or have[0] != n:
+            if have is not None:
+                have[1].shutdown(wait=False)
+            have = (n, ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"ptnp-{name}"))
+            _POOLS[name] = have
+        return have[1]
+
+
+def _forget_pools_in_child() -> None:
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)

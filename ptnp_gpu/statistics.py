@@ -23,7 +23,6 @@ not assume a spherical particle.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_rad
                            map_blur_tensor_A2, window_offsets, window_peak)
 from .elements import Element, get_element
 from .errors import InputError
+from .host_parallel import thread_pool
 from .lattice import LatticeDomains, LatticeFit, fit_lattice_domains, lattice_geometry
 from .models import atomic_write, format_cell, write_json, write_table
 from .penetration import fit_penetration
@@ -232,26 +232,9 @@ def _host_geometry(xyz, el, voxel_size_A):
     return fit_lattice_domains(xyz, el), particle_diameter_A(xyz), check_model_scale(xyz, el, voxel_size_A)
 
 
-_LATTICE_POOL = None
-
-
 def _lattice_pool():
     """Worker threads for the statistics' lattice fits (shared by the calling threads)."""
-    global _LATTICE_POOL
-    if _LATTICE_POOL is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _LATTICE_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ptnp-lattice")
-    return _LATTICE_POOL
-
-
-def _forget_lattice_pool():
-    """A forked child has none of its parent's threads: it starts a pool of its own."""
-    global _LATTICE_POOL
-    _LATTICE_POOL = None
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_lattice_pool)
+    return thread_pool("lattice", 2)
 
 
 def _window_measurements(dmap, xyz, el, fit_r, labels, simulated, be, chunk=None, presmooth_A=0.0,
