@@ -319,7 +319,7 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
 
     Measured (README, Method step 6b): recall of our simulator's very mobile surfaces (U 0.6 /
     0.8 Å²) 0.834 / 0.798 → 0.885 / 0.868 at unchanged precision (0.993-0.994)."""
-    from .lattice_sites import _Grid, vacant_sites
+    from .lattice_sites import atom_grid, vacant_sites
     be = _be.namespace(C)
     xp, ndi = be.xp, be.ndi
     vsx = xp.asarray(vs)
@@ -331,7 +331,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     have = _be.to_host(xyz).astype(np.float64)
     added = []
     for _ in range(max(1, o.lattice_rounds)):
-        sites, _ = vacant_sites(have, bond)
+        grid = atom_grid(have, bond)                                      # sites and clearance
+        sites, _ = vacant_sites(have, bond, grid=grid)
         if len(sites) == 0:
             break
         sites = xp.asarray(sites)                                          # one upload per round
@@ -342,7 +343,7 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
         z = (v[xp.arange(len(sites)), k] - level) / noise
         best = sites + offs[k]
         best_h, z_h = _be.to_host(best), _be.to_host(z)                    # one small read per round
-        clear = ~_Grid(have, _LATTICE_CLEAR * bond).near(best_h, _LATTICE_CLEAR * bond)   # no atom within
+        clear = ~grid.near(best_h, _LATTICE_CLEAR * bond)                # no atom within
         cand = np.flatnonzero((z_h >= o.lattice_sigma) & clear)
         if len(cand) == 0:
             break

@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from .elements import Element, get_element
+from .lattice_sites import _Grid
 from .threshold_components import _find
 
 __all__ = ["LatticeFit", "LatticeDomains", "fit_lattice", "fit_lattice_domains", "lattice_geometry",
@@ -208,7 +209,6 @@ def _near_pairs(xyz, r0):
     """Pairs i < j within ``r0`` (lexicographic; a parallel Numba scan of a cell grid), their
     squared distances summed as cKDTree does, and each atom's nearest-neighbour distance: the
     shortest of its pairs, a k-nearest query (k-d tree) only for atoms with none."""
-    from .lattice_sites import _Grid
     p = _Grid(xyz, r0).pairs(-1.0, r0)
     d2, d = _pair_d2_nn(xyz, p)
     lone = ~np.isfinite(d)
@@ -246,7 +246,6 @@ def _bonds(xyz, cut, near=None):
     distances) of a search at a radius >= ``cut``, filtered instead of searching again
     (the same pairs in the same order)."""
     if near is None:
-        from .lattice_sites import _Grid
         p = _Grid(xyz, cut).pairs(-1.0, cut)
         near = (p, np.zeros(len(p)))          # keep them all
     pairs, ut = _unit_bonds(xyz, near[0], near[1], cut * cut)

@@ -174,9 +174,16 @@ def _pairs_in_shell(xyz, lo, cell, dims, start, keys, order, r_lo, r_hi):
     return out
 
 
-def _bonded_pairs(xyz_A, bond_A):
-    """The atoms' grid (cells of 1.25 bonds) and their bonded pairs i < j, lexicographic."""
-    grid = _Grid(xyz_A, (1.0 + _BOND_TOL) * bond_A)
+def atom_grid(xyz_A, bond_A: float) -> _Grid:
+    """The atoms' cell grid of :func:`vacant_sites` (cells of 1.25 bonds): it answers distance
+    questions up to that radius (``near``, ``pairs``) for callers that also want the sites."""
+    return _Grid(xyz_A, (1.0 + _BOND_TOL) * bond_A)
+
+
+def _bonded_pairs(xyz_A, bond_A, grid=None):
+    """The atoms' grid (cells of 1.25 bonds; ``grid`` when given) and their bonded pairs i < j,
+    lexicographic."""
+    grid = atom_grid(xyz_A, bond_A) if grid is None else grid
     return grid, grid.pairs((1.0 - _BOND_TOL) * bond_A, (1.0 + _BOND_TOL) * bond_A)
 
 
@@ -356,7 +363,8 @@ def _completions(xyz, tri, surface, lo, cell, dims, start, keys, order, clear_A)
     return out[ok]
 
 
-def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3, clear: float = 0.8):
+def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3, clear: float = 0.8,
+                 grid=None):
     """Candidate vacant lattice sites beside a close-packed model (host arrays).
 
     Parameters
@@ -366,6 +374,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     min_votes : int, completions that must agree on a site (within 0.5 Å)
     min_bonds : int, atoms within 1.25 × the bond that a site must have
     clear : float, a site is farther than this × the bond from every atom
+    grid : :func:`atom_grid` of ``xyz_A``, when the caller has it
 
     Returns
     -------
@@ -375,7 +384,7 @@ def vacant_sites(xyz_A, bond_A: float, *, min_votes: int = 2, min_bonds: int = 3
     empty = (np.zeros((0, 3)), np.zeros(0, dtype=np.int64))
     if len(xyz) < 4:
         return empty
-    grid, pairs = _bonded_pairs(xyz, bond_A)
+    grid, pairs = _bonded_pairs(xyz, bond_A, grid)
     deg = np.bincount(pairs.ravel(), minlength=len(xyz))
     # a full shell: 12 in a close-packed metal; bcc counts 14 (its second shell lies within the
     # bond range here), which the bulk atoms then show
