@@ -17,7 +17,6 @@ and the detection parameters that differ.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from pathlib import Path
@@ -27,6 +26,8 @@ from scipy.spatial import cKDTree
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from wrapping import wrapped  # noqa: E402
 
 # (module, function): each is wrapped wherever the package bound it by name
 TRACED = [("denoise", "denoise_map"), ("denoise", "noise_power_spectrum"), ("denoise", "hermitian_norm2"),
@@ -75,35 +76,15 @@ def _summary(x, depth=0):
             "nonfinite": int((~fin).sum())}
 
 
-@contextlib.contextmanager
 def traced(log):
-    import importlib
-    import pkgutil
-
-    import ptnp_gpu
-    mods = [importlib.import_module(f"ptnp_gpu.{m.name}") for m in pkgutil.iter_modules(ptnp_gpu.__path__)
-            if m.name not in ("__main__",)]
-    saved = []
-    for mod_name, fn_name in TRACED:
-        src = importlib.import_module(f"ptnp_gpu.{mod_name}")
-        orig = getattr(src, fn_name)
-
-        def make(orig, name):
-            def wrapper(*a, **k):
-                out = orig(*a, **k)
-                log.append((name, _summary(out)))
-                return out
-            return wrapper
-        w = make(orig, f"{mod_name}.{fn_name}")
-        for m in mods:
-            if getattr(m, fn_name, None) is orig:
-                saved.append((m, fn_name, orig))
-                setattr(m, fn_name, w)
-    try:
-        yield log
-    finally:
-        for m, name, orig in saved:
-            setattr(m, name, orig)
+    """Within the block, every ``TRACED`` call appends (name, digest of its output) to ``log``."""
+    def make(orig, name):
+        def wrapper(*a, **k):
+            out = orig(*a, **k)
+            log.append((name, _summary(out)))
+            return out
+        return wrapper
+    return wrapped(TRACED, make)
 
 
 def _differs(a, b, rtol):

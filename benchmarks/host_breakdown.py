@@ -13,9 +13,7 @@ their callers too. Not a GPU timing: a ranking of where the GPU path spends host
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import pkgutil
 import sys
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_maps import synthetic_case  # noqa: E402
+from wrapping import wrapped  # noqa: E402
 
 # (module, function) wrapped wherever the package bound it by name
 WRAPPED = [
@@ -45,37 +44,23 @@ WRAPPED = [
 ]
 
 
-def _wrap(audit, table):
-    import ptnp_gpu
-    mods = [importlib.import_module(f"ptnp_gpu.{m.name}") for m in pkgutil.iter_modules(ptnp_gpu.__path__)
-            if m.name != "__main__"]
-    saved = []
-    for mod_name, fn_name in WRAPPED:
-        try:
-            src = importlib.import_module(f"ptnp_gpu.{mod_name}")
-            orig = getattr(src, fn_name)
-        except (ImportError, AttributeError):
-            continue
-
-        def make(orig, key):
-            def wrapper(*a, **k):
-                m0 = audit.mark()
-                try:
-                    return orig(*a, **k)
-                finally:
-                    m1 = audit.mark()
-                    rec = table.setdefault(key, {"calls": 0, "host_ms": 0.0, "launches": 0, "syncs": 0, "h2d": 0})
-                    rec["calls"] += 1
-                    rec["host_ms"] += 1e3 * ((m1["t"] - m0["t"]) - (m1["inside_s"] - m0["inside_s"]))
-                    for c in ("launches", "syncs", "h2d"):
-                        rec[c] += m1[c] - m0[c]
-            return wrapper
-        w = make(orig, f"{mod_name}.{fn_name}")
-        for m in mods:
-            if getattr(m, fn_name, None) is orig:
-                saved.append((m, fn_name, orig))
-                setattr(m, fn_name, w)
-    return saved
+def _timed(audit, table):
+    """A wrapper maker for :func:`wrapping.wrapped`: each call's host ms (wall less the time
+    inside emulated device calls), launches, host reads and uploads, summed into ``table``."""
+    def make(orig, key):
+        def wrapper(*a, **k):
+            m0 = audit.mark()
+            try:
+                return orig(*a, **k)
+            finally:
+                m1 = audit.mark()
+                rec = table.setdefault(key, {"calls": 0, "host_ms": 0.0, "launches": 0, "syncs": 0, "h2d": 0})
+                rec["calls"] += 1
+                rec["host_ms"] += 1e3 * ((m1["t"] - m0["t"]) - (m1["inside_s"] - m0["inside_s"]))
+                for c in ("launches", "syncs", "h2d"):
+                    rec[c] += m1[c] - m0[c]
+        return wrapper
+    return make
 
 
 def main(argv=None) -> int:
@@ -95,16 +80,12 @@ def main(argv=None) -> int:
         compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
         for _ in range(max(1, args.repeats)):
             table = {}
-            saved = _wrap(audit, table)
-            try:
+            with wrapped(WRAPPED, _timed(audit, table)):
                 a = audit.mark()
                 det = detect_atoms(case.dmap, case.element)
                 b = audit.mark()
                 compute_statistics(det.backend_map, det.xyz_A, case.element, labels=det.labels)
                 c = audit.mark()
-            finally:
-                for m, name, orig in saved:
-                    setattr(m, name, orig)
             table["(detect_atoms)"] = {"calls": 1, "host_ms": 1e3 * ((b["t"] - a["t"]) - (b["inside_s"] - a["inside_s"])),
                                        "launches": b["launches"] - a["launches"], "syncs": b["syncs"] - a["syncs"],
                                        "h2d": b["h2d"] - a["h2d"]}
