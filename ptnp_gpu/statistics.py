@@ -368,11 +368,11 @@ def _cn_bins(cols, min_atoms=5):
     a slice of the sorted columns."""
     cn = np.asarray(cols["cn"])
     vals, counts = np.unique(cn, return_counts=True)
-    keep = vals[counts >= min_atoms]
-    out = {"cn": keep.astype(int), "n_atoms": counts[counts >= min_atoms].astype(int)}
+    big = counts >= min_atoms
+    out = {"cn": vals[big].astype(int), "n_atoms": counts[big].astype(int)}
     order = np.argsort(cn, kind="stable")
-    ends = np.cumsum(counts)
-    bounds = [(e - c, e) for e, c in zip(ends[counts >= min_atoms], counts[counts >= min_atoms])]
+    ends = np.cumsum(counts)[big]
+    bounds = list(zip(ends - counts[big], ends))
     for name in CN_BIN_STATISTICS:
         v = np.asarray(cols[name])[order]
         means, sems = [], []
