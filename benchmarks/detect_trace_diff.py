@@ -38,7 +38,7 @@ TRACED = [("denoise", "denoise_map"), ("denoise", "noise_power_spectrum"), ("den
           ("deblur", "sharpened"), ("deblur", "excess_blur_A2"), ("deblur", "model_correlation"),
           ("precision", "filter_moments"), ("precision", "peak_hessians"), ("simulate", "render_atoms"),
           ("peaks", "rescue_rounds"), ("peaks", "_split"), ("peaks", "_residual_map"),
-          ("components", "label26"), ("components", "label_moments"),
+          ("components", "label26"), ("components", "label26_above"), ("components", "label_moments"),
           ("gpu_kernels", "mean_shift_centres"), ("peaks", "transfer_corrected_map"),
           ("gpu_kernels", "window_pearson"), ("lattice_sites", "vacant_sites")]
 

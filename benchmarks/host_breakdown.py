@@ -31,7 +31,7 @@ WRAPPED = [
     ("detect", "_noise_warning"), ("solvent", "_solvent_mask"), ("solvent", "_noise_spectrum"),
     ("solvent", "_noise_levels"), ("solvent", "_robust_level"), ("solvent", "_near_particle_level"),
     ("denoise", "denoise_map"), ("sweep", "sweep_scores"), ("sweep", "_stacked_centres"),
-    ("components", "label26"), ("components", "label_moments"), ("peaks", "rescue_rounds"),
+    ("components", "label26"), ("components", "label26_above"), ("components", "label_moments"), ("peaks", "rescue_rounds"),
     ("peaks", "_split"), ("peaks", "_residual_map"), ("precision", "peak_hessians"),
     ("precision", "filter_moments"), ("precision", "position_sd_A"), ("simulate", "render_atoms"),
     ("lattice_sites", "vacant_sites"), ("lattice", "fit_lattice_domains"),

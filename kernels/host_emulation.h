@@ -69,6 +69,12 @@ inline unsigned long long atomicAdd(unsigned long long* p, unsigned long long v)
     const unsigned long long old = *p; *p = old + v; return old;
 }
 
+inline int atomicMin(int* p, int v)
+{
+    std::lock_guard<std::mutex> g(ptnp_emu_mutex);
+    const int old = *p; if (v < old) *p = v; return old;
+}
+
 inline unsigned long long atomicMax(unsigned long long* p, unsigned long long v)
 {
     std::lock_guard<std::mutex> g(ptnp_emu_mutex);

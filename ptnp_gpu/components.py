@@ -5,18 +5,25 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["label26", "label_moments", "otsu_threshold", "map_mean_sd"]
-
-_S26 = np.ones((3, 3, 3), dtype=bool)
-
+__all__ = ["label26", "label26_above", "label_moments", "otsu_threshold", "map_mean_sd"]
 
 def label26(mask):
-    """Label 26-connected components of a boolean volume; returns (labels int32, n)."""
-    be = _be.namespace(mask)
-    # the structure as a host array: cupyx reads a device one back (cupy.asnumpy, a sync) before
-    # it starts, and NumPy's needs none
-    lab, n = be.ndi.label(mask, structure=_S26)
-    return lab.astype(be.xp.int32, copy=False), int(n)  # int(n): one scalar sync on GPU
+    """Label 26-connected components of a boolean volume; returns (labels int32, n).
+
+    Labels are ``scipy.ndimage.label``'s on every backend (CuPy: the union-find
+    kernels of :func:`ptnp_gpu.gpu_kernels.label_mask`). One host read (n)."""
+    from .gpu_kernels import label_mask
+    lab, n = label_mask(mask)
+    return lab, int(_be.to_host(n)[0])
+
+
+def label26_above(volume, thresholds, gap_planes: int = 1):
+    """Label 26-connected components of ``volume > t`` for each threshold, stacked along z
+    with ``gap_planes`` empty planes after each (:func:`ptnp_gpu.gpu_kernels.label_above`:
+    no mask in memory on a GPU). Returns (labels int32, n); one host read (n)."""
+    from .gpu_kernels import label_above
+    lab, n = label_above(volume, thresholds, gap_planes)
+    return lab, int(_be.to_host(n)[0])
 
 
 def label_moments(labels, n_labels: int, weights, peakmap=None):

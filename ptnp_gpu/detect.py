@@ -65,7 +65,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import backend as _be
-from .components import label26, label_moments, map_mean_sd, otsu_threshold
+from .components import label26_above, label_moments, map_mean_sd, otsu_threshold
 from .denoise import AtomKernel, denoise_map
 from .elements import Element, get_element
 from .errors import InputError
@@ -1017,7 +1017,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
 
     say(f"labelling at threshold {threshold:.4f}")
     t_sig = max(med + o.rescue_sigma * noise, o.otsu_floor * t_otsu)
-    lab, n = label26(C_box > threshold)
+    lab, n = label26_above(C_box, [threshold], gap_planes=0)
     mom = label_moments(lab, n, weights, C_box)
     drop = (mom["count"] < min_vox) | (mom["peak_value"] < t_sig)
     drop[0] = False

@@ -80,6 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
+           "label_mask", "label_above",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -704,6 +705,137 @@ def label_moments(labels, weights, peakmap, n_labels, *, background_row=False):
         k(_grid(m), (256,), (count_all, sums_all, key_all, np.int64(m), *out))
     count_o, sw, sxyz, centre, pv, pi = out
     return LabelMoments(count_o, sw, sxyz, pv, pi, centre)
+
+
+# --------------------------------------------------------------------------- connected components
+
+# labelling launches: the count and numbering kernels give each block a tile of
+# _CC_BLOCK * _CC_ITEMS consecutive voxels; flat indices are int32 in the kernels
+_CC_BLOCK = 256
+_CC_ITEMS = 16
+_CC_MAX_VOXELS = 2 ** 31 - 1
+_S26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def _cc_number(L, shape, defines, xp):
+    """Merge, compress and number the forest ``L`` (flat int32, modified): the launches of
+    ``label_cc.cu`` after its init. Returns labels (``shape``, int32) and their number as a
+    (1,) int32 device array (read it with :func:`ptnp_gpu.backend.to_host`)."""
+    n = int(L.shape[0])
+    _, ny, nx = (int(s) for s in shape)
+    tiles_n = -(-n // (_CC_BLOCK * _CC_ITEMS))
+    if tiles_n == 0:
+        return xp.zeros(shape, dtype=xp.int32), xp.zeros(1, dtype=xp.int32)
+    fn = functools.partial(get_function, "label_cc.cu", defines=defines)
+    fn("ptnp_cc_merge")(_grid(n, _CC_BLOCK), (_CC_BLOCK,), (L, np.int64(n), np.int32(ny), np.int32(nx)))
+    tiles = xp.empty(tiles_n, dtype=xp.int32)
+    fn("ptnp_cc_count")((tiles_n,), (_CC_BLOCK,), (L, np.int64(n), np.int32(_CC_ITEMS), tiles))
+    ends = xp.cumsum(tiles, dtype=xp.int32)
+    out = xp.empty(n, dtype=xp.int32)
+    fn("ptnp_cc_number")((tiles_n,), (_CC_BLOCK,), (L, np.int64(n), np.int32(_CC_ITEMS), ends, out))
+    fn("ptnp_cc_finish")(_grid(n, _CC_BLOCK), (_CC_BLOCK,), (L, np.int64(n), out))
+    return out.reshape(shape), ends[-1:]
+
+
+def _host_label(mask, be):
+    """``ndimage.label`` with the 26-neighbourhood: (labels int32, (1,) count) on ``be``."""
+    lab, n = be.ndi.label(mask, structure=_S26)
+    return lab.astype(be.xp.int32, copy=False), be.xp.asarray(np.array([int(n)], dtype=np.int32))
+
+
+def label_mask(mask):
+    """26-connected components of a boolean volume, numbered as ``scipy.ndimage.label``.
+
+    CuPy: union-find in ``kernels/label_cc.cu`` (five launches and a prefix sum
+    of the tiles' root counts); NumPy: ``scipy.ndimage.label`` (structure all
+    ones), which ``kernels/label_cc_cpu.py`` reproduces step by step for the tests.
+    No host read: the number comes back as a device array.
+
+    Parameters
+    ----------
+    mask : (nz, ny, nx) bool array, NumPy or CuPy
+
+    Returns
+    -------
+    labels : (nz, ny, nx) int32, 0 for background, 1..n in raster order of each
+        component's first voxel; n : (1,) int32 array on the mask's backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> m = np.zeros((1, 3, 5), bool); m[0, 0, 0] = m[0, 1, 1] = m[0, 2, 4] = True
+    >>> lab, n = label_mask(m)
+    >>> lab[0].tolist(), int(n[0])
+    ([[1, 0, 0, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 0, 2]], 2)
+    """
+    be = _be.namespace(mask)
+    xp = be.xp
+    mask = xp.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask: expected a 3D (nz, ny, nx) array, got shape {tuple(mask.shape)}")
+    mask = xp.ascontiguousarray(mask.astype(bool, copy=False))
+    if not be.is_gpu or mask.size > _CC_MAX_VOXELS:
+        return _host_label(mask, be)
+    L = xp.empty(mask.size, dtype=xp.int32)
+    defines = (("PTNP_MAP_T", "float"),)
+    get_function("label_cc.cu", "ptnp_cc_init_mask", defines)(
+        _grid(mask.size, _CC_BLOCK), (_CC_BLOCK,), (mask, np.int64(mask.size), L))
+    return _cc_number(L, mask.shape, defines, xp)
+
+
+def label_above(volume, thresholds, gap_planes: int = 1):
+    """26-connected components of ``volume > t`` for several thresholds, stacked along z.
+
+    The binary volume of threshold ``k`` fills planes ``k * (nz + gap_planes)``
+    to ``k * (nz + gap_planes) + nz - 1`` of one stack of ``len(thresholds) *
+    (nz + gap_planes)`` planes; the empty planes between them keep their
+    components apart, so one labelling serves every threshold (labels count up
+    through the stack, as ``scipy.ndimage.label`` numbers that stack). The
+    comparison is made in the volume's type (thresholds rounded to it). CuPy:
+    ``kernels/label_cc.cu`` thresholds while it starts the forest (no mask in
+    memory); NumPy: the stacked mask and ``scipy.ndimage.label``. No host read.
+
+    Parameters
+    ----------
+    volume : (nz, ny, nx) float array, NumPy or CuPy
+    thresholds : sequence of float (host values)
+    gap_planes : int
+        Empty planes after each threshold's volume (>= 1 when there are several).
+
+    Returns
+    -------
+    labels : (len(thresholds) * (nz + gap_planes), ny, nx) int32; n : (1,) int32 array on
+        the volume's backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.array([[[0.0, 2.0, 0.0, 1.0]]])
+    >>> lab, n = label_above(v, [0.5, 1.5])
+    >>> lab[:, 0].tolist(), int(n[0])
+    ([[0, 1, 0, 2], [0, 0, 0, 0], [0, 3, 0, 0], [0, 0, 0, 0]], 3)
+    """
+    be = _be.namespace(volume)
+    xp = be.xp
+    vol = _volume(xp.asarray(volume), "volume", xp)
+    t = np.asarray(thresholds, dtype=np.float64).ravel().astype(vol.dtype)
+    gap = int(gap_planes)
+    if gap < 0 or (len(t) > 1 and gap < 1):
+        raise ValueError(f"gap_planes: expected >= 1 between {len(t)} thresholds (>= 0 for one), got {gap_planes!r}")
+    nz, ny, nx = (int(s) for s in vol.shape)
+    pz = nz + gap
+    shape = (len(t) * pz, ny, nx)
+    total = shape[0] * ny * nx
+    if not be.is_gpu or total > _CC_MAX_VOXELS:
+        mask = xp.zeros((len(t), pz, ny, nx), dtype=bool)
+        xp.greater(vol[None], xp.asarray(t)[:, None, None, None], out=mask[:, :nz])
+        return _host_label(mask.reshape(shape), be)
+    L = xp.empty(total, dtype=xp.int32)
+    defines = (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),)
+    get_function("label_cc.cu", "ptnp_cc_init_above", defines)(
+        _grid(total, _CC_BLOCK), (_CC_BLOCK,),
+        (vol, xp.asarray(t), np.int32(len(t)), np.int32(pz), np.int32(nz), np.int32(ny), np.int32(nx), L))
+    return _cc_number(L, shape, defines, xp)
 
 
 # --------------------------------------------------------------------------- fused reductions

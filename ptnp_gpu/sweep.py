@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
-from .components import label26, label_moments, map_mean_sd
+from .components import label26_above, label_moments, map_mean_sd
 from .denoise import AtomKernel
 from .host_interp import interp_host
 from .neighbors import pairs_within, segment_sum
@@ -166,7 +166,7 @@ def _centres(C_box, weights_box, threshold, min_voxels):
     """Components of ``C > T`` → (labels, n, centres voxel xyz, counts): one threshold, one
     labelling; the reference the tests hold both sweeps to."""
     xp = _be.namespace(C_box).xp
-    lab, n = label26(C_box > threshold)
+    lab, n = label26_above(C_box, [threshold], gap_planes=0)
     if n == 0:
         return lab, n, xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
     mom = label_moments(lab, n, weights_box)
@@ -184,12 +184,8 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
     """
     xp = _be.namespace(C_box).xp
     nz = C_box.shape[0]
-    b = len(thresholds)
-    t = xp.asarray(np.asarray(thresholds, dtype=np.float32))[:, None, None, None]
-    mask = xp.zeros((b, nz + 1) + C_box.shape[1:], dtype=bool)
-    xp.greater(C_box[None], t, out=mask[:, :nz])             # no full-size temporary
-    lab, n = label26(mask.reshape((b * (nz + 1),) + C_box.shape[1:]))
-    del mask
+    # thresholds rounded to float32 (the sweep's grid), compared in the map's type
+    lab, n = label26_above(C_box, np.asarray(thresholds, dtype=np.float32), gap_planes=1)
     if n == 0:
         return xp.zeros((0, 3)), xp.zeros(0, dtype=xp.int64)
     # one copy of the weights and a gap plane serves every threshold (the kernel reads plane

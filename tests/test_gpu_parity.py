@@ -149,6 +149,28 @@ def test_mean_shift_centres_parity(cp, dtype, seed):
         assert np.abs(host - c).max() > 0.5
 
 
+@pytest.mark.parametrize("seed", [21, FRESH_SEED])
+def test_connected_components_parity(cp, seed):
+    """The union-find labelling kernels give scipy's labels: thresholds stacked with gap planes
+    (float32 and float64 maps), one threshold without a gap, and a boolean mask."""
+    import scipy.ndimage as ndi
+    rng = np.random.default_rng(seed)
+    vol = ndi.gaussian_filter(rng.normal(size=(61, 70, 58)), 1.2)
+    ts = np.quantile(vol, [0.55, 0.7, 0.8, 0.9, 0.97])
+    for v in (vol.astype(np.float32), vol):
+        for thr, gap in ((ts, 1), (ts[:1], 0), (ts[2:], 2)):
+            lab, n = gk.label_above(v, thr, gap)
+            lg, ng = gk.label_above(cp.asarray(v), thr, gap)
+            assert isinstance(lg, cp.ndarray) and lg.dtype == cp.int32 and lg.shape == lab.shape
+            assert int(ng[0]) == int(n[0]) > 20
+            np.testing.assert_array_equal(_host(lg), lab)
+    mask = rng.random((40, 45, 50)) < 0.3                   # one large component and many small
+    lab, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    lg, ng = gk.label_mask(cp.asarray(mask))
+    assert int(ng[0]) == n
+    np.testing.assert_array_equal(_host(lg), lab)
+
+
 @pytest.mark.parametrize("seed", [20, FRESH_SEED])
 def test_label_moments_parity(cp, seed):
     import scipy.ndimage as ndi

@@ -51,6 +51,7 @@ SPECIALISATIONS = {
                   for mt in ("float", "double")],
     "thin_peaks.cu": [()],
     "fourier.cu": [()],
+    "label_cc.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
                       for lt, wt in (("int", "float"), ("long long", "double"),
@@ -586,6 +587,28 @@ extern "C" void emu_thin_peaks(const long long* pi, const long long* pj, long lo
   ptnp_emu_launch({1, 1, 1}, {(unsigned)block, 1, 1}, ptnp_thin_peaks,
       pi, pj, n_pairs, value, group, use_group, n, max_rounds, kept, sup);
 }"""),
+    "label_cc.cu": ((("PTNP_MAP_T", "float"),), """
+static void emu_cc_rest(int* L, long long n, int ny, int nx, int* tiles, int* ends, int* out,
+    int block, int grid, int items) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_merge, L, n, ny, nx);
+  const long long tiles_n = (n + (long long)block * items - 1) / ((long long)block * items);
+  ptnp_emu_launch({(unsigned)tiles_n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_count, L, n, items, tiles);
+  for (long long k = 0; k < tiles_n; ++k) ends[k] = tiles[k] + (k ? ends[k - 1] : 0);
+  ptnp_emu_launch({(unsigned)tiles_n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_number, L, n, items,
+      (const int*)ends, out);
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_finish, (const int*)L, n, out);
+}
+extern "C" void emu_cc_above(const float* vol, const float* t, int nb, int pz, int nz, int ny, int nx,
+    int* L, int* tiles, int* ends, int* out, int block, int grid, int items) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_init_above, vol, t, nb, pz,
+      nz, ny, nx, L);
+  emu_cc_rest(L, (long long)nb * pz * ny * nx, ny, nx, tiles, ends, out, block, grid, items);
+}
+extern "C" void emu_cc_mask(const bool* mask, long long n, int ny, int nx, int* L, int* tiles,
+    int* ends, int* out, int block, int grid, int items) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_init_mask, mask, n, L);
+  emu_cc_rest(L, n, ny, nx, tiles, ends, out, block, grid, items);
+}"""),
     "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
 extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
     int nz, int wpz, long long n_labels, unsigned long long* count, double* sums,
@@ -702,6 +725,67 @@ def test_mean_shift_kernel_on_host(emulated):
         assert np.isnan(out[-1, 0]) and np.abs(out[:-3] - c[:-3]).max() > 0.3
     ref = _ref_mean_shift(np.nan_to_num(vol, nan=-1.0), c[:-1], base, radius, sigma)
     np.testing.assert_allclose(out[:-1], ref, rtol=0, atol=1e-9)
+
+
+def _stacked_scipy_labels(vol, t, pz):
+    import scipy.ndimage as sndi
+    nz, ny, nx = vol.shape
+    mask = np.zeros((len(t), pz, ny, nx), bool)
+    mask[:, :nz] = vol[None] > t[:, None, None, None]
+    return sndi.label(mask.reshape(len(t) * pz, ny, nx), structure=np.ones((3, 3, 3)))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_cc_twin_matches_scipy(seed):
+    """The Numba twin of label_cc.cu numbers components exactly as scipy.ndimage.label does,
+    for boolean masks of any density and for thresholds stacked with gap planes."""
+    from ptnp_gpu.kernels.label_cc_cpu import cc_init_above, cc_init_mask, cc_label
+    rng = np.random.default_rng(500 + seed)
+    for _ in range(12):
+        shape = tuple(int(s) for s in rng.integers(1, 13, 3))
+        m = rng.random(shape) < rng.uniform(0.05, 0.7)
+        lab, n = ndi.label(m, structure=np.ones((3, 3, 3)))
+        out, n2 = cc_label(cc_init_mask(m), shape)
+        assert n2 == n
+        np.testing.assert_array_equal(out, lab)
+        vol = ndi.gaussian_filter(rng.normal(size=shape), 0.7).astype(np.float32)
+        t = np.sort(rng.normal(scale=0.3, size=3)).astype(np.float32)
+        for pz in (shape[0] + 1, shape[0] + 2):
+            lab, n = _stacked_scipy_labels(vol, t, pz)
+            out, n2 = cc_label(cc_init_above(vol, t, pz), lab.shape)
+            assert n2 == n
+            np.testing.assert_array_equal(out, lab)
+
+
+@pytest.mark.parametrize("block,grid,items", [(32, 2, 1), (64, 3, 3), (256, 4, 16)])
+def test_label_cc_kernels_on_host(emulated, block, grid, items):
+    """label_cc.cu itself (threads of a block concurrent; many tiles at small block x items)
+    against scipy: stacked thresholds and a boolean mask with one large component."""
+    rng = np.random.default_rng(510 + block)
+    lib = emulated["label_cc.cu"]
+    vol = ndi.gaussian_filter(rng.normal(size=(9, 11, 13)), 1.0).astype(np.float32)
+    t = np.quantile(vol, [0.5, 0.75, 0.9]).astype(np.float32)
+    pz = vol.shape[0] + 1
+    ref, n = _stacked_scipy_labels(vol, t, pz)
+    total = ref.size
+    tiles_n = -(-total // (block * items))
+    L = np.empty(total, np.int32)
+    tiles, ends = np.zeros(tiles_n, np.int32), np.zeros(tiles_n, np.int32)
+    out = np.full(total, -7, np.int32)
+    lib.emu_cc_above(_ptr(vol), _ptr(t), len(t), pz, *vol.shape, _ptr(L), _ptr(tiles), _ptr(ends),
+                     _ptr(out), block, grid, items)
+    assert n > 10 and ends[-1] == n
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
+    mask = rng.random((8, 10, 12)) < 0.35
+    ref, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    tiles_n = -(-mask.size // (block * items))
+    L = np.empty(mask.size, np.int32)
+    tiles, ends = np.zeros(tiles_n, np.int32), np.zeros(tiles_n, np.int32)
+    out = np.full(mask.size, -7, np.int32)
+    lib.emu_cc_mask(_ptr(mask), ctypes.c_longlong(mask.size), 10, 12, _ptr(L), _ptr(tiles), _ptr(ends),
+                    _ptr(out), block, grid, items)
+    assert ends[-1] == n and np.bincount(ref.ravel())[1:].max() > 100
+    np.testing.assert_array_equal(out.reshape(ref.shape), ref)
 
 
 def _host_label_kernel_matches(emulated, lab, w, p, n, block, ref):
@@ -1546,3 +1630,27 @@ def test_radial_fit_cupy_branch_on_emulated_device(emulated_device):
     assert [x[0] for x in emulated_device.launches] == ["ptnp_radial_fit_means", "ptnp_radial_fit_spread"]
     from ptnp_gpu.kernels.reduce_cpu import radial_fit_sums
     np.testing.assert_allclose(out, radial_fit_sums(i, j, w, r, ur, len(r)), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_label_cupy_branches_on_emulated_device(emulated_device, dtype):
+    """gpu_kernels.label_above / label_mask through their CuPy branches (launch geometry, C
+    types, the tiles' prefix sum) on the host-built kernels: scipy's labels and count."""
+    rng = np.random.default_rng(520)
+    vol = ndi.gaussian_filter(rng.normal(size=(10, 12, 11)), 1.0).astype(dtype)
+    t = np.quantile(vol, [0.6, 0.8, 0.95])
+    for thr, gap in ((t, 1), (t[:1], 0), (t[1:], 3)):
+        lab, n = gk.label_above(vol, thr, gap)
+        ref, nr = _stacked_scipy_labels(vol, np.asarray(thr).astype(dtype), vol.shape[0] + gap)
+        assert lab.dtype == np.int32 and int(n[0]) == nr > 3
+        np.testing.assert_array_equal(lab, ref)
+    mask = rng.random((7, 9, 30)) < 0.4
+    lab, n = gk.label_mask(mask)
+    ref, nr = ndi.label(mask, structure=np.ones((3, 3, 3)))
+    assert int(n[0]) == nr
+    np.testing.assert_array_equal(lab, ref)
+    names = [x[0] for x in emulated_device.launches]
+    assert names.count("ptnp_cc_init_above") == 3 and names.count("ptnp_cc_init_mask") == 1
+    assert names.count("ptnp_cc_merge") == names.count("ptnp_cc_finish") == 4
+    with pytest.raises(ValueError, match="gap_planes"):
+        gk.label_above(vol, t, 0)
