@@ -5,21 +5,24 @@
 // caller never reads anything back to size a grid). A cell is hashed into one
 // of nbuckets = hmask + 1 buckets (a power of two); the caller sorts the
 // points by (bucket, index), so that the points of bucket b are
-// order[start[b]] .. order[start[b + 1] - 1]. One thread per point i looks
-// through the buckets of the 27 cells around its own, keeps the points that
-// really lie in the cell looked for (a bucket may hold several cells), and
-// takes every j > i with |x_i - x_j|^2 <= r2. Launches:
+// order[start[b]] .. order[start[b + 1] - 1]. One thread per point i and
+// neighbour cell k (k = 9 (dx + 1) + 3 (dy + 1) + dz + 1 of the 27 cells
+// around i's own) looks through that cell's bucket, keeps the points that
+// really lie in the cell (a bucket may hold several cells), and takes every
+// j > i with |x_i - x_j|^2 <= r2: 27 short, independent scans per point, not
+// one long chain of dependent loads. Launches:
 //
 //   ptnp_cell_keys          each point's cell (int64 x 3) and its sort key
 //                           bucket * n + i;
-//   ptnp_cell_pairs_count   counts[i] = number of such j; a point with a
-//                           non-finite coordinate gets PTNP_CELL_BAD (< 0), so
-//                           that the sum of the counts, which the caller reads
-//                           to size the output, is negative: one read says both;
-//   ptnp_cell_pairs_write   writes them from ends[i] - counts[i] (ends: the
-//                           inclusive prefix sum of the counts) in a fixed
-//                           order: cells by dx, dy, dz from -1 to 1, points of a
-//                           cell by index. The output is the same for any launch
+//   ptnp_cell_pairs_count   counts[27 i + k] = number of such j in cell k; a point
+//                           with a non-finite coordinate gets PTNP_CELL_BAD (< 0) in
+//                           its k = 0 entry, so that the sum of the counts, which
+//                           the caller reads to size the output, is negative: one
+//                           read says both;
+//   ptnp_cell_pairs_write   writes them from ends[27 i + k] - counts[27 i + k] (ends:
+//                           the inclusive prefix sum of the counts) in a fixed
+//                           order: by i, cells by dx, dy, dz from -1 to 1, points of
+//                           a cell by index. The output is the same for any launch
 //                           shape and any bucket count.
 //
 // Nothing but the pairs is written. Squared distances are (dx*dx + dy*dy) + dz*dz
@@ -50,38 +53,33 @@ __device__ __forceinline__ long long ptnp_cell_bucket(const long long cx, const 
 }
 
 __device__ __forceinline__ long long ptnp_cell_pairs_scan(
-    const long long i, const double* __restrict__ xyz, const long long* __restrict__ cell,
+    const long long i, const int k, const double* __restrict__ xyz, const long long* __restrict__ cell,
     const long long* __restrict__ order, const long long* __restrict__ start,
     const unsigned long long hmask, const double r2,
     long long pos, long long* __restrict__ out_i, long long* __restrict__ out_j,
     double* __restrict__ out_d2, const bool write)
 {
     const double xi = xyz[3 * i], yi = xyz[3 * i + 1], zi = xyz[3 * i + 2];
-    const long long cx = cell[3 * i], cy = cell[3 * i + 1], cz = cell[3 * i + 2];
+    const long long ax = cell[3 * i] + k / 9 - 1;
+    const long long ay = cell[3 * i + 1] + (k / 3) % 3 - 1;
+    const long long az = cell[3 * i + 2] + k % 3 - 1;
+    const long long b = ptnp_cell_bucket(ax, ay, az, hmask);
     long long found = 0;
-    for (long long ax = cx - 1; ax <= cx + 1; ++ax) {
-        for (long long ay = cy - 1; ay <= cy + 1; ++ay) {
-            for (long long az = cz - 1; az <= cz + 1; ++az) {
-                const long long b = ptnp_cell_bucket(ax, ay, az, hmask);
-                for (long long k = start[b]; k < start[b + 1]; ++k) {
-                    const long long j = order[k];
-                    if (j <= i || cell[3 * j] != ax || cell[3 * j + 1] != ay || cell[3 * j + 2] != az) continue;
-                    const double ex = xi - xyz[3 * j];
-                    const double ey = yi - xyz[3 * j + 1];
-                    const double ez = zi - xyz[3 * j + 2];
-                    const double d2 = __dadd_rn(__dadd_rn(__dmul_rn(ex, ex), __dmul_rn(ey, ey)),
-                                                __dmul_rn(ez, ez));
-                    if (d2 <= r2) {
-                        if (write) {
-                            out_i[pos] = i;
-                            out_j[pos] = j;
-                            out_d2[pos] = d2;
-                            ++pos;
-                        }
-                        ++found;
-                    }
-                }
+    for (long long q = start[b]; q < start[b + 1]; ++q) {
+        const long long j = order[q];
+        if (j <= i || cell[3 * j] != ax || cell[3 * j + 1] != ay || cell[3 * j + 2] != az) continue;
+        const double ex = xi - xyz[3 * j];
+        const double ey = yi - xyz[3 * j + 1];
+        const double ez = zi - xyz[3 * j + 2];
+        const double d2 = __dadd_rn(__dadd_rn(__dmul_rn(ex, ex), __dmul_rn(ey, ey)), __dmul_rn(ez, ez));
+        if (d2 <= r2) {
+            if (write) {
+                out_i[pos] = i;
+                out_j[pos] = j;
+                out_d2[pos] = d2;
+                ++pos;
             }
+            ++found;
         }
     }
     return found;
@@ -93,13 +91,15 @@ extern "C" __global__ void ptnp_cell_pairs_count(
     const long long n, const unsigned long long hmask, const double r2,
     long long* __restrict__ counts)
 {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < 27 * n;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long i = t / 27;
+        const int k = (int)(t - 27 * i);
         if (!(isfinite(xyz[3 * i]) && isfinite(xyz[3 * i + 1]) && isfinite(xyz[3 * i + 2]))) {
-            counts[i] = PTNP_CELL_BAD;
+            counts[t] = k == 0 ? PTNP_CELL_BAD : 0;
             continue;
         }
-        counts[i] = ptnp_cell_pairs_scan(i, xyz, cell, order, start, hmask, r2,
+        counts[t] = ptnp_cell_pairs_scan(i, k, xyz, cell, order, start, hmask, r2,
                                          0, nullptr, nullptr, nullptr, false);
     }
 }
@@ -111,10 +111,12 @@ extern "C" __global__ void ptnp_cell_pairs_write(
     const long long* __restrict__ counts, const long long* __restrict__ ends,
     long long* __restrict__ out_i, long long* __restrict__ out_j, double* __restrict__ out_d2)
 {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (long long)gridDim.x * blockDim.x) {
-        ptnp_cell_pairs_scan(i, xyz, cell, order, start, hmask, r2,
-                             ends[i] - counts[i], out_i, out_j, out_d2, true);
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < 27 * n;
+         t += (long long)gridDim.x * blockDim.x) {
+        if (counts[t] <= 0) continue;
+        const long long i = t / 27;
+        ptnp_cell_pairs_scan(i, (int)(t - 27 * i), xyz, cell, order, start, hmask, r2,
+                             ends[t] - counts[t], out_i, out_j, out_d2, true);
     }
 }
 

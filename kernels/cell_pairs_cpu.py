@@ -38,29 +38,28 @@ def _bucket(cx, cy, cz, hmask):
 
 
 @nb.njit(cache=True)
-def _scan(i, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
+def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
     xi, yi, zi = xyz[i, 0], xyz[i, 1], xyz[i, 2]
-    cx, cy, cz = cell[i, 0], cell[i, 1], cell[i, 2]
+    ax = cell[i, 0] + k // 9 - 1
+    ay = cell[i, 1] + (k // 3) % 3 - 1
+    az = cell[i, 2] + k % 3 - 1
+    b = _bucket(ax, ay, az, hmask)
     found = 0
-    for ax in range(cx - 1, cx + 2):
-        for ay in range(cy - 1, cy + 2):
-            for az in range(cz - 1, cz + 2):
-                b = _bucket(ax, ay, az, hmask)
-                for k in range(start[b], start[b + 1]):
-                    j = order[k]
-                    if j <= i or cell[j, 0] != ax or cell[j, 1] != ay or cell[j, 2] != az:
-                        continue
-                    ex = xi - xyz[j, 0]
-                    ey = yi - xyz[j, 1]
-                    ez = zi - xyz[j, 2]
-                    d2 = (ex * ex + ey * ey) + ez * ez
-                    if d2 <= r2:
-                        if write:
-                            out_i[pos] = i
-                            out_j[pos] = j
-                            out_d2[pos] = d2
-                            pos += 1
-                        found += 1
+    for q in range(start[b], start[b + 1]):
+        j = order[q]
+        if j <= i or cell[j, 0] != ax or cell[j, 1] != ay or cell[j, 2] != az:
+            continue
+        ex = xi - xyz[j, 0]
+        ey = yi - xyz[j, 1]
+        ez = zi - xyz[j, 2]
+        d2 = (ex * ex + ey * ey) + ez * ez
+        if d2 <= r2:
+            if write:
+                out_i[pos] = i
+                out_j[pos] = j
+                out_d2[pos] = d2
+                pos += 1
+            found += 1
     return found
 
 
@@ -70,24 +69,30 @@ def _count(xyz, cell, order, start, hmask, r2, counts):
     e = np.zeros(0, np.int64)
     f = np.zeros(0, np.float64)
     for i in nb.prange(xyz.shape[0]):
-        if not (np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])):
-            counts[i] = CELL_BAD
-        else:
-            counts[i] = _scan(i, xyz, cell, order, start, hmask, r2, 0, e, e, f, False)
+        finite = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
+        for k in range(27):
+            if finite:
+                counts[27 * i + k] = _scan(i, k, xyz, cell, order, start, hmask, r2, 0, e, e, f, False)
+            else:
+                counts[27 * i + k] = CELL_BAD if k == 0 else 0
 
 
 @thread_safe
 @nb.njit(parallel=True, cache=True)
 def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d2):
     for i in nb.prange(xyz.shape[0]):
-        _scan(i, xyz, cell, order, start, hmask, r2, ends[i] - counts[i], out_i, out_j, out_d2, True)
+        for k in range(27):
+            t = 27 * i + k
+            if counts[t] > 0:
+                _scan(i, k, xyz, cell, order, start, hmask, r2, ends[t] - counts[t], out_i, out_j, out_d2, True)
 
 
 def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=()):
-    """One pass of the twin: without ``ends``, ``counts`` (n,) int64 is filled (``CELL_BAD`` for
-    a point with a non-finite coordinate); with ``ends`` (the inclusive prefix sum of
-    ``counts``) the pairs are written into ``out`` = (out_i, out_j, out_d2). Arguments as in
-    ``cell_pairs.cu`` (``xyz`` (n, 3) float64, ``cell`` (n, 3) int64, ``hmask`` buckets - 1)."""
+    """One pass of the twin: without ``ends``, ``counts`` (27 n,) int64 is filled, one entry per
+    point and neighbour cell (``CELL_BAD`` in the first entry of a point with a non-finite
+    coordinate); with ``ends`` (the inclusive prefix sum of ``counts``) the pairs are written
+    into ``out`` = (out_i, out_j, out_d2). Arguments as in ``cell_pairs.cu`` (``xyz`` (n, 3)
+    float64, ``cell`` (n, 3) int64, ``hmask`` buckets - 1)."""
     hmask = np.uint64(hmask)
     if ends is None:
         _count(xyz, cell, order, start, hmask, float(r2), counts)

@@ -1244,7 +1244,8 @@ _MIN_EDGE = 1e-6
 def _cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=()):
     """One pass of ``cell_pairs.cu`` (or its Numba twin): without ``ends``, each point's
     partners counted into ``counts`` (``ptnp_cell_pairs_count``); else the pairs written into
-    ``out`` = (i, j, d2) from ``ends - counts`` (``ptnp_cell_pairs_write``)."""
+    ``out`` = (i, j, d2) from ``ends - counts`` (``ptnp_cell_pairs_write``); ``counts`` has
+    one entry per point and neighbour cell (27 n)."""
     if not _be.namespace(xyz).is_gpu:
         from .kernels.cell_pairs_cpu import cell_pairs_pass
         return cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=ends, out=out)
@@ -1252,7 +1253,7 @@ def _cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=
     name, tail = (("ptnp_cell_pairs_count", (counts,)) if ends is None
                   else ("ptnp_cell_pairs_write", (counts, ends, *out)))
     k = get_function("cell_pairs.cu", name)
-    k(_grid(n, _BLOCK), (_BLOCK,),
+    k(_grid(27 * n, _BLOCK), (_BLOCK,),
       (xyz, cell, order, start, np.int64(n), np.uint64(hmask), np.float64(r2), *tail))
 
 
@@ -1347,7 +1348,7 @@ def cell_pairs(xyz_A, r_A: float):
         e = xp.zeros(0, dtype=xp.int64)
         return e, e.copy(), xp.zeros(0)
     cell, order, start, hmask = _cell_list(xyz, r)
-    counts = xp.empty(n, dtype=xp.int64)
+    counts = xp.empty(27 * n, dtype=xp.int64)            # per point and neighbour cell
     _cell_pairs_pass(xyz, cell, order, start, hmask, r * r, counts)
     ends = xp.cumsum(counts)
     total = int(_be.to_host(ends[-1:])[0])                                      # the one host read

@@ -1089,7 +1089,7 @@ def test_cell_pairs_edge_cases():
 def _twin_pairs(x, cell, order, start, hmask, r):
     """The twin's counts and pairs for a given cell list."""
     from ptnp_gpu.kernels.cell_pairs_cpu import cell_pairs_pass
-    counts = np.zeros(len(x), np.int64)
+    counts = np.zeros(27 * len(x), np.int64)
     cell_pairs_pass(x, cell, order, start, hmask, r * r, counts)
     ends = np.cumsum(counts)
     total = int(ends[-1])
@@ -1121,7 +1121,7 @@ def test_cell_pairs_kernel_on_host(emulated):
         counts, ends, twin = _twin_pairs(x, cell, order, start, hmask, r)
         total = int(ends[-1])
         for block, grid in ((32, 1), (16, 3), (64, 2)):
-            c = np.zeros(len(x), np.int64)
+            c = np.zeros(27 * len(x), np.int64)
             lib.emu_cell_pairs(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
                                ctypes.c_ulonglong(hmask), ctypes.c_double(r * r), _ptr(c),
                                None, None, None, None, block, grid)
@@ -1147,10 +1147,11 @@ def test_cell_pairs_kernel_on_host(emulated):
     cell, key = cell_keys(y, gk._cell_edge(r), 255)
     order = np.argsort(key)
     start = np.searchsorted(key[order] // len(y), np.arange(257))
-    c = np.zeros(len(y), np.int64)
+    c = np.zeros(27 * len(y), np.int64)
     lib.emu_cell_pairs(_ptr(y), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(y)),
                        ctypes.c_ulonglong(255), ctypes.c_double(r * r), _ptr(c), None, None, None, None, 32, 2)
-    assert c[4] == CELL_BAD and np.all(c[np.arange(len(y)) != 4] >= 0) and c.sum() < 0
+    assert c[27 * 4] == CELL_BAD and np.all(np.delete(c, 27 * 4) >= 0) and c.sum() < 0
+    np.testing.assert_array_equal(c[27 * 4 + 1:27 * 5], 0)
 
 
 def test_cell_list_formula():
