@@ -34,7 +34,7 @@ TRACED = [("denoise", "denoise_map"), ("denoise", "noise_power_spectrum"), ("den
           ("solvent", "_noise_spectrum"), ("solvent", "_noise_levels"), ("solvent", "_solvent_mask"),
           ("solvent", "_robust_level"), ("solvent", "_near_particle_level"), ("solvent", "_mask_gain"),
           ("components", "otsu_threshold"), ("components", "map_mean_sd"),
-          ("sweep", "sweep_scores"), ("sweep", "_crop_box"), ("sweep", "_dense_region"),
+          ("sweep", "sweep_scores"), ("sweep", "_crop_box"), ("sweep", "_crop_box_above"), ("sweep", "_dense_region"),
           ("deblur", "sharpened"), ("deblur", "excess_blur_A2"), ("deblur", "model_correlation"),
           ("precision", "filter_moments"), ("precision", "peak_hessians"), ("simulate", "render_atoms"),
           ("peaks", "rescue_rounds"), ("peaks", "_split"), ("peaks", "_residual_map"),

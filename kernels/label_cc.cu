@@ -23,6 +23,10 @@
 //                        tile + 1, into out[root];
 //   ptnp_cc_finish       out[i] = out[L[i]] for the other foreground voxels, 0 elsewhere.
 //
+// Also here, for the box a labelling is cropped to: ptnp_occupancy_above, the three
+// occupancy profiles of vol > t (prof[z], prof[nz + y], prof[nz + ny + x] set to 1 where a
+// plane holds a voxel above t; the caller zeroes prof): one pass, no mask, every write a 1.
+//
 // Flat indices are int: the caller keeps the volume under 2^31 voxels. The type of the
 // thresholded volume comes from a define the loader prepends: PTNP_MAP_T (float, double).
 
@@ -163,5 +167,23 @@ extern "C" __global__ void ptnp_cc_finish(const int* __restrict__ L, const long 
         const int p = L[i];
         if (p < 0) out[i] = 0;
         else if (p != (int)i) out[i] = out[p];
+    }
+}
+
+extern "C" __global__ void ptnp_occupancy_above(const PTNP_MAP_T* __restrict__ vol, const int nz,
+                                                const int ny, const int nx, const PTNP_MAP_T t,
+                                                int* __restrict__ prof)
+{
+    const long long plane = (long long)ny * nx;
+    const long long n = nz * plane;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        if (!(vol[i] > t)) continue;
+        const int z = (int)(i / plane);
+        const int y = (int)((i - z * plane) / nx);
+        const int x = (int)(i % nx);
+        if (!prof[z]) prof[z] = 1;
+        if (!prof[nz + y]) prof[nz + y] = 1;
+        if (!prof[nz + ny + x]) prof[nz + ny + x] = 1;
     }
 }

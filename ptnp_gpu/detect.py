@@ -79,7 +79,7 @@ from .scale import check_model_scale
 from .simulate import render_atoms
 from .solvent import (_MIN_SOLVENT, _STEP, _clipped, _near_particle_level, _noise_free, _noise_levels, _noise_rises,
                       _mask_gain, _noise_spectrum, _solvent_mask, subsampled)
-from .sweep import _auto_sweep_batch, _crop_box, _dense_region, _Scorer, sweep_scores
+from .sweep import _auto_sweep_batch, _crop_box_above, _dense_region, _Scorer, sweep_scores
 
 log = logging.getLogger(__name__)
 
@@ -980,7 +980,7 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     t_crop = max(t_start, med + min(o.crop_sigma, o.rescue_sigma) * noise)
     if t_crop >= cmax:
         t_crop = t_start
-    crop = _crop_box(C > t_crop, int(np.ceil(o.crop_margin_A / vs.min())))
+    crop = _crop_box_above(C, t_crop, int(np.ceil(o.crop_margin_A / vs.min())))
     if crop is None:
         raise InputError("no particle found in the map")
     crop = _dense_region(crop, C, t_crop, vs, o.crop_margin_A)

@@ -668,7 +668,8 @@ _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pea
                         "_cell_keys", "local_maxima", "segment_sum_columns", "shifted_moments",
                         "thin_peaks", "atom_filter", "rfft_shell_index", "_bucket_starts",
                         "_solve_normal_device", "pair_affine_sums",
-                        "radial_fit_sums", "label_mask", "label_above")
+                        "radial_fit_sums", "label_mask", "label_above",
+                        "occupancy_above")
 
 
 @contextlib.contextmanager

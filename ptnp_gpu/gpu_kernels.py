@@ -80,7 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "label_mask", "label_above",
+           "label_mask", "label_above", "occupancy_above",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -836,6 +836,39 @@ def label_above(volume, thresholds, gap_planes: int = 1):
         _grid(total, _CC_BLOCK), (_CC_BLOCK,),
         (vol, xp.asarray(t), np.int32(len(t)), np.int32(pz), np.int32(nz), np.int32(ny), np.int32(nx), L))
     return _cc_number(L, shape, defines, xp)
+
+
+def occupancy_above(volume, threshold):
+    """Which planes of ``volume > threshold`` hold a voxel, along z, y and x.
+
+    CuPy: one pass of ``ptnp_occupancy_above`` (``kernels/label_cc.cu``), no
+    mask in memory; NumPy: the mask's ``any`` over the other two axes. The
+    comparison is made in the volume's type. No host read.
+
+    Returns
+    -------
+    (nz + ny + nx,) int32 array of 0/1 on the volume's backend: the z profile,
+    then y, then x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.zeros((2, 3, 4)); v[1, 2, 0] = 1.0
+    >>> occupancy_above(v, 0.5).tolist()
+    [0, 1, 0, 0, 1, 1, 0, 0, 0]
+    """
+    be = _be.namespace(volume)
+    xp = be.xp
+    vol = _volume(xp.asarray(volume), "volume", xp)
+    nz, ny, nx = (int(s) for s in vol.shape)
+    t = vol.dtype.type(threshold)
+    if not be.is_gpu or vol.size > _CC_MAX_VOXELS:
+        m = vol > t
+        return xp.concatenate([m.any(axis=(1, 2)), m.any(axis=(0, 2)), m.any(axis=(0, 1))]).astype(xp.int32)
+    prof = xp.zeros(nz + ny + nx, dtype=xp.int32)
+    get_function("label_cc.cu", "ptnp_occupancy_above", (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))(
+        _grid(vol.size, _CC_BLOCK), (_CC_BLOCK,), (vol, np.int32(nz), np.int32(ny), np.int32(nx), t, prof))
+    return prof
 
 
 # --------------------------------------------------------------------------- fused reductions

@@ -17,6 +17,7 @@ from .denoise import AtomKernel
 from .host_interp import interp_host
 from .neighbors import pairs_within, segment_sum
 from .solvent import _STEP
+from .gpu_kernels import occupancy_above
 from .threshold_components import threshold_components
 
 __all__ = ["sweep_scores"]
@@ -46,10 +47,21 @@ def _crop_box(mask, margin_vox):
     """Bounding box (slices) of ``mask`` grown by ``margin_vox`` voxels."""
     xp = _be.namespace(mask).xp
     # the three 1-D occupancy profiles, brought to the host in one transfer
-    profs = _be.to_host(xp.concatenate([xp.any(mask, axis=tuple(a for a in range(3) if a != ax))
-                                        for ax in range(3)]))
+    profs = xp.concatenate([xp.any(mask, axis=tuple(a for a in range(3) if a != ax)) for ax in range(3)])
+    return _box_of_profiles(_be.to_host(profs), mask.shape, margin_vox)
+
+
+def _crop_box_above(volume, threshold, margin_vox):
+    """Bounding box (slices) of ``volume > threshold`` grown by ``margin_vox`` voxels (one pass
+    on a GPU, no mask: :func:`ptnp_gpu.gpu_kernels.occupancy_above`; one host read)."""
+    return _box_of_profiles(_be.to_host(occupancy_above(volume, threshold)), volume.shape, margin_vox)
+
+
+def _box_of_profiles(profs, shape, margin_vox):
+    """The slices of the occupied range of each host profile (z, y, x concatenated), grown by
+    ``margin_vox`` and clipped to ``shape``; None where nothing is occupied."""
     sl = []
-    for prof in np.split(profs, np.cumsum(mask.shape)[:2]):
+    for prof in np.split(np.asarray(profs), np.cumsum(shape)[:2]):
         nzi = np.flatnonzero(prof)
         if len(nzi) == 0:
             return None

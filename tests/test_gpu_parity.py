@@ -164,6 +164,9 @@ def test_connected_components_parity(cp, seed):
             assert isinstance(lg, cp.ndarray) and lg.dtype == cp.int32 and lg.shape == lab.shape
             assert int(ng[0]) == int(n[0]) > 20
             np.testing.assert_array_equal(_host(lg), lab)
+    for v in (vol.astype(np.float32), vol):
+        for t in ts[[0, 4]]:
+            np.testing.assert_array_equal(_host(gk.occupancy_above(cp.asarray(v), t)), gk.occupancy_above(v, t))
     mask = rng.random((40, 45, 50)) < 0.3                   # one large component and many small
     lab, n = ndi.label(mask, structure=np.ones((3, 3, 3)))
     lg, ng = gk.label_mask(cp.asarray(mask))

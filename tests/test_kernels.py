@@ -604,6 +604,11 @@ extern "C" void emu_cc_above(const float* vol, const float* t, int nb, int pz, i
       nz, ny, nx, L);
   emu_cc_rest(L, (long long)nb * pz * ny * nx, ny, nx, tiles, ends, out, block, grid, items);
 }
+extern "C" void emu_occupancy(const float* vol, int nz, int ny, int nx, float t, int* prof, int block,
+    int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_occupancy_above, vol, nz, ny, nx,
+      t, prof);
+}
 extern "C" void emu_cc_mask(const bool* mask, long long n, int ny, int nx, int* L, int* tiles,
     int* ends, int* out, int block, int grid, int items) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_init_mask, mask, n, L);
@@ -1633,6 +1638,26 @@ def test_radial_fit_cupy_branch_on_emulated_device(emulated_device):
     np.testing.assert_allclose(out, radial_fit_sums(i, j, w, r, ur, len(r)), rtol=1e-9, atol=1e-12)
 
 
+def _ref_profiles(v, t):
+    m = v > t
+    return np.concatenate([m.any(axis=(1, 2)), m.any(axis=(0, 2)), m.any(axis=(0, 1))]).astype(np.int32)
+
+
+def test_occupancy_kernel_on_host(emulated):
+    """ptnp_occupancy_above (host build) gives the mask's any() along each axis pair, for
+    several launch shapes; an empty result stays all zero."""
+    rng = np.random.default_rng(530)
+    v = rng.normal(size=(7, 9, 11)).astype(np.float32)
+    v[2:5, 3:6, 1:4] += 5.0
+    for t in (4.0, 2.0, 99.0):
+        want = _ref_profiles(v, np.float32(t))
+        for block, grid in ((32, 1), (64, 3)):
+            prof = np.zeros(27, np.int32)
+            emulated["label_cc.cu"].emu_occupancy(_ptr(v), 7, 9, 11, ctypes.c_float(t), _ptr(prof), block, grid)
+            np.testing.assert_array_equal(prof, want)
+    assert want.sum() == 0 and _ref_profiles(v, np.float32(4.0)).sum() >= 9
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_label_cupy_branches_on_emulated_device(emulated_device, dtype):
     """gpu_kernels.label_above / label_mask through their CuPy branches (launch geometry, C
@@ -1655,3 +1680,6 @@ def test_label_cupy_branches_on_emulated_device(emulated_device, dtype):
     assert names.count("ptnp_cc_merge") == names.count("ptnp_cc_finish") == 4
     with pytest.raises(ValueError, match="gap_planes"):
         gk.label_above(vol, t, 0)
+    thr = float(np.quantile(vol, 0.97))
+    np.testing.assert_array_equal(gk.occupancy_above(vol, thr), _ref_profiles(vol, dtype(thr)))
+    assert emulated_device.launches[-1][0] == "ptnp_occupancy_above"
