@@ -17,7 +17,10 @@ thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.p
 fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py
 label_cc.cu         ptnp_cc_init_above, ptnp_cc_init_mask,      label_cc_cpu.py
                     ptnp_cc_merge, ptnp_cc_count,               (the host path labels
-                    ptnp_cc_number, ptnp_cc_finish              with SciPy)
+                    ptnp_cc_number, ptnp_cc_finish,             with SciPy)
+                    ptnp_occupancy_above
+filter1d.cu         ptnp_filter1d                               filter1d_cpu.py (the host
+                                                                path filters with SciPy)
 ==================  ==========================================  ======================
 
 Twins are Numba where a loop is needed, NumPy array code otherwise (``fourier_cpu.py``,

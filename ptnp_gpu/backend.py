@@ -104,7 +104,9 @@ def _cupy_backend() -> Backend | None:
     except Exception as exc:  # noqa: BLE001 - any failure means "not usable"
         _CUPY_ERROR = f"{type(exc).__name__}: {exc}"
         return None
-    return Backend("cupy", cupy, cupyx.scipy.ndimage, cupyx.scipy.fft)
+    # cupyx.scipy.ndimage, its Gaussian and uniform filters one custom launch per axis
+    from .device_ndimage import module as fused_ndimage
+    return Backend("cupy", cupy, fused_ndimage(), cupyx.scipy.fft)
 
 
 _BACKENDS: dict[str, Backend | None] = {}

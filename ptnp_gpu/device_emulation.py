@@ -669,7 +669,7 @@ _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pea
                         "thin_peaks", "atom_filter", "rfft_shell_index", "_bucket_starts",
                         "_solve_normal_device", "pair_affine_sums",
                         "radial_fit_sums", "label_mask", "label_above",
-                        "occupancy_above")
+                        "occupancy_above", "filter1d_pass")
 
 
 @contextlib.contextmanager
@@ -693,7 +693,11 @@ def emulate():
     xp.asnumpy = lambda a, *args, **kw: a.get() if isinstance(a, EmulatedArray) else np.asarray(a)
     fft = _Namespace(scipy.fft, {}, "cupyx.scipy.fft")
     fft.next_fast_len = _cupyx_next_fast_len          # cuFFT's sizes, not pocketfft's
-    backend = _be.Backend("cupy", xp, _Namespace(scipy.ndimage, _NDI_SYNCS, "cupyx.scipy.ndimage"), fft)
+    ndi = _Namespace(scipy.ndimage, _NDI_SYNCS, "cupyx.scipy.ndimage")
+    # the CuPy backend's own filters (one ptnp_filter1d launch per axis), as on a GPU
+    from . import device_ndimage
+    ndi.gaussian_filter, ndi.uniform_filter = device_ndimage.gaussian_filter, device_ndimage.uniform_filter
+    backend = _be.Backend("cupy", xp, ndi, fft)
     audit.backend = backend
     cupyx = types.ModuleType("cupyx")
     cupyx.scatter_add = _scatter(np.add)

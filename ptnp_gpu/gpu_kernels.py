@@ -80,7 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "label_mask", "label_above", "occupancy_above",
+           "label_mask", "label_above", "occupancy_above", "filter1d_pass",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -869,6 +869,41 @@ def occupancy_above(volume, threshold):
     get_function("label_cc.cu", "ptnp_occupancy_above", (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))(
         _grid(vol.size, _CC_BLOCK), (_CC_BLOCK,), (vol, np.int32(nz), np.int32(ny), np.int32(nx), t, prof))
     return prof
+
+
+# --------------------------------------------------------------------------- separable filters
+
+def filter1d_pass(src, out, axis: int, weights, left: int, mode: int, cval: float = 0.0):
+    """One pass of a separable filter along ``axis`` of a 3-D volume, into ``out``.
+
+    ``out[i] = Σ_k weights[k] · src[i + (k − left) along axis]``, accumulated in
+    float64 and rounded once to ``out``'s type (``scipy.ndimage.correlate1d``'s
+    arithmetic); samples beyond the axis by mode 0 reflect, 1 constant
+    (``cval``), 2 nearest, 3 mirror, 4 wrap. CuPy: one launch of
+    ``ptnp_filter1d`` (``kernels/filter1d.cu``); NumPy: its Numba twin. No host read.
+
+    Parameters
+    ----------
+    src : (nz, ny, nx) float32/float64 array, C-contiguous
+    out : array of ``src``'s shape, float32/float64, C-contiguous, not ``src``
+    axis : 0, 1 or 2
+    weights : (len,) float64 array on ``src``'s backend
+    left : int
+        Samples before the centre (``len // 2`` for a centred filter).
+    """
+    be = _be.namespace(src, out)
+    if src.ndim != 3 or out.shape != src.shape:
+        raise ValueError(f"filter1d_pass: 3-D src and out of one shape, got {tuple(src.shape)}, {tuple(out.shape)}")
+    if not be.is_gpu:
+        from .kernels.filter1d_cpu import filter1d_cpu
+        return filter1d_cpu(src, out, axis, weights, left, mode, cval)
+    nz, ny, nx = (int(s) for s in src.shape)
+    defines = (("PTNP_IN_T", _c_type(src.dtype, "src")), ("PTNP_OUT_T", _c_type(out.dtype, "out")))
+    get_function("filter1d.cu", "ptnp_filter1d", defines)(
+        _grid(src.size, _CC_BLOCK), (_CC_BLOCK,),
+        (src, out, np.int32(nz), np.int32(ny), np.int32(nx), np.int32(axis), weights,
+         np.int32(weights.shape[0]), np.int32(left), np.int32(mode), np.float64(cval)))
+    return out
 
 
 # --------------------------------------------------------------------------- fused reductions

@@ -149,6 +149,22 @@ def test_mean_shift_centres_parity(cp, dtype, seed):
         assert np.abs(host - c).max() > 0.5
 
 
+@pytest.mark.parametrize("seed", [22, FRESH_SEED])
+def test_device_ndimage_filters_parity(cp, seed):
+    """The CuPy backend's Gaussian and uniform filters (ptnp_filter1d) against SciPy's, float32
+    and float64, the modes the library uses."""
+    import scipy.ndimage as ndi
+    from ptnp_gpu import device_ndimage as dn
+    rng = np.random.default_rng(seed)
+    for dt, tol in ((np.float32, 2e-6), (np.float64, 1e-12)):
+        v = rng.normal(size=(40, 37, 45)).astype(dt)
+        for mode in ("reflect", "constant", "nearest"):
+            np.testing.assert_allclose(_host(dn.gaussian_filter(cp.asarray(v), [1.4, 0.0, 2.2], mode=mode)),
+                                       ndi.gaussian_filter(v, [1.4, 0.0, 2.2], mode=mode), rtol=tol, atol=tol)
+            np.testing.assert_allclose(_host(dn.uniform_filter(cp.asarray(v), 4, mode=mode)),
+                                       ndi.uniform_filter(v, 4, mode=mode), rtol=tol, atol=tol)
+
+
 @pytest.mark.parametrize("seed", [21, FRESH_SEED])
 def test_connected_components_parity(cp, seed):
     """The union-find labelling kernels give scipy's labels: thresholds stacked with gap planes

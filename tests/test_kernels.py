@@ -52,6 +52,7 @@ SPECIALISATIONS = {
     "thin_peaks.cu": [()],
     "fourier.cu": [()],
     "label_cc.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
+    "filter1d.cu": [(("PTNP_IN_T", a), ("PTNP_OUT_T", b)) for a in ("float", "double") for b in ("float", "double")],
     "window_fits.cu": [(("PTNP_MAP_T", "float"),), (("PTNP_MAP_T", "double"),)],
     "label_sums.cu": [(("PTNP_LABEL_T", lt), ("PTNP_WEIGHT_T", wt), ("PTNP_RUN", "8"))
                       for lt, wt in (("int", "float"), ("long long", "double"),
@@ -613,6 +614,12 @@ extern "C" void emu_cc_mask(const bool* mask, long long n, int ny, int nx, int* 
     int* ends, int* out, int block, int grid, int items) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cc_init_mask, mask, n, L);
   emu_cc_rest(L, n, ny, nx, tiles, ends, out, block, grid, items);
+}"""),
+    "filter1d.cu": ((("PTNP_IN_T", "float"), ("PTNP_OUT_T", "float")), """
+extern "C" void emu_filter1d(const float* in, float* out, int nz, int ny, int nx, int axis, const double* w,
+    int len, int left, int mode, double cval, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_filter1d, in, out, nz, ny, nx, axis,
+      w, len, left, mode, cval);
 }"""),
     "label_sums.cu": ((("PTNP_LABEL_T", "int"), ("PTNP_WEIGHT_T", "float"), ("PTNP_RUN", "4")), """
 extern "C" void emu_label_moments(const int* lab, const float* w, const float* p, int nx, int ny,
@@ -1683,3 +1690,71 @@ def test_label_cupy_branches_on_emulated_device(emulated_device, dtype):
     thr = float(np.quantile(vol, 0.97))
     np.testing.assert_array_equal(gk.occupancy_above(vol, thr), _ref_profiles(vol, dtype(thr)))
     assert emulated_device.launches[-1][0] == "ptnp_occupancy_above"
+
+
+# ---------------------------------------------------------------------- separable filters
+
+_FILTER_MODES = ("reflect", "constant", "nearest", "mirror", "wrap")
+
+
+def test_filter1d_twin_matches_correlate1d():
+    """The twin of filter1d.cu is scipy.ndimage.correlate1d: every mode, axis, odd and even
+    lengths, windows longer than the axis (repeated reflections) and axes of length 1."""
+    from ptnp_gpu.kernels.filter1d_cpu import MODES, filter1d_cpu
+    rng = np.random.default_rng(540)
+    for shape in ((5, 6, 7), (1, 4, 3), (9, 1, 2)):
+        v = rng.normal(size=shape)
+        for axis in range(3):
+            for n_w in (1, 2, 3, 4, 7, 12):
+                w = rng.normal(size=n_w)
+                for mode in _FILTER_MODES:
+                    ref = ndi.correlate1d(v, w, axis=axis, mode=mode, cval=0.7)
+                    out = filter1d_cpu(v, np.empty_like(v), axis, w, n_w // 2, MODES[mode], 0.7)
+                    np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12, err_msg=f"{shape} {axis} {n_w} {mode}")
+
+
+def test_filter1d_kernel_on_host(emulated):
+    """filter1d.cu itself (host build) equals its twin for every mode and axis and for several
+    launch shapes (grid-stride loop)."""
+    from ptnp_gpu.kernels.filter1d_cpu import MODES, filter1d_cpu
+    rng = np.random.default_rng(541)
+    v = rng.normal(size=(4, 5, 6)).astype(np.float32)
+    lib = emulated["filter1d.cu"]
+    for axis in range(3):
+        for n_w in (3, 8):
+            w = rng.uniform(0.1, 1.0, n_w)
+            for mode in _FILTER_MODES:
+                twin = filter1d_cpu(v, np.empty_like(v), axis, w, n_w // 2, MODES[mode], -0.3)
+                for block, grid in ((32, 1), (64, 2)):
+                    out = np.zeros_like(v)
+                    lib.emu_filter1d(_ptr(v), _ptr(out), 4, 5, 6, axis, _ptr(w), n_w, n_w // 2, MODES[mode],
+                                     ctypes.c_double(-0.3), block, grid)
+                    np.testing.assert_array_equal(out, twin)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_device_ndimage_filters_on_emulated_device(emulated_device, dtype):
+    """device_ndimage's Gaussian and uniform filters (the CuPy backend's) through the host-built
+    kernel equal SciPy's: sigma per axis with a zero, every mode, float32 output of float64
+    input, even and odd sizes; one launch per filtered axis, the weights uploaded once."""
+    from ptnp_gpu import device_ndimage as dn
+    rng = np.random.default_rng(542 + (dtype == np.float64))
+    v = rng.normal(size=(9, 10, 11)).astype(dtype)
+    tol = dict(rtol=2e-6, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-12)
+    for mode in _FILTER_MODES:
+        np.testing.assert_allclose(dn.gaussian_filter(v, 1.3, mode=mode, cval=0.4),
+                                   ndi.gaussian_filter(v, 1.3, mode=mode, cval=0.4), **tol)
+        np.testing.assert_allclose(dn.uniform_filter(v, 3, mode=mode, cval=0.4),
+                                   ndi.uniform_filter(v, 3, mode=mode, cval=0.4), **tol)
+    g = dn.gaussian_filter(v, [0.8, 0.0, 2.1], truncate=3.0)
+    np.testing.assert_allclose(g, ndi.gaussian_filter(v, [0.8, 0.0, 2.1], truncate=3.0), **tol)
+    u = dn.uniform_filter(v, [4, 1, 2], mode="nearest")
+    np.testing.assert_allclose(u, ndi.uniform_filter(v, [4, 1, 2], mode="nearest"), **tol)
+    f = dn.gaussian_filter(v, 1.0, output=np.float32)
+    assert f.dtype == np.float32
+    np.testing.assert_allclose(f, ndi.gaussian_filter(v, 1.0, output=np.float32), rtol=2e-6, atol=2e-6)
+    z = dn.gaussian_filter(v, 0.0)
+    assert z is not v and z.dtype == v.dtype
+    np.testing.assert_array_equal(z, v)
+    names = [x[0] for x in emulated_device.launches]
+    assert set(names) == {"ptnp_filter1d"} and len(names) == 5 * 6 + 2 + 2 + 3
