@@ -26,6 +26,8 @@ and CuPy arrays alike without host round trips (one batched ``eigh`` of the Hess
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import backend as _be
@@ -40,6 +42,22 @@ def _taper_down(s, lo, scale):
     return 0.5 * (1.0 + np.cos(np.pi * np.clip((s - lo) * scale, 0.0, 1.0)))
 
 
+@functools.lru_cache(maxsize=16)
+def _kernel_grid(vs, a_terms, var_terms):
+    """The ``_GRID``³ frequency grid of voxel size ``vs`` (x, y, z): its frequencies, their
+    modulus and the kernel's transform there (Gaussian terms ``a_terms``, ``var_terms``): the
+    same for every map of one voxel size and element, so made once (read-only arrays)."""
+    f = [np.fft.fftfreq(_GRID, d=v) for v in (vs[2], vs[1], vs[0])]
+    sz, sy, sx = np.meshgrid(*f, indexing="ij")
+    s = np.sqrt(sx * sx + sy * sy + sz * sz)
+    K = np.zeros_like(s)
+    for a, v in zip(a_terms, var_terms):
+        K += a * np.exp(-2.0 * np.pi ** 2 * v * s * s)
+    for arr in (sx, sy, sz, s, K):
+        arr.flags.writeable = False
+    return (sx, sy, sz), s, K
+
+
 def _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape, noise_psd, whitened,
                        whiten_exponent):
     """On a ``_GRID``³ frequency grid of the map's voxel size (so that sums stay within the grid's
@@ -48,12 +66,8 @@ def _filtered_spectrum(kernel, voxel_size_A, resolution_A, highpass_A, box_shape
     gain when ``whitened``), and the map's noise power (``noise_psd`` interpolated; white when
     None). ``box_shape`` (z, y, x) sets the band taper's width, three shells of the box."""
     vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-    f = [np.fft.fftfreq(_GRID, d=v) for v in (vs[2], vs[1], vs[0])]
-    sz, sy, sx = np.meshgrid(*f, indexing="ij")
-    s = np.sqrt(sx * sx + sy * sy + sz * sz)
-    K = np.zeros_like(s)
-    for a, v in zip(kernel.a, kernel.var):
-        K += a * np.exp(-2.0 * np.pi ** 2 * v * s * s)
+    (sx, sy, sz), s, K = _kernel_grid(tuple(float(v) for v in vs), tuple(float(a) for a in kernel.a),
+                                      tuple(float(v) for v in kernel.var))
     ds = 1.0 / max(float(n) * float(v) for n, v in zip(box_shape[::-1], vs))
     band = _taper_down(s, 1.0 / resolution_A, 1.0 / (3.0 * ds))
     if highpass_A and highpass_A > 0:
