@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import warnings
 
+import numba as nb
 import numpy as np
 
 __all__ = ["eq1", "block_means", "running_mean", "fit_penetration"]
@@ -108,39 +109,158 @@ def _profile_start(x, y, lo_c, hi_c, n_grid: int = 256):
     return float(deltas[k]), float(m[k]), float(c[k])
 
 
-def _cumsum0(a):
-    """Prefix sums with a leading 0: ``out[k] = a[:k].sum()``."""
-    out = np.empty(len(a) + 1)
-    out[0] = 0.0
-    np.cumsum(a, out=out[1:])
-    return out
+@nb.njit(cache=True, inline="always")
+def _clip(v, lo, hi):
+    """``np.clip`` of a scalar (NaN stays NaN)."""
+    return lo if v < lo else hi if v > hi else v
 
 
-def _profile(t, kb, n, sums, lo, hi):
-    """Eq. 1 with δ fixed at ``t``: (m, c) by linear least squares, for many δ at once.
+@nb.njit(cache=True, error_model="numpy")
+def _profile_at(t, kb, n, S1, S2, Sv, Suv, Svv, lo, hi):
+    """Eq. 1 with δ fixed at ``t`` (centred): (m, c, sse, sh) by linear least squares.
 
-    With δ fixed the model is linear in (c, m) with regressor
-    ``h = min(x − δ, 0)``; c is clamped to its bounds and m refitted. All sums
-    come from the prefix sums ``sums = (S1, S2, Sv, Suv, Svv)`` of the centred
-    points ``(u, v)`` (``kb``: points below each δ), so each δ costs O(1).
-
-    Returns
-    -------
-    m, c, sse, sh : arrays (sse inf where not finite; ``sh = Σ h``)
-    """
-    S1, S2, Sv, Suv, Svv = sums
-    kf = kb.astype(float)
+    With δ fixed the model is linear in (c, m) with regressor ``h = min(x − δ, 0)``; c is
+    clamped to its bounds and m refitted. All sums come from the prefix sums of the centred
+    points ``(u, v)`` (``kb``: points below δ), so each δ costs O(1); sse is inf where not
+    finite; ``sh = Σ h``."""
+    kf = float(kb)
     sh = S1[kb] - kf * t
     shh = S2[kb] - 2.0 * t * S1[kb] + kf * t * t
     shy = Suv[kb] - t * Sv[kb]
     sy = Sv[n]
-    with np.errstate(all="ignore"):
-        det = n * shh - sh * sh
-        big = np.abs(det) > 1e-12
-        c = np.clip(np.where(big, (shh * sy - sh * shy) / np.where(big, det, 1.0), sy / n), lo, hi)
-        m = np.where(shh > 1e-12, (shy - c * sh) / np.where(shh > 1e-12, shh, 1.0), 0.0)
-        sse = Svv[n] - 2.0 * c * sy - 2.0 * m * shy + n * c * c + 2.0 * c * m * sh + m * m * shh
-    return m, c, np.where(np.isfinite(sse), sse, np.inf), sh
+    det = n * shh - sh * sh
+    c = _clip((shh * sy - sh * shy) / det if abs(det) > 1e-12 else sy / n, lo, hi)
+    m = (shy - c * sh) / shh if shh > 1e-12 else 0.0
+    sse = Svv[n] - 2.0 * c * sy - 2.0 * m * shy + n * c * c + 2.0 * c * m * sh + m * m * shh
+    return m, c, (sse if np.isfinite(sse) else np.inf), sh
+
+
+@nb.njit(cache=True, error_model="numpy")
+def _exact_fit_core(x, u, v, deltas, xs, ys, lo, hi):
+    """The body of :func:`_exact_fit` on centred points ``(u, v) = (x − xs, y − ys)`` and the
+    grid ``deltas``. Returns (status, p (3,), start (3,)): status 0 no unique best grid δ,
+    1 only the start, 2 both (c still centred in both)."""
+    n = len(x)
+    n_grid = len(deltas)
+    p = np.full(3, np.nan)
+    start = np.full(3, np.nan)
+    S1 = np.zeros(n + 1)
+    S2 = np.zeros(n + 1)
+    Sv = np.zeros(n + 1)
+    Suv = np.zeros(n + 1)
+    Svv = np.zeros(n + 1)
+    for i in range(n):                               # prefix sums with a leading 0
+        S1[i + 1] = S1[i] + u[i]
+        S2[i + 1] = S2[i] + u[i] * u[i]
+        Sv[i + 1] = Sv[i] + v[i]
+        Suv[i + 1] = Suv[i] + u[i] * v[i]
+        Svv[i + 1] = Svv[i] + v[i] * v[i]
+    span = u[n - 1] - u[0]
+    # global profile scan over the δ grid
+    mg = np.empty(n_grid)
+    cg = np.empty(n_grid)
+    sg = np.empty(n_grid)
+    kb = np.searchsorted(x, deltas)
+    for g in range(n_grid):
+        mg[g], cg[g], sg[g], _ = _profile_at(deltas[g] - xs, kb[g], n, S1, S2, Sv, Suv, Svv, lo, hi)
+    i0 = int(np.argmin(sg))
+    tol = sg[i0] + 1e-10 * Svv[n] + n * (1e-13 * ys) ** 2
+    ties = 0
+    for g in range(n_grid):
+        if sg[g] <= tol:
+            ties += 1
+    if ties > 1:
+        return 0, p, start                          # no unique best δ (flat data)
+    d0 = deltas[i0]
+    start[0], start[1], start[2] = d0, mg[i0], cg[i0]
+    # which way the profile falls at the start (one-sided slopes: a grid δ may sit on a point)
+    kl0 = np.searchsorted(x, d0)
+    kr0 = np.searchsorted(x, d0, side="right")
+    m0, c0, _, sh0 = _profile_at(d0 - xs, kl0, n, S1, S2, Sv, Suv, Svv, lo, hi)
+    right = m0 * (Sv[kr0] - c0 * kr0 - m0 * sh0)
+    left = m0 * (Sv[kl0] - c0 * kl0 - m0 * sh0)
+    if right < 0 and i0 < n_grid - 1:
+        b_lo, b_hi = d0, deltas[i0 + 1]
+    elif left > 0 and i0 > 0:
+        b_lo, b_hi = deltas[i0 - 1], d0
+    else:
+        return 1, p, start                          # the start is a minimum already (or flat)
+    jl = np.searchsorted(x, b_lo, side="right")
+    jh = np.searchsorted(x, b_hi)
+    # minima inside segments x[k−1] < δ ≤ x[k]
+    n_seg = 0
+    k_seg = -1
+    for k in range(max(jl, 2), min(jh, n - 1) + 1):
+        kf = float(k)
+        mx = S1[k] / kf
+        mv = Sv[k] / kf
+        vxx = S2[k] - S1[k] * mx
+        m = (Suv[k] - S1[k] * mv) / vxx
+        c = _clip((Sv[n] - Sv[k]) / (n - kf), lo, hi)
+        d = (c - (mv - m * mx)) / m + xs
+        if vxx > 1e-12 * kf * span * span and x[k - 1] < d <= x[k] and b_lo < d < b_hi:
+            n_seg += 1
+            if k_seg < 0:
+                k_seg = k
+    # minima on points' depths x_j, b_lo < x_j < b_hi (distinct depths counted once)
+    n_kink = 0
+    j_kink = -1
+    last = np.nan
+    for j in range(jl, jh):
+        kl = np.searchsorted(x, x[j])
+        kr = np.searchsorted(x, x[j], side="right")
+        mk, ck, sk, sh = _profile_at(u[j], kl, n, S1, S2, Sv, Suv, Svv, lo, hi)
+        if (mk * (Sv[kl] - ck * kl - mk * sh) <= 0 and mk * (Sv[kr] - ck * kr - mk * sh) >= 0
+                and np.isfinite(sk)):
+            if j_kink < 0:
+                j_kink = j
+            if not x[j] == last:
+                n_kink += 1
+                last = x[j]
+    if n_seg + n_kink != 1:
+        return 1, p, start
+    if n_seg:
+        kk = k_seg
+        mu = 0.0
+        mvv = 0.0
+        for i in range(kk):
+            mu += u[i]
+            mvv += v[i]
+        mu /= kk
+        mvv /= kk
+        sxy = 0.0
+        sxx = 0.0
+        for i in range(kk):
+            dx = u[i] - mu
+            sxy += dx * v[i]
+            sxx += dx * dx
+        m_ = sxy / sxx
+        a_ = mvv - m_ * mu
+        cu = 0.0
+        for i in range(kk, n):
+            cu += v[i]
+        cu /= n - kk
+        c_ = _clip(cu, lo, hi)
+        d_ = (c_ - a_) / m_ + xs
+    else:
+        d_ = x[j_kink]
+        sh_ = 0.0
+        shh_ = 0.0
+        shy_ = 0.0
+        sy = 0.0
+        for i in range(n):
+            h = min(x[i] - d_, 0.0)
+            sh_ += h
+            shh_ += h * h
+            shy_ += h * v[i]
+            sy += v[i]
+        det_ = n * shh_ - sh_ * sh_
+        cu = (shh_ * sy - sh_ * shy_) / det_ if abs(det_) > 1e-12 else sy / n
+        c_ = _clip(cu, lo, hi)
+        m_ = (shy_ - c_ * sh_) / shh_ if shh_ > 1e-12 else 0.0
+    p[0], p[1] = d_, m_
+    p[2] = -np.inf if cu <= lo else np.inf if cu >= hi else c_     # ±inf: c clamped to a bound
+    return 2, p, start
 
 
 def _exact_fit(x, y, lo_c, hi_c, n_grid: int = 256):
@@ -148,7 +268,7 @@ def _exact_fit(x, y, lo_c, hi_c, n_grid: int = 256):
 
     ``x`` must be sorted. First the global profile scan: for every δ on a grid
     of ``n_grid`` over the depth range, (m, c) in closed form
-    (:func:`_profile`); the best grid δ is the start. The sum of squares
+    (:func:`_profile_at`); the best grid δ is the start. The sum of squares
     profiled over (m, c), P(δ), is piecewise smooth, and its local minima are
     of two kinds, each found in O(1) from the prefix sums:
 
@@ -164,82 +284,26 @@ def _exact_fit(x, y, lo_c, hi_c, n_grid: int = 256):
     segments and points in between are examined. It is recomputed directly
     from the points for full precision. Where that is ambiguous (more than one
     minimum there: which one an iterative optimiser reaches depends on its
-    steps) or the start is a minimum itself, only the start is returned.
+    steps) or the start is a minimum itself, only the start is returned. The
+    scan and the search run compiled (:func:`_exact_fit_core`).
 
     Returns
     -------
     p : (delta, m, c) floats, or None
     start : (delta, m, c) floats, the best grid point, or None where grid points tie
     """
-    n = len(x)
+    x = np.ascontiguousarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
     xs, ys = 0.5 * (float(x[0]) + float(x[-1])), float(y.mean())
-    u, v = x - xs, y - ys                      # centred: smaller cancellation in the sums
-    lo, hi = lo_c - ys, hi_c - ys
-    span = float(u[-1] - u[0])
-    sums = tuple(_cumsum0(a) for a in (u, u * u, v, u * v, v * v))
-    S1, S2, Sv, Suv, Svv = sums
-    # global profile scan over a δ grid
-    deltas = np.linspace(x[0], x[-1], n_grid)
-    mg, cg, sse_g, _ = _profile(deltas - xs, np.searchsorted(x, deltas, "left"), n, sums, lo, hi)
-    i0 = int(np.argmin(sse_g))
-    if np.count_nonzero(sse_g <= sse_g[i0] + 1e-10 * Svv[n] + n * (1e-13 * ys) ** 2) > 1:
-        return None, None                       # no unique best δ (flat data): see _profile_start
-    d0 = float(deltas[i0])
-    start = (d0, float(mg[i0]), float(cg[i0]) + ys)
-    # which way P falls at the start (one-sided slopes: a grid δ may sit on a point's depth)
-    kl0, kr0 = int(np.searchsorted(x, d0, "left")), int(np.searchsorted(x, d0, "right"))
-    m0, c0, _, sh0 = _profile(np.array([d0 - xs]), np.array([kl0]), n, sums, lo, hi)
-    m0, c0, sh0 = float(m0[0]), float(c0[0]), float(sh0[0])
-    right = m0 * (Sv[kr0] - c0 * kr0 - m0 * sh0)
-    left = m0 * (Sv[kl0] - c0 * kl0 - m0 * sh0)
-    if right < 0 and i0 < n_grid - 1:
-        b_lo, b_hi = d0, float(deltas[i0 + 1])
-    elif left > 0 and i0 > 0:
-        b_lo, b_hi = float(deltas[i0 - 1]), d0
-    else:                                       # the start is a minimum already (or flat)
-        return None, start
-    # only the segments and points between b_lo and b_hi can hold it
-    jl, jh = int(np.searchsorted(x, b_lo, "right")), int(np.searchsorted(x, b_hi, "left"))
-    with np.errstate(all="ignore"):
-        # minima inside segments x[k−1] < δ ≤ x[k]
-        k = np.arange(max(jl, 2), min(jh, n - 1) + 1)
-        kf = k.astype(float)
-        mx, mv = S1[k] / kf, Sv[k] / kf
-        vxx = S2[k] - S1[k] * mx
-        m = (Suv[k] - S1[k] * mv) / vxx
-        rest = n - kf
-        c = np.clip((Sv[n] - Sv[k]) / rest, lo, hi)
-        d = (c - (mv - m * mx)) / m + xs
-        seg = ((vxx > 1e-12 * kf * span * span) & (d > x[k - 1]) & (d <= x[k])
-               & (d > b_lo) & (d < b_hi))
-    # minima on points' depths x_j, b_lo < x_j < b_hi
-    j = np.arange(jl, jh)
-    kl, kr = np.searchsorted(x, x[j], "left"), np.searchsorted(x, x[j], "right")
-    mk, ck, sse_k, sh = _profile(u[j], kl, n, sums, lo, hi)
-    kink = ((mk * (Sv[kl] - ck * kl - mk * sh) <= 0) & (mk * (Sv[kr] - ck * kr - mk * sh) >= 0)
-            & np.isfinite(sse_k))
-    i_s, i_k = k[seg], j[kink]
-    if len(i_s) + len(np.unique(x[i_k])) != 1:
-        return None, start
-    if len(i_s):
-        kk = int(i_s[0])
-        uu, vv = u[:kk], v[:kk]
-        dx = uu - uu.mean()
-        m_ = float(dx @ vv) / float(dx @ dx)
-        a_ = float(vv.mean()) - m_ * float(uu.mean())
-        cu = float(v[kk:].mean())
-        c_ = min(max(cu, lo), hi)
-        d_ = (c_ - a_) / m_ + xs
-    else:
-        d_ = float(x[i_k[0]])
-        h = np.minimum(x - d_, 0.0)
-        sh_, shh_, shy_, sy = float(h.sum()), float(h @ h), float(h @ v), float(v.sum())
-        det_ = n * shh_ - sh_ * sh_
-        cu = (shh_ * sy - sh_ * shy_) / det_ if abs(det_) > 1e-12 else sy / n
-        c_ = min(max(cu, lo), hi)
-        m_ = (shy_ - c_ * sh_) / shh_ if shh_ > 1e-12 else 0.0
-    c_out = lo_c if cu <= lo else hi_c if cu >= hi else c_ + ys    # a clamped c is the bound exactly
-    return (float(d_), float(m_), float(c_out)), start
+    status, p, start = _exact_fit_core(x, x - xs, y - ys, np.linspace(x[0], x[-1], n_grid), xs, ys,
+                                       lo_c - ys, hi_c - ys)
+    if status == 0:
+        return None, None
+    st = (float(start[0]), float(start[1]), float(start[2]) + ys)
+    if status == 1:
+        return None, st
+    c = lo_c if p[2] == -np.inf else hi_c if p[2] == np.inf else float(p[2]) + ys  # a clamped c: the bound
+    return (float(p[0]), float(p[1]), float(c)), st
 
 
 def _covariance(x, y, delta, m, c):
