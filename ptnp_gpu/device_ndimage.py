@@ -98,7 +98,7 @@ def gaussian_filter(input, sigma, order=0, output=None, mode="reflect", cval=0.0
     """:func:`cupyx.scipy.ndimage.gaussian_filter`, one ``ptnp_filter1d`` launch per axis."""
     dt = _out_dtype(input, output)
     if (dt is None or radius is not None or axes is not None or np.ndim(order) or order != 0
-            or mode not in _MODES):
+            or not (isinstance(mode, str) and mode in _MODES)):
         return _cupyx("gaussian_filter")(input, sigma, order=order, output=output, mode=mode, cval=cval,
                                          truncate=truncate, radius=radius, axes=axes)
     xp = _be.namespace(input).xp
@@ -114,7 +114,8 @@ def gaussian_filter(input, sigma, order=0, output=None, mode="reflect", cval=0.0
 def uniform_filter(input, size=3, output=None, mode="reflect", cval=0.0, origin=0, *, axes=None):
     """:func:`cupyx.scipy.ndimage.uniform_filter`, one ``ptnp_filter1d`` launch per axis."""
     dt = _out_dtype(input, output)
-    if dt is None or axes is not None or np.ndim(origin) or origin != 0 or mode not in _MODES:
+    if (dt is None or axes is not None or np.ndim(origin) or origin != 0
+            or not (isinstance(mode, str) and mode in _MODES)):
         return _cupyx("uniform_filter")(input, size=size, output=output, mode=mode, cval=cval, origin=origin,
                                         axes=axes)
     xp = _be.namespace(input).xp

@@ -1758,3 +1758,25 @@ def test_device_ndimage_filters_on_emulated_device(emulated_device, dtype):
     np.testing.assert_array_equal(z, v)
     names = [x[0] for x in emulated_device.launches]
     assert set(names) == {"ptnp_filter1d"} and len(names) == 5 * 6 + 2 + 2 + 3
+
+
+def test_device_ndimage_falls_back_to_cupyx(emulated_device, monkeypatch):
+    """Arguments the kernel does not take (derivative orders, per-axis modes, a uniform origin, an
+    output array, 2-D input, a radius) go to cupyx's own filters (SciPy stands in here), unchanged."""
+    from ptnp_gpu import device_ndimage as dn
+    calls = []
+    monkeypatch.setattr(dn, "_cupyx", lambda name: (lambda *a, **k: calls.append(name) or getattr(ndi, name)(*a, **k)))
+    rng = np.random.default_rng(543)
+    v = rng.normal(size=(6, 7, 8)).astype(np.float32)
+    cases = [(dn.gaussian_filter, dict(sigma=1.0, order=1), ndi.gaussian_filter),
+             (dn.gaussian_filter, dict(sigma=1.0, mode=["reflect", "nearest", "wrap"]), ndi.gaussian_filter),
+             (dn.gaussian_filter, dict(sigma=1.0, radius=2), ndi.gaussian_filter),
+             (dn.uniform_filter, dict(size=3, origin=1), ndi.uniform_filter),
+             (dn.uniform_filter, dict(size=3, mode="grid-wrap"), ndi.uniform_filter)]
+    for fn, kw, ref in cases:
+        np.testing.assert_array_equal(fn(v, **kw), ref(v, **kw))
+    out = np.zeros_like(v)
+    dn.uniform_filter(v, 3, output=out)
+    np.testing.assert_array_equal(out, ndi.uniform_filter(v, 3))
+    np.testing.assert_array_equal(dn.gaussian_filter(v[0], 1.0), ndi.gaussian_filter(v[0], 1.0))
+    assert len(calls) == len(cases) + 2 and not emulated_device.launches
