@@ -50,7 +50,8 @@ extern "C" __global__ void ptnp_filter1d(
     const long long L = axis == 2 ? nx : axis == 1 ? ny : nz;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const long long p = (i / s) % L;                 // position along the axis
+        // position along the axis (int arithmetic where the volume allows: 64-bit division is slow)
+        const long long p = n <= 0x7fffffff ? (long long)(((int)i / (int)s) % (int)L) : (i / s) % L;
         const long long line = i - p * s;                // the line's first voxel
         double acc = 0.0;
         for (int k = 0; k < len; ++k) {

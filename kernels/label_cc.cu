@@ -44,8 +44,8 @@ extern "C" __global__ void ptnp_cc_init_above(
     const long long n = (long long)nb * pz * plane;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
-        const long long q = i / plane;                 // the plane in the stack
-        const int b = (int)(q / pz), z = (int)(q % pz);
+        const int q = (int)i / (int)plane;              // the plane in the stack (int: n < 2^31)
+        const int b = q / pz, z = q - b * pz;
         L[i] = (z < nz && vol[z * plane + (i - q * plane)] > t[b]) ? (int)i : -1;
     }
 }
@@ -94,9 +94,10 @@ extern "C" __global__ void ptnp_cc_merge(int* L, const long long n, const int ny
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         if (((const volatile int*)L)[i] < 0) continue;      // background (foreground stays >= 0)
-        const int x = (int)(i % nx);
-        const int y = (int)((i / nx) % ny);
-        const long long z = i / plane;
+        const int row = (int)i / nx;                    // int arithmetic: n < 2^31
+        const int x = (int)i - row * nx;
+        const int z = row / ny;
+        const int y = row - z * ny;
         for (int dz = -1; dz <= 0; ++dz) {
             if (z + dz < 0) continue;
             for (int dy = -1; dy <= 1; ++dy) {
@@ -179,9 +180,10 @@ extern "C" __global__ void ptnp_occupancy_above(const PTNP_MAP_T* __restrict__ v
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         if (!(vol[i] > t)) continue;
-        const int z = (int)(i / plane);
-        const int y = (int)((i - z * plane) / nx);
-        const int x = (int)(i % nx);
+        const int row = (int)i / nx;                    // int arithmetic: n < 2^31
+        const int x = (int)i - row * nx;
+        const int z = row / ny;
+        const int y = row - z * ny;
         if (!prof[z]) prof[z] = 1;
         if (!prof[nz + y]) prof[nz + y] = 1;
         if (!prof[nz + ny + x]) prof[nz + ny + x] = 1;

@@ -23,8 +23,9 @@ from .threshold_components import threshold_components
 __all__ = ["sweep_scores"]
 
 
-# GPU sweep: stack thresholds until the stacked volume holds this many voxels (~9 bytes each:
-# mask, labels, weights), i.e. ~1.2 GB at most; a 256³ map's crop takes all 16 coarse thresholds.
+# GPU sweep: stack thresholds until the stacked volume holds this many voxels (8 bytes each: the
+# labelling's forest and labels, int32; no mask, the weights shared), i.e. ~1.1 GB at most; a 256³
+# map's crop takes all 16 coarse thresholds.
 _GPU_SWEEP_VOXELS = 2 ** 27
 
 
