@@ -37,14 +37,12 @@ def _bucket(cx, cy, cz, hmask):
     return np.int64(h & hmask)
 
 
-@nb.njit(cache=True)
-def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
+@nb.njit(cache=True, inline="always")
+def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
+    """Partners j > i of point i in cell (ax, ay, az): how many, written from ``pos`` when ``write``."""
     xi, yi, zi = xyz[i, 0], xyz[i, 1], xyz[i, 2]
-    ax = cell[i, 0] + k // 9 - 1
-    ay = cell[i, 1] + (k // 3) % 3 - 1
-    az = cell[i, 2] + k % 3 - 1
-    b = _bucket(ax, ay, az, hmask)
     found = 0
+    b = _bucket(ax, ay, az, hmask)
     for q in range(start[b], start[b + 1]):
         j = order[q]
         if j <= i or cell[j, 0] != ax or cell[j, 1] != ay or cell[j, 2] != az:
@@ -55,21 +53,41 @@ def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, w
         d2 = (ex * ex + ey * ey) + ez * ez
         if d2 <= r2:
             if write:
-                out_i[pos] = i
-                out_j[pos] = j
-                out_d2[pos] = d2
-                pos += 1
+                out_i[pos + found] = i
+                out_j[pos + found] = j
+                out_d2[pos + found] = d2
             found += 1
+    return found
+
+
+@nb.njit(cache=True)
+def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
+    """Partners j > i of point i in its neighbour cell k (k = 9 (dx + 1) + 3 (dy + 1) + dz + 1,
+    the kernels' order), or in all 27 in that order when k < 0: how many, written from ``pos``
+    when ``write``."""
+    cx, cy, cz = cell[i, 0], cell[i, 1], cell[i, 2]
+    if k >= 0:
+        return _scan_cell(i, cx + k // 9 - 1, cy + (k // 3) % 3 - 1, cz + k % 3 - 1, xyz, cell, order, start,
+                          hmask, r2, pos, out_i, out_j, out_d2, write)
+    found = 0
+    for ax in range(cx - 1, cx + 2):
+        for ay in range(cy - 1, cy + 2):
+            for az in range(cz - 1, cz + 2):
+                found += _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos + found, out_i, out_j,
+                                    out_d2, write)
     return found
 
 
 @thread_safe
 @nb.njit(parallel=True, cache=True)
-def _count(xyz, cell, order, start, hmask, r2, counts):
+def _count(xyz, cell, order, start, hmask, r2, counts, per_cell):
     e = np.zeros(0, np.int64)
     f = np.zeros(0, np.float64)
     for i in nb.prange(xyz.shape[0]):
         finite = np.isfinite(xyz[i, 0]) and np.isfinite(xyz[i, 1]) and np.isfinite(xyz[i, 2])
+        if not per_cell:
+            counts[i] = _scan(i, -1, xyz, cell, order, start, hmask, r2, 0, e, e, f, False) if finite else CELL_BAD
+            continue
         for k in range(27):
             if finite:
                 counts[27 * i + k] = _scan(i, k, xyz, cell, order, start, hmask, r2, 0, e, e, f, False)
@@ -79,8 +97,11 @@ def _count(xyz, cell, order, start, hmask, r2, counts):
 
 @thread_safe
 @nb.njit(parallel=True, cache=True)
-def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d2):
+def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d2, per_cell):
     for i in nb.prange(xyz.shape[0]):
+        if not per_cell:
+            _scan(i, -1, xyz, cell, order, start, hmask, r2, ends[i] - counts[i], out_i, out_j, out_d2, True)
+            continue
         for k in range(27):
             t = 27 * i + k
             if counts[t] > 0:
@@ -88,16 +109,18 @@ def _write(xyz, cell, order, start, hmask, r2, counts, ends, out_i, out_j, out_d
 
 
 def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=()):
-    """One pass of the twin: without ``ends``, ``counts`` (27 n,) int64 is filled, one entry per
-    point and neighbour cell (``CELL_BAD`` in the first entry of a point with a non-finite
-    coordinate); with ``ends`` (the inclusive prefix sum of ``counts``) the pairs are written
-    into ``out`` = (out_i, out_j, out_d2). Arguments as in ``cell_pairs.cu`` (``xyz`` (n, 3)
-    float64, ``cell`` (n, 3) int64, ``hmask`` buckets - 1)."""
+    """One pass of the twin: without ``ends``, ``counts`` int64 is filled, one entry per point
+    (n,) or, as the kernels do, per point and neighbour cell (27 n,) (``CELL_BAD`` in a point's
+    first entry when a coordinate is not finite); with ``ends`` (the inclusive prefix sum of
+    ``counts``) the pairs are written into ``out`` = (out_i, out_j, out_d2): the same pairs in
+    the same order either way (per point: a 27-times smaller prefix sum on the host). Arguments
+    as in ``cell_pairs.cu`` (``xyz`` (n, 3) float64, ``cell`` (n, 3) int64, ``hmask`` buckets - 1)."""
     hmask = np.uint64(hmask)
+    per_cell = len(xyz) > 0 and counts.shape[0] == 27 * len(xyz)
     if ends is None:
-        _count(xyz, cell, order, start, hmask, float(r2), counts)
+        _count(xyz, cell, order, start, hmask, float(r2), counts, per_cell)
     else:
-        _write(xyz, cell, order, start, hmask, float(r2), counts, ends, *out)
+        _write(xyz, cell, order, start, hmask, float(r2), counts, ends, *out, per_cell)
 
 
 @thread_safe

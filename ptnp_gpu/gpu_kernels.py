@@ -1313,7 +1313,7 @@ def _cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=
     """One pass of ``cell_pairs.cu`` (or its Numba twin): without ``ends``, each point's
     partners counted into ``counts`` (``ptnp_cell_pairs_count``); else the pairs written into
     ``out`` = (i, j, d2) from ``ends - counts`` (``ptnp_cell_pairs_write``); ``counts`` has
-    one entry per point and neighbour cell (27 n)."""
+    one entry per point and neighbour cell (27 n; the twin also takes one per point, n)."""
     if not _be.namespace(xyz).is_gpu:
         from .kernels.cell_pairs_cpu import cell_pairs_pass
         return cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=ends, out=out)
@@ -1416,7 +1416,8 @@ def cell_pairs(xyz_A, r_A: float):
         e = xp.zeros(0, dtype=xp.int64)
         return e, e.copy(), xp.zeros(0)
     cell, order, start, hmask = _cell_list(xyz, r)
-    counts = xp.empty(27 * n, dtype=xp.int64)            # per point and neighbour cell
+    # per point and neighbour cell on a GPU (27 short scans a point); per point on the host
+    counts = xp.empty((27 if be.is_gpu else 1) * n, dtype=xp.int64)
     _cell_pairs_pass(xyz, cell, order, start, hmask, r * r, counts)
     ends = xp.cumsum(counts)
     total = int(_be.to_host(ends[-1:])[0])                                      # the one host read
