@@ -25,6 +25,12 @@
 //                           a cell by index. The output is the same for any launch
 //                           shape and any bucket count.
 //
+// ptnp_cell_pair_table_sums, for a sum over the pairs of a tabulated function of their squared
+// distance (the sweep scorer's K*K): the same cells and scans, one thread per point and neighbour
+// cell, each pair's value interpolated in the table as numpy.interp does (its formula and edge
+// rules, no fused multiply-add) and the thread's sum added to its point's total (float64
+// atomics): no pair list, no count to read back.
+//
 // Nothing but the pairs is written. Squared distances are (dx*dx + dy*dy) + dz*dz
 // rounded as NumPy does (no fused multiply-add), so they equal the host's.
 
@@ -52,12 +58,36 @@ __device__ __forceinline__ long long ptnp_cell_bucket(const long long cx, const 
     return (long long)(h & hmask);
 }
 
+// numpy.interp of v on the strictly increasing table (xg, yg) of ng points: yg[0] left of it, yg[ng - 1]
+// at or right of its end, else the line through the interval's ends, rounded as NumPy rounds it;
+// the interval from the uniform-table guess, else by bisection (as ptnp_gpu.host_interp does)
+__device__ __forceinline__ double ptnp_interp(const double v, const double* __restrict__ xg,
+                                              const double* __restrict__ yg, const int ng)
+{
+    if (v < xg[0]) return yg[0];
+    if (v >= xg[ng - 1]) return yg[ng - 1];
+    const double inv_h = (double)(ng - 1) / (xg[ng - 1] - xg[0]);
+    long long j = (long long)__dmul_rn(v - xg[0], inv_h);
+    j = j < 0 ? 0 : j > ng - 2 ? ng - 2 : j;
+    if (!(xg[j] <= v && v < xg[j + 1])) {
+        long long lo = 0, hi = ng - 1;                     // xg[lo] <= v < xg[hi]
+        while (hi - lo > 1) {
+            const long long mid = (lo + hi) >> 1;
+            if (xg[mid] <= v) lo = mid; else hi = mid;
+        }
+        j = lo;
+    }
+    const double slope = (yg[j + 1] - yg[j]) / (xg[j + 1] - xg[j]);
+    return __dadd_rn(__dmul_rn(slope, v - xg[j]), yg[j]);
+}
+
 __device__ __forceinline__ long long ptnp_cell_pairs_scan(
     const long long i, const int k, const double* __restrict__ xyz, const long long* __restrict__ cell,
     const long long* __restrict__ order, const long long* __restrict__ start,
     const unsigned long long hmask, const double r2,
     long long pos, long long* __restrict__ out_i, long long* __restrict__ out_j,
-    double* __restrict__ out_d2, const bool write)
+    double* __restrict__ out_d2, const bool write, const double* __restrict__ xg = nullptr,
+    const double* __restrict__ yg = nullptr, const int ng = 0, double* total = nullptr)
 {
     const double xi = xyz[3 * i], yi = xyz[3 * i + 1], zi = xyz[3 * i + 2];
     const long long ax = cell[3 * i] + k / 9 - 1;
@@ -79,6 +109,7 @@ __device__ __forceinline__ long long ptnp_cell_pairs_scan(
                 out_d2[pos] = d2;
                 ++pos;
             }
+            if (ng > 1) *total += ptnp_interp(d2, xg, yg, ng);
             ++found;
         }
     }
@@ -153,5 +184,21 @@ extern "C" __global__ void ptnp_bucket_starts(
         const long long lo = k == 0 ? -1 : key[order[k - 1]] / n;
         const long long hi = k == n ? nbuckets : key[order[k]] / n;
         for (long long b = lo + 1; b <= hi; ++b) start[b] = k;
+    }
+}
+
+extern "C" __global__ void ptnp_cell_pair_table_sums(
+    const double* __restrict__ xyz, const long long* __restrict__ cell,
+    const long long* __restrict__ order, const long long* __restrict__ start,
+    const long long n, const unsigned long long hmask, const double r2,
+    const double* __restrict__ xg, const double* __restrict__ yg, const int ng, double* __restrict__ acc)
+{
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < 27 * n;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long i = t / 27;
+        double sum = 0.0;
+        if (ptnp_cell_pairs_scan(i, (int)(t - 27 * i), xyz, cell, order, start, hmask, r2, 0, nullptr, nullptr,
+                                 nullptr, false, xg, yg, ng, &sum))
+            atomicAdd(acc + i, sum);
     }
 }

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import numba as nb
 import numpy as np
+from ptnp_gpu.host_interp import interp_at
 from ptnp_gpu.host_parallel import thread_safe
 
-__all__ = ["cell_pairs_pass", "cell_keys", "CELL_BAD"]
+__all__ = ["cell_pairs_pass", "cell_keys", "pair_table_sums", "CELL_BAD"]
 
 CELL_BAD = -(1 << 40)            # the count of a point with a non-finite coordinate
 _CLAMP = 4.0e18
@@ -18,6 +19,7 @@ _H1 = np.uint64(0x9E3779B97F4A7C15)
 _H2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _H3 = np.uint64(0x165667B19E3779F9)
 _S32 = np.uint64(32)
+_NO_TABLE = np.zeros(0)          # no tabulated function: count and write the pairs only
 
 
 @nb.njit(cache=True, inline="always")
@@ -38,10 +40,14 @@ def _bucket(cx, cy, cz, hmask):
 
 
 @nb.njit(cache=True, inline="always")
-def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write):
-    """Partners j > i of point i in cell (ax, ay, az): how many, written from ``pos`` when ``write``."""
+def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write, xg, yg):
+    """Partners j > i of point i in cell (ax, ay, az): how many (written from ``pos`` when
+    ``write``), and the sum of ``np.interp(d2, xg, yg)`` over them (0 for an empty table)."""
     xi, yi, zi = xyz[i, 0], xyz[i, 1], xyz[i, 2]
     found = 0
+    total = 0.0
+    ng = xg.shape[0]
+    inv_h = (ng - 1) / (xg[ng - 1] - xg[0]) if ng > 1 else 0.0
     b = _bucket(ax, ay, az, hmask)
     for q in range(start[b], start[b + 1]):
         j = order[q]
@@ -56,8 +62,10 @@ def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, ou
                 out_i[pos + found] = i
                 out_j[pos + found] = j
                 out_d2[pos + found] = d2
+            if ng > 1:
+                total += interp_at(d2, xg, yg, 0, inv_h)[0]
             found += 1
-    return found
+    return found, total
 
 
 @nb.njit(cache=True)
@@ -68,13 +76,13 @@ def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, w
     cx, cy, cz = cell[i, 0], cell[i, 1], cell[i, 2]
     if k >= 0:
         return _scan_cell(i, cx + k // 9 - 1, cy + (k // 3) % 3 - 1, cz + k % 3 - 1, xyz, cell, order, start,
-                          hmask, r2, pos, out_i, out_j, out_d2, write)
+                          hmask, r2, pos, out_i, out_j, out_d2, write, _NO_TABLE, _NO_TABLE)[0]
     found = 0
     for ax in range(cx - 1, cx + 2):
         for ay in range(cy - 1, cy + 2):
             for az in range(cz - 1, cz + 2):
                 found += _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos + found, out_i, out_j,
-                                    out_d2, write)
+                                    out_d2, write, _NO_TABLE, _NO_TABLE)[0]
     return found
 
 
@@ -121,6 +129,27 @@ def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=(
         _count(xyz, cell, order, start, hmask, float(r2), counts, per_cell)
     else:
         _write(xyz, cell, order, start, hmask, float(r2), counts, ends, *out, per_cell)
+
+
+@thread_safe
+@nb.njit(parallel=True, cache=True)
+def _table_sums(xyz, cell, order, start, hmask, r2, xg, yg, acc):
+    e = np.zeros(0, np.int64)
+    f = np.zeros(0, np.float64)
+    for i in nb.prange(xyz.shape[0]):
+        total = 0.0
+        for k in range(27):
+            total += _scan_cell(i, cell[i, 0] + k // 9 - 1, cell[i, 1] + (k // 3) % 3 - 1, cell[i, 2] + k % 3 - 1,
+                                xyz, cell, order, start, hmask, r2, 0, e, e, f, False, xg, yg)[1]
+        acc[i] = total
+
+
+def pair_table_sums(xyz, cell, order, start, hmask, r2, xg, yg, acc):
+    """Twin of ``ptnp_cell_pair_table_sums``: ``acc[i]`` = Σ over the partners j > i of point i
+    within ``r2`` of ``np.interp(d2, xg, yg)``, each neighbour cell's sum added in cell order."""
+    _table_sums(xyz, cell, order, start, np.uint64(hmask), float(r2), np.asarray(xg, np.float64),
+                np.asarray(yg, np.float64), acc)
+    return acc
 
 
 @thread_safe

@@ -80,7 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "label_mask", "label_above", "occupancy_above", "filter1d_pass",
+           "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -1374,6 +1374,67 @@ def _cell_keys(xyz, edge, hmask):
     return cell, key
 
 
+def _points(xyz_A, r_A, what):
+    """(backend, xp, contiguous (N, 3) float64 points, N, cutoff) of a pair search's arguments."""
+    be = _be.namespace(xyz_A)
+    xp = be.xp
+    xyz = xp.ascontiguousarray(xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3))
+    r = float(r_A)
+    if not r >= 0:
+        raise ValueError(f"{what}: the cutoff must be >= 0, got {r_A!r}")
+    return be, xp, xyz, int(xyz.shape[0]), r
+
+
+def pair_table_sums(xyz_A, r_A: float, table_x, table_y):
+    """Per point, the sum over its partners ``j > i`` within ``r_A`` of a tabulated function of
+    the squared distance: ``out[i] = Σ_j np.interp(|x_i − x_j|², table_x, table_y)``.
+
+    The pairs of :func:`cell_pairs` (the same cell list and cutoff rule) without listing them:
+    one launch of ``ptnp_cell_pair_table_sums`` (one thread per point and neighbour cell, the
+    interpolation NumPy's, each thread's sum added with a float64 atomic) after the cell
+    list, and no host read; on NumPy arrays its Numba twin (each point's cells in order).
+    Non-finite coordinates are not checked (the caller's points are finite).
+
+    Parameters
+    ----------
+    xyz_A : (N, 3) float array, NumPy or CuPy
+    r_A : float
+        Cutoff, >= 0.
+    table_x, table_y : (M,) float64 arrays on the points' backend, ``table_x`` strictly increasing
+
+    Returns
+    -------
+    (N,) float64 array on the points' backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.array([[0.0, 0, 0], [1.0, 0, 0], [5.0, 0, 0]])
+    >>> pair_table_sums(x, 1.5, np.array([0.0, 4.0]), np.array([2.0, 0.0])).tolist()
+    [1.5, 0.0, 0.0]
+    """
+    be, xp, xyz, n, r = _points(xyz_A, r_A, "pair_table_sums")
+    acc = xp.zeros(n, dtype=xp.float64)
+    if n < 2:
+        return acc
+    cell, order, start, hmask = _cell_list(xyz, r)
+    _pair_table_pass(xyz, cell, order, start, hmask, r * r, table_x, table_y, acc)
+    return acc
+
+
+def _pair_table_pass(xyz, cell, order, start, hmask, r2, table_x, table_y, acc):
+    """``ptnp_cell_pair_table_sums`` into ``acc`` (zeroed), or its Numba twin on NumPy arrays."""
+    if not _be.namespace(xyz).is_gpu:
+        from .kernels.cell_pairs_cpu import pair_table_sums as twin
+        return twin(xyz, cell, order, start, hmask, r2, table_x, table_y, acc)
+    n = int(xyz.shape[0])
+    get_function("cell_pairs.cu", "ptnp_cell_pair_table_sums")(
+        _grid(27 * n, _BLOCK), (_BLOCK,),
+        (xyz, cell, order, start, np.int64(n), np.uint64(hmask), np.float64(r2), table_x, table_y,
+         np.int32(table_x.shape[0]), acc))
+    return acc
+
+
 def cell_pairs(xyz_A, r_A: float):
     """All pairs ``i < j`` of points with ``|x_i - x_j| <= r_A``, from a cell list.
 
@@ -1405,13 +1466,7 @@ def cell_pairs(xyz_A, r_A: float):
     >>> i.tolist(), j.tolist(), d2.tolist()
     ([0], [1], [1.0])
     """
-    be = _be.namespace(xyz_A)
-    xp = be.xp
-    xyz = xp.ascontiguousarray(xp.asarray(xyz_A, dtype=xp.float64).reshape(-1, 3))
-    n = int(xyz.shape[0])
-    r = float(r_A)
-    if not r >= 0:
-        raise ValueError(f"cell_pairs: the cutoff must be >= 0, got {r_A!r}")
+    be, xp, xyz, n, r = _points(xyz_A, r_A, "cell_pairs")
     if n < 2:
         e = xp.zeros(0, dtype=xp.int64)
         return e, e.copy(), xp.zeros(0)

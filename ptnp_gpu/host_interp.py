@@ -3,7 +3,7 @@
 Two hot interpolations of detection run on the host with the NumPy backend: the
 prewhitening gain over the rfft grid (millions of |s| values, neighbours close together)
 and the sweep's tabulated K⋆K over every atom pair (millions of squared distances in
-no order, on a uniform table). NumPy's ``interp`` is single-threaded and, for values in
+no order, on a uniform table: :func:`interp_at` in the pair sums' Numba twin). NumPy's ``interp`` is single-threaded and, for values in
 no order, binary-searches each one. :func:`interp_host` keeps NumPy's formula and edge
 rules (so its output is bit-identical) and finds each value's interval from the previous
 value's, then from the table's mean spacing, then by bisection.
@@ -14,42 +14,48 @@ import numba as nb
 import numpy as np
 from .host_parallel import thread_safe
 
-__all__ = ["interp_host"]
+__all__ = ["interp_host", "interp_at"]
+
+
+@nb.njit(cache=True, inline="always")
+def interp_at(v, xp_, fp, j, inv_h):
+    """``np.interp`` of one float64 ``v`` (its formula and edge rules: left of the table fp[0],
+    at or right of its end fp[-1]), starting the interval search at ``j`` (a previous value's),
+    then the uniform-table guess (``inv_h``: (m − 1) / the table's span), then bisection.
+    Returns (value, interval)."""
+    m = xp_.shape[0]
+    if v < xp_[0]:
+        return fp[0], j
+    if v >= xp_[m - 1]:
+        return fp[m - 1], j
+    if not (xp_[j] <= v < xp_[j + 1]):
+        j = min(max(np.int64((v - xp_[0]) * inv_h), 0), m - 2)   # exact on a uniform table
+        if not (xp_[j] <= v < xp_[j + 1]):
+            lo, hi = 0, m - 1                      # bisection: xp_[lo] <= v < xp_[hi]
+            while hi - lo > 1:
+                mid = (lo + hi) >> 1
+                if xp_[mid] <= v:
+                    lo = mid
+                else:
+                    hi = mid
+            j = lo
+    slope = (fp[j + 1] - fp[j]) / (xp_[j + 1] - xp_[j])
+    r = slope * (v - xp_[j]) + fp[j]
+    if np.isnan(r):
+        r = slope * (v - xp_[j + 1]) + fp[j + 1]
+        if np.isnan(r) and fp[j] == fp[j + 1]:
+            r = fp[j]
+    return r, j
 
 
 @nb.njit(cache=True)
 def _interp_run(x, xp_, fp, out, start, stop):
-    """``np.interp`` of ``x[start:stop]``: NumPy's formula and edge rules (left of the table
-    fp[0], at or right of its end fp[-1])."""
+    """``np.interp`` of ``x[start:stop]``, each value's interval searched from the previous one's."""
     m = xp_.shape[0]
     inv_h = (m - 1) / (xp_[m - 1] - xp_[0])
     j = 0
     for i in range(start, stop):
-        v = np.float64(x[i])
-        if v < xp_[0]:
-            out[i] = fp[0]
-            continue
-        if v >= xp_[m - 1]:
-            out[i] = fp[m - 1]
-            continue
-        if not (xp_[j] <= v < xp_[j + 1]):
-            j = min(max(np.int64((v - xp_[0]) * inv_h), 0), m - 2)   # exact on a uniform table
-            if not (xp_[j] <= v < xp_[j + 1]):
-                lo, hi = 0, m - 1                      # bisection: xp_[lo] <= v < xp_[hi]
-                while hi - lo > 1:
-                    mid = (lo + hi) >> 1
-                    if xp_[mid] <= v:
-                        lo = mid
-                    else:
-                        hi = mid
-                j = lo
-        slope = (fp[j + 1] - fp[j]) / (xp_[j + 1] - xp_[j])
-        r = slope * (v - xp_[j]) + fp[j]
-        if np.isnan(r):
-            r = slope * (v - xp_[j + 1]) + fp[j + 1]
-            if np.isnan(r) and fp[j] == fp[j + 1]:
-                r = fp[j]
-        out[i] = r
+        out[i], j = interp_at(np.float64(x[i]), xp_, fp, j, inv_h)
 
 
 @thread_safe

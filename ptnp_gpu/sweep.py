@@ -14,10 +14,9 @@ import numpy as np
 from . import backend as _be
 from .components import label26_above, label_moments, map_mean_sd
 from .denoise import AtomKernel
-from .host_interp import interp_host
-from .neighbors import pairs_within, segment_sum
+from .gpu_kernels import occupancy_above, pair_table_sums
+from .neighbors import segment_sum
 from .solvent import _STEP
-from .gpu_kernels import occupancy_above
 from .threshold_components import threshold_components
 
 __all__ = ["sweep_scores"]
@@ -145,10 +144,9 @@ class _Scorer:
         span = float(self.extent_A) + 2.0 * self.reach
         xyz = centre_vox_xyz * xp.asarray(self.vs)
         xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
-        i, _, d2 = pairs_within(xyz, self.reach)
-        kk = (xp.interp(d2, self.d2_grid, self.a_table) if _be.namespace(d2).is_gpu
-              else interp_host(d2, self.d2_grid, self.a_table))     # the same numbers, compiled
-        cross = segment_sum(group[i], [kk], n_groups)[0]
+        # Σ K⋆K over each atom's pairs in one pass over the cell list (NumPy's interpolation of
+        # the table; no pair list, no pair count read back), then per model
+        cross = segment_sum(group, [pair_table_sums(xyz, self.reach, self.d2_grid, self.a_table)], n_groups)[0]
         return xp.stack([n_at, ssc, cross])
 
     def correlations(self, sums):

@@ -500,6 +500,12 @@ extern "C" void emu_cell_pairs(const double* xyz, const long long* cell, const l
     ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pairs_write,
         xyz, cell, order, start, n, hmask, r2, counts, ends, oi, oj, od);
 }
+extern "C" void emu_pair_table_sums(const double* xyz, const long long* cell, const long long* order,
+    const long long* start, long long n, unsigned long long hmask, double r2, const double* xg,
+    const double* yg, int ng, double* acc, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_pair_table_sums,
+      xyz, cell, order, start, n, hmask, r2, xg, yg, ng, acc);
+}
 extern "C" void emu_cell_keys(const double* xyz, long long n, double edge, unsigned long long hmask,
     long long* cell, long long* key, int block, int grid) {
   ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_cell_keys,
@@ -1780,3 +1786,82 @@ def test_device_ndimage_falls_back_to_cupyx(emulated_device, monkeypatch):
     np.testing.assert_array_equal(out, ndi.uniform_filter(v, 3))
     np.testing.assert_array_equal(dn.gaussian_filter(v[0], 1.0), ndi.gaussian_filter(v[0], 1.0))
     assert len(calls) == len(cases) + 2 and not emulated_device.launches
+
+
+
+# ---------------------------------------------------------------------- pair sums of a table
+
+def _table_case(rng, n=120, lo=-6.0, hi=7.0, r=2.5):
+    x = np.ascontiguousarray(rng.uniform(lo, hi, (n, 3)))
+    x[5] = x[9]                                         # a coincident pair (d2 = 0: the table's start)
+    xg = np.linspace(0.0, r * r, 257)
+    yg = np.exp(-xg / 1.7) * rng.uniform(0.9, 1.1, xg.shape)
+    return x, r, xg, yg
+
+
+def _table_reference(x, r, xg, yg):
+    i, _, d2 = gk.cell_pairs(x, r)
+    return np.bincount(i, weights=np.interp(d2, xg, yg), minlength=len(x)), i, d2
+
+
+def test_interp_at_is_numpy_interp():
+    """The scalar interpolation the pair sums use is np.interp bit for bit: both edges, the
+    table's own points, a non-uniform table (bisection) and any starting interval."""
+    from ptnp_gpu.host_interp import interp_at
+    rng = np.random.default_rng(550)
+    for xg in (np.linspace(0.0, 9.0, 101), np.cumsum(rng.uniform(0.01, 1.0, 60))):
+        yg = rng.normal(size=xg.shape)
+        v = np.concatenate([rng.uniform(xg[0] - 1, xg[-1] + 1, 500), xg, [xg[-1], xg[0], -np.inf, np.inf]])
+        inv_h = (len(xg) - 1) / (xg[-1] - xg[0])
+        got = np.array([interp_at(float(t), xg, yg, int(rng.integers(0, len(xg) - 1)), inv_h)[0] for t in v])
+        np.testing.assert_array_equal(got, np.interp(v, xg, yg))
+
+
+def test_pair_table_sums_twin_matches_pairs():
+    """Per point, the sum over its pairs of np.interp(d2) equals the pair list's (cell_pairs, then
+    bincount) to rounding: the same pairs, the same interpolated values, summed per cell."""
+    rng = np.random.default_rng(551)
+    x, r, xg, yg = _table_case(rng, n=400)
+    ref, i, _ = _table_reference(x, r, xg, yg)
+    got = gk.pair_table_sums(x, r, xg, yg)
+    assert len(i) > 300 and ref.max() > 1.0
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
+    assert not gk.pair_table_sums(x[:1], r, xg, yg).any()
+    with pytest.raises(ValueError):
+        gk.pair_table_sums(x, -1.0, xg, yg)
+
+
+def test_pair_table_kernel_on_host(emulated):
+    """ptnp_cell_pair_table_sums (host build; threads of a block concurrent, float64 atomics)
+    gives the twin's sums for several launch shapes and bucket counts (buckets holding
+    several cells)."""
+    from ptnp_gpu.kernels.cell_pairs_cpu import cell_keys, pair_table_sums as twin
+    rng = np.random.default_rng(552)
+    x, r, xg, yg = _table_case(rng, n=90)
+    lib = emulated["cell_pairs.cu"]
+    for hmask in (7, 255):
+        cell, key = cell_keys(x, gk._cell_edge(r), hmask)
+        order = np.argsort(key)
+        start = np.searchsorted(key[order] // len(x), np.arange(hmask + 2))
+        want = twin(x, cell, order, start, hmask, r * r, xg, yg, np.zeros(len(x)))
+        for block, grid in ((32, 1), (64, 3)):
+            acc = np.zeros(len(x))
+            lib.emu_pair_table_sums(_ptr(x), _ptr(cell), _ptr(order), _ptr(start), ctypes.c_longlong(len(x)),
+                                    ctypes.c_ulonglong(hmask), ctypes.c_double(r * r), _ptr(xg), _ptr(yg),
+                                    len(xg), _ptr(acc), block, grid)
+            np.testing.assert_allclose(acc, want, rtol=1e-13, atol=1e-14)
+    assert want.max() > 1.0
+
+
+def test_pair_table_sums_cupy_branch_on_emulated_device(emulated_device):
+    """The CuPy branch (cell keys, bucket starts, one table-sum launch: C types checked) gives the
+    pair list's per-point sums."""
+    rng = np.random.default_rng(553)
+    x, r, xg, yg = _table_case(rng, n=80, lo=-3.0, hi=9.0)
+    got = gk.pair_table_sums(x, r, xg, yg)
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_cell_keys", "ptnp_bucket_starts",
+                                                          "ptnp_cell_pair_table_sums"]
+    emulated_device.launches.clear()
+    ref = _table_reference(x, r, xg, yg)[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
+    assert ref.max() > 1.0
