@@ -65,3 +65,23 @@ extern "C" __global__ void ptnp_render_atoms(
         atomicAdd(out + ((long long)iz * ny + iy) * nx + ix, v);
     }
 }
+
+// ptnp_clear_balls: a boolean render, for "farther than r from every atom" on a grid. One thread
+// per (centre, offset) pair clears mask[centre + offset] (in bounds); the offsets are the integer
+// (z, y, x) steps within r, as scipy.ndimage.distance_transform_edt measures a distance with its
+// sampling, so the mask left set is exactly EDT(mask of the centres) > r. Every write is a false.
+extern "C" __global__ void ptnp_clear_balls(
+    const long long* __restrict__ centre, const long long n, const int* __restrict__ off,
+    const int n_off, const int nz, const int ny, const int nx, bool* __restrict__ mask)
+{
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < n * n_off;
+         t += (long long)gridDim.x * blockDim.x) {
+        const long long a = t / n_off;
+        const int w = (int)(t - a * n_off);
+        const long long z = centre[3 * a] + off[3 * w];
+        const long long y = centre[3 * a + 1] + off[3 * w + 1];
+        const long long x = centre[3 * a + 2] + off[3 * w + 2];
+        if (z < 0 || y < 0 || x < 0 || z >= nz || y >= ny || x >= nx) continue;
+        mask[(z * ny + y) * nx + x] = false;
+    }
+}

@@ -17,7 +17,7 @@ import numba as nb
 import numpy as np
 from ptnp_gpu.host_parallel import thread_safe
 
-__all__ = ["render_planes"]
+__all__ = ["render_planes", "clear_balls"]
 
 
 @thread_safe
@@ -127,3 +127,23 @@ def render_planes(base, frac, inv6, norm, offsets, voxel_size_A, out):
     tx, ty, tz = _axis_tables(base, frac, inv6, norm, hx, hy, hz, vs, sep)
     _render_planes(base, frac, inv6, norm, offsets, zptr, hx, hy, hz, vs, sep, tx, ty, tz, out)
     return out
+
+
+@nb.njit(cache=True)
+def _clear_balls(centre, off, mask):
+    nz, ny, nx = mask.shape
+    for a in range(centre.shape[0]):
+        for w in range(off.shape[0]):
+            z = centre[a, 0] + off[w, 0]
+            y = centre[a, 1] + off[w, 1]
+            x = centre[a, 2] + off[w, 2]
+            if 0 <= z < nz and 0 <= y < ny and 0 <= x < nx:
+                mask[z, y, x] = False
+
+
+def clear_balls(centre_zyx, offsets_zyx, mask):
+    """Twin of ``ptnp_clear_balls``: ``mask[c + o] = False`` for every centre c (int (N, 3) z, y, x)
+    and offset o (int (W, 3)) in bounds; ``mask`` (bool, C order) is changed in place."""
+    _clear_balls(np.asarray(centre_zyx, np.int64).reshape(-1, 3), np.asarray(offsets_zyx, np.int64).reshape(-1, 3),
+                 mask)
+    return mask

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
-from .gpu_kernels import array_var
+from .gpu_kernels import array_var, outside_balls
 from .solvent import _CLIPPED_SHARE, _local_variance
 
 __all__ = ["solvent_level_at_atoms", "CLEAR_A", "SIGMA_A", "STEP_A"]
@@ -63,9 +63,9 @@ def solvent_level_at_atoms(volume, centres_vox_xyz, voxel_size_A, *, clear_A: fl
     c = xp.asarray(centres_vox_xyz, dtype=xp.float64).reshape(-1, 3)
     idx = xp.rint(c[:, ::-1] / xp.asarray(step[::-1], dtype=xp.float64)).astype(xp.int64)   # z y x
     idx = xp.clip(idx, 0, xp.asarray(np.array(sub.shape) - 1))
-    free = xp.ones(sub.shape, dtype=bool)
-    free[idx[:, 0], idx[:, 1], idx[:, 2]] = False
-    far = ndi.distance_transform_edt(free, sampling=tuple(float(s) for s in spacing)) > clear_A
+    # farther than clear_A from every atom's voxel: the balls cleared directly (one launch; the same
+    # voxels as a distance transform's > clear_A)
+    far = outside_balls(sub.shape, idx, clear_A, tuple(float(s) for s in spacing))
     # a mask's constant region (0, or the map's minimum or maximum) is not solvent: a voxel at
     # such a value among neighbours mostly at it too (the mask's edge included; a quantised
     # map's noise, whose values repeat, is not)

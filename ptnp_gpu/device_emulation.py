@@ -669,7 +669,8 @@ _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pea
                         "thin_peaks", "atom_filter", "rfft_shell_index", "_bucket_starts",
                         "_solve_normal_device", "pair_affine_sums",
                         "radial_fit_sums", "label_mask", "label_above",
-                        "occupancy_above", "filter1d_pass", "_pair_table_pass")
+                        "occupancy_above", "filter1d_pass", "_pair_table_pass",
+                        "outside_balls")
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums",
+           "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums", "outside_balls",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -187,6 +187,65 @@ def render_windows(out, base, frac, inv6, norm, offsets, voxel_size_A):
                             np.int32(nx), np.int32(ny), np.int32(nz),
                             np.float64(vs[0]), np.float64(vs[1]), np.float64(vs[2]), out))
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _ball_offsets(radius_A: float, spacing_zyx: tuple) -> np.ndarray:
+    """Integer (z, y, x) steps within ``radius_A`` on a grid of ``spacing_zyx`` (Å), the distance
+    computed as ``scipy.ndimage.distance_transform_edt`` computes it with that sampling (each
+    step times its spacing, squared, summed over z, y, x, square root): (W, 3) int32, read-only."""
+    s = np.asarray(spacing_zyx, dtype=np.float64)
+    r = [int(np.floor(radius_A / v)) + 1 for v in s]
+    g = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in r], indexing="ij"), 0).reshape(3, -1)
+    d = g.astype(np.float64) * s[:, None]
+    d *= d
+    off = np.ascontiguousarray(g[:, np.sqrt(np.add.reduce(d, axis=0)) <= radius_A].T.astype(np.int32))
+    off.flags.writeable = False
+    return off
+
+
+def outside_balls(shape, centres_zyx, radius_A: float, spacing_zyx):
+    """Voxels of a ``shape`` grid farther than ``radius_A`` from every centre: exactly
+    ``distance_transform_edt(grid without the centres' voxels, sampling=spacing_zyx) > radius_A``,
+    by clearing each centre's ball of offsets instead of a distance transform.
+
+    CuPy: one launch of ``ptnp_clear_balls`` (``kernels/render_atoms.cu``) over the (centre,
+    offset) pairs; NumPy: its Numba twin. No host read.
+
+    Parameters
+    ----------
+    shape : (nz, ny, nx)
+    centres_zyx : (N, 3) int array (voxels z, y, x; outside the grid is allowed), NumPy or CuPy
+    radius_A : float
+    spacing_zyx : 3 floats, the grid's spacing along z, y, x (Å)
+
+    Returns
+    -------
+    (nz, ny, nx) bool array on the centres' backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> outside_balls((1, 1, 6), np.array([[0, 0, 1]]), 1.0, (1.0, 1.0, 1.0))[0, 0].tolist()
+    [False, False, False, True, True, True]
+    """
+    be = _be.namespace(centres_zyx)
+    xp = be.xp
+    shape = tuple(int(v) for v in shape)
+    off = _ball_offsets(float(radius_A), tuple(float(v) for v in spacing_zyx))
+    mask = xp.ones(shape, dtype=bool)
+    c = xp.ascontiguousarray(xp.asarray(centres_zyx).astype(xp.int64, copy=False).reshape(-1, 3))
+    n = int(c.shape[0])
+    if n == 0:
+        return mask
+    if not be.is_gpu:
+        from .kernels.render_atoms_cpu import clear_balls
+        return clear_balls(c, off, mask)
+    get_function("render_atoms.cu", "ptnp_clear_balls")(
+        _grid(n * len(off), _BLOCK), (_BLOCK,),
+        (c, np.int64(n), xp.asarray(off), np.int32(len(off)), np.int32(shape[0]), np.int32(shape[1]),
+         np.int32(shape[2]), mask))
+    return mask
 
 
 # --------------------------------------------------------------------------- window fits

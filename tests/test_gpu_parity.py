@@ -149,6 +149,22 @@ def test_mean_shift_centres_parity(cp, dtype, seed):
         assert np.abs(host - c).max() > 0.5
 
 
+@pytest.mark.parametrize("seed", [24, FRESH_SEED])
+def test_outside_balls_parity(cp, seed):
+    """The solvent mask's cleared balls (ptnp_clear_balls) against the host twin and SciPy's
+    distance transform, on the statistics' ~1 Å grid."""
+    import scipy.ndimage as ndi
+    rng = np.random.default_rng(seed)
+    shape, sp, r = (90, 86, 95), (1.074, 1.074, 1.074), 3.5
+    c = np.stack([rng.integers(10, s - 10, 4000) for s in shape], 1)
+    dev = gk.outside_balls(shape, cp.asarray(c), r, sp)
+    host = gk.outside_balls(shape, c, r, sp)
+    free = np.ones(shape, bool)
+    free[tuple(c.T)] = False
+    np.testing.assert_array_equal(_host(dev), host)
+    np.testing.assert_array_equal(host, ndi.distance_transform_edt(free, sampling=sp) > r)
+
+
 @pytest.mark.parametrize("seed", [23, FRESH_SEED])
 def test_pair_table_sums_parity(cp, seed):
     """The sweep scorer's fused pair sums (ptnp_cell_pair_table_sums) against the host twin and

@@ -518,6 +518,11 @@ extern "C" void emu_local_max(const float* vol, const bool* mask, int nx, int ny
       vol, mask, nx, ny, nz, use_mask, out);
 }"""),
     "render_atoms.cu": ((), """
+extern "C" void emu_clear_balls(const long long* c, long long n, const int* off, int n_off, int nz, int ny,
+    int nx, bool* mask, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_clear_balls, c, n, off, n_off, nz, ny,
+      nx, mask);
+}
 extern "C" void emu_render(const int* base, const double* frac, const double* inv6,
     const double* norm, const int* off, int n, int T, int W, int nx, int ny, int nz,
     double vx, double vy, double vz, double* out, int block, int grid_y) {
@@ -1865,3 +1870,52 @@ def test_pair_table_sums_cupy_branch_on_emulated_device(emulated_device):
     ref = _table_reference(x, r, xg, yg)[0]
     np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-13)
     assert ref.max() > 1.0
+
+
+
+# ---------------------------------------------------------------------- balls cleared (solvent mask)
+
+def _edt_far(shape, c, r, sp):
+    free = np.ones(shape, bool)
+    inside = np.all((c >= 0) & (c < np.array(shape)), axis=1)
+    free[tuple(c[inside].T)] = False
+    return ndi.distance_transform_edt(free, sampling=sp) > r
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_outside_balls_is_the_distance_transform(seed):
+    """outside_balls == distance_transform_edt(...) > r exactly: anisotropic spacings, radii that
+    hit grid distances exactly (unit spacing, integer r), centres repeated."""
+    rng = np.random.default_rng(560 + seed)
+    for t in range(20):
+        shape = tuple(int(v) for v in rng.integers(4, 25, 3))
+        sp = (1.0, 1.0, 1.0) if t % 4 == 0 else tuple(float(v) for v in rng.uniform(0.5, 1.5, 3))
+        r = float(rng.integers(1, 4)) if t % 4 == 0 else float(rng.uniform(0.5, 5.0))
+        n = int(rng.integers(1, 30))
+        c = np.stack([rng.integers(0, s, n) for s in shape], 1)
+        c = np.vstack([c, c[:2]])
+        np.testing.assert_array_equal(gk.outside_balls(shape, c, r, sp), _edt_far(shape, c, r, sp))
+
+
+def test_clear_balls_kernel_on_host(emulated):
+    """ptnp_clear_balls (host build) clears what the twin clears, centres off the grid included,
+    for several launch shapes."""
+    rng = np.random.default_rng(563)
+    shape, sp, r = (9, 10, 11), (1.07, 0.9, 1.2), 2.6
+    c = np.ascontiguousarray(np.vstack([np.stack([rng.integers(0, s, 12) for s in shape], 1), [[-2, 3, 4], [9, 10, 12]]]))
+    off = gk._ball_offsets(r, sp)
+    want = gk.outside_balls(shape, c, r, sp)
+    for block, grid in ((32, 1), (64, 3)):
+        mask = np.ones(shape, bool)
+        emulated["render_atoms.cu"].emu_clear_balls(_ptr(c), ctypes.c_longlong(len(c)), _ptr(np.ascontiguousarray(off)),
+                                                    len(off), *shape, _ptr(mask), block, grid)
+        np.testing.assert_array_equal(mask, want)
+    assert 0 < want.sum() < want.size
+
+
+def test_outside_balls_cupy_branch_on_emulated_device(emulated_device):
+    rng = np.random.default_rng(564)
+    shape, sp, r = (12, 9, 10), (1.1, 1.0, 0.95), 3.0
+    c = np.stack([rng.integers(0, s, 7) for s in shape], 1)
+    np.testing.assert_array_equal(gk.outside_balls(shape, c, r, sp), _edt_far(shape, c, r, sp))
+    assert [k[0] for k in emulated_device.launches] == ["ptnp_clear_balls"]
