@@ -3,13 +3,14 @@
 ==================  ==========================================  ======================
 CUDA source         kernels (``ptnp_`` prefix)                  CPU twin
 ==================  ==========================================  ======================
-render_atoms.cu     ptnp_render_atoms                           render_atoms_cpu.py
+render_atoms.cu     ptnp_render_atoms, ptnp_clear_balls         render_atoms_cpu.py
 window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.py
                     ptnp_mean_shift, ptnp_solve_normal          (solve: array code)
 label_sums.cu       ptnp_label_moments, ptnp_label_finish       label_sums_cpu.py
 local_max.cu        ptnp_local_max                              local_max_cpu.py
 cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
-                    ptnp_cell_pairs_write, ptnp_bucket_starts
+                    ptnp_cell_pairs_write, ptnp_bucket_starts,
+                    ptnp_cell_pair_table_sums
 reduce.cu           ptnp_segment_sum, ptnp_shifted_moments,     reduce_cpu.py
                     ptnp_pair_affine_sums, ptnp_radial_fit_means,
                     ptnp_radial_fit_spread
