@@ -186,7 +186,7 @@ def position_sd_A(H, noise_sd: float, grad_ratio_per_A, height=None, curvature_p
         lam = xp.minimum(lam, (-floor * curvature_per_A2) * height[:, None])
     peak = xp.all(lam < 0, axis=1)
     inv = 1.0 / xp.where(lam < 0, lam, -1.0)
-    hinv = xp.einsum("nik,nk,njk->nij", V, inv, V)
+    hinv = xp.matmul(V * inv[:, None, :], xp.swapaxes(V, 1, 2))     # V diag(inv) Vᵀ, no einsum planning
     g = xp.asarray(np.asarray(grad_ratio_per_A, float) * float(noise_sd))
     tr = ((hinv * hinv) * (g * g)[None, None, :]).sum(axis=(1, 2))
     return xp.where(peak, xp.sqrt(tr / 3.0), xp.nan)

@@ -47,7 +47,7 @@ def radial_displacement_A(xyz_A, ideal_xyz_A, centre_A):
     rel = xyz - xp.asarray(centre_A, dtype=xp.float64)
     r = xp.linalg.norm(rel, axis=1)
     rhat = rel / xp.where(r > 1e-9, r, 1.0)[:, None]
-    return u, xp.einsum("ij,ij->i", u, rhat), r
+    return u, (u * rhat).sum(axis=1), r             # the radial component (no einsum planning on CuPy)
 
 
 @dataclass(frozen=True)
