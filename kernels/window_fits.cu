@@ -267,3 +267,48 @@ extern "C" __global__ void ptnp_solve_normal(
         r2[a] = 1.0 - ss_res / fmax(ss_tot, 1e-300);
     }
 }
+
+// ptnp_linear_at: the volume at points, linearly interpolated with its edges extended: scipy's
+// map_coordinates(order=1, mode="nearest"). Each coordinate is clamped to [0, n - 1]; the 8 corners'
+// values are weighted in float64 (weights multiplied z, y, x in that order, no fused multiply-add)
+// and the sum rounded to the volume's type. A NaN coordinate gives NaN. One thread per point;
+// points (m, 3) float64 voxel x, y, z.
+extern "C" __global__ void ptnp_linear_at(
+    const PTNP_MAP_T* __restrict__ vol, const int nx, const int ny, const int nz,
+    const double* __restrict__ xyz, const long long m, PTNP_MAP_T* __restrict__ out)
+{
+    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < m;
+         t += (long long)gridDim.x * blockDim.x) {
+        const double c[3] = {xyz[3 * t + 2], xyz[3 * t + 1], xyz[3 * t]};     // z, y, x
+        const int n[3] = {nz, ny, nx};
+        int i0[3], i1[3];
+        double f[3];
+        bool bad = false;
+        for (int d = 0; d < 3; ++d) {
+            bad |= isnan(c[d]);
+            const double cc = fmin(fmax(c[d], 0.0), (double)(n[d] - 1));
+            i0[d] = (int)floor(cc);
+            f[d] = cc - i0[d];
+            i1[d] = i0[d] + 1 < n[d] ? i0[d] + 1 : n[d] - 1;
+        }
+        if (bad) {
+            out[t] = (PTNP_MAP_T)NAN;
+            continue;
+        }
+        double acc = 0.0;
+        for (int dz = 0; dz < 2; ++dz) {
+            const double wz = dz ? f[0] : 1.0 - f[0];
+            const long long z = dz ? i1[0] : i0[0];
+            for (int dy = 0; dy < 2; ++dy) {
+                const double wzy = __dmul_rn(wz, dy ? f[1] : 1.0 - f[1]);
+                const long long y = dy ? i1[1] : i0[1];
+                for (int dx = 0; dx < 2; ++dx) {
+                    const double w = __dmul_rn(wzy, dx ? f[2] : 1.0 - f[2]);
+                    const long long x = dx ? i1[2] : i0[2];
+                    acc = __dadd_rn(acc, __dmul_rn(w, (double)vol[(z * ny + y) * nx + x]));
+                }
+            }
+        }
+        out[t] = (PTNP_MAP_T)acc;
+    }
+}

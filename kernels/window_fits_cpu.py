@@ -13,7 +13,7 @@ import numba as nb
 import numpy as np
 from ptnp_gpu.host_parallel import thread_safe
 
-__all__ = ["normal_equations", "pearson_sums", "mean_shift"]
+__all__ = ["normal_equations", "pearson_sums", "mean_shift", "linear_at_cpu"]
 
 
 @nb.njit(inline="always")
@@ -187,3 +187,42 @@ def mean_shift(vol, centres, offsets, base, sigma2, n_iter, out):
         out[a, 1] = cy
         out[a, 2] = cz
 
+
+
+@nb.njit(cache=True)
+def _linear_at(vol, xyz, out):
+    nz, ny, nx = vol.shape
+    n = (nz, ny, nx)
+    for t in range(xyz.shape[0]):
+        c0, c1, c2 = xyz[t, 2], xyz[t, 1], xyz[t, 0]
+        if np.isnan(c0) or np.isnan(c1) or np.isnan(c2):
+            out[t] = np.nan
+            continue
+        i0 = np.empty(3, np.int64)
+        i1 = np.empty(3, np.int64)
+        f = np.empty(3)
+        for d, cd in enumerate((c0, c1, c2)):
+            cc = min(max(cd, 0.0), float(n[d] - 1))
+            i0[d] = np.int64(np.floor(cc))
+            f[d] = cc - i0[d]
+            i1[d] = min(i0[d] + 1, n[d] - 1)
+        acc = 0.0
+        for dz in range(2):
+            wz = f[0] if dz else 1.0 - f[0]
+            z = i1[0] if dz else i0[0]
+            for dy in range(2):
+                wzy = wz * (f[1] if dy else 1.0 - f[1])
+                y = i1[1] if dy else i0[1]
+                for dx in range(2):
+                    w = wzy * (f[2] if dx else 1.0 - f[2])
+                    x = i1[2] if dx else i0[2]
+                    acc += w * np.float64(vol[z, y, x])
+        out[t] = acc
+
+
+def linear_at_cpu(vol, xyz_vox):
+    """Twin of ``ptnp_linear_at``: ``vol`` (nz, ny, nx) at points (M, 3) voxel x, y, z, linearly
+    interpolated with clamped coordinates, in float64, rounded to ``vol``'s type."""
+    out = np.empty(xyz_vox.shape[0], dtype=vol.dtype)
+    _linear_at(np.ascontiguousarray(vol), np.ascontiguousarray(xyz_vox, dtype=np.float64).reshape(-1, 3), out)
+    return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
-from .gpu_kernels import array_var, outside_balls
+from .gpu_kernels import array_var, linear_at, outside_balls
 from .solvent import _CLIPPED_SHARE, _local_variance
 
 __all__ = ["solvent_level_at_atoms", "CLEAR_A", "SIGMA_A", "STEP_A"]
@@ -84,6 +84,5 @@ def solvent_level_at_atoms(volume, centres_vox_xyz, voxel_size_A, *, clear_A: fl
     num = ndi.gaussian_filter(sub * w, sig, mode="constant")
     den = ndi.gaussian_filter(w, sig, mode="constant")
     level = (num + _FAR_WEIGHT * overall) / (den + _FAR_WEIGHT)
-    coords = (c[:, ::-1] / xp.asarray(step[::-1], dtype=xp.float64)).T                # z y x
-    at_atoms = ndi.map_coordinates(level.astype(xp.float64), coords, order=1, mode="nearest")
+    at_atoms = linear_at(level.astype(xp.float64), c / xp.asarray(step, dtype=xp.float64))   # x y z on the grid
     return at_atoms, n_solvent / float(sub.size)

@@ -670,7 +670,7 @@ _KERNEL_ENTRY_POINTS = ("render_windows", "window_normal_equations", "window_pea
                         "_solve_normal_device", "pair_affine_sums",
                         "radial_fit_sums", "label_mask", "label_above",
                         "occupancy_above", "filter1d_pass", "_pair_table_pass",
-                        "outside_balls")
+                        "outside_balls", "linear_at")
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ _ensure_kernels_package()
 __all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
-           "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums", "outside_balls",
+           "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums", "outside_balls", "linear_at",
            "cell_pairs", "local_maxima", "segment_sum_columns", "shifted_moments", "thin_peaks",
            "atom_filter", "rfft_shell_index", "pair_affine_sums", "radial_fit_sums",
            "array_mean", "array_var", "C_TYPES"]
@@ -624,6 +624,46 @@ def mean_shift_centres(volume, centres_vox_xyz, base, radius_vox, sigma_vox, n_i
     k((n,), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), c, np.int32(n),
                         xp.asarray(off), np.int32(len(off)), base_t, np.float64(sigma * sigma),
                         np.int32(n_iter), out))
+    return out
+
+
+def linear_at(volume, xyz_vox):
+    """``volume`` at points, linearly interpolated with its edges extended: SciPy's
+    ``map_coordinates(volume, xyz_vox[:, ::-1].T, order=1, mode="nearest")``.
+
+    CuPy: one launch of ``ptnp_linear_at`` (``kernels/window_fits.cu``: coordinates clamped, the
+    8 corners weighted in float64, rounded to the volume's type; a NaN coordinate gives NaN), in
+    place of cupyx's ``map_coordinates`` and its Python layers; NumPy: SciPy's own (the twin,
+    ``window_fits_cpu.linear_at_cpu``, is the kernel's reference in the tests). No host read.
+
+    Parameters
+    ----------
+    volume : (nz, ny, nx) float32/float64 array, NumPy or CuPy
+    xyz_vox : (M, 3) float array, voxel coordinates x, y, z
+
+    Returns
+    -------
+    (M,) array of the volume's type on its backend.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> v = np.arange(8.0).reshape(2, 2, 2)
+    >>> linear_at(v, np.array([[0.5, 0.5, 0.5], [-3.0, 0.0, 9.0]])).tolist()
+    [3.5, 4.0]
+    """
+    be = _be.namespace(volume, xyz_vox)
+    xp = be.xp
+    vol = _volume(xp.asarray(volume), "volume", xp)
+    pts = xp.ascontiguousarray(xp.asarray(xyz_vox, dtype=xp.float64).reshape(-1, 3))
+    if not be.is_gpu:
+        return be.ndi.map_coordinates(vol, pts[:, ::-1].T, order=1, mode="nearest")
+    m = int(pts.shape[0])
+    out = xp.empty(m, dtype=vol.dtype)
+    if m:
+        nz, ny, nx = (int(s) for s in vol.shape)
+        get_function("window_fits.cu", "ptnp_linear_at", (("PTNP_MAP_T", _c_type(vol.dtype, "volume")),))(
+            _grid(m, _BLOCK), (_BLOCK,), (vol, np.int32(nx), np.int32(ny), np.int32(nz), pts, np.int64(m), out))
     return out
 
 

@@ -149,6 +149,23 @@ def test_mean_shift_centres_parity(cp, dtype, seed):
         assert np.abs(host - c).max() > 0.5
 
 
+@pytest.mark.parametrize("seed", [25, FRESH_SEED])
+def test_linear_at_parity(cp, seed):
+    """Linear interpolation at points (ptnp_linear_at) against SciPy's map_coordinates (order 1,
+    nearest) and the twin, float32 and float64, points beyond the edges included."""
+    import scipy.ndimage as ndi
+    from ptnp_gpu.kernels.window_fits_cpu import linear_at_cpu
+    rng = np.random.default_rng(seed)
+    for dt in (np.float32, np.float64):
+        vol = rng.normal(size=(40, 33, 47)).astype(dt)
+        pts = rng.uniform(-3.0, [50.0, 36.0, 43.0], (5000, 3))
+        dev = _host(gk.linear_at(cp.asarray(vol), cp.asarray(pts)))
+        assert dev.dtype == dt
+        np.testing.assert_array_equal(dev, linear_at_cpu(vol, pts))
+        np.testing.assert_allclose(dev, ndi.map_coordinates(vol, pts[:, ::-1].T, order=1, mode="nearest"),
+                                   rtol=0, atol=1e-6 if dt == np.float32 else 1e-14)
+
+
 @pytest.mark.parametrize("seed", [24, FRESH_SEED])
 def test_outside_balls_parity(cp, seed):
     """The solvent mask's cleared balls (ptnp_clear_balls) against the host twin and SciPy's

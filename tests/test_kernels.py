@@ -546,6 +546,10 @@ extern "C" void emu_mean_shift(const float* map, int nx, int ny, int nz, const d
   ptnp_emu_launch({(unsigned)n, 1, 1}, {(unsigned)block, 1, 1}, ptnp_mean_shift,
       map, nx, ny, nz, c, n, off, n_off, base, sigma2, n_iter, out);
 }
+extern "C" void emu_linear_at(const float* vol, int nx, int ny, int nz, const double* xyz, long long m,
+    float* out, int block, int grid) {
+  ptnp_emu_launch({(unsigned)grid, 1, 1}, {(unsigned)block, 1, 1}, ptnp_linear_at, vol, nx, ny, nz, xyz, m, out);
+}
 extern "C" void emu_solve_normal(const double* A, const double* rhs, const double* yy,
     const long long* count, long long n, int p, long long min_count, double ridge, double* beta,
     double* r2, unsigned char* ok, int block, int grid) {
@@ -1919,3 +1923,58 @@ def test_outside_balls_cupy_branch_on_emulated_device(emulated_device):
     c = np.stack([rng.integers(0, s, 7) for s in shape], 1)
     np.testing.assert_array_equal(gk.outside_balls(shape, c, r, sp), _edt_far(shape, c, r, sp))
     assert [k[0] for k in emulated_device.launches] == ["ptnp_clear_balls"]
+
+
+
+# ---------------------------------------------------------------------- linear interpolation at points
+
+def _linear_points(rng, shape, m=400):
+    hi = np.array(shape[::-1], float)
+    pts = np.vstack([rng.uniform(-2.0, hi + 1.0, (m, 3)),            # some beyond the edges
+                     np.round(rng.uniform(0, hi - 1, (20, 3))),      # on voxels
+                     [[hi[0] - 1, hi[1] - 1, hi[2] - 1], [0.0, 0.0, 0.0]]])
+    return np.ascontiguousarray(pts)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_at_twin_matches_map_coordinates(dtype):
+    """The kernel's twin (clamped coordinates, 8 corners in float64) is SciPy's map_coordinates
+    (order 1, mode nearest): float32 results equal, float64 within 1e-15 of the values' scale."""
+    from ptnp_gpu.kernels.window_fits_cpu import linear_at_cpu
+    rng = np.random.default_rng(570)
+    vol = rng.normal(size=(9, 7, 11)).astype(dtype)
+    pts = _linear_points(rng, vol.shape)
+    ref = ndi.map_coordinates(vol, pts[:, ::-1].T, order=1, mode="nearest")
+    got = linear_at_cpu(vol, pts)
+    assert got.dtype == vol.dtype
+    if dtype == np.float32:
+        np.testing.assert_array_equal(got, ref)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=0, atol=1e-15 * np.abs(vol).max())
+    np.testing.assert_array_equal(gk.linear_at(vol, pts), ref)        # the NumPy branch is SciPy's
+    assert np.isnan(linear_at_cpu(vol, np.array([[np.nan, 1.0, 1.0]]))[0])
+
+
+def test_linear_at_kernel_on_host(emulated):
+    """ptnp_linear_at (host build) equals its twin bit for bit, for several launch shapes."""
+    from ptnp_gpu.kernels.window_fits_cpu import linear_at_cpu
+    rng = np.random.default_rng(571)
+    vol = rng.normal(size=(6, 8, 5)).astype(np.float32)
+    pts = _linear_points(rng, vol.shape, m=150)
+    want = linear_at_cpu(vol, pts)
+    for block, grid in ((32, 1), (64, 2)):
+        out = np.zeros(len(pts), np.float32)
+        emulated["window_fits.cu"].emu_linear_at(_ptr(vol), 5, 8, 6, _ptr(pts), ctypes.c_longlong(len(pts)),
+                                                 _ptr(out), block, grid)
+        np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_linear_at_cupy_branch_on_emulated_device(emulated_device, dtype):
+    from ptnp_gpu.kernels.window_fits_cpu import linear_at_cpu
+    rng = np.random.default_rng(572)
+    vol = rng.normal(size=(5, 6, 7)).astype(dtype)
+    pts = _linear_points(rng, vol.shape, m=60)
+    got = gk.linear_at(vol, pts)
+    assert got.dtype == vol.dtype and [k[0] for k in emulated_device.launches] == ["ptnp_linear_at"]
+    np.testing.assert_array_equal(got, linear_at_cpu(vol, pts))
