@@ -5,7 +5,8 @@ CUDA source         kernels (``ptnp_`` prefix)                  CPU twin
 ==================  ==========================================  ======================
 render_atoms.cu     ptnp_render_atoms, ptnp_clear_balls         render_atoms_cpu.py
 window_fits.cu      ptnp_window_normal_eq, ptnp_window_pearson, window_fits_cpu.py
-                    ptnp_mean_shift, ptnp_solve_normal          (solve: array code)
+                    ptnp_mean_shift, ptnp_solve_normal,         (solve: array code)
+                    ptnp_linear_at
 label_sums.cu       ptnp_label_moments, ptnp_label_finish       label_sums_cpu.py
 local_max.cu        ptnp_local_max                              local_max_cpu.py
 cell_pairs.cu       ptnp_cell_keys, ptnp_cell_pairs_count,      cell_pairs_cpu.py
