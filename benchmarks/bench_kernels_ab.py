@@ -13,7 +13,12 @@ float32):
   against ``gpu_kernels.occupancy_above``;
 * Gaussian and uniform filters as the detection calls them: cupyx against
   ``ptnp_gpu.device_ndimage``;
-* the pair search of the atoms within 1.2 bonds and within the sweep scorer's 6.3 Å (after only).
+* the pair search of the atoms within 1.2 bonds and within the sweep scorer's 6.3 Å (after only);
+* the sweep scorer's pair sums of a table: the pair list, ``interp`` and ``bincount`` against
+  ``gpu_kernels.pair_table_sums``;
+* the baseline's solvent mask on its ~1 Å grid: cupyx ``distance_transform_edt`` > 3.5 Å against
+  ``gpu_kernels.outside_balls``;
+* the map at the atoms: cupyx ``map_coordinates`` (order 1, nearest) against ``gpu_kernels.linear_at``.
 
 Needs CuPy and a GPU; prints a table and one JSON line (``--json`` writes it too).
 
@@ -127,6 +132,36 @@ def main(argv=None) -> int:
     for r in (1.2 * 2.775, 6.3):
         a = _timed(cp, lambda r=r: gk.cell_pairs(xyz, r), args.repeats)
         row(f"cell_pairs {len(case.xyz_A)} atoms r {r:.2f} Å ({int(a[2][0].shape[0])} pairs)", None, a[:2], True)
+    # the sweep scorer's pair sums: the pair list, its interpolation and scatter, against one pass
+    xg = cp.asarray(np.linspace(0.0, 6.3 ** 2, 8192))
+    yg = cp.exp(-xg / 3.0)
+
+    def listed():
+        i, _, d2 = gk.cell_pairs(xyz, 6.3)
+        return cp.bincount(i, weights=cp.interp(d2, xg, yg), minlength=xyz.shape[0])
+    b = _timed(cp, listed, args.repeats)
+    a = _timed(cp, lambda: gk.pair_table_sums(xyz, 6.3, xg, yg), args.repeats)
+    row("pair sums of a table, r 6.3 Å", b[:2], a[:2], bool(cp.allclose(b[2], a[2], rtol=1e-12, atol=1e-12)))
+    # the baseline's solvent mask on the ~1 Å grid: distance transform against cleared balls
+    step = 3
+    grid_shape = tuple(-(-n // step) for n in full.shape)
+    vs_zyx = np.broadcast_to(np.asarray(case.dmap.voxel_size_A, float), (3,))[::-1] * step
+    rel = (case.xyz_A - case.dmap.origin_A)[:, ::-1]
+    idx = cp.asarray(np.clip(np.rint(rel / vs_zyx).astype(np.int64), 0, np.array(grid_shape) - 1))
+    spacing = tuple(float(v) for v in vs_zyx)
+
+    def edt():
+        free = cp.ones(grid_shape, dtype=bool)
+        free[idx[:, 0], idx[:, 1], idx[:, 2]] = False
+        return cndi.distance_transform_edt(free, sampling=spacing) > 3.5
+    b = _timed(cp, edt, args.repeats)
+    a = _timed(cp, lambda: gk.outside_balls(grid_shape, idx, 3.5, spacing), args.repeats)
+    row("solvent mask > 3.5 Å from every atom (~1 Å grid)", b[:2], a[:2], bool(cp.all(b[2] == a[2])))
+    # the map at the atoms, linearly interpolated
+    vox = cp.asarray((case.xyz_A - case.dmap.origin_A) / case.dmap.voxel_size_A)
+    b = _timed(cp, lambda: cndi.map_coordinates(C, vox[:, ::-1].T, order=1, mode="nearest"), args.repeats)
+    a = _timed(cp, lambda: gk.linear_at(C, vox), args.repeats)
+    row("map at 5,775 atoms, linear", b[:2], a[:2], float(cp.abs(b[2] - a[2]).max()) <= 1e-6 * float(cp.abs(b[2]).max()))
 
     print(f"{'operation':<52} {'before host/wall ms':>20} {'after host/wall ms':>20} same")
     for r in rows:
