@@ -14,7 +14,7 @@ import numpy as np
 from . import backend as _be
 from .neighbors import pairs_within, segment_max, segment_sum
 
-__all__ = ["neighbour_pairs", "coordination_numbers", "generalized_cn", "nn_bond_lengths_A",
+__all__ = ["neighbour_pairs", "coordination_numbers", "generalized_cn", "generalized_cn_pair", "nn_bond_lengths_A",
            "mean_bond_lengths_A", "particle_diameter_A"]
 
 
@@ -94,16 +94,24 @@ def generalized_cn(cn, pairs, cn_bulk: float | None = None):
     (N,) float64 array on the backend of ``cn`` / ``pairs`` (0 for atoms
     without neighbours).
     """
+    if cn_bulk is not None:
+        return generalized_cn_pair(cn, pairs, cn_bulk)[1]
+    return generalized_cn_pair(cn, pairs, None)[0]
+
+
+def generalized_cn_pair(cn, pairs, cn_bulk: float | None):
+    """Both generalized coordination numbers of :func:`generalized_cn` from one pass over the
+    pairs: (the paper's, CN_max the largest neighbour CN; the bulk one, ``cn_bulk``, or None)."""
     xp = _be.namespace(cn, pairs).xp
     cn = xp.asarray(cn, dtype=xp.float64)
     n = len(cn)
     i, k = _directed(pairs, xp)
-    total = segment_sum(i, [cn[k]], n)[0]
-    if cn_bulk is not None:
-        return total / float(cn_bulk)
-    cmax = segment_max(i, cn[k], n, empty=0.0)
+    cnk = cn[k]
+    total = segment_sum(i, [cnk], n)[0]
+    cmax = segment_max(i, cnk, n, empty=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return xp.where(cmax > 0, total / xp.where(cmax > 0, cmax, 1.0), 0.0)
+        gcn = xp.where(cmax > 0, total / xp.where(cmax > 0, cmax, 1.0), 0.0)
+    return gcn, (None if cn_bulk is None else total / float(cn_bulk))
 
 
 def _nearest_brute_force_A(xyz, rows, chunk_elements: int = 1 << 21):

@@ -130,6 +130,8 @@ def segment_sum(index, columns, n: int, *, flat: bool | None = None):
         return xp.stack([xp.bincount(index, weights=c, minlength=n) for c in columns])
     if getattr(columns, "ndim", 0) == 2:                       # one (K, P) array: no stacking copy
         values = xp.ascontiguousarray(columns, dtype=xp.float64)
+    elif k == 1:                                               # one column: a view, no stacking copy
+        values = xp.ascontiguousarray(xp.asarray(columns[0], dtype=xp.float64)).reshape(1, -1)
     else:
         values = xp.stack([xp.asarray(c, dtype=xp.float64) for c in columns])
     from .gpu_kernels import segment_sum_columns

@@ -33,7 +33,7 @@ from . import backend as _be
 from . import gpu_kernels as gk
 from .baseline import solvent_level_at_atoms
 from .components import map_mean_sd
-from .coordination import (coordination_numbers, generalized_cn, neighbour_pairs,
+from .coordination import (coordination_numbers, generalized_cn_pair, neighbour_pairs,
                            mean_bond_lengths_A, nn_bond_lengths_A, particle_diameter_A)
 from .displacement import (DEFAULT_PRESMOOTH_A, displacements_from_fits, fit_radius_A, gather_windows,
                            map_blur_tensor_A2, window_offsets, window_peak)
@@ -549,8 +549,9 @@ def compute_statistics(dmap, xyz_A, element: str | Element = "Pt", *, labels=Non
                         "using the radial depth", n)
     if depth_used == "radial":
         depth_col = 0.5 * diameter - radius
+    gcn, gcn_bulk = generalized_cn_pair(cn, pairs, geo["cn_bulk"])     # one pass for both
     per_atom = {
-        "cn": cn, "gcn": generalized_cn(cn, pairs), "gcn_bulk": generalized_cn(cn, pairs, geo["cn_bulk"]),
+        "cn": cn, "gcn": gcn, "gcn_bulk": gcn_bulk,
         "bond_nn_A": nn_bond_lengths_A(pos, pairs),     # the nearest neighbour lies within the CN cutoff
         "bond_mean_A": mean_bond_lengths_A(pos, pairs),
         "radius_A": radius, "depth_A": depth_col,
