@@ -208,7 +208,7 @@ def _stacked_centres(C_box, weights_box, thresholds, min_voxels):
     keep = (mom["count"][1:] >= min_voxels) & (mom["wsum"][1:] > 0)
     cen = mom["centre_vox"][1:][keep]
     k = xp.floor(cen[:, 2] / (nz + 1)).astype(xp.int64)   # components never straddle the gaps
-    cen = cen - xp.stack([xp.zeros_like(k), xp.zeros_like(k), k * (nz + 1)], 1)
+    cen[:, 2] -= k * (nz + 1)                             # cen is a fresh array (mask-indexed)
     return cen, k
 
 
