@@ -18,11 +18,11 @@ reduce.cu           ptnp_segment_sum, ptnp_shifted_moments,     reduce_cpu.py
 thin_peaks.cu       ptnp_thin_peaks                             thin_peaks_cpu.py
 fourier.cu          ptnp_atom_filter, ptnp_rfft_shells          fourier_cpu.py
 label_cc.cu         ptnp_cc_init_above, ptnp_cc_init_mask,      label_cc_cpu.py
-                    ptnp_cc_merge, ptnp_cc_count,               (the host path labels
-                    ptnp_cc_number, ptnp_cc_finish,             with SciPy)
+                    ptnp_cc_merge, ptnp_cc_count,               (host path: SciPy)
+                    ptnp_cc_number, ptnp_cc_finish,
                     ptnp_occupancy_above
-filter1d.cu         ptnp_filter1d                               filter1d_cpu.py (the host
-                                                                path filters with SciPy)
+filter1d.cu         ptnp_filter1d                               filter1d_cpu.py
+                                                                (host path: SciPy)
 ==================  ==========================================  ======================
 
 Twins are Numba where a loop is needed, NumPy array code otherwise (``fourier_cpu.py``,
