@@ -7,6 +7,7 @@ from . import backend as _be
 
 __all__ = ["label26", "label26_above", "label_moments", "otsu_threshold", "map_mean_sd"]
 
+
 def label26(mask):
     """Label 26-connected components of a boolean volume; returns (labels int32, n).
 

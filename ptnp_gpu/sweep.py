@@ -143,7 +143,7 @@ class _Scorer:
         # models side by side along z, further apart than the reach: no cross pairs
         span = float(self.extent_A) + 2.0 * self.reach
         xyz = centre_vox_xyz * xp.asarray(self.vs)
-        xyz = xyz + xp.stack([xp.zeros_like(group), xp.zeros_like(group), group], 1) * span
+        xyz[:, 2] += group * span                         # a fresh array: shifted in place
         # Σ K⋆K over each atom's pairs in one pass over the cell list (NumPy's interpolation of
         # the table; no pair list, no pair count read back), then per model
         cross = segment_sum(group, [pair_table_sums(xyz, self.reach, self.d2_grid, self.a_table)], n_groups)[0]
