@@ -65,7 +65,7 @@ timeout "$PARITY_S" python3 -m pytest -v $XDIST --durations=15 -m gpu -p no:cach
 echo "parity tests: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # stop 31's kernels against the cupyx calls they replaced (labelling, crop profiles, filters), into
 # the log: host and wall ms, outputs equal
-timeout "${AB_S:-40}" python3 benchmarks/bench_kernels_ab.py >> "$LOG" 2>&1
+timeout "${AB_S:-60}" python3 benchmarks/bench_kernels_ab.py >> "$LOG" 2>&1
 echo "kernels A/B: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # NumPy vs CuPy detection on six random reconstruction-like maps (blur, low-pass, sharpening, masks)
 timeout "${MAPS_S:-90}" python3 benchmarks/emulated_parity.py --device cupy --trials 6 --seed 1 \
