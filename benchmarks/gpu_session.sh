@@ -25,7 +25,8 @@
 # Budget (seconds) for the whole script: SESSION_S (default 540); the parity tests get
 # PARITY_S (default 300: on a fresh machine every test process first compiles CuPy's kernels,
 # ~2 min of one core each, 125 s measured on 2026-11-28), the random-map parity MAPS_S
-# (default 90), the suite the rest (it stops starting new cases in time). COLD=1 first times a
+# (default 90), the kernels A/B AB_S (default 60: stop 31's kernels against the cupyx calls they
+# replaced, into the log), the suite the rest (it stops starting new cases in time). COLD=1 first times a
 # cold start alone (a 128³ analyze; default 0), PARITY_WORKERS (default 8) sets the test
 # processes (pytest-xdist), SUITE_ARGS replaces the suite's cases, MPS=0 skips the MPS stream
 # (MPS_S seconds, default 70; MPS_PROCESSES, default "4 8 16"; MPS_MAPS, default 60).
