@@ -60,13 +60,13 @@ __device__ __forceinline__ long long ptnp_cell_bucket(const long long cx, const 
 
 // numpy.interp of v on the strictly increasing table (xg, yg) of ng points: yg[0] left of it, yg[ng - 1]
 // at or right of its end, else the line through the interval's ends, rounded as NumPy rounds it;
-// the interval from the uniform-table guess, else by bisection (as ptnp_gpu.host_interp does)
+// the interval from the uniform-table guess (inv_h = (ng - 1) / the table's span), else by
+// bisection (as ptnp_gpu.host_interp does)
 __device__ __forceinline__ double ptnp_interp(const double v, const double* __restrict__ xg,
-                                              const double* __restrict__ yg, const int ng)
+                                              const double* __restrict__ yg, const int ng, const double inv_h)
 {
     if (v < xg[0]) return yg[0];
     if (v >= xg[ng - 1]) return yg[ng - 1];
-    const double inv_h = (double)(ng - 1) / (xg[ng - 1] - xg[0]);
     long long j = (long long)__dmul_rn(v - xg[0], inv_h);
     j = j < 0 ? 0 : j > ng - 2 ? ng - 2 : j;
     if (!(xg[j] <= v && v < xg[j + 1])) {
@@ -94,6 +94,7 @@ __device__ __forceinline__ long long ptnp_cell_pairs_scan(
     const long long ay = cell[3 * i + 1] + (k / 3) % 3 - 1;
     const long long az = cell[3 * i + 2] + k % 3 - 1;
     const long long b = ptnp_cell_bucket(ax, ay, az, hmask);
+    const double inv_h = ng > 1 ? (double)(ng - 1) / (xg[ng - 1] - xg[0]) : 0.0;   // once per scan
     long long found = 0;
     for (long long q = start[b]; q < start[b + 1]; ++q) {
         const long long j = order[q];
@@ -109,7 +110,7 @@ __device__ __forceinline__ long long ptnp_cell_pairs_scan(
                 out_d2[pos] = d2;
                 ++pos;
             }
-            if (ng > 1) *total += ptnp_interp(d2, xg, yg, ng);
+            if (ng > 1) *total += ptnp_interp(d2, xg, yg, ng, inv_h);
             ++found;
         }
     }

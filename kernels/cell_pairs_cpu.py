@@ -40,14 +40,15 @@ def _bucket(cx, cy, cz, hmask):
 
 
 @nb.njit(cache=True, inline="always")
-def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write, xg, yg):
+def _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, write, xg, yg,
+               inv_h):
     """Partners j > i of point i in cell (ax, ay, az): how many (written from ``pos`` when
-    ``write``), and the sum of ``np.interp(d2, xg, yg)`` over them (0 for an empty table)."""
+    ``write``), and the sum of ``np.interp(d2, xg, yg)`` over them (0 for an empty table;
+    ``inv_h``: the table's (points − 1) / span)."""
     xi, yi, zi = xyz[i, 0], xyz[i, 1], xyz[i, 2]
     found = 0
     total = 0.0
     ng = xg.shape[0]
-    inv_h = (ng - 1) / (xg[ng - 1] - xg[0]) if ng > 1 else 0.0
     b = _bucket(ax, ay, az, hmask)
     for q in range(start[b], start[b + 1]):
         j = order[q]
@@ -76,13 +77,13 @@ def _scan(i, k, xyz, cell, order, start, hmask, r2, pos, out_i, out_j, out_d2, w
     cx, cy, cz = cell[i, 0], cell[i, 1], cell[i, 2]
     if k >= 0:
         return _scan_cell(i, cx + k // 9 - 1, cy + (k // 3) % 3 - 1, cz + k % 3 - 1, xyz, cell, order, start,
-                          hmask, r2, pos, out_i, out_j, out_d2, write, _NO_TABLE, _NO_TABLE)[0]
+                          hmask, r2, pos, out_i, out_j, out_d2, write, _NO_TABLE, _NO_TABLE, 0.0)[0]
     found = 0
     for ax in range(cx - 1, cx + 2):
         for ay in range(cy - 1, cy + 2):
             for az in range(cz - 1, cz + 2):
                 found += _scan_cell(i, ax, ay, az, xyz, cell, order, start, hmask, r2, pos + found, out_i, out_j,
-                                    out_d2, write, _NO_TABLE, _NO_TABLE)[0]
+                                    out_d2, write, _NO_TABLE, _NO_TABLE, 0.0)[0]
     return found
 
 
@@ -136,11 +137,12 @@ def cell_pairs_pass(xyz, cell, order, start, hmask, r2, counts, ends=None, out=(
 def _table_sums(xyz, cell, order, start, hmask, r2, xg, yg, acc):
     e = np.zeros(0, np.int64)
     f = np.zeros(0, np.float64)
+    inv_h = (xg.shape[0] - 1) / (xg[xg.shape[0] - 1] - xg[0])
     for i in nb.prange(xyz.shape[0]):
         total = 0.0
         for k in range(27):
             total += _scan_cell(i, cell[i, 0] + k // 9 - 1, cell[i, 1] + (k // 3) % 3 - 1, cell[i, 2] + k % 3 - 1,
-                                xyz, cell, order, start, hmask, r2, 0, e, e, f, False, xg, yg)[1]
+                                xyz, cell, order, start, hmask, r2, 0, e, e, f, False, xg, yg, inv_h)[1]
         acc[i] = total
 
 

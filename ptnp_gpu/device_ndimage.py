@@ -19,7 +19,7 @@ import types
 import numpy as np
 
 from . import backend as _be
-from .host_ndimage import _seq          # the per-axis argument rule, SciPy's
+from .host_ndimage import _seq, overlay          # SciPy's per-axis argument rule; the module overlay
 
 __all__ = ["module", "gaussian_filter", "uniform_filter", "gaussian_weights"]
 
@@ -131,10 +131,5 @@ def uniform_filter(input, size=3, output=None, mode="reflect", cval=0.0, origin=
 def module() -> types.ModuleType:
     """A module with every ``cupyx.scipy.ndimage`` name, the two filters above replaced."""
     import cupyx.scipy.ndimage as cndi
-    mod = types.ModuleType("ptnp_gpu.device_ndimage.ndimage", "cupyx.scipy.ndimage, separable filters fused")
-    for name in dir(cndi):
-        if not name.startswith("_"):
-            setattr(mod, name, getattr(cndi, name))
-    mod.gaussian_filter = gaussian_filter
-    mod.uniform_filter = uniform_filter
-    return mod
+    return overlay(cndi, "ptnp_gpu.device_ndimage.ndimage", "cupyx.scipy.ndimage, separable filters fused",
+                   gaussian_filter=gaussian_filter, uniform_filter=uniform_filter)

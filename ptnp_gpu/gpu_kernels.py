@@ -1000,7 +1000,7 @@ def filter1d_pass(src, out, axis: int, weights, left: int, mode: int, cval: floa
     nz, ny, nx = (int(s) for s in src.shape)
     defines = (("PTNP_IN_T", _c_type(src.dtype, "src")), ("PTNP_OUT_T", _c_type(out.dtype, "out")))
     get_function("filter1d.cu", "ptnp_filter1d", defines)(
-        _grid(src.size, _CC_BLOCK), (_CC_BLOCK,),
+        _grid(src.size, _BLOCK), (_BLOCK,),
         (src, out, np.int32(nz), np.int32(ny), np.int32(nx), np.int32(axis), weights,
          np.int32(weights.shape[0]), np.int32(left), np.int32(mode), np.float64(cval)))
     return out

@@ -128,13 +128,18 @@ def spline_filter(input, order=3, output=np.float64, mode="mirror"):
     return _passes(input, out, [(ax, order) for ax in range(3)], one, n)
 
 
+def overlay(base, name: str, doc: str, **replaced) -> types.ModuleType:
+    """A module holding every public name of ``base`` (an ndimage module), ``replaced`` over them."""
+    mod = types.ModuleType(name, doc)
+    for attr in dir(base):
+        if not attr.startswith("_"):
+            setattr(mod, attr, getattr(base, attr))
+    for attr, fn in replaced.items():
+        setattr(mod, attr, fn)
+    return mod
+
+
 def module() -> types.ModuleType:
     """A module with every ``scipy.ndimage`` name, the three filters above replaced."""
-    mod = types.ModuleType("ptnp_gpu.host_ndimage.ndimage", "scipy.ndimage, separable filters threaded")
-    for name in dir(_ndi):
-        if not name.startswith("_"):
-            setattr(mod, name, getattr(_ndi, name))
-    mod.gaussian_filter = gaussian_filter
-    mod.uniform_filter = uniform_filter
-    mod.spline_filter = spline_filter
-    return mod
+    return overlay(_ndi, "ptnp_gpu.host_ndimage.ndimage", "scipy.ndimage, separable filters threaded",
+                   gaussian_filter=gaussian_filter, uniform_filter=uniform_filter, spline_filter=spline_filter)
