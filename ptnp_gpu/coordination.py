@@ -95,20 +95,24 @@ def generalized_cn(cn, pairs, cn_bulk: float | None = None):
     without neighbours).
     """
     if cn_bulk is not None:
-        return generalized_cn_pair(cn, pairs, cn_bulk)[1]
+        return _neighbour_cn_sums(cn, pairs)[3] / float(cn_bulk)
     return generalized_cn_pair(cn, pairs, None)[0]
+
+
+def _neighbour_cn_sums(cn, pairs):
+    """(xp, centre atom of each directed pair, the neighbour's CN, Σ neighbour CN per atom)."""
+    xp = _be.namespace(cn, pairs).xp
+    cn = xp.asarray(cn, dtype=xp.float64)
+    i, k = _directed(pairs, xp)
+    cnk = cn[k]
+    return xp, i, cnk, segment_sum(i, [cnk], len(cn))[0]
 
 
 def generalized_cn_pair(cn, pairs, cn_bulk: float | None):
     """Both generalized coordination numbers of :func:`generalized_cn` from one pass over the
     pairs: (the paper's, CN_max the largest neighbour CN; the bulk one, ``cn_bulk``, or None)."""
-    xp = _be.namespace(cn, pairs).xp
-    cn = xp.asarray(cn, dtype=xp.float64)
-    n = len(cn)
-    i, k = _directed(pairs, xp)
-    cnk = cn[k]
-    total = segment_sum(i, [cnk], n)[0]
-    cmax = segment_max(i, cnk, n, empty=0.0)
+    xp, i, cnk, total = _neighbour_cn_sums(cn, pairs)
+    cmax = segment_max(i, cnk, len(cn), empty=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
         gcn = xp.where(cmax > 0, total / xp.where(cmax > 0, cmax, 1.0), 0.0)
     return gcn, (None if cn_bulk is None else total / float(cn_bulk))

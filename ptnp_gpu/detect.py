@@ -341,7 +341,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
         k = xp.argmax(v, axis=1)
         z = (v[xp.arange(len(sites)), k] - level) / noise
         best = sites + offs[k]
-        best_h, z_h = _be.to_host(best), _be.to_host(z)                    # one small read per round
+        bz = _be.to_host(xp.concatenate([best, z[:, None].astype(best.dtype)], axis=1))   # one small read per round
+        best_h, z_h = bz[:, :3], bz[:, 3]
         clear = ~grid.near(best_h, _LATTICE_CLEAR * bond)                # no atom within
         cand = np.flatnonzero((z_h >= o.lattice_sigma) & clear)
         if len(cand) == 0:
