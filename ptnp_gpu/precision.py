@@ -31,6 +31,7 @@ import functools
 import numpy as np
 
 from . import backend as _be
+from .displacement import from_eigen
 
 __all__ = ["filter_moments", "gradient_noise_ratio_per_A", "peak_curvature_per_A2", "peak_hessians", "position_sd_A"]
 
@@ -186,7 +187,7 @@ def position_sd_A(H, noise_sd: float, grad_ratio_per_A, height=None, curvature_p
         lam = xp.minimum(lam, (-floor * curvature_per_A2) * height[:, None])
     peak = xp.all(lam < 0, axis=1)
     inv = 1.0 / xp.where(lam < 0, lam, -1.0)
-    hinv = xp.matmul(V * inv[:, None, :], xp.swapaxes(V, 1, 2))     # V diag(inv) Vᵀ, no einsum planning
+    hinv = from_eigen(V, inv)
     g = xp.asarray(np.asarray(grad_ratio_per_A, float) * float(noise_sd))
     tr = ((hinv * hinv) * (g * g)[None, None, :]).sum(axis=(1, 2))
     return xp.where(peak, xp.sqrt(tr / 3.0), xp.nan)
