@@ -292,7 +292,7 @@ extern "C" __global__ void ptnp_linear_at(
             i1[d] = i0[d] + 1 < n[d] ? i0[d] + 1 : n[d] - 1;
         }
         if (bad) {
-            out[t] = (PTNP_MAP_T)NAN;
+            out[t] = (PTNP_MAP_T)(c[0] + c[1] + c[2]);   // NaN (NVRTC has no NAN macro)
             continue;
         }
         double acc = 0.0;

@@ -79,6 +79,63 @@ def test_cuda_sources_compile(cu, tmp_path):
         assert names and all(n.startswith("ptnp_") for n in names), names
 
 
+
+def _nvrtc_library():
+    """libnvrtc, the compiler CuPy's RawModule uses: from the ``nvidia-cuda-nvrtc-cu12`` wheel
+    (the test extra installs it on Linux x86-64) or the system; None when neither has it."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+    candidates = []
+    try:
+        import nvidia.cuda_nvrtc as pkg
+        for root in getattr(pkg, "__path__", []):
+            candidates += sorted(glob.glob(os.path.join(root, "lib", "libnvrtc.so*")))
+    except ImportError:
+        pass
+    found = ctypes.util.find_library("nvrtc")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        if "builtins" in path or ".alt." in path:
+            continue
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("cu", CU_FILES)
+def test_cuda_sources_compile_with_nvrtc(cu):
+    """NVRTC, unlike nvcc, sees no host headers (no NAN, INFINITY, assert, std::): a kernel
+    that builds with nvcc can still fail to load in CuPy. Compile every specialisation the way
+    the loader does (its defines, ``--std=c++17``, sm_90)."""
+    import ctypes
+    lib = _nvrtc_library()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
+    for defines in SPECIALISATIONS.get(cu, [()]):
+        src = ("".join(f"#define {k} {v}\n" for k, v in defines) + gk.kernel_source(cu)).encode()
+        prog = ctypes.c_void_p()
+        assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, cu.encode(), 0, None, None) == 0
+        opts = [b"--std=c++17", b"-arch=compute_90"]
+        rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
+        size = ctypes.c_size_t()
+        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+        log = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetProgramLog(prog, log)
+        ptx_size = ctypes.c_size_t()
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(ptx_size))
+        ptx = ctypes.create_string_buffer(ptx_size.value)
+        lib.nvrtcGetPTX(prog, ptx)
+        lib.nvrtcDestroyProgram(ctypes.byref(prog))
+        assert rc == 0, f"{cu} {defines}: NVRTC failed\n{log.value.decode(errors='replace')}"
+        names = [ln.split()[-1].rstrip("(") for ln in ptx.value.decode().splitlines() if ".entry" in ln]
+        assert names and all(n.startswith("ptnp_") for n in names), names
+
+
 # ---------------------------------------------------------------------- render
 
 RENDER_CASES = {
