@@ -120,7 +120,7 @@ def test_cuda_sources_compile_with_nvrtc(cu):
         src = ("".join(f"#define {k} {v}\n" for k, v in defines) + gk.kernel_source(cu)).encode()
         prog = ctypes.c_void_p()
         assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, cu.encode(), 0, None, None) == 0
-        opts = [b"--std=c++17", b"-arch=compute_90"]
+        opts = [b"--std=c++17", b"-arch=sm_90"]   # to a cubin: ptxas checks registers and shared memory
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
@@ -130,8 +130,11 @@ def test_cuda_sources_compile_with_nvrtc(cu):
         lib.nvrtcGetPTXSize(prog, ctypes.byref(ptx_size))
         ptx = ctypes.create_string_buffer(ptx_size.value)
         lib.nvrtcGetPTX(prog, ptx)
+        cubin_size = ctypes.c_size_t()
+        lib.nvrtcGetCUBINSize(prog, ctypes.byref(cubin_size))
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
         assert rc == 0, f"{cu} {defines}: NVRTC failed\n{log.value.decode(errors='replace')}"
+        assert cubin_size.value > 0, f"{cu} {defines}: no cubin for sm_90"
         names = [ln.split()[-1].rstrip("(") for ln in ptx.value.decode().splitlines() if ".entry" in ln]
         assert names and all(n.startswith("ptnp_") for n in names), names
 
@@ -1017,7 +1020,7 @@ class _EmulatedDevice:
                                    "unsigned long long": ctypes.c_ulonglong, "double": ctypes.c_double,
                                    "float": ctypes.c_float}[ctype](a))
             grid = tuple(grid) + (1,) * (2 - len(grid))
-            assert all(0 < g < 2 ** 31 for g in grid) and 0 < block[0] <= 1024
+            assert 0 < grid[0] < 2 ** 31 and 0 < grid[1] <= 65535 and 0 < block[0] <= 1024, (name, grid, block)
             self.launches.append((name, grid, block))
             getattr(lib, f"emu_{name}")(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]),
                                        ctypes.c_uint(block[0]), *c_args)
