@@ -1,8 +1,10 @@
 // ptnp_gpu: one pass of a separable filter along one axis of a 3-D volume.
 //
 // out[i] = sum_k w[k] * in[i + (k - left) along the axis], k = 0 .. len - 1, accumulated in
-// float64 and rounded once to the output type: scipy.ndimage.correlate1d's arithmetic (its
-// weights are float64 and so is its line buffer). One thread per output voxel (grid-stride);
+// float64 and rounded once to the output type, product by product in k order with no fused
+// multiply-add: the Numba twin's sums exactly. scipy.ndimage.correlate1d also sums in float64
+// (float64 weights and line buffer) but pairs the symmetric taps first, so it agrees to
+// rounding, not bit for bit. One thread per output voxel (grid-stride);
 // neighbouring threads read neighbouring voxels for every axis. Samples outside the axis
 // follow scipy.ndimage's modes:
 //
@@ -63,7 +65,7 @@ extern "C" __global__ void ptnp_filter1d(
                 j = ptnp_filter_index(j, L, mode);
                 v = j < 0 ? cval : (double)in[line + j * s];
             }
-            acc += w[k] * v;
+            acc = __dadd_rn(acc, __dmul_rn(w[k], v));      // no fused multiply-add: the twin's sums
         }
         out[i] = (PTNP_OUT_T)acc;
     }

@@ -977,8 +977,9 @@ def filter1d_pass(src, out, axis: int, weights, left: int, mode: int, cval: floa
     """One pass of a separable filter along ``axis`` of a 3-D volume, into ``out``.
 
     ``out[i] = Σ_k weights[k] · src[i + (k − left) along axis]``, accumulated in
-    float64 and rounded once to ``out``'s type (``scipy.ndimage.correlate1d``'s
-    arithmetic); samples beyond the axis by mode 0 reflect, 1 constant
+    float64 in ``k`` order without fused multiply-adds and rounded once to ``out``'s
+    type (kernel and twin agree bit for bit; ``scipy.ndimage.correlate1d`` pairs
+    symmetric taps first, so it agrees to rounding); samples beyond the axis by mode 0 reflect, 1 constant
     (``cval``), 2 nearest, 3 mirror, 4 wrap. CuPy: one launch of
     ``ptnp_filter1d`` (``kernels/filter1d.cu``); NumPy: its Numba twin. No host read.
 

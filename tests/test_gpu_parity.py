@@ -214,6 +214,16 @@ def test_device_ndimage_filters_parity(cp, seed):
                                        ndi.gaussian_filter(v, [1.4, 0.0, 2.2], mode=mode), rtol=tol, atol=tol)
             np.testing.assert_allclose(_host(dn.uniform_filter(cp.asarray(v), 4, mode=mode)),
                                        ndi.uniform_filter(v, 4, mode=mode), rtol=tol, atol=tol)
+    # one pass against its Numba twin: the same sums in the same order, no fused multiply-add
+    from ptnp_gpu.kernels.filter1d_cpu import filter1d_cpu
+    v = rng.normal(size=(33, 29, 31)).astype(np.float32)
+    w = dn.gaussian_weights(1.7)
+    for axis in range(3):
+        for mode in range(5):
+            dev = gk.filter1d_pass(cp.asarray(v), cp.empty(v.shape, cp.float32), axis, cp.asarray(w),
+                                   len(w) // 2, mode, 0.3)
+            np.testing.assert_array_equal(_host(dev), filter1d_cpu(v, np.empty_like(v), axis, w, len(w) // 2,
+                                                                   mode, 0.3))
 
 
 @pytest.mark.parametrize("seed", [21, FRESH_SEED])
