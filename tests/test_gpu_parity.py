@@ -234,13 +234,17 @@ def test_connected_components_parity(cp, seed):
     rng = np.random.default_rng(seed)
     vol = ndi.gaussian_filter(rng.normal(size=(61, 70, 58)), 1.2)
     ts = np.quantile(vol, [0.55, 0.7, 0.8, 0.9, 0.97])
+    most = 0
     for v in (vol.astype(np.float32), vol):
         for thr, gap in ((ts, 1), (ts[:1], 0), (ts[2:], 2)):
             lab, n = gk.label_above(v, thr, gap)
             lg, ng = gk.label_above(cp.asarray(v), thr, gap)
             assert isinstance(lg, cp.ndarray) and lg.dtype == cp.int32 and lg.shape == lab.shape
-            assert int(ng[0]) == int(n[0]) > 20
+            np.testing.assert_array_equal(_host(ng), n)
+            assert int(n[0]) >= 1
+            most = max(most, int(n[0]))
             np.testing.assert_array_equal(_host(lg), lab)
+    assert most > 20                                        # many components in one labelling at least
     for v in (vol.astype(np.float32), vol):
         for t in ts[[0, 4]]:
             np.testing.assert_array_equal(_host(gk.occupancy_above(cp.asarray(v), t)), gk.occupancy_above(v, t))
