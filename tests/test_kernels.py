@@ -87,13 +87,15 @@ def _nvrtc_library():
     import ctypes.util
     import glob
     import os
+    import importlib
     candidates = []
-    try:
-        import nvidia.cuda_nvrtc as pkg
+    for name in ("nvidia.cuda_nvrtc", "nvidia.cu13"):        # the CUDA 12 and CUDA 13 wheels' layouts
+        try:
+            pkg = importlib.import_module(name)
+        except ImportError:
+            continue
         for root in getattr(pkg, "__path__", []):
             candidates += sorted(glob.glob(os.path.join(root, "lib", "libnvrtc.so*")))
-    except ImportError:
-        pass
     found = ctypes.util.find_library("nvrtc")
     if found:
         candidates.append(found)
