@@ -70,6 +70,7 @@ from .denoise import AtomKernel, denoise_map
 from .elements import Element, get_element
 from .errors import InputError
 from .gpu_kernels import linear_at, mean_shift_centres, window_pearson
+from .host_parallel import thread_pool
 from .mapio import DensityMap
 from .neighbors import pairs_within, segment_sum
 from .peaks import (MapTransfer, _residual_map, _split, _thin_peaks, claim_balls, rescue_rounds,
@@ -929,6 +930,12 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     if whitened:
         say(f"coloured noise (power varies {colour:.3g}x within the band): prewhitened filter")
     lap("solvent_noise")
+    # the precision's filter moments need only the noise spectrum and band: on a GPU they run on
+    # the host (NumPy on a 32³ grid, ~2 ms) in a worker thread while this one queues the
+    # denoising and the sweep on the device, and are collected at the validation
+    moments_args = (kernel, vs, res_A, o.highpass_A, raw.shape)
+    moments_kw = dict(noise_psd=psd, whitened=whitened, whiten_exponent=w_exp)
+    moments = thread_pool("precision", 1).submit(filter_moments, *moments_args, **moments_kw) if be.is_gpu else None
     C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
                                 noise_psd=psd if whitened else None, return_scale=True, whiten_exponent=w_exp)
     lap("denoise")
@@ -1206,8 +1213,8 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     peak = (pk.astype(xp.float64) - mean) / sd
     # how far each atom stands out of the noise, and how precisely the noise lets it be placed
     hess, c_at = peak_hessians(C, centre_full, vs)
-    grad_ratio, curvature = filter_moments(kernel, vs, res_A, o.highpass_A, raw.shape, noise_psd=psd,
-                                           whitened=whitened, whiten_exponent=w_exp)     # host, ~3 ms
+    grad_ratio, curvature = (moments.result() if moments is not None
+                             else filter_moments(*moments_args, **moments_kw))           # host, ~2 ms
     pos_sd = position_sd_A(hess, noise, grad_ratio, c_at - noise_med, curvature)
     signif = (c_at - noise_med) / noise
     lap("validate")
