@@ -309,7 +309,8 @@ def _mean_shift_windows_vox(el, vs):
     return 0.52 * el.nn_distance_A / vs.min(), 0.2 * el.nn_distance_A / vs.min()
 
 
-def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, noise, o, floor_corr):
+def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, noise, o, floor_corr,
+                          first_round=None):
     """Atoms at vacant lattice sites (:func:`ptnp_gpu.lattice_sites.vacant_sites`) of the model
     ``xyz`` (backend, Å): where the denoised map ``C`` reaches ``o.lattice_sigma`` noise SDs above
     ``level`` within ``_LATTICE_SEARCH_A`` of a site, that maximum (farther than ``_LATTICE_CLEAR``
@@ -317,6 +318,9 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     (``_LATTICE_U_A2``) over the validation window at least as ``floor_corr``. Candidates closer
     than that clearance to each other: the highest wins. Up to ``o.lattice_rounds`` rounds, each
     completing sites from the atoms added before. Returns the new positions (backend, (M, 3) Å).
+
+    ``first_round``: a future of the first round's (atom grid, sites) of these very atoms
+    (:func:`_prefetch_vacant_sites`), else they are computed here.
 
     Measured (README, Method step 6b): recall of our simulator's very mobile surfaces (U 0.6 /
     0.8 Å²) 0.834 / 0.798 → 0.885 / 0.868 at unchanged precision (0.993-0.994)."""
@@ -331,9 +335,12 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     offs = xp.asarray(offs[np.linalg.norm(offs, axis=1) <= _LATTICE_SEARCH_A])
     have = _be.to_host(xyz).astype(np.float64)
     added = []
-    for _ in range(max(1, o.lattice_rounds)):
-        grid = atom_grid(have, bond)                                      # sites and clearance
-        sites, _ = vacant_sites(have, bond, grid=grid)
+    for r in range(max(1, o.lattice_rounds)):
+        if r == 0 and first_round is not None:
+            grid, sites = first_round.result()
+        else:
+            grid = atom_grid(have, bond)                                  # sites and clearance
+            sites, _ = vacant_sites(have, bond, grid=grid)
         if len(sites) == 0:
             break
         sites = xp.asarray(sites)                                          # one upload per round
@@ -553,26 +560,51 @@ def _detect_given_once(dmap: DensityMap, el, be, progress, o: DetectOptions, fir
         if det is None:
             raise
         return det
+    sites = _prefetch_vacant_sites(det, el, o, be)
     det = _deblur_pass(det, el, be, progress, o)
     if o.ladder and det.scale.full_shell_fraction < o.ladder_full_shell:
         det = _ladder_pass(det, dmap, el, be, progress, o, first=first)
-    return _lattice_pass(det, el, o, progress)
+    return _lattice_pass(det, el, o, progress, prefetched=sites)
 
 
-def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None) -> Detection:
+def _lattice_pass_applies(det: Detection, o: DetectOptions) -> bool:
+    """Whether :func:`_lattice_pass` looks for atoms at vacant lattice sites of ``det`` (see there)."""
+    p = det.params
+    return bool(o.lattice_rescue and not o.reject_close and p.get("given_map") and not p.get("clipped_map")
+                and p["band_limit_A"] < _LATTICE_MAX_RES_A and len(det.xyz_A) >= _LATTICE_MIN_ATOMS)
+
+
+def _prefetch_vacant_sites(det: Detection, el, o: DetectOptions, be):
+    """On a GPU: the first lattice round's atom grid and vacant sites of ``det``'s atoms (host:
+    compiled, the GIL released), started in a worker thread while the blurred-map pass queues its
+    device work. Returns (the positions array they are of, future) or None; :func:`_lattice_pass`
+    uses them only when its model holds that very array (the passes in between kept the atoms)."""
+    if not (be.is_gpu and _lattice_pass_applies(det, o)):
+        return None
+    from .lattice_sites import atom_grid, vacant_sites
+    have = np.asarray(det.xyz_A, dtype=np.float64)
+    bond = el.nn_distance_A
+
+    def first_round():
+        grid = atom_grid(have, bond)
+        return grid, vacant_sites(have, bond, grid=grid)[0]
+    return det.xyz_A, thread_pool("lattice_sites", 1).submit(first_round)
+
+
+def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None, prefetched=None) -> Detection:
     """``det`` with atoms added at vacant lattice sites (:func:`_lattice_sites_rescue`), unless
     ``reject_close`` is on (light atoms on the surface), when it is the detection of the map as given (a filtered copy's ringing peaks where lattice sites are),
     the map is band-limited finer than ``_LATTICE_MAX_RES_A`` (a 2 Å low-pass rings at the next
     shell's distance) and the model has ``_LATTICE_MIN_ATOMS``. The new atoms get labels (the
     voxels within ``_LATTICE_CLAIM_A``, ids after the others), validation correlation, peak
-    intensity, significance and position error as the others; the scale check is redone."""
+    intensity, significance and position error as the others; the scale check is redone.
+    ``prefetched``: :func:`_prefetch_vacant_sites` of an earlier model (used when it is this one)."""
     p = det.params
     # reject_close says light (ligand, solvent) atoms sit on the surface: they sit where the next
     # shell's sites are (a shell at 0.37 × the Pt peak: 13 of them seated, precision 0.994 -> 0.971)
     # nor on a map clipped at its minimum (a tomogram reconstructed with positivity: its streaks and
     # missing-wedge lobes beside the particle seated false atoms, 5 of 7 such tomograms worse)
-    if not (o.lattice_rescue and not o.reject_close and p.get("given_map") and not p.get("clipped_map")
-            and p["band_limit_A"] < _LATTICE_MAX_RES_A and len(det.xyz_A) >= _LATTICE_MIN_ATOMS):
+    if not _lattice_pass_applies(det, o):
         return det
     be = _be.namespace(det.raw)
     xp = be.xp
@@ -581,9 +613,10 @@ def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None) -> Detect
     C, raw, sim = det.denoised, det.raw, det.simulated
     xyz = xp.asarray(det.xyz_A)
     noise = p["noise_sd"]
+    first = prefetched[1] if prefetched is not None and prefetched[0] is det.xyz_A else None
     new_xyz = _lattice_sites_rescue(C, raw, xyz, sim, el, p["b_extra_A2"], vs, org, p["noise_median"],
                                     noise * max(1.0, p["rim_noise_ratio"]), o,
-                                    _LATTICE_MIN_CORR * _correlation_floor_scale(vs))
+                                    _LATTICE_MIN_CORR * _correlation_floor_scale(vs), first_round=first)
     if new_xyz.shape[0]:
         new_full = (new_xyz - xp.asarray(org)) / xp.asarray(vs)
         if o.refine_centres:
