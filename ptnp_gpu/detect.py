@@ -588,7 +588,7 @@ def _prefetch_vacant_sites(det: Detection, el, o: DetectOptions, be):
     def first_round():
         grid = atom_grid(have, bond)
         return grid, vacant_sites(have, bond, grid=grid)[0]
-    return det.xyz_A, thread_pool("lattice_sites", 1).submit(first_round)
+    return det.xyz_A, thread_pool("lattice_sites", 2).submit(first_round)   # 2: two streams' detections
 
 
 def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None, prefetched=None) -> Detection:
