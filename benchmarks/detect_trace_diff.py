@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -76,15 +77,51 @@ def _summary(x, depth=0):
             "nonfinite": int((~fin).sum())}
 
 
+_CALLERS = threading.local()      # the traced calls open in this thread, outermost first
+
+
 def traced(log):
-    """Within the block, every ``TRACED`` call appends (name, digest of its output) to ``log``."""
+    """Within the block, every ``TRACED`` call appends (key, digest of its output) to ``log``. The
+    key is the stage's name after those of the traced calls it runs inside (``outer>inner``), so
+    that a stage one backend calls from inside another (the device sweep labels its stacked
+    thresholds with ``label26_above``; the host sweep does not) is not compared with the other
+    backend's top-level calls of it. A call in a worker thread has no callers."""
     def make(orig, name):
         def wrapper(*a, **k):
-            out = orig(*a, **k)
-            log.append((name, _summary(out)))
+            stack = getattr(_CALLERS, "names", None)
+            if stack is None:
+                stack = _CALLERS.names = []
+            key = ">".join(stack + [name])
+            stack.append(name)
+            try:
+                out = orig(*a, **k)
+            finally:
+                stack.pop()
+            log.append((key, _summary(out)))
             return out
         return wrapper
     return wrapped(TRACED, make)
+
+
+def _drop_calls_ahead(log_r, log_d, rtol):
+    """``log_d`` without the calls a GPU run made ahead for a model that a later pass replaced (the
+    first lattice round's vacant sites start in a worker thread when the first detection ends):
+    where it holds more calls of a stage than ``log_r``, a call matching none of ``log_r``'s calls
+    of it (within ``rtol``) is such a one."""
+    ref = {}
+    for n, sr in log_r:
+        ref.setdefault(n, []).append(sr)
+    extra = {}
+    for n, _ in log_d:
+        extra[n] = extra.get(n, 0) + 1
+    extra = {n: c - len(ref.get(n, [])) for n, c in extra.items()}
+    out = []
+    for n, sd in log_d:
+        if n in ref and extra[n] > 0 and all(_differs(sr, sd, rtol) for sr in ref[n]):
+            extra[n] -= 1
+            continue
+        out.append((n, sd))
+    return out
 
 
 def _differs(a, b, rtol):
@@ -134,6 +171,7 @@ def _run(m, el, device, eps, seed):
 def compare(name, m, el, device, rtol, eps=1e-6, seed=0):
     ref, log_r = _run(m, el, "numpy", eps, seed)
     det, log_d = _run(m, el, device, eps, seed)
+    log_d = _drop_calls_ahead(log_r, log_d, 100.0 * rtol)
     out = {"map": name, "device": device, "atoms": [len(ref.xyz_A), len(det.xyz_A)],
            "calls": [len(log_r), len(log_d)]}
     xr, xd = np.asarray(ref.xyz_A), np.asarray(det.xyz_A)
