@@ -20,6 +20,7 @@ import argparse
 import json
 import sys
 import threading
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -111,10 +112,8 @@ def _drop_calls_ahead(log_r, log_d, rtol):
     ref = {}
     for n, sr in log_r:
         ref.setdefault(n, []).append(sr)
-    extra = {}
-    for n, _ in log_d:
-        extra[n] = extra.get(n, 0) + 1
-    extra = {n: c - len(ref.get(n, [])) for n, c in extra.items()}
+    extra = Counter(n for n, _ in log_d)
+    extra.subtract({n: len(calls) for n, calls in ref.items()})
     out = []
     for n, sd in log_d:
         if n in ref and extra[n] > 0 and all(_differs(sr, sd, rtol) for sr in ref[n]):

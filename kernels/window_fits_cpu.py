@@ -193,14 +193,14 @@ def mean_shift(vol, centres, offsets, base, sigma2, n_iter, out):
 def _linear_at(vol, xyz, out):
     nz, ny, nx = vol.shape
     n = (nz, ny, nx)
+    i0 = np.empty(3, np.int64)                  # per point, reused
+    i1 = np.empty(3, np.int64)
+    f = np.empty(3)
     for t in range(xyz.shape[0]):
         c0, c1, c2 = xyz[t, 2], xyz[t, 1], xyz[t, 0]
         if np.isnan(c0) or np.isnan(c1) or np.isnan(c2):
             out[t] = np.nan
             continue
-        i0 = np.empty(3, np.int64)
-        i1 = np.empty(3, np.int64)
-        f = np.empty(3)
         for d, cd in enumerate((c0, c1, c2)):
             cc = min(max(cd, 0.0), float(n[d] - 1))
             i0[d] = np.int64(np.floor(cc))

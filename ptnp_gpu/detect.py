@@ -309,6 +309,14 @@ def _mean_shift_windows_vox(el, vs):
     return 0.52 * el.nn_distance_A / vs.min(), 0.2 * el.nn_distance_A / vs.min()
 
 
+def _lattice_round_sites(have, bond_A):
+    """One lattice round's start on the host positions ``have`` (Å): their atom grid (it also
+    answers the clearance questions) and their vacant sites."""
+    from .lattice_sites import atom_grid, vacant_sites
+    grid = atom_grid(have, bond_A)
+    return grid, vacant_sites(have, bond_A, grid=grid)[0]
+
+
 def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, noise, o, floor_corr,
                           first_round=None):
     """Atoms at vacant lattice sites (:func:`ptnp_gpu.lattice_sites.vacant_sites`) of the model
@@ -324,7 +332,6 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
 
     Measured (README, Method step 6b): recall of our simulator's very mobile surfaces (U 0.6 /
     0.8 Å²) 0.834 / 0.798 → 0.885 / 0.868 at unchanged precision (0.993-0.994)."""
-    from .lattice_sites import atom_grid, vacant_sites
     be = _be.namespace(C)
     xp = be.xp
     vsx = xp.asarray(vs)
@@ -336,11 +343,8 @@ def _lattice_sites_rescue(C, raw, xyz, sim, el, b_extra, vs, origin_A, level, no
     have = _be.to_host(xyz).astype(np.float64)
     added = []
     for r in range(max(1, o.lattice_rounds)):
-        if r == 0 and first_round is not None:
-            grid, sites = first_round.result()
-        else:
-            grid = atom_grid(have, bond)                                  # sites and clearance
-            sites, _ = vacant_sites(have, bond, grid=grid)
+        grid, sites = (first_round.result() if r == 0 and first_round is not None
+                       else _lattice_round_sites(have, bond))
         if len(sites) == 0:
             break
         sites = xp.asarray(sites)                                          # one upload per round
@@ -581,14 +585,9 @@ def _prefetch_vacant_sites(det: Detection, el, o: DetectOptions, be):
     uses them only when its model holds that very array (the passes in between kept the atoms)."""
     if not (be.is_gpu and _lattice_pass_applies(det, o)):
         return None
-    from .lattice_sites import atom_grid, vacant_sites
     have = np.asarray(det.xyz_A, dtype=np.float64)
-    bond = el.nn_distance_A
-
-    def first_round():
-        grid = atom_grid(have, bond)
-        return grid, vacant_sites(have, bond, grid=grid)[0]
-    return det.xyz_A, thread_pool("lattice_sites", 2).submit(first_round)   # 2: two streams' detections
+    # two workers: two streams' detections
+    return det.xyz_A, thread_pool("lattice_sites", 2).submit(_lattice_round_sites, have, el.nn_distance_A)
 
 
 def _lattice_pass(det: Detection, el, o: DetectOptions, progress=None, prefetched=None) -> Detection:
