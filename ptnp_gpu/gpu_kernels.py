@@ -77,7 +77,7 @@ def _ensure_kernels_package():
 
 _ensure_kernels_package()
 
-__all__ = ["kernel_source", "get_function", "window_normal_equations", "NormalEquations",
+__all__ = ["kernel_source", "kernel_program", "get_function", "window_normal_equations", "NormalEquations",
            "solve_normal_equations", "iso_normal_equations", "window_pearson",
            "pearson_from_sums", "mean_shift_centres", "mean_shift_offsets", "label_moments", "LabelMoments", "render_windows",
            "label_mask", "label_above", "occupancy_above", "filter1d_pass", "pair_table_sums", "outside_balls", "linear_at",
@@ -119,14 +119,22 @@ def kernel_source(filename: str) -> str:
     return resources.files("ptnp_gpu.kernels").joinpath(filename).read_text(encoding="utf-8")
 
 
+KERNEL_OPTIONS = ("--std=c++17",)    # the compiler options of every module (CuPy adds the architecture)
+
+
+def kernel_program(filename: str, defines: tuple = ()) -> str:
+    """The text the loader compiles: ``defines`` ((name, value) pairs) as ``#define`` lines, then
+    :func:`kernel_source` of ``filename``."""
+    return "".join(f"#define {k} {v}\n" for k, v in defines) + kernel_source(filename)
+
+
 @functools.lru_cache(maxsize=None)
 def _module_builder():
     import cupy
 
     @cupy.memoize(for_each_device=True)
     def build(filename: str, defines: tuple):
-        pre = "".join(f"#define {k} {v}\n" for k, v in defines)
-        return cupy.RawModule(code=pre + kernel_source(filename), options=("--std=c++17",))
+        return cupy.RawModule(code=kernel_program(filename, defines), options=KERNEL_OPTIONS)
 
     @cupy.memoize(for_each_device=True)
     def function(filename: str, name: str, defines: tuple):

@@ -70,8 +70,8 @@ def test_every_kernel_file_has_specialisations():
 def test_cuda_sources_compile(cu, tmp_path):
     for defines in SPECIALISATIONS.get(cu, [()]):
         src = tmp_path / cu
-        src.write_text("".join(f"#define {k} {v}\n" for k, v in defines) + gk.kernel_source(cu))
-        res = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", "-std=c++17", str(src),
+        src.write_text(gk.kernel_program(cu, defines))
+        res = subprocess.run(["nvcc", "-ptx", "-arch=sm_90", *gk.KERNEL_OPTIONS, str(src),
                               "-o", str(tmp_path / "out.ptx")], capture_output=True, text=True)
         assert res.returncode == 0, f"{cu} {defines}: nvcc failed\n{res.stderr}"
         ptx = (tmp_path / "out.ptx").read_text()
@@ -119,10 +119,11 @@ def test_cuda_sources_compile_with_nvrtc(cu):
     if lib is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc-cu12)")
     for defines in SPECIALISATIONS.get(cu, [()]):
-        src = ("".join(f"#define {k} {v}\n" for k, v in defines) + gk.kernel_source(cu)).encode()
+        src = gk.kernel_program(cu, defines).encode()
         prog = ctypes.c_void_p()
         assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, cu.encode(), 0, None, None) == 0
-        opts = [b"--std=c++17", b"-arch=sm_90"]   # to a cubin: ptxas checks registers and shared memory
+        # the loader's options, to a cubin: ptxas checks registers and shared memory
+        opts = [o.encode() for o in gk.KERNEL_OPTIONS] + [b"-arch=sm_90"]
         rc = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(*opts))
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
