@@ -84,8 +84,9 @@ def draw_particle(rng, models):
     return f"{el} {shape}", el, (ideal - ideal.mean(0)) @ random_rotation(rng).T, np.array([el] * len(ideal))
 
 
-def make_map(rng, rel_A, els, element, kind):
-    """Render one drawn map: (spec, DensityMap, true positions, true U, core U)."""
+def make_map(rng, rel_A, els, element, kind, margin_A=None):
+    """Render one drawn map: (spec, DensityMap, true positions, true U, core U). ``margin_A``:
+    (x, y, z) Å of solvent beyond the atoms in place of the drawn 5-14 Å (the draws are the same)."""
     spec = dict(renderer=kind, voxel_A=round(float(rng.uniform(0.28, 0.5)), 3),
                 u_core_A2=round(float(rng.uniform(0.01, 0.03)), 3),
                 u_surface_A2=round(float(rng.uniform(0.1, 0.5)), 3), shell_A=round(float(rng.uniform(3, 5)), 2),
@@ -96,6 +97,8 @@ def make_map(rng, rel_A, els, element, kind):
     U = displacements(rel_A, rng, spec["u_core_A2"], spec["u_surface_A2"], spec["shell_A"], spec["min_doi"])
     v = spec["voxel_A"]
     margin = rng.uniform(5, 14, 3)                       # per axis (x, y, z), Å
+    if margin_A is not None:
+        margin = np.broadcast_to(np.asarray(margin_A, dtype=np.float64), (3,))
     lo, hi = rel_A.min(0) - margin, rel_A.max(0) + margin
     nx, ny, nz = (int(np.ceil(e / v)) for e in hi - lo)
     xyz = rel_A - lo + rng.uniform(-0.5, 0.5, 3) * v

@@ -76,6 +76,10 @@ def add_map_options(p):
     g.add_argument("--lattice-sigma", dest="lattice_sigma", type=float, default=None,
                    help="noise SDs the denoised map must reach within 0.6 Å of a vacant lattice site for an atom "
                         "there (default 2.5; raised by the rim's noise where it exceeds the solvent's)")
+    g.add_argument("--no-particle-box", dest="particle_box", action="store_false", default=None,
+                   help="denoise and detect the whole map even when it is mostly solvent (by default such a map "
+                        "is denoised and detected in its particle's box, 16 Å of solvent around the particle, "
+                        "its noise spectrum and level measured on the whole map and beside the box)")
     g.add_argument("--no-refine", dest="refine_centres", action="store_false", default=None,
                    help="plain grey-value centres of mass (no sub-voxel refinement)")
     g.add_argument("--resolution", dest="resolution_A", type=float, default=None, help="denoising band limit in Å (default 1)")
@@ -108,7 +112,7 @@ _KNOBS = ("n_thresholds", "refine_steps", "min_voxels", "split", "rescue", "resc
           "reject_correlation", "correlation_rule", "correlation_sd", "min_correlation", "reject_close",
           "close_fraction", "reject_low_cn", "min_cn", "reject_detached", "lattice_rescue", "lattice_sigma",
           "refine_centres", "resolution_A", "b_extra_A2", "min_sweep_correlation", "whiten", "invert", "deblur",
-          "ladder", "ladder_whiten", "ladder_sharpen_highpass_A")
+          "ladder", "ladder_whiten", "ladder_sharpen_highpass_A", "particle_box")
 
 
 def add_presmooth_option(p):

@@ -72,6 +72,7 @@ from .errors import InputError
 from .gpu_kernels import linear_at, mean_shift_centres, window_pearson
 from .host_parallel import thread_pool
 from .mapio import DensityMap
+from .particle_box import atoms_at_faces, box_interior, particle_box, solvent_block
 from .neighbors import pairs_within, segment_sum
 from .peaks import (MapTransfer, _residual_map, _split, _thin_peaks, claim_balls, rescue_rounds,
                     transfer_corrected_map)
@@ -171,6 +172,10 @@ class DetectOptions:
                                       # rescue_sigma: at 4.5 a masked, sharpened map whose noise level was high
                                       # lost the atoms outside the box (recall 1.00 -> 0.82)
     solvent_margin_A: float = 6.0     # solvent for the noise level: this far from the particle
+    particle_box: bool = True         # a map mostly of solvent is denoised and detected in its particle's box
+    particle_box_margin_A: float = 16.0   # (ptnp_gpu.particle_box): the particle grown by this, when that
+                                      # holds at most half of the map; the whole map again where atoms come
+                                      # within half of it of the box's faces, or the box is refused
     mask_gain: bool = True            # masked maps: noise bands measured in a soft mask's own units (_mask_gain)
     whiten: str = "auto"              # prewhiten by the solvent's noise spectrum: auto | always | never
     whiten_ratio: float = 2.0         # "auto": whiten when the noise power varies more than this
@@ -919,8 +924,47 @@ def _fine_thresholds(coarse, k: int, refine_steps: int, lowest: float, highest: 
     return fine[(fine > lowest) & (fine < highest) & ~repeat]
 
 
+def _in_frame(a, shape, box):
+    """``a`` (the box's values) in an array of ``shape``, zero outside ``box``."""
+    out = _be.namespace(a).xp.zeros(shape, dtype=a.dtype)
+    out[box] = a
+    return out
+
+
 def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=None, measured=None) -> Detection:
-    """One detection (module docstring, steps 1-7) on ``dmap``.
+    """:func:`_detect_once_in`; where it worked in the particle's box (``params["particle_box"]``) and
+    an atom came within half of ``o.particle_box_margin_A`` of a face of the box (the particle
+    reaches beyond it), or the box was refused, the whole map again (``params["particle_box"]``
+    then says why)."""
+    if not o.particle_box:
+        return _detect_once_in(dmap, el, be, progress, o, support, measured)
+    trace = {}
+    try:
+        det = _detect_once_in(dmap, el, be, progress, o, support, measured, trace=trace)
+    except InputError as exc:
+        if trace.get("box") is None:
+            raise
+        why = f"refused in the particle's box ({exc})"
+    else:
+        box = trace.get("box")
+        axis = None if box is None else atoms_at_faces(det.xyz_A, dmap.origin_A, dmap.voxel_size_A, box,
+                                                          det.labels.shape, 0.5 * o.particle_box_margin_A)
+        if axis is None:
+            return det
+        why = f"atoms within {0.5 * o.particle_box_margin_A:g} Å of the box's {axis} face"
+    if progress:
+        progress(f"detecting the whole map: {why}")
+    if measured is not None:
+        measured.clear()                                 # what the box measured is not the map's
+    det = _detect_once_in(dmap, el, be, progress, replace(o, particle_box=False), support, measured)
+    det.params["particle_box"] = {"fallback": why}
+    return det
+
+
+def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, support=None, measured=None,
+                    trace=None) -> Detection:
+    """One detection (module docstring, steps 1-7) on ``dmap``; ``trace`` receives ``box``, the
+    particle's box it worked in (None: the whole map).
 
     ``support``: (map, level), a map of ``dmap``'s shape (the filtered map of the detection that
     ``dmap`` is a filtered copy of) and its solvent level; an atom where the map is not above the
@@ -965,11 +1009,35 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     # the precision's filter moments need only the noise spectrum and band: on a GPU they run on
     # the host (NumPy on a 32³ grid, ~2 ms) in a worker thread while this one queues the
     # denoising and the sweep on the device, and are collected at the validation
-    moments_args = (kernel, vs, res_A, o.highpass_A, raw.shape)
+    # a map mostly of solvent is denoised and detected in its particle's box (ptnp_gpu.particle_box);
+    # its noise spectrum above is the whole map's, the denoised map's noise level is read in the
+    # box's solvent away from the faces it cuts
+    box = (particle_box(raw, vs, o.particle_box_margin_A, check_mask=False)
+           if o.particle_box and not masked and not clipped else None)
+    face_A = 0.5 * o.particle_box_margin_A
+    block = None if box is None else solvent_block(box, raw.shape, vs, 2 * face_A, 2.5 * o.particle_box_margin_A)
+    if block is None:
+        box = None                                       # no solvent far enough for the noise level
+    if trace is not None:
+        trace["box"] = box
+    if box is not None:
+        # the noise level is read in the block of solvent beside the box, away from its faces
+        keep = xp.asarray(box_interior(block, solvent.shape, _STEP, [face_A / v for v in vs[::-1]], raw.shape))
+        solvent, live = solvent & keep, live & keep
+        say(f"the map is mostly solvent: denoising and detecting in the particle's box, "
+            f"{tuple(s.stop - s.start for s in box)} voxels")
+    moments_args = (kernel, vs, res_A, o.highpass_A,
+                    raw.shape if box is None else tuple(s.stop - s.start for s in box))
     moments_kw = dict(noise_psd=psd, whitened=whitened, whiten_exponent=w_exp)
     moments = thread_pool("precision", 1).submit(filter_moments, *moments_args, **moments_kw) if be.is_gpu else None
-    C, G, c_scale = denoise_map(raw, vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
-                                noise_psd=psd if whitened else None, return_scale=True, whiten_exponent=w_exp)
+    C, G, c_scale = denoise_map(raw if box is None else xp.ascontiguousarray(raw[box]), vs, kernel,
+                                resolution_A=res_A, highpass_A=o.highpass_A, noise_psd=psd if whitened else None,
+                                return_scale=True, whiten_exponent=w_exp)
+    if box is not None:               # the whole map's frame, zero outside the box and the solvent block
+        C, G = _in_frame(C, raw.shape, box), _in_frame(G, raw.shape, box)
+        C[block] = denoise_map(xp.ascontiguousarray(raw[block]), vs, kernel, resolution_A=res_A, highpass_A=o.highpass_A,
+                             noise_psd=psd if whitened else None, want_second=False, output_scale=c_scale,
+                             whiten_exponent=w_exp)[0]
     lap("denoise")
 
     say("choosing the threshold")
@@ -1023,6 +1091,10 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     if crop is None:
         raise InputError("no particle found in the map")
     crop = _dense_region(crop, C, t_crop, vs, o.crop_margin_A)
+    if box is not None:                                  # inside the particle's box (not its solvent block)
+        crop = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(crop, box))
+        if any(s.stop - s.start < 3 for s in crop):
+            raise InputError("no particle found in the particle's box")
     box_start = np.array([crop[2].start, crop[1].start, crop[0].start], dtype=np.float64)   # voxel x, y, z
     C_box, G_box, raw_box = C[crop], G[crop], raw[crop]
     base = float(xp.median(raw[::2, ::2, ::2]))          # solvent level (a subsample is enough)
@@ -1268,6 +1340,11 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
                 "band_limit_A": float(res_A), "noise_sd": float(noise), "noise_median": float(noise_med),
                 "rim_noise_ratio": float(rim_ratio), "map_mean": float(mean), "map_sd": float(sd),
                 "raw_median": float(base),
+                "particle_box": None if box is None else {
+                    "start_zyx": [int(v.start) for v in box], "shape_zyx": [int(v.stop - v.start) for v in box],
+                    "share_of_map": float(np.prod([v.stop - v.start for v in box]) / np.prod(raw.shape)),
+                    "noise_block_start_zyx": [int(v.start) for v in block],
+                    "noise_block_shape_zyx": [int(v.stop - v.start) for v in block]},
                 "given_map": bool(given), "precision_grad_ratio_per_A": [float(v) for v in grad_ratio],
                 "precision_curvature_per_A2": float(curvature), "element": el.symbol, "backend": be.name},
         times=clock.times(), counts={k: int(v) for k, v in counts.items()}, raw=raw,
