@@ -77,6 +77,10 @@ echo "map parity: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 timeout "${TRACE_S:-80}" python3 benchmarks/detect_trace_diff.py --device cupy \
     --maps very_blurred coarse_co sharpened >> "$LOG" 2>&1
 echo "trace diff: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
+# mostly-solvent maps detected in the particle's box and whole on the device (printed to the log only:
+# the device returns at most 8 files)
+timeout "${BOX_S:-45}" python3 benchmarks/particle_box.py --backend cupy --renderer ours --trials 3 >> "$LOG" 2>&1
+echo "particle box: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$LOG"
 # the multi-process stream again under CUDA MPS (one server shares the GPU between the processes'
 # contexts instead of time-slicing them), when the driver has it and MPS_S (default 70) seconds are
 # left; the daemon runs in user folders under /tmp and is stopped after (no device setting changes)

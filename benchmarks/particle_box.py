@@ -7,11 +7,12 @@ atoms, anisotropic U, smooth background, white or correlated noise, half low-pas
 own simulator (``ptnp_gpu.synth.make_particle``: noise 0.05-0.25, background 0-0.3, surface U
 0.1-0.6 Å²). The map is detected twice, ``particle_box=True`` (the default: the particle's box
 only, :mod:`ptnp_gpu.particle_box`) and ``particle_box=False`` (the whole map), and both are
-scored against the truth (recall, precision, RMSD within 1 Å) and timed (wall seconds, NumPy
-backend). Prints a line per trial and the summary; ``--json`` writes every row.
+scored against the truth (recall, precision, RMSD within 1 Å) and timed (wall seconds; NumPy
+backend unless ``--backend cupy``). Prints a line per trial and the summary; ``--json`` writes every row.
 
     python benchmarks/particle_box.py [--renderer gemmi|ours|both] [--trials 8] [--seed 0]
-        [--margin-A 25 45] [--json out.json]
+        [--margin-A 25 45] [--backend numpy|cupy] [--json out.json]
+    python benchmarks/particle_box.py --parity emulated|cupy [--trials 3] [--seed 1]
 """
 from __future__ import annotations
 
@@ -53,10 +54,10 @@ def _our_trial(rng, margin):
     return spec, p.map, p.xyz_A, el
 
 
-def _detect(dmap, element, particle_box):
+def _detect(dmap, element, particle_box, backend="numpy"):
     t = time.perf_counter()
     try:
-        det = detect_atoms(dmap, element, backend="numpy", particle_box=particle_box)
+        det = detect_atoms(dmap, element, backend=backend, particle_box=particle_box)
     except InputError as exc:
         return None, time.perf_counter() - t, str(exc)
     return det, time.perf_counter() - t, None
@@ -80,25 +81,56 @@ def _same_atoms(a, b, tol_A=1e-3):
     return m["n_matched"] == len(a.xyz_A)
 
 
+def _parity(args, renderers) -> int:
+    """NumPy against the emulated CuPy path or CuPy on each drawn map; prints a line per map."""
+    import contextlib
+
+    from ptnp_gpu.device_emulation import emulate
+    same_all = n = 0
+    for r in renderers:
+        rng = np.random.default_rng([args.seed, renderers.index(r) if args.renderer == "both" else 0])
+        for k in range(args.trials):
+            margin = rng.uniform(*args.margin_A, 3)
+            spec, dmap, truth, element = (_gemmi_trial if r == "gemmi" else _our_trial)(rng, margin)
+            host = detect_atoms(dmap, element, backend="numpy")
+            with emulate() if args.parity == "emulated" else contextlib.nullcontext():
+                dev = detect_atoms(dmap, element, backend=None if args.parity == "emulated" else "cupy")
+            same = _same_atoms(host, dev)
+            shift = (float(np.abs(host.xyz_A - dev.xyz_A).max()) if len(host.xyz_A) == len(dev.xyz_A) else None)
+            n += 1
+            same_all += same
+            print(f"{r:6s} {k:2d} {dmap.shape} atoms {len(host.xyz_A)} / {len(dev.xyz_A)}  same {same}  max shift "
+                  f"{shift}  same box {host.params['particle_box'] == dev.params['particle_box']}  "
+                  f"{host.params['particle_box']}", flush=True)
+    print(f"{same_all} of {n} maps identical within 1e-3 Å")
+    return 0 if same_all == n else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--renderer", choices=["gemmi", "ours", "both"], default="both")
     ap.add_argument("--trials", type=int, default=8, help="trials per renderer")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--margin-A", type=float, nargs=2, default=(25.0, 45.0), help="solvent beyond the atoms, Å")
+    ap.add_argument("--backend", choices=["numpy", "cupy"], default="numpy")
+    ap.add_argument("--parity", choices=["emulated", "cupy"],
+                    help="instead: each map's detection (in its box) on NumPy against the emulated CuPy path "
+                         "(no GPU needed) or CuPy, atoms matched within 1e-3 Å")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     make_particle(n_atoms=60, noise=0.1, seed=1)                 # warm-up: Numba compiles
-    detect_atoms(make_particle(n_atoms=80, seed=1).map, "Pt", backend="numpy")
+    detect_atoms(make_particle(n_atoms=80, seed=1).map, "Pt", backend=args.backend)
     renderers = ["gemmi", "ours"] if args.renderer == "both" else [args.renderer]
+    if args.parity:
+        return _parity(args, renderers)
     rows = []
     for r in renderers:
         rng = np.random.default_rng([args.seed, renderers.index(r) if args.renderer == "both" else 0])
         for k in range(args.trials):
             margin = rng.uniform(*args.margin_A, 3)
             spec, dmap, truth, element = (_gemmi_trial if r == "gemmi" else _our_trial)(rng, margin)
-            boxed, t_box, err_box = _detect(dmap, element, True)
-            whole, t_whole, err_whole = _detect(dmap, element, False)
+            boxed, t_box, err_box = _detect(dmap, element, True, args.backend)
+            whole, t_whole, err_whole = _detect(dmap, element, False, args.backend)
             row = {"renderer": r, "trial": k, "spec": spec, "voxels": int(np.prod(dmap.shape)),
                    "particle_box": None if boxed is None else boxed.params.get("particle_box"),
                    "box": {**_score(boxed, truth), "seconds": t_box, "refused": err_box},
