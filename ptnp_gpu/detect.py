@@ -734,7 +734,8 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     # ``first`` rather than ``det``: ``det`` may come from the blurred-map pass's sharpened copy,
     # whose mask reads as gone
     if not first:
-        first = {} if det is None else {"support": (det.denoised, det.params["noise_median"]),
+        first = {} if det is None else {"support": (det.denoised, det.params["noise_median"],
+                                                    _computed_box(det.params)),
                                         "masked": det.params["masked_map"]}
     # a masked map's rungs are detected as before stop 18 (whitened, no support): sharpened, its
     # mask's edge and the noise left inside it ring into a lattice of blobs that the bonds cannot
@@ -924,6 +925,15 @@ def _fine_thresholds(coarse, k: int, refine_steps: int, lowest: float, highest: 
     return fine[(fine > lowest) & (fine < highest) & ~repeat]
 
 
+def _computed_box(params):
+    """The particle's box (z, y, x slices) a detection's denoised map was computed in, from its
+    ``params["particle_box"]``; None for the whole map (or a fallback to it)."""
+    pb = params.get("particle_box")
+    if not pb or "start_zyx" not in pb:
+        return None
+    return tuple(slice(a, a + n) for a, n in zip(pb["start_zyx"], pb["shape_zyx"]))
+
+
 def _in_frame(a, shape, box):
     """``a`` (the box's values) in an array of ``shape``, zero outside ``box``."""
     out = _be.namespace(a).xp.zeros(shape, dtype=a.dtype)
@@ -966,9 +976,10 @@ def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, suppor
     """One detection (module docstring, steps 1-7) on ``dmap``; ``trace`` receives ``box``, the
     particle's box it worked in (None: the whole map).
 
-    ``support``: (map, level), a map of ``dmap``'s shape (the filtered map of the detection that
-    ``dmap`` is a filtered copy of) and its solvent level; an atom where the map is not above the
-    level is rejected (``counts["rejected_unsupported"]``). ``measured``: a dict that receives
+    ``support``: (map, level[, box]), a map of ``dmap``'s shape (the filtered map of the detection
+    that ``dmap`` is a filtered copy of), its solvent level and the particle's box it was computed
+    in (None: all of it); an atom where the map is not above the level, or outside that box, is
+    rejected (``counts["rejected_unsupported"]``). ``measured``: a dict that receives
     ``masked`` and that ``support`` pair for this map as soon as they are known (kept when the
     map is then refused)."""
     xp = be.xp
@@ -1074,7 +1085,7 @@ def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, suppor
         margin_A=o.solvent_margin_A, resolution_A=res_A, gain=gain)
     noise_med = med
     if measured is not None:
-        measured.update(support=(C, noise_med), masked=bool(masked), mask_gain=gain is not None)
+        measured.update(support=(C, noise_med, box), masked=bool(masked), mask_gain=gain is not None)
     t_start = max(t_otsu, med + o.sweep_floor_sigma * noise)
     if t_start >= cmax:
         raise InputError(f"no particle found in the map (nothing rises {o.sweep_floor_sigma:g} noise SDs above "
@@ -1253,6 +1264,11 @@ def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, suppor
         # atom-scale noise: 1st percentile +1.2 SD)
         sup = linear_at(support[0], centre_full)
         unsupported = keep & (sup <= support[1])
+        if len(support) > 2 and support[2] is not None:
+            # the support map was computed in a particle's box only (zero beyond it): outside, no support
+            for ax, sl in enumerate(support[2]):                         # z, y, x; centres are x, y, z
+                c = centre_full[:, 2 - ax]
+                unsupported |= keep & ((c < sl.start) | (c > sl.stop - 1))
         counts["rejected_unsupported"] = int(unsupported.sum())        # sync
         keep &= ~unsupported
     if o.reject_close and xyz.shape[0] > 1:
