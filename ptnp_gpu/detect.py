@@ -1026,7 +1026,7 @@ def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, suppor
     box = (particle_box(raw, vs, o.particle_box_margin_A, check_mask=False)
            if o.particle_box and not masked and not clipped else None)
     face_A = 0.5 * o.particle_box_margin_A
-    block = None if box is None else solvent_block(box, raw.shape, vs, 2 * face_A, 2.5 * o.particle_box_margin_A)
+    block = None if box is None else solvent_block(box, raw.shape, vs, face_A + 4.0, 2.5 * o.particle_box_margin_A)
     if block is None:
         box = None                                       # no solvent far enough for the noise level
     if trace is not None:

@@ -12,8 +12,8 @@ the box as well changed it (a shell of ~10 Å of solvent, non-periodic faces: ba
 
 :func:`particle_box` finds the particle cheaply, on the map taken every ``step``-th voxel (a
 ~1.1 Å grid): where it is both bright and detailed, i.e. where the map smoothed over 2.5 Å and
-the energy of its detail finer than 1 Å (smoothed over 2.5 Å) each rise ``_RISE_SD`` robust SDs
-above their medians (the solvent's level; the spread from the lower half, the particle being in
+the energy of its detail finer than 1 Å (smoothed over 2.5 Å) rise ``_K_BRIGHT`` (4, or 2 where nothing reaches 4)
+and ``_K_DETAIL`` (4) robust SDs above their medians (the solvent's level; the spread from the lower half, the particle being in
 the upper tail). Brightness alone follows a smooth solvent background (blobs of it reach the
 particle's smoothed level: the box grew to the whole map), detail alone follows the noise's own
 energy (its upper tail is long); atoms are both. The bounding box of that, grown by ``margin_A``
@@ -41,7 +41,12 @@ _GRID_A = 1.1             # spacing of the grid the particle is found on (Å; 0.
                           # boxes on 18 maps, 1-10× slower: 108 against 22 ms for a 256³ map on 2 cores)
 _SMOOTH_A = 2.5           # smoothing of that grid (Å, Gaussian SD)
 _DETAIL_A = 1.0           # detail: the grid less its smoothing over this (Å, Gaussian SD)
-_RISE_SD = 4.0            # the particle: this many robust SDs above the smoothed map's median
+_K_DETAIL = 4.0           # the particle: its detail energy this many robust SDs above the median, and its
+_K_BRIGHT = (4.0, 2.0)    # smoothed map the first of these that leaves any voxel. On 40 maps with 25-45 Å of
+                          # solvent (gemmi and ours, benchmarks/particle_box.py seeds 0 and 1): 4 alone found no
+                          # box under backgrounds of 0.28-0.45 × a peak (9 maps) and one box 2.7 Å short of an
+                          # atom (the face rule caught it); 3 cut 4 particles (an atom 1.1 Å outside); 2 kept
+                          # every atom 11 Å or more inside but its boxes were larger (7 over half their map)
 _Q_SD = 0.15865525393145707   # the quantile one SD below the median of a normal distribution
 
 
@@ -94,12 +99,14 @@ def particle_box(raw, voxel_size_A, margin_A: float = BOX_MARGIN_A, max_fraction
     # the quantiles of both on every 2nd voxel of the grid, read in one transfer
     qs = xp.asarray([_Q_SD, 0.5])
     q = _be.to_host(xp.concatenate([xp.quantile(f[::2, ::2, ::2], qs) for f in (bright, detail)]))   # sync
-    t_bright = float(q[1] + _RISE_SD * (q[1] - q[0]))
-    t_detail = float(q[3] + _RISE_SD * (q[3] - q[2]))
+    t_detail = float(q[3] + _K_DETAIL * (q[3] - q[2]))
     particle = xp.where(detail > t_detail, bright, xp.float32(-np.inf))
     grown = tuple(int(np.ceil(margin_A / (step * float(v)))) + 1 for v in vs[::-1])   # z, y, x
-    occupied = _crop_box_above(particle, t_bright, 0)
-    if occupied is None:
+    for k in _K_BRIGHT:                                 # a strong smooth background: the lower one
+        occupied = _crop_box_above(particle, float(q[1] + k * (q[1] - q[0])), 0)     # sync
+        if occupied is not None:
+            break
+    else:
         return None
     box = []
     for s, g, n in zip(occupied, grown, raw.shape):
