@@ -12,9 +12,9 @@ the box as well changed it (a shell of ~10 Å of solvent, non-periodic faces: ba
 
 :func:`particle_box` finds the particle cheaply, on the map taken every ``step``-th voxel (a
 ~1.1 Å grid): where it is both bright and detailed, i.e. where the map smoothed over 2.5 Å and
-the energy of its detail finer than 1 Å (smoothed over 2.5 Å) rise ``_K_BRIGHT`` (4, or 2 where nothing reaches 4)
-and ``_K_DETAIL`` (4) robust SDs above their medians (the solvent's level; the spread from the lower half, the particle being in
-the upper tail). Brightness alone follows a smooth solvent background (blobs of it reach the
+the energy of its detail finer than 1 Å (smoothed over 2.5 Å) rise ``_K_BRIGHT`` (4, or 2 where
+nothing reaches 4) and ``_K_DETAIL`` (4) robust SDs above their medians (the solvent's level;
+the spread from the lower half, the particle being in the upper tail). Brightness alone follows a smooth solvent background (blobs of it reach the
 particle's smoothed level: the box grew to the whole map), detail alone follows the noise's own
 energy (its upper tail is long); atoms are both. The bounding box of that, grown by ``margin_A``
 (16 Å: the solvent the noise level needs beyond the particle, 6 Å, the denoising's 8 Å high-pass
