@@ -925,6 +925,12 @@ def _fine_thresholds(coarse, k: int, refine_steps: int, lowest: float, highest: 
     return fine[(fine > lowest) & (fine < highest) & ~repeat]
 
 
+def _box_face_A(o: DetectOptions) -> float:
+    """Half the particle box's margin: atoms this close to a face of the box send detection to the
+    whole map, and the noise level is read this far in from the faces of the solvent block."""
+    return 0.5 * o.particle_box_margin_A
+
+
 def _computed_box(params):
     """The particle's box (z, y, x slices) a detection's denoised map was computed in, from its
     ``params["particle_box"]``; None for the whole map (or a fallback to it)."""
@@ -958,10 +964,10 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     else:
         box = trace.get("box")
         axis = None if box is None else atoms_at_faces(det.xyz_A, dmap.origin_A, dmap.voxel_size_A, box,
-                                                          det.labels.shape, 0.5 * o.particle_box_margin_A)
+                                                          det.labels.shape, _box_face_A(o))
         if axis is None:
             return det
-        why = f"atoms within {0.5 * o.particle_box_margin_A:g} Å of the box's {axis} face"
+        why = f"atoms within {_box_face_A(o):g} Å of the box's {axis} face"
     if progress:
         progress(f"detecting the whole map: {why}")
     if measured is not None:
@@ -1017,26 +1023,25 @@ def _detect_once_in(dmap: DensityMap, el, be, progress, o: DetectOptions, suppor
     if whitened:
         say(f"coloured noise (power varies {colour:.3g}x within the band): prewhitened filter")
     lap("solvent_noise")
-    # the precision's filter moments need only the noise spectrum and band: on a GPU they run on
-    # the host (NumPy on a 32³ grid, ~2 ms) in a worker thread while this one queues the
-    # denoising and the sweep on the device, and are collected at the validation
     # a map mostly of solvent is denoised and detected in its particle's box (ptnp_gpu.particle_box);
-    # its noise spectrum above is the whole map's, the denoised map's noise level is read in the
-    # box's solvent away from the faces it cuts
+    # its noise spectrum above is the whole map's, the denoised map's noise level is read in a
+    # block of solvent beside the box, away from that block's faces
     box = (particle_box(raw, vs, o.particle_box_margin_A, check_mask=False)
            if o.particle_box and not masked and not clipped else None)
-    face_A = 0.5 * o.particle_box_margin_A
+    face_A = _box_face_A(o)
     block = None if box is None else solvent_block(box, raw.shape, vs, face_A + 4.0, 2.5 * o.particle_box_margin_A)
     if block is None:
         box = None                                       # no solvent far enough for the noise level
     if trace is not None:
         trace["box"] = box
     if box is not None:
-        # the noise level is read in the block of solvent beside the box, away from its faces
         keep = xp.asarray(box_interior(block, solvent.shape, _STEP, [face_A / v for v in vs[::-1]], raw.shape))
         solvent, live = solvent & keep, live & keep
         say(f"the map is mostly solvent: denoising and detecting in the particle's box, "
             f"{tuple(s.stop - s.start for s in box)} voxels")
+    # the precision's filter moments need only the noise spectrum and band: on a GPU they run on
+    # the host (NumPy on a 32³ grid, ~2 ms) in a worker thread while this one queues the
+    # denoising and the sweep on the device, and are collected at the validation
     moments_args = (kernel, vs, res_A, o.highpass_A,
                     raw.shape if box is None else tuple(s.stop - s.start for s in box))
     moments_kw = dict(noise_psd=psd, whitened=whitened, whiten_exponent=w_exp)

@@ -29,8 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend as _be
-from .gpu_kernels import array_mean, array_var
-from .solvent import _MASKED_FRACTION, _clipped, _local_variance, subsampled
+from .solvent import _clipped, _live_voxels, _mostly_constant, subsampled
 from .sweep import _crop_box_above
 
 __all__ = ["particle_box", "solvent_block", "box_interior", "atoms_at_faces", "BOX_MARGIN_A", "BOX_MAX_FRACTION"]
@@ -86,8 +85,8 @@ def particle_box(raw, voxel_size_A, margin_A: float = BOX_MARGIN_A, max_fraction
     if min(sub.shape) < 3:
         return None
     if check_mask:
-        live = _local_variance(sub) > 1e-6 * float(array_var(sub))               # sync
-        if float(array_mean(live)) < 1.0 - _MASKED_FRACTION or _clipped(sub, live):   # syncs
+        live = _live_voxels(sub)                                                 # sync
+        if _mostly_constant(live) or _clipped(sub, live):                         # syncs
             return None
 
     def sigma(length_A):

@@ -121,7 +121,7 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP, sub=None):
     vox = step * float(np.min(voxel_size_A))
     if sub is None:
         sub = subsampled(raw, step)
-    live = _local_variance(sub) > 1e-6 * float(array_var(sub))
+    live = _live_voxels(sub)
 
     def near_particle(feature):
         """The particle (``feature`` above its Otsu threshold over the live voxels), blurred."""
@@ -129,7 +129,7 @@ def _solvent_mask(raw, voxel_size_A, margin_A, step: int = _STEP, sub=None):
         return ndi.gaussian_filter(part, 0.5 * margin_A / vox, mode="constant")
 
     near = near_particle(ndi.gaussian_filter(sub, 2.5 / vox))
-    if float(array_mean(live)) < 1.0 - _MASKED_FRACTION and not _clipped(sub, live):   # sync
+    if _mostly_constant(live) and not _clipped(sub, live):   # sync
         return _distance_bands(near, live, 0.5 * margin_A) > 0, live, True
     solvent = (near < 1e-3) & live
     if int(solvent.sum()) < _SOLVENT_PLATEAU * int(live.sum()):   # sync
@@ -179,6 +179,18 @@ def _mask_gain(sub, live, solvent, voxel_size_A, step: int = _STEP):
     if g[valid[0]] >= _GAIN_START:
         return None                             # the noise is whole at the edge: a hard mask
     return xp.asarray(g.astype(np.float32))[shell] * live
+
+
+def _live_voxels(sub):
+    """The voxels of ``sub`` that carry noise: their :func:`_local_variance` above 1e-6 of the
+    grid's variance (one read)."""
+    return _local_variance(sub) > 1e-6 * float(array_var(sub))
+
+
+def _mostly_constant(live) -> bool:
+    """More than ``_MASKED_FRACTION`` of the voxels carry no noise (``live`` False): a mask's
+    constant region, or a clipping's (one read)."""
+    return float(array_mean(live)) < 1.0 - _MASKED_FRACTION
 
 
 def _local_variance(sub):
