@@ -34,7 +34,7 @@ import numpy as np
 
 from . import backend as _be
 
-__all__ = ["excess_blur_A2", "sharpened", "model_correlation", "atoms_box", "lattice_score"]
+__all__ = ["excess_blur_A2", "sharpened", "Sharpener", "model_correlation", "atoms_box", "lattice_score"]
 
 _FIT_S = (0.2, 0.4)      # 1/Å: the transfer is fitted over 5-2.5 Å
 _CLASH = 0.75            # × the bulk bond: an atom this close to another clashes (a ghost, or a split atom).
@@ -77,22 +77,43 @@ def excess_blur_A2(raw, model, box, voxel_size_A) -> float:
     return float(-4.0 * slope)
 
 
+class Sharpener:
+    """The map's Fourier transform, computed once, sharpened (or blurred) by any number of B.
+
+    ``Sharpener(raw, voxel_size_A)(b_A2, resolution_A)`` is :func:`sharpened`, bit for bit; the
+    deblur pass and the rungs of the filter ladder filter one map by up to six B values and pay
+    for one forward transform (and one frequency grid) instead of six. The map is transformed on
+    its own, periodic grid: padding a prime side to a fast length (3-5× less transform time) was
+    tried and not kept, as the low-pass edge's ringing (~10 Å) carries the padding's flat layer
+    into the solvent near the faces, where the solvent block's noise level is read."""
+
+    def __init__(self, raw, voxel_size_A):
+        be = _be.namespace(raw)
+        self.be, xp = be, be.xp
+        self.shape = tuple(int(n) for n in raw.shape)
+        vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
+        self.F = be.fft.rfftn(raw.astype(xp.float32))
+        fz = xp.fft.fftfreq(raw.shape[0], d=vs[2]).astype(xp.float32)
+        fy = xp.fft.fftfreq(raw.shape[1], d=vs[1]).astype(xp.float32)
+        fx = xp.fft.rfftfreq(raw.shape[2], d=vs[0]).astype(xp.float32)
+        self.s2 = (fz[:, None, None] ** 2 + fy[None, :, None] ** 2) + fx[None, None, :] ** 2
+
+    def __call__(self, b_A2: float, resolution_A: float):
+        """The map × exp(+``b_A2`` s² / 4) under the cosine low-pass at ``resolution_A``, float32."""
+        xp, s2 = self.be.xp, self.s2
+        s_end = 1.0 / resolution_A + 0.05                       # the low-pass is zero beyond this
+        edge = xp.clip((xp.sqrt(s2) - xp.float32(s_end - 0.1)) / xp.float32(0.1), 0, 1)
+        gain = xp.exp(xp.float32(b_A2 / 4.0) * xp.minimum(s2, xp.float32(s_end * s_end)))   # no overflow beyond
+        gain *= xp.float32(0.5) * (1 + xp.cos(xp.float32(np.pi) * edge))
+        del edge
+        return self.be.fft.irfftn(self.F * gain, s=self.shape).astype(xp.float32)
+
+
 def sharpened(raw, voxel_size_A, b_A2: float, resolution_A: float):
     """``raw`` × exp(+``b_A2`` s² / 4) in Fourier space, low-passed at ``resolution_A`` (cosine
-    edge 0.1 Å⁻¹ wide, centred 0.05 Å⁻¹ below 1 / resolution), float32 on ``raw``'s backend."""
-    be = _be.namespace(raw)
-    xp = be.xp
-    vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-    F = be.fft.rfftn(raw.astype(xp.float32))
-    fz = xp.fft.fftfreq(raw.shape[0], d=vs[2]).astype(xp.float32)
-    fy = xp.fft.fftfreq(raw.shape[1], d=vs[1]).astype(xp.float32)
-    fx = xp.fft.rfftfreq(raw.shape[2], d=vs[0]).astype(xp.float32)
-    s2 = (fz[:, None, None] ** 2 + fy[None, :, None] ** 2) + fx[None, None, :] ** 2
-    s_end = 1.0 / resolution_A + 0.05                       # the low-pass is zero beyond this
-    edge = xp.clip((xp.sqrt(s2) - xp.float32(s_end - 0.1)) / xp.float32(0.1), 0, 1)
-    gain = xp.exp(xp.float32(b_A2 / 4.0) * xp.minimum(s2, xp.float32(s_end * s_end)))   # no overflow beyond
-    F *= gain * (xp.float32(0.5) * (1 + xp.cos(xp.float32(np.pi) * edge)))
-    return be.fft.irfftn(F, s=raw.shape).astype(xp.float32)
+    edge 0.1 Å⁻¹ wide, centred 0.05 Å⁻¹ below 1 / resolution), float32 on ``raw``'s backend.
+    One map, one B: :class:`Sharpener` filters one map by several."""
+    return Sharpener(raw, voxel_size_A)(b_A2, resolution_A)
 
 
 def model_correlation(raw, xyz_A, box, voxel_size_A, origin_A, element, b_extra_A2: float,

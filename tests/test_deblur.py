@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ptnp_gpu.deblur import atoms_box, excess_blur_A2, lattice_score, sharpened
+from ptnp_gpu.deblur import Sharpener, atoms_box, excess_blur_A2, lattice_score, sharpened
 from ptnp_gpu.detect import detect_atoms
 from ptnp_gpu.mapio import DensityMap
 from ptnp_gpu.pairing import match_accuracy
@@ -63,6 +63,33 @@ def test_sharpened_undoes_a_gaussian_blur():
     back = sharpened(blurred, 0.358, 30.0, 1.2)
     ref = sharpened(m.data, 0.358, 0.0, 1.2)                   # the same low-pass, no blur
     assert np.corrcoef(back.ravel(), ref.ravel())[0, 1] > 0.999
+
+
+def _periodic_sharpened(raw, vs, b_A2, res_A):
+    """The filter of :func:`sharpened` written out on the map's own (periodic) grid, float64."""
+    d = np.asarray(raw, np.float64)
+    f = [np.fft.fftfreq(k, vs) for k in d.shape[:2]] + [np.fft.rfftfreq(d.shape[2], vs)]
+    s = np.sqrt(f[0][:, None, None] ** 2 + f[1][None, :, None] ** 2 + f[2][None, None, :] ** 2)
+    s_end = 1.0 / res_A + 0.05
+    g = np.exp(b_A2 / 4 * np.minimum(s, s_end) ** 2) * 0.5 * (1 + np.cos(np.pi * np.clip((s - s_end + 0.1) / 0.1, 0, 1)))
+    return np.fft.irfftn(np.fft.rfftn(d) * g, d.shape, axes=(0, 1, 2))
+
+
+@pytest.mark.parametrize("shape", [(48, 40, 45), (47, 41, 43)])
+def test_sharpener_is_the_periodic_filter(shape):
+    """One Sharpener gives each B what ``sharpened`` gives it alone, bit for bit, and that is
+    the filter written out on the map's own periodic grid (float64 here) to float32 rounding,
+    on smooth and on prime box sides."""
+    rng = np.random.default_rng(sum(shape))
+    vs = 0.4
+    raw = (3.0 + rng.normal(size=shape)).astype(np.float32)
+    sh = Sharpener(raw, vs)
+    for b, res in ((30.0, 1.2), (-20.0, 1.0), (60.0, 2.1)):
+        got = sh(b, res)
+        assert got.dtype == np.float32 and got.shape == shape
+        np.testing.assert_array_equal(got, sharpened(raw, vs, b, res))
+        ref = _periodic_sharpened(raw, vs, b, res)
+        assert np.abs(got - ref).max() < 1e-4 * np.abs(ref).max()
 
 
 def test_very_blurred_map_is_found_whole(very_blurred):
