@@ -956,8 +956,8 @@ def _detect_once(dmap: DensityMap, el, be, progress, o: DetectOptions, support=N
     an atom came within half of ``o.particle_box_margin_A`` of a face of the box (the particle
     reaches beyond it), or the box was refused and ``whole_if_refused``, the whole map again
     (``params["particle_box"]`` then says why). The ladder's rungs pass ``whole_if_refused=False``:
-    on 21 gemmi maps (``benchmarks/particle_box.py`` seeds 1 and 2) every one of the 14 whole-map
-    tries after a refusal in the box was refused too, at 0.6-5.2 s each (2 cores)."""
+    on the 24 gemmi maps of ``benchmarks/particle_box.py`` seeds 1 and 2, all 16 whole-map tries of
+    rungs refused in their box were refused too, at 0.6-5.2 s each (2 cores)."""
     if not o.particle_box:
         return _detect_once_in(dmap, el, be, progress, o, support, measured)
     trace = {}
