@@ -92,7 +92,7 @@ class Sharpener:
         self.be, xp = be, be.xp
         self.shape = tuple(int(n) for n in raw.shape)
         vs = np.broadcast_to(np.asarray(voxel_size_A, float), (3,))
-        self.F = be.fft.rfftn(raw.astype(xp.float32))
+        self.F = be.fft.rfftn(xp.asarray(raw, dtype=xp.float32))     # no copy of a float32 map
         fz = xp.fft.fftfreq(raw.shape[0], d=vs[2]).astype(xp.float32)
         fy = xp.fft.fftfreq(raw.shape[1], d=vs[1]).astype(xp.float32)
         fx = xp.fft.rfftfreq(raw.shape[2], d=vs[0]).astype(xp.float32)
