@@ -18,9 +18,8 @@ the spread from the lower half, the particle being in the upper tail). Brightnes
 particle's smoothed level: the box grew to the whole map), detail alone follows the noise's own
 energy (its upper tail is long); atoms are both. That core can be a fraction of a particle that
 fills much of its map (the quantiles are then the particle's as much as the solvent's): the
-particle is the detailed regions (26-connected) that hold core voxels. The bounding box of that,
-grown by ``margin_A``
-(16 Å: the solvent the noise level needs beyond the particle, 6 Å, the denoising's 8 Å high-pass
+particle is the detailed regions (26-connected) that hold core voxels. Their bounding box, grown
+by ``margin_A`` (16 Å: the solvent the noise level needs beyond the particle, 6 Å, the denoising's 8 Å high-pass
 and the surface atoms below the thresholds, 2-5 Å measured), is the particle's box when it
 holds at most ``max_fraction`` of the map. Masked maps (a constant region: their noise is
 measured in bands up to the mask) and maps clipped at their minimum are left whole, and so is
