@@ -193,8 +193,11 @@ def test_launches_per_analysis_are_bounded():
     its one round of site tests on this map, which adds no atom); 691 since the full-array
     means went through ptnp_shifted_moments (2026-11-29 stop 29: three launches where CuPy's
     mean took one, but each a grid-wide one where CuPy's ran in one thread block); 696 since the
-    detached-atom check reads its four arrays in one transfer (three syncs fewer). Each launch costs
-    the host tens of microseconds on a GPU, so a change that adds many must say why."""
+    detached-atom check reads its four arrays in one transfer (three syncs fewer); 714 with the
+    particle's box check (stop 33; no box on this map); 722 since that check labels the detailed
+    regions holding the particle's core (stop 34: a particle filling much of its map was cut, and
+    detected twice). Each launch costs the host tens of microseconds on a GPU, so a change that
+    adds many must say why."""
     from ptnp_gpu.detect import detect_atoms
     from ptnp_gpu.statistics import compute_statistics
     from ptnp_gpu.synth import make_particle
@@ -206,7 +209,7 @@ def test_launches_per_analysis_are_bounded():
         compute_statistics(det.backend_map, det.xyz_A, "Pt", labels=det.labels)
         n_st = audit.launches
     assert len(det.xyz_A) > 1100
-    assert n_det <= 720 and n_st <= 350, (n_det, n_st)
+    assert n_det <= 730 and n_st <= 350, (n_det, n_st)
 
 
 def test_stage_clock_times_every_stage_without_host_reads():
