@@ -570,10 +570,21 @@ def _detect_given_once(dmap: DensityMap, el, be, progress, o: DetectOptions, fir
             raise
         return det
     sites = _prefetch_vacant_sites(det, el, o, be)
-    det = _deblur_pass(det, el, be, progress, o)
+    transform = {}          # the prepared map's Fourier transform: the blurred-map pass and the ladder share it
+    det = _deblur_pass(det, el, be, progress, o, transform)
     if o.ladder and det.scale.full_shell_fraction < o.ladder_full_shell:
-        det = _ladder_pass(det, dmap, el, be, progress, o, first=first)
+        det = _ladder_pass(det, dmap, el, be, progress, o, first=first, transform=transform)
+    transform.clear()
     return _lattice_pass(det, el, o, progress, prefetched=sites)
+
+
+def _sharpener(raw, voxel_size_A, transform: dict):
+    """The :class:`~ptnp_gpu.deblur.Sharpener` of ``raw``, kept in ``transform`` for the next pass
+    on that very map (one forward transform for the blurred-map pass and every rung)."""
+    from .deblur import Sharpener
+    if transform.get("raw") is not raw:
+        transform.update(raw=raw, sharpener=Sharpener(raw, voxel_size_A))
+    return transform["sharpener"]
 
 
 def _lattice_pass_applies(det: Detection, o: DetectOptions) -> bool:
@@ -695,7 +706,7 @@ def _noise_warning(det: Detection, o: DetectOptions) -> Detection:
     return det
 
 
-def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, first=None):
+def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, first=None, transform=None):
     """The filter ladder (:mod:`ptnp_gpu.deblur`): detections on the map filtered by each B of
     ``o.ladder_A2``. The rung whose model has the best :func:`~ptnp_gpu.deblur.lattice_score`
     (well-placed − clashing atoms) replaces ``det`` when at least half of its atoms, and at least
@@ -710,12 +721,13 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     without it, ``det``'s own. An unmasked map's rungs are detected with ``o.ladder_whiten`` and
     the support rule (``_detect_once(support=)``); a masked map's with ``o.whiten`` and no rule. A
     refused map on which no rung qualifies that way climbs again with the latter. Returns the
-    detection kept (None when ``det`` was None and no rung qualified)."""
-    from .deblur import Sharpener, lattice_score
+    detection kept (None when ``det`` was None and no rung qualified). ``transform``: the map's
+    Fourier transform as the blurred-map pass kept it (:func:`_sharpener`), reused when of ``raw``."""
+    from .deblur import lattice_score
     say = progress or (lambda msg: None)
     t = time.perf_counter()
     raw = _prepared_raw(dmap, o.invert, be.xp)[0] if det is None else det.raw
-    sharpen = None                                 # the map's transform, once for every rung
+    transform = {} if transform is None else transform
     band = 1.0 if det is None else float(det.params["band_limit_A"])
     vs, org = dmap.voxel_size_A, dmap.origin_A
     rungs = [{"b_A2": None, "atoms": 0}]
@@ -760,14 +772,12 @@ def _ladder_pass(det, dmap: DensityMap, el, be, progress, o: DetectOptions, firs
     def climb(whiten, support):
         """Each rung's detection; (its record, the qualifying rungs within _LADDER_TIE of the
         best score: (score, clashing, b, detection))."""
-        nonlocal sharpen
         record, qual = [], []
         for b in steps:
             res = float(min(2.1, max(np.sqrt(b / 12.0), band))) if b > 0 else 1.0   # sharpening: noise gain ≤ ~20×
             try:
                 hp = rung_highpass if b > 0 else o.highpass_A
-                sharpen = sharpen or Sharpener(raw, vs)
-                cand = _detect_once(DensityMap(sharpen(b, res), vs, org), el, be, None,
+                cand = _detect_once(DensityMap(_sharpener(raw, vs, transform)(b, res), vs, org), el, be, None,
                                     replace(o, invert=False, whiten=whiten, highpass_A=hp),
                                     support=support, whole_if_refused=False)   # raw: inverted already
             except InputError:
@@ -830,10 +840,11 @@ def _adopted(second: Detection, first: Detection | None, dmap: DensityMap, raw, 
     return replace(second, map=dmap, raw=raw)
 
 
-def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detection:
+def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions, transform=None) -> Detection:
     """The detection again on the map sharpened by its excess blur, kept when its model explains
-    the original map better (see :mod:`ptnp_gpu.deblur`)."""
-    from .deblur import atoms_box, excess_blur_A2, model_correlation, sharpened
+    the original map better (see :mod:`ptnp_gpu.deblur`). ``transform``: where the map's Fourier
+    transform is kept for the ladder (:func:`_sharpener`)."""
+    from .deblur import atoms_box, excess_blur_A2, model_correlation
     say = progress or (lambda msg: None)
     vs, org = det.map.voxel_size_A, det.map.origin_A
     box = atoms_box(det.xyz_A, det.raw.shape, org, vs)
@@ -854,7 +865,7 @@ def _deblur_pass(det: Detection, el, be, progress, o: DetectOptions) -> Detectio
         return det
     info.update(sharpen_A2=b_sharp, resolution_A=res)
     t = time.perf_counter()
-    sharp = DensityMap(sharpened(det.raw, vs, b_sharp, res), vs, org)
+    sharp = DensityMap(_sharpener(det.raw, vs, {} if transform is None else transform)(b_sharp, res), vs, org)
     try:
         det2 = _detect_once(sharp, el, be, progress, replace(o, invert=False))   # det.raw is inverted already
     except InputError as exc:

@@ -32,6 +32,7 @@ import numpy as np
 
 from . import backend as _be
 from .gpu_kernels import label_mask
+from .neighbors import segment_max
 from .solvent import _clipped, _live_voxels, _mostly_constant, subsampled
 from .sweep import _crop_box_above
 
@@ -102,19 +103,18 @@ def particle_box(raw, voxel_size_A, margin_A: float = BOX_MARGIN_A, max_fraction
     qs = xp.asarray([_Q_SD, 0.5])
     q = _be.to_host(xp.concatenate([xp.quantile(f[::2, ::2, ::2], qs) for f in (bright, detail)]))   # sync
     t_detail = float(q[3] + _K_DETAIL * (q[3] - q[2]))
-    detailed = detail > t_detail
+    # the particle: the detailed regions (26-connected) that hold a bright and detailed core, i.e.
+    # whose brightest voxel is bright enough. The core alone can be a fraction of a particle that
+    # fills much of its map (its median and SD are the particle's too): 561 Pt atoms in a 57 Å box,
+    # core 6 of the atoms' 24 grid voxels across
+    regions, _ = label_mask(detail > t_detail)                                  # no host read
     del detail
-    # the particle: the detailed regions (26-connected) that hold a bright and detailed core. The
-    # core alone can be a fraction of a particle that fills much of its map (its median and SD are
-    # the particle's too): 561 Pt atoms in a 57 Å box, core 6 of the atoms' 24 grid voxels across
-    regions, _ = label_mask(detailed)                                          # no host read
+    peak = segment_max(regions.ravel(), bright.ravel(), regions.size + 1).astype(xp.float32)   # exact
+    peak[0] = -np.inf                                                           # not detailed
+    region_peak = peak[regions]
     grown = tuple(int(np.ceil(margin_A / (step * float(v)))) + 1 for v in vs[::-1])   # z, y, x
     for k in _K_BRIGHT:                                 # a strong smooth background: the lower one
-        core = detailed & (bright > xp.float32(q[1] + k * (q[1] - q[0])))
-        holds = xp.zeros(regions.size + 1, dtype=xp.float32)
-        holds[xp.where(core, regions, 0).ravel()] = 1.0          # the regions that hold core voxels
-        holds[0] = 0.0
-        occupied = _crop_box_above(holds[regions], 0.5, 0)                       # sync
+        occupied = _crop_box_above(region_peak, float(q[1] + k * (q[1] - q[0])), 0)   # sync
         if occupied is not None:
             break
     else:
