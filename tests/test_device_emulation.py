@@ -194,7 +194,7 @@ def test_launches_per_analysis_are_bounded():
     means went through ptnp_shifted_moments (2026-11-29 stop 29: three launches where CuPy's
     mean took one, but each a grid-wide one where CuPy's ran in one thread block); 696 since the
     detached-atom check reads its four arrays in one transfer (three syncs fewer); 714 with the
-    particle's box check (stop 33; no box on this map); 722 since that check labels the detailed
+    particle's box check (stop 33; no box on this map); 721 since that check labels the detailed
     regions holding the particle's core (stop 34: a particle filling much of its map was cut, and
     detected twice). Each launch costs the host tens of microseconds on a GPU, so a change that
     adds many must say why."""
